@@ -1,0 +1,236 @@
+//! Classification of a webhook body (terra-wire-format §4-5): event type and group, the
+//! user(s) it is about, and for data events one [`DataRecord`] per record with its natural
+//! key and period. Any JSON classifies; an unknown `type` is [`EventGroup::Other`], never an
+//! error. Only a body that is not JSON at all is an error ([`NotJson`]).
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Event groups of terra-wire-format §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventGroup {
+    Authentication,
+    Data,
+    DataRequest,
+    Misc,
+    Other,
+}
+
+impl EventGroup {
+    /// The group of an event `type`; unknown types are `Other`.
+    pub fn of(event_type: &str) -> Self {
+        match event_type {
+            "auth"
+            | "auth_cancelled"
+            | "deauth"
+            | "user_reauth"
+            | "access_revoked"
+            | "connection_error"
+            | "google_no_datasource"
+            | "permission_change" => Self::Authentication,
+            "activity" | "athlete" | "body" | "daily" | "menstruation" | "nutrition" | "sleep"
+            | "planned_workout" | "hormone" | "health_observation" => Self::Data,
+            "large_request_processing"
+            | "large_request_sending"
+            | "rate_limit_hit"
+            | "processing" => Self::DataRequest,
+            "healthcheck" | "s3_payload" => Self::Misc,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authentication => "authentication",
+            Self::Data => "data",
+            Self::DataRequest => "data_request",
+            Self::Misc => "misc",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The body is not parseable JSON (it is still stored, flagged, by the ingress).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("body is not valid JSON")]
+pub struct NotJson;
+
+/// What a body is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// The body's `type`, verbatim; empty when absent or not a string.
+    pub event_type: String,
+    pub group: EventGroup,
+    /// `user.user_id`, or `new_user.user_id` for `user_reauth`. Untrusted text.
+    pub user_id: Option<String>,
+    /// `old_user.user_id` of `user_reauth`, when not null.
+    pub old_user_id: Option<String>,
+    /// The body's `version` (payload schema version).
+    pub version: Option<String>,
+    /// The body's `status` (`success`, `error`, `warning`, ...).
+    pub status: Option<String>,
+    /// The body's `reference` (data-request chunks).
+    pub reference: Option<String>,
+    /// Data records of a data event, in body order (empty otherwise, or for empty `data`).
+    pub records: Vec<DataRecord>,
+}
+
+/// One record of a data event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRecord {
+    /// Position in `data` (0 for `athlete`).
+    pub index: usize,
+    /// Identity of the record per user and type (terra-wire-format §5).
+    pub natural_key: String,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+/// Classifies a raw body. Errors only when it is not JSON.
+pub fn classify(body: &[u8]) -> Result<Classification, NotJson> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) => parse_with_lone_surrogates(body).ok_or(NotJson)?,
+    };
+    Ok(classify_value(&value))
+}
+
+/// serde_json refuses `\ud800`-style escapes that are not valid UTF-16 pairs. Terra's bodies
+/// should never carry them, but a hostile `user_id` might: classify a copy in which every
+/// surrogate escape became U+FFFD rather than treating the body as non-JSON. The stored body
+/// is untouched.
+fn parse_with_lone_surrogates(body: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("\\u") {
+        return None;
+    }
+    let mut cleaned = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\") {
+        cleaned.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let escape = tail.get(..6).filter(|e| {
+            e.starts_with("\\u")
+                && matches!(e.as_bytes()[2], b'd' | b'D')
+                && matches!(e.as_bytes()[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+        });
+        match escape {
+            Some(_) => {
+                cleaned.push_str("\\ufffd");
+                rest = &tail[6..];
+            }
+            None => {
+                // keep any other escape (including `\\`) whole so it is not re-read
+                let len = tail.chars().nth(1).map_or(1, |c| 1 + c.len_utf8());
+                cleaned.push_str(&tail[..len]);
+                rest = &tail[len..];
+            }
+        }
+    }
+    cleaned.push_str(rest);
+    serde_json::from_str(&cleaned).ok()
+}
+
+fn classify_value(value: &Value) -> Classification {
+    let empty = Map::new();
+    let top = value.as_object().unwrap_or(&empty);
+    let text = |key: &str| top.get(key).and_then(Value::as_str).map(str::to_owned);
+    let event_type = text("type").unwrap_or_default();
+    let group = EventGroup::of(&event_type);
+    let user_of = |key: &str| {
+        top.get(key)
+            .and_then(|user| user.get("user_id"))
+            .and_then(scalar_text)
+    };
+    let (user_id, old_user_id) = match user_of("user") {
+        Some(user) => (Some(user), None),
+        None => (user_of("new_user"), user_of("old_user")),
+    };
+    let records = if group == EventGroup::Data {
+        data_records(&event_type, top)
+    } else {
+        Vec::new()
+    };
+    Classification {
+        event_type,
+        group,
+        user_id,
+        old_user_id,
+        version: text("version"),
+        status: text("status"),
+        reference: text("reference"),
+        records,
+    }
+}
+
+fn data_records(event_type: &str, top: &Map<String, Value>) -> Vec<DataRecord> {
+    if event_type == "athlete" {
+        // one `athlete` object per user; no period
+        return match top.get("athlete") {
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => vec![DataRecord {
+                index: 0,
+                natural_key: "athlete".to_owned(),
+                start_time: None,
+                end_time: None,
+            }],
+        };
+    }
+    let Some(Value::Array(items)) = top.get("data") else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let metadata = item.get("metadata");
+            let field = |key: &str| metadata.and_then(|m| m.get(key)).and_then(scalar_text);
+            let start_time = field("start_time").or_else(|| field("planned_date"));
+            let end_time = field("end_time");
+            DataRecord {
+                index,
+                natural_key: natural_key(event_type, &field, start_time.as_deref(), item),
+                start_time,
+                end_time,
+            }
+        })
+        .collect()
+}
+
+/// terra-wire-format §5, with fallbacks so that every record gets a key that is stable
+/// across re-deliveries: the documented field, then the start time, then a hash of the
+/// record's JSON (identical content, identical key).
+fn natural_key(
+    event_type: &str,
+    field: &dyn Fn(&str) -> Option<String>,
+    start_time: Option<&str>,
+    item: &Value,
+) -> String {
+    let documented = match event_type {
+        "activity" | "sleep" => field("summary_id"),
+        "daily" | "body" | "nutrition" | "menstruation" => {
+            // the date as sent, before any timezone conversion
+            start_time.map(|t| t.chars().take(10).collect())
+        }
+        "planned_workout" => field("id"),
+        _ => field("summary_id").or_else(|| field("id")),
+    };
+    documented
+        .or_else(|| start_time.map(str::to_owned))
+        .unwrap_or_else(|| {
+            let digest = Sha256::digest(serde_json::to_vec(item).unwrap_or_default());
+            format!("sha256:{}", hex::encode(&digest[..16]))
+        })
+}
+
+/// Strings as they are; numbers as their JSON text (some providers send numeric ids).
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

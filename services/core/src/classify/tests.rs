@@ -1,0 +1,259 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../tests/fixtures/webhooks/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+const GARMIN_USER: &str = "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3";
+const OURA_USER: &str = "7b1e44d0-3c2a-4f5e-8d9b-61a0c2e8f4b7";
+
+#[test]
+fn every_fixture_classifies() {
+    use EventGroup::*;
+    // (fixture, type, group, user, record natural keys)
+    let expected: &[(&str, &str, EventGroup, Option<&str>, &[&str])] = &[
+        (
+            "access_revoked",
+            "access_revoked",
+            Authentication,
+            Some(OURA_USER),
+            &[],
+        ),
+        (
+            "activity",
+            "activity",
+            Data,
+            Some(GARMIN_USER),
+            &["act-55821"],
+        ),
+        (
+            "activity_empty_data",
+            "activity",
+            Data,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        ("athlete", "athlete", Data, Some(GARMIN_USER), &["athlete"]),
+        ("auth", "auth", Authentication, Some(GARMIN_USER), &[]),
+        (
+            "auth_cancelled",
+            "auth_cancelled",
+            Authentication,
+            None,
+            &[],
+        ),
+        (
+            "auth_error_legacy",
+            "auth",
+            Authentication,
+            Some("c2f0e1d3-9a8b-4c7d-b6e5-f4a3b2c1d0e9"),
+            &[],
+        ),
+        ("body", "body", Data, Some(OURA_USER), &["2026-10-04"]),
+        (
+            "connection_error",
+            "connection_error",
+            Authentication,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        ("daily", "daily", Data, Some(GARMIN_USER), &["2026-10-04"]),
+        ("deauth", "deauth", Authentication, Some(OURA_USER), &[]),
+        (
+            "google_no_datasource",
+            "google_no_datasource",
+            Authentication,
+            Some(OURA_USER),
+            &[],
+        ),
+        ("healthcheck", "healthcheck", Misc, None, &[]),
+        (
+            "large_request_processing",
+            "large_request_processing",
+            DataRequest,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        (
+            "large_request_sending",
+            "large_request_sending",
+            DataRequest,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        (
+            "menstruation",
+            "menstruation",
+            Data,
+            Some(OURA_USER),
+            &["2026-10-04"],
+        ),
+        (
+            "nutrition",
+            "nutrition",
+            Data,
+            Some(OURA_USER),
+            &["2026-10-04"],
+        ),
+        (
+            "permission_change",
+            "permission_change",
+            Authentication,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        (
+            "planned_workout",
+            "planned_workout",
+            Data,
+            Some(GARMIN_USER),
+            &["pw-3310"],
+        ),
+        (
+            "rate_limit_hit",
+            "rate_limit_hit",
+            DataRequest,
+            Some(GARMIN_USER),
+            &[],
+        ),
+        ("s3_payload", "s3_payload", Misc, None, &[]),
+        ("sleep", "sleep", Data, Some(GARMIN_USER), &["slp-9031"]),
+        (
+            "user_reauth",
+            "user_reauth",
+            Authentication,
+            Some(GARMIN_USER),
+            &[],
+        ),
+    ];
+    let dir = format!(
+        "{}/../../tests/fixtures/webhooks",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let on_disk = std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(on_disk, expected.len(), "a fixture has no expectation here");
+    for &(name, event_type, group, user, keys) in expected {
+        let c = classify(&fixture(name)).unwrap_or_else(|_| panic!("{name} is JSON"));
+        assert_eq!(c.event_type, event_type, "{name}");
+        assert_eq!(c.group, group, "{name}");
+        assert_eq!(c.user_id.as_deref(), user, "{name}");
+        let got: Vec<_> = c.records.iter().map(|r| r.natural_key.as_str()).collect();
+        assert_eq!(got, keys, "{name}");
+    }
+}
+
+#[test]
+fn reauth_carries_old_and_new_user() {
+    let c = classify(&fixture("user_reauth")).unwrap();
+    assert_eq!(c.user_id.as_deref(), Some(GARMIN_USER));
+    assert_eq!(
+        c.old_user_id.as_deref(),
+        Some("e4d3c2b1-a098-4765-8321-0fedcba98765")
+    );
+    let null_old = br#"{"type": "user_reauth", "old_user": null, "new_user": {"user_id": "n"}}"#;
+    let c = classify(null_old).unwrap();
+    assert_eq!((c.user_id.as_deref(), c.old_user_id), (Some("n"), None));
+}
+
+#[test]
+fn records_carry_their_period() {
+    let c = classify(&fixture("sleep")).unwrap();
+    assert_eq!(
+        c.records[0].start_time.as_deref(),
+        Some("2026-10-03T23:12:00.000000+02:00")
+    );
+    assert_eq!(
+        c.records[0].end_time.as_deref(),
+        Some("2026-10-04T07:02:00.000000+02:00")
+    );
+    assert_eq!(c.version.as_deref(), Some("2022-03-16"));
+    let c = classify(&fixture("planned_workout")).unwrap();
+    assert_eq!(c.records[0].start_time.as_deref(), Some("2026-10-06"));
+}
+
+#[test]
+fn daily_key_is_the_local_date_before_timezone_conversion() {
+    let body = br#"{"type": "daily", "user": {"user_id": "u"}, "data": [{"metadata": {"start_time": "2026-10-04T00:00:00.000000+02:00"}}]}"#;
+    // in UTC this day starts on 2026-10-03; the key must stay the date as sent
+    assert_eq!(classify(body).unwrap().records[0].natural_key, "2026-10-04");
+}
+
+#[test]
+fn sleep_without_summary_id_falls_back_to_start_time() {
+    let body = br#"{"type": "sleep", "user": {"user_id": "u"}, "data": [{"metadata": {"summary_id": null, "start_time": "2026-10-03T23:12:00.000000+02:00"}}]}"#;
+    assert_eq!(
+        classify(body).unwrap().records[0].natural_key,
+        "2026-10-03T23:12:00.000000+02:00"
+    );
+}
+
+#[test]
+fn records_without_any_key_get_a_stable_content_hash() {
+    let body =
+        br#"{"type": "hormone", "user": {"user_id": "u"}, "data": [{"x": 1}, {"x": 2}, {"x": 1}]}"#;
+    let keys: Vec<_> = classify(body)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.natural_key)
+        .collect();
+    assert!(keys[0].starts_with("sha256:"));
+    assert_ne!(keys[0], keys[1]);
+    assert_eq!(keys[0], keys[2]);
+}
+
+#[test]
+fn unknown_and_odd_shapes_are_other_never_errors() {
+    for body in [
+        &br#"{"type": "brand_new_type", "user": {"user_id": "u"}}"#[..],
+        br#"{"no_type": true}"#,
+        br#"[1, 2, 3]"#,
+        br#""just a string""#,
+        br#"{"type": 7, "user": "not an object", "data": "not an array"}"#,
+    ] {
+        let c = classify(body).unwrap();
+        assert_eq!(c.group, EventGroup::Other);
+    }
+    let c = classify(br#"{"type": "activity", "data": {"not": "an array"}}"#).unwrap();
+    assert_eq!((c.group, c.records.len()), (EventGroup::Data, 0));
+}
+
+#[test]
+fn not_json_is_the_only_error() {
+    assert_eq!(classify(b"not json"), Err(NotJson));
+    assert_eq!(classify(b"{\"type\": \"auth\""), Err(NotJson));
+    assert_eq!(classify(&[0xff, 0xfe]), Err(NotJson));
+}
+
+#[test]
+fn numeric_user_ids_and_summary_ids_are_text() {
+    let c = classify(br#"{"type": "activity", "user": {"user_id": 42}, "data": [{"metadata": {"summary_id": 9}}]}"#).unwrap();
+    assert_eq!(c.user_id.as_deref(), Some("42"));
+    assert_eq!(c.records[0].natural_key, "9");
+}
+
+#[test]
+fn lone_surrogate_user_id_still_classifies() {
+    let body = br#"{"type": "auth", "user": {"user_id": "\ud800../x\\ud800"}}"#;
+    let c = classify(body).unwrap();
+    assert_eq!(c.user_id.as_deref(), Some("\u{fffd}../x\\ud800"));
+}
+
+proptest! {
+    #[test]
+    fn classify_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = classify(&body);
+    }
+
+    #[test]
+    fn any_json_value_classifies(s in "\\PC{0,40}", n in any::<i64>(), t in "[a-z_]{0,20}") {
+        let body = serde_json::json!({"type": t, "user": {"user_id": s}, "data": [{"metadata": {"summary_id": n, "start_time": s}}], "athlete": s});
+        prop_assert!(classify(&serde_json::to_vec(&body).unwrap()).is_ok());
+    }
+}

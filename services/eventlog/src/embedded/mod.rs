@@ -1,0 +1,207 @@
+//! The embedded log: durable append-only files on local disk, for one node.
+//!
+//! Layout of the folder:
+//! ```text
+//! LOCK                 held (flock) by the one process that has the log open
+//! meta.json            {"partitions": N}, fixed when the log is created
+//! p-0000.log ...       one file per partition: framed records (see `codec`)
+//! groups/<group>.json  committed positions of a consumer group, replaced atomically
+//! ```
+//! Appends go to one writer thread that takes every pending request, writes them, calls
+//! `fdatasync` once per touched partition and only then answers (group commit). On open, a
+//! torn tail left by a crash (never acknowledged) is cut off at the last intact frame.
+
+mod codec;
+mod consumer;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use consumer::EmbeddedConsumer;
+
+use crate::{LogError, Position, Record};
+
+/// A handle to an open embedded log; clones share it.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedSender<writer::AppendRequest>,
+}
+
+pub(crate) struct Shared {
+    dir: PathBuf,
+    /// Per partition: the end byte offset of each record (record i spans
+    /// `ends[i-1]..ends[i]`).
+    ends: Vec<RwLock<Vec<u64>>>,
+    /// Bumped after every durable batch; consumers wait on it.
+    appended: watch::Sender<u64>,
+    /// Set when a write failed and could not be undone: the log refuses appends from then on.
+    failed: Mutex<Option<String>>,
+    _lock: File,
+}
+
+impl EmbeddedLog {
+    /// Opens (creating when missing) the log in `dir`. `partitions` applies to a new log; an
+    /// existing log keeps the count it was created with.
+    pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
+        fs::create_dir_all(dir.join("groups"))
+            .map_err(LogError::io(format!("failed to create {}", dir.display())))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(LogError::io("failed to open the log's LOCK file"))?;
+        lock_with_grace(&lock).map_err(|_| {
+            LogError::Unavailable(format!(
+                "the embedded log in {} is open in another process",
+                dir.display()
+            ))
+        })?;
+        let partitions = read_or_create_meta(dir, partitions)?;
+        let mut ends = Vec::with_capacity(partitions as usize);
+        let mut files = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let path = partition_path(dir, partition);
+            let (file, partition_ends) = codec::recover(&path)?;
+            files.push(file);
+            ends.push(RwLock::new(partition_ends));
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            ends,
+            appended: watch::Sender::new(0),
+            failed: Mutex::new(None),
+            _lock: lock,
+        });
+        let requests = writer::spawn(Arc::clone(&shared), files)?;
+        Ok(Self { shared, requests })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.shared.ends.len() as u32
+    }
+
+    pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+        self.check_ready()?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(writer::AppendRequest { records, reply })
+            .map_err(|_| LogError::Unavailable("embedded log writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LogError::Unavailable("embedded log writer stopped".into()))?
+    }
+
+    pub(crate) fn check_ready(&self) -> Result<(), LogError> {
+        match &*self.shared.failed.lock().expect("failed flag poisoned") {
+            Some(why) => Err(LogError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn consumer(&self, group: &str) -> Result<EmbeddedConsumer, LogError> {
+        EmbeddedConsumer::new(Arc::clone(&self.shared), group)
+    }
+
+    /// Number of records in each partition (the next offset to be written).
+    pub fn end_offsets(&self) -> Vec<u64> {
+        self.shared
+            .ends
+            .iter()
+            .map(|e| e.read().expect("index poisoned").len() as u64)
+            .collect()
+    }
+
+    /// The committed positions of `group`: partition → next offset to read.
+    pub fn committed(&self, group: &str) -> Result<BTreeMap<u32, u64>, LogError> {
+        consumer::read_committed(&self.shared.dir, group)
+    }
+}
+
+/// Takes the folder's lock, waiting briefly: a predecessor that is shutting down (a
+/// restarted pod, a handle dropped a moment ago) releases it within moments.
+fn lock_with_grace(lock: &File) -> Result<(), std::fs::TryLockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match lock.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn partition_path(dir: &Path, partition: u32) -> PathBuf {
+    dir.join(format!("p-{partition:04}.log"))
+}
+
+fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, LogError> {
+    let path = dir.join("meta.json");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let meta: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| LogError::Corrupt(format!("{}: {e}", path.display())))?;
+            let stored = meta["partitions"]
+                .as_u64()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| {
+                    LogError::Corrupt(format!("{}: no valid partitions count", path.display()))
+                })? as u32;
+            if stored != partitions {
+                tracing::warn!(
+                    stored,
+                    requested = partitions,
+                    "embedded log keeps the partition count it was created with"
+                );
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if partitions == 0 || partitions > 1024 {
+                return Err(LogError::Config(
+                    "partitions must be between 1 and 1024".into(),
+                ));
+            }
+            write_atomically(
+                &path,
+                serde_json::json!({ "partitions": partitions })
+                    .to_string()
+                    .as_bytes(),
+            )?;
+            Ok(partitions)
+        }
+        Err(e) => Err(LogError::io(format!("failed to read {}", path.display()))(
+            e,
+        )),
+    }
+}
+
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LogError> {
+    let tmp = path.with_extension("tmp");
+    let context = || format!("failed to write {}", path.display());
+    let mut file = File::create(&tmp).map_err(LogError::io(context()))?;
+    file.write_all(contents).map_err(LogError::io(context()))?;
+    file.sync_all().map_err(LogError::io(context()))?;
+    fs::rename(&tmp, path).map_err(LogError::io(context()))?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(LogError::io(context()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! A consumer-group member on the Kafka topic with explicit, synchronous commits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{config_error, set_default};
+use crate::{Consumed, LogError, Position, Record};
+
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+}
+
+impl KafkaConsumer {
+    pub(super) fn new(base: &ClientConfig, topic: &str, group: &str) -> Result<Self, LogError> {
+        let mut config = base.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        set_default(&mut config, "auto.offset.reset", "earliest");
+        set_default(&mut config, "enable.partition.eof", "false");
+        let consumer: StreamConsumer = config.create().map_err(config_error)?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| LogError::Unavailable(format!("failed to subscribe to {topic:?}: {e}")))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub(crate) async fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Consumed>, LogError> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(message) => {
+                message.map_err(|e| LogError::Unavailable(format!("Kafka consume failed: {e}")))?
+            }
+        };
+        out.push(convert(&first));
+        drop(first);
+        while out.len() < max {
+            // a zero timeout still polls once: take what is already fetched, never wait
+            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                Ok(Ok(message)) => out.push(convert(&message)),
+                Ok(Err(e)) => {
+                    return Err(LogError::Unavailable(format!("Kafka consume failed: {e}")));
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn commit(&mut self, done: &[Position]) -> Result<(), LogError> {
+        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        for position in done {
+            let entry = next.entry(position.partition).or_insert(0);
+            *entry = (*entry).max(position.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in next {
+            list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64))
+                .map_err(|e| LogError::Config(format!("bad commit position: {e}")))?;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|_| LogError::Unavailable("commit task panicked".into()))?
+            .map_err(|e| LogError::Unavailable(format!("Kafka commit failed: {e}")))
+    }
+}
+
+fn convert(message: &BorrowedMessage<'_>) -> Consumed {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumed {
+        position: Position {
+            partition: message.partition() as u32,
+            offset: message.offset() as u64,
+        },
+        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+        record: Record {
+            key: message.key().map(Bytes::copy_from_slice),
+            headers,
+            value: message
+                .payload()
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default(),
+        },
+    }
+}

@@ -1,0 +1,219 @@
+//! The Kafka backend (rdkafka; any Kafka-protocol broker: Kafka, Redpanda, MSK, Confluent).
+//!
+//! The producer is idempotent with `acks=all`, so an acknowledged append is on every in-sync
+//! replica and a retried send never duplicates within a partition. Records are partitioned by
+//! key with `murmur2_random`, the Java client's partitioner, so keyed records land where any
+//! other Kafka client would put them and records without a key spread randomly. Every
+//! librdkafka property given in the configuration passes through to the producer, consumers
+//! and admin client (TLS, SASL/SCRAM, SASL/PLAIN, OAUTHBEARER, ...).
+
+mod consumer;
+mod mock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+pub use crate::KafkaConfig;
+pub use consumer::KafkaConsumer;
+
+use crate::{LogError, Position, Record};
+
+/// Properties terra-ingest sets itself; a configured value for one of them is ignored with a
+/// warning, because changing it would break "acknowledged means durable".
+const ENFORCED: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("enable.auto.commit", "false"),
+];
+
+/// How long metadata requests (readiness, start-up checks) may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct KafkaLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: FutureProducer,
+    /// Connection settings shared by consumers (bootstrap servers and passed-through
+    /// properties).
+    base: ClientConfig,
+    topic: String,
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic when asked and missing, and checks the topic is there.
+    pub async fn connect(
+        config: KafkaConfig,
+        properties: &[(String, String)],
+    ) -> Result<Self, LogError> {
+        let mut base = ClientConfig::new();
+        for (name, value) in properties {
+            if ENFORCED.iter().any(|(enforced, _)| enforced == name) {
+                tracing::warn!(property = %name, "ignoring a Kafka property terra-ingest must set itself");
+                continue;
+            }
+            base.set(name, value);
+        }
+        let mut producer_config = base.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random");
+        set_default(&mut producer_config, "linger.ms", "2");
+        // answer (503) before Terra's ~8 s delivery timeout rather than after it
+        set_default(&mut producer_config, "message.timeout.ms", "5000");
+        let producer: FutureProducer = match &config.bootstrap_servers {
+            Some(servers) => {
+                base.set("bootstrap.servers", servers);
+                producer_config.set("bootstrap.servers", servers);
+                producer_config.create().map_err(config_error)?
+            }
+            None => {
+                let (producer, servers) = mock::start(&producer_config, &config)?;
+                base.set("bootstrap.servers", servers);
+                producer
+            }
+        };
+        if config.bootstrap_servers.is_some() && config.create_topic {
+            create_topic(&base, &config).await?;
+        }
+        let log = Self {
+            inner: Arc::new(Inner {
+                producer,
+                base,
+                topic: config.topic,
+            }),
+        };
+        log.check_ready().await?;
+        Ok(log)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_ref()),
+                });
+            }
+            let mut future = FutureRecord::<[u8], [u8]>::to(&self.inner.topic)
+                .payload(&record.value)
+                .headers(headers);
+            if let Some(key) = &record.key {
+                future = future.key(key.as_ref());
+            }
+            let delivery = self
+                .inner
+                .producer
+                .send_result(future)
+                .map_err(|(err, _)| produce_error(err))?;
+            pending.push(delivery);
+        }
+        let mut positions = Vec::with_capacity(pending.len());
+        for delivery in pending {
+            let delivered = delivery
+                .await
+                .map_err(|_| LogError::Unavailable("Kafka producer shut down".into()))?
+                .map_err(|(err, _)| produce_error(err))?;
+            positions.push(Position {
+                partition: delivered.partition as u32,
+                offset: delivered.offset as u64,
+            });
+        }
+        Ok(positions)
+    }
+
+    pub(crate) async fn check_ready(&self) -> Result<(), LogError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let metadata = inner
+                .producer
+                .client()
+                .fetch_metadata(Some(&inner.topic), METADATA_TIMEOUT)
+                .map_err(|e| {
+                    LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"))
+                })?;
+            let topic = metadata.topics().iter().find(|t| t.name() == inner.topic);
+            match topic {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                _ => Err(LogError::Config(format!(
+                    "Kafka topic {:?} does not exist",
+                    inner.topic
+                ))),
+            }
+        })
+        .await
+        .map_err(|_| LogError::Unavailable("metadata check panicked".into()))?
+    }
+
+    pub(crate) fn consumer(&self, group: &str) -> Result<KafkaConsumer, LogError> {
+        KafkaConsumer::new(&self.inner.base, &self.inner.topic, group)
+    }
+
+    /// Flushes queued messages (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.inner.producer.flush(timeout);
+    }
+}
+
+async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = base.create().map_err(config_error)?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions as i32,
+        TopicReplication::Fixed(config.replication as i32),
+    );
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
+    let results = admin.create_topics([&topic], &options).await.map_err(|e| {
+        LogError::Unavailable(format!(
+            "cannot reach the Kafka brokers to create topic {:?}: {e}",
+            config.topic
+        ))
+    })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(LogError::Unavailable(format!(
+                    "failed to create Kafka topic {name:?}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `name` unless the configuration already has a value for it.
+fn set_default(config: &mut ClientConfig, name: &str, value: &str) {
+    if config.get(name).is_none() {
+        config.set(name, value);
+    }
+}
+
+fn config_error(err: KafkaError) -> LogError {
+    LogError::Config(format!("invalid Kafka client configuration: {err}"))
+}
+
+fn produce_error(err: KafkaError) -> LogError {
+    match err {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => LogError::Timeout,
+        other => LogError::Unavailable(format!("Kafka produce failed: {other}")),
+    }
+}

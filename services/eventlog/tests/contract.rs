@@ -1,0 +1,293 @@
+//! The event-log contract, run against every backend: the embedded log on a temporary folder
+//! and Kafka through librdkafka's in-process mock cluster (a real Kafka-protocol broker
+//! implementation inside librdkafka; no Kafka broker can be installed on the CI machine in
+//! its time budget, see the README).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use terra_eventlog::{Consumed, EventLog, LogUrl, Position, Record};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Harness {
+    log: EventLog,
+    // keeps the embedded log's folder alive
+    _dir: Option<tempfile::TempDir>,
+    reopen: Option<std::path::PathBuf>,
+}
+
+async fn embedded() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = LogUrl::parse(
+        &format!("embedded:{}?partitions=3", dir.path().display()),
+        dir.path(),
+    )
+    .unwrap();
+    let log = EventLog::open(&url, &[]).await.unwrap();
+    let reopen = Some(dir.path().to_owned());
+    Harness {
+        log,
+        _dir: Some(dir),
+        reopen,
+    }
+}
+
+async fn kafka_mock() -> Harness {
+    let url = LogUrl::parse(
+        "kafka-mock://terra-events?partitions=3",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let log = EventLog::open(&url, &[]).await.unwrap();
+    Harness {
+        log,
+        _dir: None,
+        reopen: None,
+    }
+}
+
+fn record(key: Option<&str>, value: String) -> Record {
+    Record {
+        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        headers: vec![(
+            "traceparent".into(),
+            Bytes::from_static(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        )],
+        value: Bytes::from(value),
+    }
+}
+
+async fn drain(consumer: &mut terra_eventlog::Consumer, expected: usize) -> Vec<Consumed> {
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let batch = consumer
+            .poll((expected - out.len()).min(500), WAIT)
+            .await
+            .unwrap();
+        assert!(
+            !batch.is_empty(),
+            "timed out after {} of {expected} records",
+            out.len()
+        );
+        out.extend(batch);
+    }
+    out
+}
+
+async fn order_per_key_and_positions(h: Harness) {
+    let keys = ["user-a", "user-b", "user-c", "user-d", "user-e"];
+    let mut appended = HashMap::new();
+    // several concurrent batches, as concurrent webhook requests produce them
+    let mut tasks = Vec::new();
+    for batch in 0..10 {
+        let log = h.log.clone();
+        let records: Vec<_> = (0..20)
+            .map(|i| {
+                let key = keys[i % keys.len()];
+                record(Some(key), format!("{key}:{batch}:{i}"))
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            (records.clone(), log.append(records).await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (records, positions) = task.await.unwrap();
+        assert_eq!(records.len(), positions.len());
+        for (r, p) in records.into_iter().zip(positions) {
+            appended.insert(r.value.clone(), (r, p));
+        }
+    }
+    // unkeyed records are accepted too
+    h.log
+        .append(vec![record(None, "no-user".into())])
+        .await
+        .unwrap();
+
+    let mut consumer = h.log.consumer("order").unwrap();
+    let consumed = drain(&mut consumer, 201).await;
+    let mut last_by_key: HashMap<Bytes, Position> = HashMap::new();
+    for c in &consumed {
+        if c.record.value.as_ref() == b"no-user" {
+            assert_eq!(c.record.key, None);
+            continue;
+        }
+        let (original, position) = &appended[&c.record.value];
+        assert_eq!(
+            &c.position, position,
+            "append returned the position the record is read at"
+        );
+        assert_eq!(
+            &c.record, original,
+            "key, headers and value come back unchanged"
+        );
+        let key = c.record.key.clone().unwrap();
+        if let Some(previous) = last_by_key.insert(key, c.position) {
+            assert_eq!(
+                previous.partition, c.position.partition,
+                "one key, one partition"
+            );
+            assert!(previous.offset < c.position.offset);
+        }
+    }
+    // within one batch, a key's records keep their order
+    for (value, (_, position)) in &appended {
+        let text = std::str::from_utf8(value).unwrap();
+        let (key, rest) = text.split_once(':').unwrap();
+        let (batch, i) = rest.split_once(':').unwrap();
+        let i: usize = i.parse().unwrap();
+        if i >= keys.len() {
+            let earlier = format!("{key}:{batch}:{}", i - keys.len());
+            assert!(appended[earlier.as_bytes()].1.offset < position.offset);
+        }
+    }
+}
+
+async fn commits_are_honoured_and_uncommitted_redelivered(h: Harness) {
+    let values: Vec<_> = (0..30).map(|i| format!("v{i}")).collect();
+    h.log
+        .append(
+            values
+                .iter()
+                .map(|v| record(Some("one-user"), v.clone()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut first = h.log.consumer("projector").unwrap();
+    let got = drain(&mut first, 30).await;
+    // done with the first 12 only
+    first.commit(&[got[11].position]).await.unwrap();
+    drop(first);
+    let mut second = h.log.consumer("projector").unwrap();
+    let again = drain(&mut second, 18).await;
+    let again: Vec<_> = again
+        .iter()
+        .map(|c| String::from_utf8(c.record.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        again,
+        values[12..].to_vec(),
+        "resumes right after the commit, redelivering the rest"
+    );
+    // another group is independent and starts from the beginning
+    let mut other = h.log.consumer("other-group").unwrap();
+    assert_eq!(drain(&mut other, 30).await.len(), 30);
+}
+
+async fn empty_poll_waits_then_returns_nothing(h: Harness) {
+    let mut consumer = h.log.consumer("idle").unwrap();
+    let batch = consumer.poll(10, Duration::from_millis(300)).await.unwrap();
+    assert!(batch.is_empty());
+    h.log.check_ready().await.unwrap();
+    // a record appended while a poll waits wakes it up
+    let log = h.log.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log.append(vec![record(Some("k"), "late".into())])
+            .await
+            .unwrap()
+    });
+    let got = drain(&mut consumer, 1).await;
+    assert_eq!(got[0].record.value.as_ref(), b"late");
+    writer.await.unwrap();
+}
+
+async fn no_loss_across_restart(h: Harness) {
+    let positions = h
+        .log
+        .append(
+            (0..50)
+                .map(|i| record(Some(&format!("u{}", i % 7)), format!("r{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = h.log.consumer("restart").unwrap();
+    let got = drain(&mut consumer, 20).await;
+    consumer
+        .commit(&got.iter().map(|c| c.position).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    drop(consumer);
+    let log = match &h.reopen {
+        Some(dir) => {
+            drop(h.log);
+            let url = LogUrl::parse(&format!("embedded:{}", dir.display()), dir).unwrap();
+            EventLog::open(&url, &[]).await.unwrap()
+        }
+        // the mock cluster lives in this process: a new client connection stands for the restart
+        None => h.log.clone(),
+    };
+    let mut all = log.consumer("fresh").unwrap();
+    let everything = drain(&mut all, 50).await;
+    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for c in &everything {
+        by_partition
+            .entry(c.position.partition)
+            .or_default()
+            .push(c.position.offset);
+    }
+    let mut expected: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for p in &positions {
+        expected.entry(p.partition).or_default().push(p.offset);
+    }
+    assert_eq!(by_partition, expected);
+    let mut resumed = log.consumer("restart").unwrap();
+    let rest = drain(&mut resumed, 30).await;
+    let seen: std::collections::HashSet<_> = got.iter().map(|c| c.position).collect();
+    assert!(
+        rest.iter().all(|c| !seen.contains(&c.position)),
+        "committed records are not delivered again"
+    );
+}
+
+macro_rules! contract {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn order_per_key_and_positions() { super::order_per_key_and_positions(super::$backend().await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn commits_are_honoured_and_uncommitted_redelivered() { super::commits_are_honoured_and_uncommitted_redelivered(super::$backend().await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn empty_poll_waits_then_returns_nothing() { super::empty_poll_waits_then_returns_nothing(super::$backend().await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn no_loss_across_restart() { super::no_loss_across_restart(super::$backend().await).await }
+        }
+    )*};
+}
+
+contract!(embedded, kafka_mock);
+
+#[tokio::test]
+async fn kafka_unreachable_broker_is_a_clear_error() {
+    let url = LogUrl::parse(
+        "kafka://127.0.0.1:1/terra-events",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let props = [(
+        "socket.connection.setup.timeout.ms".to_owned(),
+        "1000".to_owned(),
+    )];
+    let err = EventLog::open(&url, &props)
+        .await
+        .err()
+        .expect("no broker listens on port 1")
+        .to_string();
+    assert!(err.contains("cannot reach the Kafka brokers"), "{err}");
+}
+
+#[tokio::test]
+async fn kafka_refuses_invalid_client_properties_by_name() {
+    let url = LogUrl::parse("kafka-mock://t", std::path::Path::new(".")).unwrap();
+    let props = [("no.such.property".to_owned(), "1".to_owned())];
+    let err = EventLog::open(&url, &props)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no.such.property"), "{err}");
+}
