@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use terra_eventlog::{Consumed, EventLog, LogUrl, Position, Record};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(20);
 
 struct Harness {
     log: EventLog,

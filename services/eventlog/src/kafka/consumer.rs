@@ -41,23 +41,22 @@ impl KafkaConsumer {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Consumed>, LogError> {
+        let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
-            Err(_) => return Ok(out),
-            Ok(message) => {
-                message.map_err(|e| LogError::Unavailable(format!("Kafka consume failed: {e}")))?
+        while out.is_empty() {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(out),
+                Ok(Ok(message)) => out.push(convert(&message)),
+                // librdkafka reports broker trouble through the consumer but recovers by
+                // itself (reconnect, rebalance); the caller sees an empty poll, not a failure
+                Ok(Err(err)) => tracing::warn!(error = %err, "kafka consumer error; retrying"),
             }
-        };
-        out.push(convert(&first));
-        drop(first);
+        }
         while out.len() < max {
             // a zero timeout still polls once: take what is already fetched, never wait
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
                 Ok(Ok(message)) => out.push(convert(&message)),
-                Ok(Err(e)) => {
-                    return Err(LogError::Unavailable(format!("Kafka consume failed: {e}")));
-                }
-                Err(_) => break,
+                Ok(Err(_)) | Err(_) => break,
             }
         }
         Ok(out)

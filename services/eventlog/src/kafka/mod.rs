@@ -80,6 +80,9 @@ impl KafkaLog {
             None => {
                 let (producer, servers) = mock::start(&producer_config, &config)?;
                 base.set("bootstrap.servers", servers);
+                // the mock's classic group coordinator rebalances only ~25-45 s after a member
+                // leaves; its KIP-848 coordinator hands partitions over at once
+                set_default(&mut base, "group.protocol", "consumer");
                 producer
             }
         };
@@ -215,5 +218,22 @@ fn produce_error(err: KafkaError) -> LogError {
     match err {
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => LogError::Timeout,
         other => LogError::Unavailable(format!("Kafka produce failed: {other}")),
+    }
+}
+
+impl KafkaLog {
+    /// Takes the broker of a `kafka-mock://` log down or back up, to exercise outage paths
+    /// (tests, chaos drills). Errors for a real cluster.
+    pub fn set_mock_broker_up(&self, up: bool) -> Result<(), LogError> {
+        let client = self.inner.producer.client();
+        let cluster = client
+            .mock_cluster()
+            .ok_or_else(|| LogError::Config("not a kafka-mock:// log".into()))?;
+        let result = if up {
+            cluster.broker_up(1)
+        } else {
+            cluster.broker_down(1)
+        };
+        result.map_err(|e| LogError::Config(format!("mock cluster: {e}")))
     }
 }

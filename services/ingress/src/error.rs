@@ -1,0 +1,68 @@
+//! Every way a webhook request can fail, mapped to one HTTP status and a stable error code.
+//! The JSON body says what was wrong in terms of the request; it never echoes the body, the
+//! header or a secret.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use terra_core::SignatureError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("unknown webhook source {0:?}")]
+    UnknownSource(String),
+    #[error("client address {0} is not allowed for this source")]
+    Forbidden(String),
+    #[error("client address could not be determined from X-Forwarded-For")]
+    UnknownClient,
+    #[error("request body exceeds the {limit} byte limit")]
+    TooLarge { limit: usize },
+    #[error("failed to read the request body")]
+    BodyRead,
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("the event log cannot accept the webhook right now; retry later")]
+    LogUnavailable { retry_after: Duration },
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownSource(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) | Self::UnknownClient => StatusCode::FORBIDDEN,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::Signature(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
+            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::LogUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable code, also the `outcome` label of the request metric.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownSource(_) => "unknown_source",
+            Self::Forbidden(_) | Self::UnknownClient => "forbidden",
+            Self::TooLarge { .. } => "too_large",
+            Self::BodyRead => "body_read_failed",
+            Self::Signature(err) => err.code(),
+            Self::LogUnavailable { .. } => "log_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let Self::LogUnavailable { retry_after } = self {
+            let secs = retry_after.as_secs().max(1).to_string();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&secs).expect("digits"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics of the ingress: requests by source and outcome, append latency, body
+//! sizes. Served as text on `GET /metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) source: String,
+    pub(crate) outcome: String,
+}
+
+/// The ingress's metrics, registered in a registry other services may share.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) append_seconds: Histogram,
+    pub(crate) body_bytes: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("terra_ingest");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by source and outcome",
+            requests.clone(),
+        );
+        let append_seconds = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
+        registry.register(
+            "log_append_seconds",
+            "Time for the event log to confirm an append",
+            append_seconds.clone(),
+        );
+        let body_bytes = Histogram::new(exponential_buckets(256.0, 4.0, 10));
+        registry.register(
+            "webhook_body_bytes",
+            "Size of accepted webhook bodies",
+            body_bytes.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            append_seconds,
+            body_bytes,
+        }
+    }
+
+    pub(crate) fn outcome(&self, source: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.inner.metrics.encode(),
+    )
+}

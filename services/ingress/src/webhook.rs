@@ -1,0 +1,300 @@
+//! The webhook handler: allowlist, size limit, signature, classification, durable append.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use terra_core::envelope::{self, Envelope, ProtoEventGroup};
+use terra_core::{EventGroup, classify, signature};
+use terra_eventlog::{Position, Record};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::DEFAULT_SOURCE;
+use crate::{AppState, IngressError, client_addr};
+
+/// Longest value kept from a Terra delivery header (they are ids and timestamps).
+const MAX_HEADER_VALUE: usize = 512;
+
+pub(crate) async fn default_source(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    traced(state, DEFAULT_SOURCE.to_owned(), peer, headers, body).await
+}
+
+pub(crate) async fn named_source(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    traced(state, source, peer, headers, body).await
+}
+
+/// Runs the request in a span whose parent is the caller's W3C trace context, when it sent
+/// one. The parent must be set before the span is first entered.
+async fn traced(
+    state: AppState,
+    source: String,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("webhook", otel.kind = "server", source = %source, envelope_id = tracing::field::Empty, event_type = tracing::field::Empty, outcome = tracing::field::Empty);
+    let _ = span.set_parent(TraceContextPropagator::new().extract(&HeaderExtractor(&headers)));
+    handle(state, source, peer, headers, body)
+        .instrument(span)
+        .await
+}
+
+struct Accepted {
+    envelope_id: String,
+    position: Position,
+    body_is_json: bool,
+}
+
+async fn handle(
+    state: AppState,
+    source: String,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = accept(&state, &source, peer, &headers, body).await;
+    let metrics = &state.inner.metrics;
+    // arbitrary path segments must not become metric label values
+    let label = if state.inner.config.sources.contains_key(&source) {
+        source.as_str()
+    } else {
+        "unknown"
+    };
+    match result {
+        Ok(accepted) => {
+            let outcome = if accepted.body_is_json {
+                "accepted"
+            } else {
+                "accepted_not_json"
+            };
+            metrics.outcome(label, outcome);
+            Span::current().record("outcome", outcome);
+            tracing::info!(
+                partition = accepted.position.partition,
+                offset = accepted.position.offset,
+                "webhook accepted"
+            );
+            let body = serde_json::json!({
+                "envelope_id": accepted.envelope_id,
+                "partition": accepted.position.partition,
+                "offset": accepted.position.offset,
+                "body_is_json": accepted.body_is_json,
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(err) => {
+            metrics.outcome(label, err.code());
+            Span::current().record("outcome", err.code());
+            if err.status().is_server_error() {
+                tracing::warn!(error = %err, "webhook not accepted");
+            } else {
+                tracing::info!(error = %err, "webhook rejected");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    source_name: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, IngressError> {
+    let inner = &state.inner;
+    let source = inner
+        .config
+        .sources
+        .get(source_name)
+        .ok_or_else(|| IngressError::UnknownSource(source_name.to_owned()))?;
+
+    let client = client_addr::resolve(peer, headers, &source.trusted_proxies);
+    if let Some(allowlist) = &source.allowlist {
+        let client = client.ok_or(IngressError::UnknownClient)?;
+        if !allowlist.iter().any(|net| net.contains(&client)) {
+            return Err(IngressError::Forbidden(client.to_string()));
+        }
+    }
+    let remote_addr = client.unwrap_or_else(|| peer.ip());
+
+    let body = read_body(headers, body, inner.config.body_limit).await?;
+
+    let signature_header = signature::HEADER_NAMES
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature_timestamp = source
+        .verifier
+        .verify(signature_header.as_deref(), &body, now)?;
+    inner.metrics.body_bytes.observe(body.len() as f64);
+
+    let (record, envelope_id, body_is_json) =
+        build_record(source_name, headers, remote_addr, signature_timestamp, body);
+    let started = Instant::now();
+    let appended =
+        tokio::time::timeout(inner.config.append_timeout, inner.log.append(vec![record])).await;
+    inner
+        .metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let position = match appended {
+        Ok(Ok(positions)) => positions[0],
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "event log append failed");
+            return Err(IngressError::LogUnavailable {
+                retry_after: terra_eventlog::retry_after(&err),
+            });
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = inner.config.append_timeout.as_millis() as u64,
+                "event log append timed out"
+            );
+            return Err(IngressError::LogUnavailable {
+                retry_after: std::time::Duration::from_secs(5),
+            });
+        }
+    };
+    Ok(Accepted {
+        envelope_id,
+        position,
+        body_is_json,
+    })
+}
+
+/// Reads the whole body, refusing early on a declared length over the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(IngressError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(IngressError::TooLarge { limit })
+        }
+        Err(_) => Err(IngressError::BodyRead),
+    }
+}
+
+fn build_record(
+    source: &str,
+    headers: &HeaderMap,
+    remote_addr: IpAddr,
+    signature_timestamp: i64,
+    body: Bytes,
+) -> (Record, String, bool) {
+    let envelope_id = uuid::Uuid::now_v7().to_string();
+    let classification = classify(&body).ok();
+    let header_text = |name: &str| {
+        headers.get(name).map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let mut end = text.len().min(MAX_HEADER_VALUE);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_owned()
+        })
+    };
+    let ordering_timestamp_ms =
+        header_text("x-terra-ordering-timestamp").and_then(|v| v.trim().parse::<i64>().ok());
+    let span = Span::current();
+    let (event_type, group, user_id, old_user_id, version) = match &classification {
+        Some(c) => (
+            c.event_type.clone(),
+            c.group,
+            c.user_id.clone(),
+            c.old_user_id.clone(),
+            c.version.clone(),
+        ),
+        None => (String::new(), EventGroup::Other, None, None, None),
+    };
+    span.record("envelope_id", envelope_id.as_str());
+    span.record("event_type", event_type.as_str());
+    let envelope = Envelope {
+        envelope_id: envelope_id.clone(),
+        received_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        source: source.to_owned(),
+        event_type,
+        event_group: ProtoEventGroup::from(group) as i32,
+        user_id: user_id.clone(),
+        old_user_id,
+        terra_reference: header_text("terra-reference"),
+        terra_trace_id: header_text("x-terra-trace-id"),
+        ordering_timestamp_ms,
+        signature_timestamp,
+        remote_addr: remote_addr.to_string(),
+        body_sha256: Bytes::copy_from_slice(&Sha256::digest(&body)),
+        body_is_json: classification.is_some(),
+        content_type: header_text("content-type"),
+        payload_version: version,
+        body,
+    };
+    let mut record_headers = vec![
+        (
+            envelope::HEADER_CONTENT_TYPE.to_owned(),
+            Bytes::from_static(envelope::ENVELOPE_CONTENT_TYPE.as_bytes()),
+        ),
+        (
+            envelope::HEADER_ENVELOPE_ID.to_owned(),
+            Bytes::from(envelope_id.clone()),
+        ),
+    ];
+    TraceContextPropagator::new()
+        .inject_context(&span.context(), &mut RecordHeaders(&mut record_headers));
+    let record = Record {
+        key: user_id.map(Bytes::from),
+        headers: record_headers,
+        value: Bytes::from(envelope.encode_to_vec()),
+    };
+    (record, envelope_id, classification.is_some())
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct RecordHeaders<'a>(&'a mut Vec<(String, Bytes)>);
+
+impl Injector for RecordHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), Bytes::from(value)));
+    }
+}
