@@ -1,0 +1,300 @@
+//! `terra-ingest bench ingress`: a load generator. It starts the real binary as a child
+//! process (`ingress` on a fresh embedded log or on Kafka), sends correctly signed fixture
+//! bodies over keep-alive HTTP/1.1 connections at a fixed concurrency, and reports acked
+//! webhooks/s, latency percentiles and the server's peak RSS. In the same run it measures a
+//! bare server (reads the body, answers 200) and prints the ratio. It asserts nothing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use terra_core::SigningSecret;
+
+use crate::fixtures;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Log of the server under test: `embedded` (fresh folder), `kafka-mock` (in-process mock
+    /// cluster) or any --log URL.
+    #[arg(long, default_value = "embedded")]
+    pub log: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Measured seconds per server (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Server log level while measured (RUST_LOG of the child).
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
+}
+
+struct Measured {
+    acked: u64,
+    failed: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.acked as f64 / self.seconds
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.concurrency == 0 || args.seconds == 0 {
+        bail!("--concurrency and --seconds must be at least 1");
+    }
+    let exe = std::env::current_exe().context("failed to find the terra-ingest binary")?;
+    let secret = "whsec_bench_0123456789";
+    let requests = signed_requests(secret);
+
+    let bare_addr = free_addr()?;
+    let bare = ChildGuard(
+        Command::new(&exe)
+            .args([
+                "bench",
+                "bare-server",
+                "--http-addr",
+                &bare_addr.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_until_up(bare_addr, "/").await?;
+    let bare_result = load(bare_addr, "/", &requests, args.concurrency, args.seconds).await?;
+    let bare_rss = peak_rss_kb(bare.0.id());
+    drop(bare);
+
+    let data_dir = tempfile::tempdir().context("failed to create a temporary data dir")?;
+    let log = match args.log.as_str() {
+        "embedded" => format!("embedded:{}", data_dir.path().join("log").display()),
+        "kafka-mock" => "kafka-mock://terra-bench?partitions=4".to_owned(),
+        other => other.to_owned(),
+    };
+    let addr = free_addr()?;
+    let server = ChildGuard(
+        Command::new(&exe)
+            .args([
+                "ingress",
+                "--http-addr",
+                &addr.to_string(),
+                "--log",
+                &log,
+                "--signing-secret",
+                secret,
+            ])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", &args.server_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    wait_until_up(addr, "/readyz").await?;
+    let result = load(addr, "/webhook", &requests, args.concurrency, args.seconds).await?;
+    let rss = peak_rss_kb(server.0.id());
+    drop(server);
+
+    println!(
+        "terra-ingest bench ingress: log={} concurrency={} seconds={} bodies={} (every fixture, signed)",
+        args.log,
+        args.concurrency,
+        args.seconds,
+        requests.len()
+    );
+    println!(
+        "{:<10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>12}",
+        "server", "acked/s", "failed", "p50 ms", "p99 ms", "max ms", "peak RSS MB"
+    );
+    for (name, m, rss) in [("bare", &bare_result, bare_rss), ("ingress", &result, rss)] {
+        println!(
+            "{:<10} {:>12.0} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>12}",
+            name,
+            m.rate(),
+            m.failed,
+            m.percentile_ms(0.50),
+            m.percentile_ms(0.99),
+            m.percentile_ms(1.0),
+            rss.map_or("?".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+        );
+    }
+    println!(
+        "ratio ingress/bare: {:.2}",
+        result.rate() / bare_result.rate().max(1.0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every fixture, signed now (valid for the 300 s replay window, longer than any run).
+fn signed_requests(secret: &str) -> Vec<(Bytes, String)> {
+    let secret = SigningSecret::new(secret).expect("non-empty");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    fixtures::ALL
+        .iter()
+        .map(|(_, body)| (Bytes::from_static(body), secret.sign(now, body)))
+        .collect()
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+async fn wait_until_up(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            if let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await
+            {
+                tokio::spawn(conn);
+                let request = Request::get(path)
+                    .header("host", "bench")
+                    .body(Full::new(Bytes::new()))?;
+                if let Ok(response) = sender.send_request(request).await {
+                    if response.status().is_success() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("server on {addr} did not become ready within 30 s")
+}
+
+async fn load(
+    addr: SocketAddr,
+    path: &str,
+    requests: &[(Bytes, String)],
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<Measured> {
+    let warmup_end = Instant::now() + Duration::from_secs(1);
+    let end = warmup_end + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let requests = requests.to_vec();
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            connection(addr, path, requests, worker, warmup_end, end).await
+        }));
+    }
+    let mut total = Measured {
+        acked: 0,
+        failed: 0,
+        seconds: seconds as f64,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let m = task.await.context("load task panicked")??;
+        total.acked += m.acked;
+        total.failed += m.failed;
+        total.latencies_us.extend(m.latencies_us);
+    }
+    total.latencies_us.sort_unstable();
+    Ok(total)
+}
+
+async fn connection(
+    addr: SocketAddr,
+    path: String,
+    requests: Vec<(Bytes, String)>,
+    worker: usize,
+    warmup_end: Instant,
+    end: Instant,
+) -> anyhow::Result<Measured> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut m = Measured {
+        acked: 0,
+        failed: 0,
+        seconds: 0.0,
+        latencies_us: Vec::with_capacity(1 << 14),
+    };
+    let mut i = worker;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let (body, signature) = &requests[i % requests.len()];
+        i += 1;
+        let request = Request::post(path.as_str())
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .header("terra-signature", signature.as_str())
+            .body(Full::new(body.clone()))?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await?;
+        if now >= warmup_end {
+            m.latencies_us
+                .push(now.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            if ok { m.acked += 1 } else { m.failed += 1 }
+        }
+    }
+    Ok(m)
+}
+
+/// VmHWM (peak resident set) of a process, kB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The comparison server: same stack (tokio, hyper via axum), reads the body, answers 200.
+pub(crate) async fn bare_server(addr: &str) -> anyhow::Result<ExitCode> {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|| async { "ok" })
+                .post(|body: Bytes| async move { format!("{{\"len\": {}}}", body.len()) }),
+        )
+        .route(
+            "/webhook",
+            post(|body: Bytes| async move { format!("{{\"len\": {}}}", body.len()) }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr}"))?;
+    axum::serve(listener, app).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! Command-line interface. Every setting of the services is a flag with a `TERRA_INGEST_*`
+//! environment twin; flags win over the environment, which wins over the `--config` TOML
+//! file, which wins over the defaults.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "terra-ingest",
+    version,
+    about = "Self-hosted ingestion of Terra health-data webhooks"
+)]
+pub struct Cli {
+    /// TOML configuration file (see terra-ingest.example.toml).
+    #[arg(long, global = true, env = "TERRA_INGEST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, global = true, env = "TERRA_INGEST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every service in one process on the embedded defaults (log, data under ./data).
+    Standalone(ServeArgs),
+    /// The ingress service alone: verify webhooks and append them to the log.
+    Ingress(ServeArgs),
+    /// Sign a body the way Terra does and POST it.
+    Send(SendArgs),
+    /// Check a captured delivery offline; exit code 0 only when the signature is valid.
+    Verify(VerifyArgs),
+    /// Benchmarks (load generators; they print numbers, they assert nothing).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Settings of the long-running services.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Folder for the embedded log and generated files.
+    #[arg(long, env = "TERRA_INGEST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the HTTP ingress listens on.
+    #[arg(long, env = "TERRA_INGEST_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Address the gRPC query service listens on (used once the query service is part of
+    /// this binary; validated now so deployments can set it).
+    #[arg(long, env = "TERRA_INGEST_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    /// Event log: `embedded`, `embedded:PATH`, `kafka://HOST:PORT/TOPIC[?partitions=N&replication=N]`
+    /// or `kafka-mock://TOPIC` (in-process mock cluster, not durable).
+    #[arg(long, env = "TERRA_INGEST_LOG")]
+    pub log: Option<String>,
+    /// Signing secret of the default source (the value Terra's dashboard shows).
+    #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+    /// File holding the default source's signing secret(s), one per line (rotation).
+    #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET_FILE")]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Replay window of the default source, seconds.
+    #[arg(long, env = "TERRA_INGEST_TOLERANCE_SECS")]
+    pub tolerance_secs: Option<u64>,
+    /// Allowlist of the default source: CIDRs, addresses or `terra` (Terra's published IPs),
+    /// comma separated. Off when unset.
+    #[arg(long, env = "TERRA_INGEST_ALLOW", value_delimiter = ',')]
+    pub allow: Option<Vec<String>>,
+    /// Proxies (CIDRs) whose X-Forwarded-For the default source believes, comma separated.
+    #[arg(long, env = "TERRA_INGEST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Largest accepted webhook body, bytes.
+    #[arg(long, env = "TERRA_INGEST_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// OTLP/gRPC endpoint for traces (for example http://otel-collector:4317); also read
+    /// from OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "TERRA_INGEST_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to POST, e.g. http://127.0.0.1:8080/webhook.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhook")]
+    pub url: String,
+    /// Signing secret. Default: the one standalone generated in --data-dir.
+    #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Data folder of a standalone instance, to read its generated secret from.
+    #[arg(long, env = "TERRA_INGEST_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Body file to send, byte for byte.
+    #[arg(long, conflicts_with = "fixture", required_unless_present = "fixture")]
+    pub file: Option<PathBuf>,
+    /// A built-in sample body by name (e.g. sleep, auth, user_reauth).
+    #[arg(long)]
+    pub fixture: Option<String>,
+    /// Extra request headers, `Name: value` (e.g. X-Terra-Ordering-Timestamp).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The signing secret (several flags for several secrets).
+    #[arg(long, required = true)]
+    pub secret: Vec<String>,
+    /// The captured terra-signature header value.
+    #[arg(long)]
+    pub header: String,
+    /// The captured body, byte for byte.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Clock to verify at (unix seconds), for old captures. Default: now.
+    #[arg(long)]
+    pub at: Option<i64>,
+    /// Replay window, seconds.
+    #[arg(long, default_value_t = terra_core::signature::DEFAULT_TOLERANCE_SECS)]
+    pub tolerance_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load the ingress with signed fixture bodies and compare with a bare HTTP server.
+    Ingress(crate::bench::BenchArgs),
+    /// (internal) The bare comparison server: reads each body and answers 200.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        http_addr: String,
+    },
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Standalone(args) => {
+            crate::serve::run(cli.config, cli.log_format, args, true).await
+        }
+        Command::Ingress(args) => crate::serve::run(cli.config, cli.log_format, args, false).await,
+        Command::Send(args) => crate::send::run(args).await,
+        Command::Verify(args) => Ok(crate::verify::run(&args)),
+        Command::Bench(BenchCommand::Ingress(args)) => crate::bench::run(args).await,
+        Command::Bench(BenchCommand::BareServer { http_addr }) => {
+            crate::bench::bare_server(&http_addr).await
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `terra-ingest`: one binary with every service (`standalone`, `ingress`) and the operator
+//! tools (`send`, `verify`, `bench`).
+
+mod bench;
+pub mod cli;
+mod fixtures;
+mod send;
+mod serve;
+pub mod settings;
+mod telemetry;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

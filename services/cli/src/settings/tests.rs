@@ -1,0 +1,167 @@
+use super::*;
+
+fn file(text: &str) -> FileSettings {
+    toml::from_str(text).unwrap()
+}
+
+fn args() -> ServeArgs {
+    ServeArgs {
+        signing_secret: Some("whsec_flag".into()),
+        ..ServeArgs::default()
+    }
+}
+
+#[test]
+fn defaults() {
+    let s = resolve(FileSettings::default(), args(), None, false).unwrap();
+    assert_eq!(s.data_dir, PathBuf::from("data"));
+    assert_eq!(s.http_addr.to_string(), "0.0.0.0:8080");
+    assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
+    assert_eq!(
+        s.log,
+        LogUrl::Embedded {
+            dir: PathBuf::from("data/log"),
+            partitions: 4
+        }
+    );
+    assert_eq!(s.ingress.body_limit, 16 * 1024 * 1024);
+    assert!(s.ingress.sources["default"].allowlist.is_none());
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let f = file("http_addr = \"127.0.0.1:9000\"\nlog = \"kafka://k:9092/t\"\nbody_limit = 10\n");
+    let mut a = args();
+    a.http_addr = Some("127.0.0.1:9001".into());
+    let s = resolve(f, a, None, false).unwrap();
+    assert_eq!(s.http_addr.to_string(), "127.0.0.1:9001");
+    assert!(matches!(s.log, LogUrl::Kafka(_)));
+    assert_eq!(s.ingress.body_limit, 10);
+}
+
+#[test]
+fn sources_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "whsec_one\n\nwhsec_two\n").unwrap();
+    let f = file(&format!(
+        "[sources.prod-eu]\nsecret_files = [{:?}]\nallow = [\"terra\", \"10.0.0.0/8\"]\ntrusted_proxies = [\"192.168.0.0/16\"]\ntolerance_secs = 60\n",
+        secret_file
+    ));
+    let s = resolve(f, args(), None, false).unwrap();
+    let prod = &s.ingress.sources["prod-eu"];
+    assert_eq!(prod.allowlist.as_ref().unwrap().len(), 10);
+    assert_eq!(prod.trusted_proxies.len(), 1);
+    assert_eq!(prod.verifier.tolerance_secs(), 60);
+    let body = b"{}";
+    for secret in ["whsec_one", "whsec_two"] {
+        let header = SigningSecret::new(secret).unwrap().sign(100, body);
+        assert!(
+            prod.verifier.verify(Some(&header), body, 100).is_ok(),
+            "{secret}"
+        );
+    }
+}
+
+#[test]
+fn errors_name_the_setting_and_never_the_secret() {
+    let cases = [
+        ("http_addr = \"nope\"", "http_addr (--http-addr"),
+        ("log = \"redis://x\"", "setting log (--log"),
+        (
+            "[sources.a]\nsecrets = [\"whsec_SHOULD_NOT_PRINT\"]\nallow = [\"999.1.1.1\"]",
+            "sources.a allow",
+        ),
+        (
+            "[sources.a]\nsecrets = [\"whsec_SHOULD_NOT_PRINT\"]\ntrusted_proxies = [\"terra\"]",
+            "sources.a trusted_proxies",
+        ),
+        (
+            "[sources.a]\nallow = [\"terra\"]",
+            "sources.a: no signing secret",
+        ),
+        ("[sources.Bad]\nsecrets = [\"x\"]", "sources.Bad"),
+        (
+            "[sources.a]\nsecret_env = [\"TERRA_TEST_UNSET_VAR\"]",
+            "TERRA_TEST_UNSET_VAR is not set",
+        ),
+        (
+            "[kafka]\n\"sasl.password\" = \"env:TERRA_TEST_UNSET_VAR\"",
+            "kafka.sasl.password",
+        ),
+        ("body_limit = 0", "body_limit"),
+    ];
+    for (text, needle) in cases {
+        let err = format!(
+            "{:#}",
+            resolve(file(text), args(), None, false).unwrap_err()
+        );
+        assert!(err.contains(needle), "{text}: {err}");
+        assert!(!err.contains("SHOULD_NOT_PRINT"), "{err}");
+    }
+    let unknown = toml::from_str::<FileSettings>("http_adr = \"x\"")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("http_adr"), "{unknown}");
+}
+
+#[test]
+fn ingress_without_any_secret_refuses_to_start() {
+    let err = resolve(FileSettings::default(), ServeArgs::default(), None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--signing-secret"), "{err}");
+}
+
+#[test]
+fn standalone_generates_a_secret_once_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServeArgs {
+        data_dir: Some(dir.path().to_owned()),
+        ..ServeArgs::default()
+    };
+    let first = resolve(FileSettings::default(), a.clone(), None, true).unwrap();
+    let path = first.generated_secret.clone().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("whsec_") && text.len() > 40);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let second = resolve(FileSettings::default(), a, None, true).unwrap();
+    let header = SigningSecret::new(text.trim()).unwrap().sign(5, b"x");
+    assert!(
+        second.ingress.sources["default"]
+            .verifier
+            .verify(Some(&header), b"x", 5)
+            .is_ok()
+    );
+}
+
+#[test]
+fn kafka_properties_from_file_and_env() {
+    let mut table = BTreeMap::new();
+    table.insert("security.protocol".to_owned(), "SASL_SSL".to_owned());
+    table.insert("sasl.username".to_owned(), "file".to_owned());
+    let env = vec![
+        (
+            "TERRA_INGEST_KAFKA_SASL_USERNAME".to_owned(),
+            "env-user".to_owned(),
+        ),
+        (
+            "TERRA_INGEST_KAFKA_SASL_MECHANISM".to_owned(),
+            "SCRAM-SHA-512".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let props = kafka_properties(table, env.into_iter()).unwrap();
+    assert_eq!(
+        props,
+        vec![
+            ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
+            ("sasl.username".to_owned(), "env-user".to_owned()),
+            ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+        ]
+    );
+}

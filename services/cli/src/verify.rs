@@ -1,0 +1,46 @@
+//! `terra-ingest verify`: check a captured delivery offline.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use terra_core::{SigningSecret, Verifier};
+
+use crate::cli::VerifyArgs;
+
+pub(crate) fn run(args: &VerifyArgs) -> ExitCode {
+    let body = match std::fs::read(&args.file) {
+        Ok(body) => body,
+        Err(err) => {
+            eprintln!(
+                "error: failed to read --file {}: {err}",
+                args.file.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut secrets = Vec::new();
+    for secret in &args.secret {
+        match SigningSecret::new(secret.as_str()) {
+            Ok(secret) => secrets.push(secret),
+            Err(err) => {
+                eprintln!("error: --secret: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let now = args.at.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+    match Verifier::new(secrets, args.tolerance_secs).verify(Some(&args.header), &body, now) {
+        Ok(t) => {
+            println!("valid: signed at t={t}, verified at {now}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            println!("invalid: {} ({err})", err.code());
+            ExitCode::FAILURE
+        }
+    }
+}
