@@ -1,1 +1,474 @@
-//! End-to-end tests: the real `terra-ingest` binary as a child process.
+//! End-to-end tests: the real `terra-ingest` binary as a child process, driven over HTTP and
+//! through its own `send` / `verify` commands, with the embedded log read back from disk.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use prost::Message;
+use terra_core::envelope::Envelope;
+use terra_eventlog::{EventLog, LogUrl};
+
+const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");
+
+fn fixtures_dir() -> String {
+    format!("{}/../../tests/fixtures", env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `terra-ingest <args>` with `--http-addr 127.0.0.1:0` in `cwd` and waits for its
+/// "ingress listening" line.
+fn start(cwd: &Path, args: &[&str]) -> Server {
+    start_with_env(cwd, args, &[])
+}
+
+fn start_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("TERRA_INGEST_SIGNING_SECRET")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            if let Some(addr) = line.split("ingress listening addr=").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server did not start");
+    Server { child, addr }
+}
+
+fn terra_ingest(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("TERRA_INGEST_SIGNING_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn terminate(server: &mut Server) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..100 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server did not stop on SIGTERM");
+}
+
+async fn read_envelopes(log_dir: &Path) -> Vec<Envelope> {
+    let log = EventLog::open(
+        &LogUrl::parse(&format!("embedded:{}", log_dir.display()), log_dir).unwrap(),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut consumer = log.consumer("e2e-check").unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer
+            .poll(10_000, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(
+            batch
+                .into_iter()
+                .map(|c| Envelope::decode(c.record.value).unwrap()),
+        );
+    }
+}
+
+#[tokio::test]
+async fn standalone_on_zero_config_takes_every_fixture_from_send() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), &["standalone"]);
+    let secret_file = cwd.path().join("data/signing-secret");
+    assert!(
+        secret_file.exists(),
+        "standalone generated its secret under ./data"
+    );
+    let url = format!("http://{}/webhook", server.addr);
+    let mut sent = Vec::new();
+    for entry in std::fs::read_dir(format!("{}/webhooks", fixtures_dir())).unwrap() {
+        let path = entry.unwrap().path();
+        // `send` finds the generated secret in ./data by itself
+        let out = terra_ingest(
+            cwd.path(),
+            &["send", "--url", &url, "--file", path.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(text(&out.stdout).starts_with("200\n"));
+        sent.push(std::fs::read(&path).unwrap());
+    }
+    let by_name = terra_ingest(
+        cwd.path(),
+        &[
+            "send",
+            "--url",
+            &url,
+            "--fixture",
+            "user_reauth",
+            "-H",
+            "X-Terra-Ordering-Timestamp: 1791100000123",
+        ],
+    );
+    assert!(by_name.status.success(), "{}", text(&by_name.stderr));
+    let wrong = terra_ingest(
+        cwd.path(),
+        &[
+            "send",
+            "--url",
+            &url,
+            "--secret",
+            "whsec_wrong",
+            "--fixture",
+            "sleep",
+        ],
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong.stdout).starts_with("401\n")
+            && text(&wrong.stdout).contains("signature_mismatch")
+    );
+    let unknown = terra_ingest(cwd.path(), &["send", "--url", &url, "--fixture", "nope"]);
+    assert!(
+        !unknown.status.success() && text(&unknown.stderr).contains("does not exist"),
+        "{}",
+        text(&unknown.stderr)
+    );
+
+    assert!(terminate(&mut server).success(), "clean exit on SIGTERM");
+    let envelopes = read_envelopes(&cwd.path().join("data/log")).await;
+    assert_eq!(envelopes.len(), sent.len() + 1);
+    let stored: HashSet<Vec<u8>> = envelopes.iter().map(|e| e.body.to_vec()).collect();
+    for body in &sent {
+        assert!(stored.contains(body), "a sent body is missing or altered");
+    }
+    assert!(envelopes.iter().any(
+        |e| e.ordering_timestamp_ms == Some(1_791_100_000_123) && e.event_type == "user_reauth"
+    ));
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_acknowledged_webhook() {
+    let cwd = tempfile::tempdir().unwrap();
+    let secret = "whsec_e2e_kill";
+    let server = start(
+        cwd.path(),
+        &["ingress", "--signing-secret", secret, "--data-dir", "d"],
+    );
+    let url = format!("http://{}/webhook", server.addr);
+    let body = std::fs::read(format!("{}/webhooks/activity.json", fixtures_dir())).unwrap();
+    let signer = terra_core::SigningSecret::new(secret).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (url, body, signer) = (url.clone(), body.clone(), signer.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acked = Vec::new();
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let sent = client
+                    .post(&url)
+                    .header("terra-signature", signer.sign(now, &body))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return acked };
+                if response.status() != 200 {
+                    return acked;
+                }
+                let Ok(json) = response.json::<serde_json::Value>().await else {
+                    return acked;
+                };
+                acked.push(json["envelope_id"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(server); // SIGKILL while requests are in flight
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    assert!(acked.len() > 100, "load ran: {} acked", acked.len());
+    let stored: HashSet<String> = read_envelopes(&cwd.path().join("d/log"))
+        .await
+        .into_iter()
+        .map(|e| e.envelope_id)
+        .collect();
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged webhooks lost",
+        lost.len(),
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn ingress_runs_on_the_kafka_mock_log() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(
+        cwd.path(),
+        &[
+            "ingress",
+            "--signing-secret",
+            "whsec_k",
+            "--log",
+            "kafka-mock://terra-events",
+        ],
+    );
+    let url = format!("http://{}/webhook", server.addr);
+    let out = terra_ingest(
+        cwd.path(),
+        &[
+            "send",
+            "--url",
+            &url,
+            "--secret",
+            "whsec_k",
+            "--fixture",
+            "daily",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(terminate(&mut server).success());
+}
+
+#[test]
+fn verify_checks_captured_deliveries_offline() {
+    let cwd = tempfile::tempdir().unwrap();
+    let vectors: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{}/signature-vectors.json", fixtures_dir())).unwrap(),
+    )
+    .unwrap();
+    for case in vectors["cases"].as_array().unwrap() {
+        let body_file = cwd.path().join("body");
+        std::fs::write(&body_file, case["body"].as_str().unwrap()).unwrap();
+        let secrets: Vec<String> = match case.get("secrets") {
+            Some(list) => list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect(),
+            None => vec![case["secret"].as_str().unwrap().to_owned()],
+        };
+        let mut args = vec![
+            "verify".to_owned(),
+            "--header".into(),
+            case["header"].as_str().unwrap().into(),
+            "--file".into(),
+            body_file.display().to_string(),
+            "--at".into(),
+            case["now"].to_string(),
+        ];
+        for secret in secrets {
+            args.extend(["--secret".to_owned(), secret]);
+        }
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let expect = case["expect"].as_str().unwrap();
+        if expect == "valid" {
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                case["name"],
+                text(&out.stdout)
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{}", case["name"]);
+            assert!(
+                text(&out.stdout).contains(expect),
+                "{}: {}",
+                case["name"],
+                text(&out.stdout)
+            );
+        }
+    }
+    // a capture checked today, long after it was signed, is outside the window
+    let body_file = cwd.path().join("body");
+    std::fs::write(&body_file, "{}").unwrap();
+    let header = terra_core::SigningSecret::new("s")
+        .unwrap()
+        .sign(1_000, b"{}");
+    let out = Command::new(BIN)
+        .args([
+            "verify",
+            "--secret",
+            "s",
+            "--header",
+            &header,
+            "--file",
+            body_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("timestamp_outside_tolerance"));
+    let missing = Command::new(BIN)
+        .args([
+            "verify",
+            "--secret",
+            "s",
+            "--header",
+            &header,
+            "--file",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn bad_configuration_names_the_setting() {
+    let cwd = tempfile::tempdir().unwrap();
+    let no_secret = terra_ingest(cwd.path(), &["ingress"]);
+    assert!(!no_secret.status.success());
+    assert!(
+        text(&no_secret.stderr).contains("--signing-secret"),
+        "{}",
+        text(&no_secret.stderr)
+    );
+    let bad_addr = terra_ingest(
+        cwd.path(),
+        &[
+            "ingress",
+            "--signing-secret",
+            "s",
+            "--http-addr",
+            "everywhere",
+        ],
+    );
+    assert!(
+        text(&bad_addr.stderr).contains("--http-addr"),
+        "{}",
+        text(&bad_addr.stderr)
+    );
+    let config = cwd.path().join("c.toml");
+    std::fs::write(&config, "http_adr = \"0.0.0.0:1\"\n").unwrap();
+    let typo = terra_ingest(
+        cwd.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "ingress",
+            "--signing-secret",
+            "s",
+        ],
+    );
+    assert!(
+        text(&typo.stderr).contains("http_adr"),
+        "{}",
+        text(&typo.stderr)
+    );
+    let bad_log = terra_ingest(
+        cwd.path(),
+        &[
+            "ingress",
+            "--signing-secret",
+            "s",
+            "--log",
+            "kafka://nohost/t",
+        ],
+    );
+    assert!(
+        text(&bad_log.stderr).contains("--log"),
+        "{}",
+        text(&bad_log.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_example_config_file_runs() {
+    let example = format!(
+        "{}/../../deploy/terra-ingest.example.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let env = [
+        ("TERRA_INGEST_SIGNING_SECRET", "whsec_from_env"),
+        ("TERRA_PROD_EU_SECRET", "whsec_prod"),
+    ];
+    let mut server = start_with_env(cwd.path(), &["--config", &example, "ingress"], &env);
+    for (path, secret) in [
+        ("/webhook", "whsec_from_env"),
+        ("/webhooks/prod-eu", "whsec_prod"),
+    ] {
+        let url = format!("http://{}{path}", server.addr);
+        let out = terra_ingest(
+            cwd.path(),
+            &[
+                "send",
+                "--url",
+                &url,
+                "--secret",
+                secret,
+                "--fixture",
+                "auth",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{path}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    assert!(terminate(&mut server).success());
+}
