@@ -163,24 +163,24 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 async fn wait_until_up(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            if let Ok((mut sender, conn)) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await
-            {
-                tokio::spawn(conn);
-                let request = Request::get(path)
-                    .header("host", "bench")
-                    .body(Full::new(Bytes::new()))?;
-                if let Ok(response) = sender.send_request(request).await {
-                    if response.status().is_success() {
-                        return Ok(());
-                    }
-                }
-            }
+        if probe(addr, path).await.unwrap_or(false) {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("server on {addr} did not become ready within 30 s")
+}
+
+/// One GET; true when it answered 2xx.
+async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<bool> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "bench")
+        .body(Full::new(Bytes::new()))?;
+    Ok(sender.send_request(request).await?.status().is_success())
 }
 
 async fn load(

@@ -2,6 +2,13 @@
 //! user(s) it is about, and for data events one [`DataRecord`] per record with its natural
 //! key and period. Any JSON classifies; an unknown `type` is [`EventGroup::Other`], never an
 //! error. Only a body that is not JSON at all is an error ([`NotJson`]).
+//!
+//! Two paths give the same answer: a typed, borrowing parse that skips everything it does
+//! not need (`fast`, the ingress's hot path) and a `serde_json::Value` walk that copes with
+//! any shape (used when the typed parse refuses the body, or a record needs its content
+//! hashed).
+
+mod fast;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -88,6 +95,14 @@ pub struct DataRecord {
 
 /// Classifies a raw body. Errors only when it is not JSON.
 pub fn classify(body: &[u8]) -> Result<Classification, NotJson> {
+    if let Some(classification) = fast::classify(body) {
+        return Ok(classification);
+    }
+    classify_slow(body)
+}
+
+/// The `Value` path alone.
+fn classify_slow(body: &[u8]) -> Result<Classification, NotJson> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(_) => parse_with_lone_surrogates(body).ok_or(NotJson)?,
@@ -206,6 +221,18 @@ fn natural_key(
     start_time: Option<&str>,
     item: &Value,
 ) -> String {
+    key_without_hash(event_type, field, start_time).unwrap_or_else(|| {
+        let digest = Sha256::digest(serde_json::to_vec(item).unwrap_or_default());
+        format!("sha256:{}", hex::encode(&digest[..16]))
+    })
+}
+
+/// The documented key, else the start time; `None` when only a content hash is left.
+fn key_without_hash(
+    event_type: &str,
+    field: &dyn Fn(&str) -> Option<String>,
+    start_time: Option<&str>,
+) -> Option<String> {
     let documented = match event_type {
         "activity" | "sleep" => field("summary_id"),
         "daily" | "body" | "nutrition" | "menstruation" => {
@@ -215,12 +242,7 @@ fn natural_key(
         "planned_workout" => field("id"),
         _ => field("summary_id").or_else(|| field("id")),
     };
-    documented
-        .or_else(|| start_time.map(str::to_owned))
-        .unwrap_or_else(|| {
-            let digest = Sha256::digest(serde_json::to_vec(item).unwrap_or_default());
-            format!("sha256:{}", hex::encode(&digest[..16]))
-        })
+    documented.or_else(|| start_time.map(str::to_owned))
 }
 
 /// Strings as they are; numbers as their JSON text (some providers send numeric ids).

@@ -30,7 +30,7 @@ fn every_fixture_classifies() {
             "activity",
             Data,
             Some(GARMIN_USER),
-            &["act-55821"],
+            &["act-55821", "act-55822"],
         ),
         (
             "activity_empty_data",
@@ -255,5 +255,75 @@ proptest! {
     fn any_json_value_classifies(s in "\\PC{0,40}", n in any::<i64>(), t in "[a-z_]{0,20}") {
         let body = serde_json::json!({"type": t, "user": {"user_id": s}, "data": [{"metadata": {"summary_id": n, "start_time": s}}], "athlete": s});
         prop_assert!(classify(&serde_json::to_vec(&body).unwrap()).is_ok());
+    }
+}
+
+#[test]
+fn fast_and_value_paths_agree_on_every_fixture() {
+    let dir = format!(
+        "{}/../../tests/fixtures/webhooks",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let body = std::fs::read(entry.unwrap().path()).unwrap();
+        let fast = fast::classify(&body).expect("fixtures take the fast path");
+        assert_eq!(Ok(fast), classify_slow(&body));
+    }
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let leaf = prop_oneof![
+        Just(json!(null)),
+        any::<bool>().prop_map(|b| json!(b)),
+        any::<i64>().prop_map(|n| json!(n)),
+        (-1e6f64..1e6).prop_map(|f| json!(f)),
+        "[a-z0-9:\\-+.T ]{0,30}".prop_map(|s| json!(s)),
+        prop_oneof![
+            Just("activity"),
+            Just("sleep"),
+            Just("daily"),
+            Just("athlete"),
+            Just("planned_workout"),
+            Just("auth"),
+            Just("hormone")
+        ]
+        .prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(4, 40, 6, |inner| {
+        let key = prop_oneof![
+            Just("type"),
+            Just("user"),
+            Just("user_id"),
+            Just("new_user"),
+            Just("old_user"),
+            Just("data"),
+            Just("metadata"),
+            Just("summary_id"),
+            Just("start_time"),
+            Just("end_time"),
+            Just("id"),
+            Just("planned_date"),
+            Just("athlete"),
+            Just("version"),
+            Just("status"),
+            Just("reference"),
+            Just("x"),
+        ];
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map(key.prop_map(str::to_owned), inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn fast_path_never_disagrees_with_the_value_path(value in json_value()) {
+        let body = serde_json::to_vec(&value).unwrap();
+        if let Some(fast) = fast::classify(&body) {
+            prop_assert_eq!(Ok(fast), classify_slow(&body));
+        }
     }
 }

@@ -1,8 +1,8 @@
-//! The frame of one record in a partition file, and crash recovery.
+//! The frame of one record in the log file, and crash recovery.
 //!
 //! ```text
 //! frame   = len:u32le crc32(payload):u32le payload
-//! payload = timestamp_ms:i64le key_len:i32le (-1: no key) key
+//! payload = partition:u32le timestamp_ms:i64le key_len:i32le (-1: no key) key
 //!           header_count:u16le { name_len:u16le name value_len:u32le value }
 //!           value (the rest)
 //! ```
@@ -13,16 +13,18 @@ use std::path::Path;
 
 use bytes::{Buf, BufMut, Bytes};
 
+use super::Span;
 use crate::{LogError, Record};
 
 const FRAME_HEADER: usize = 8;
 /// Frames larger than this are treated as corruption when reading back.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
-/// Appends the frame of `record` to `out`.
-pub(super) fn encode(record: &Record, timestamp_ms: i64, out: &mut Vec<u8>) {
+/// Appends the frame of `record` in `partition` to `out`.
+pub(super) fn encode(record: &Record, partition: u32, timestamp_ms: i64, out: &mut Vec<u8>) {
     let start = out.len();
     out.put_u64_le(0); // frame header, filled in below
+    out.put_u32_le(partition);
     out.put_i64_le(timestamp_ms);
     match &record.key {
         Some(key) => {
@@ -45,7 +47,7 @@ pub(super) fn encode(record: &Record, timestamp_ms: i64, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes one whole frame (header included) read back from a partition file.
+/// Decodes one whole frame (header included) read back from the log file.
 pub(super) fn decode(frame: Bytes) -> Result<(i64, Record), LogError> {
     let corrupt = |what: &str| LogError::Corrupt(format!("record frame: {what}"));
     if frame.len() < FRAME_HEADER {
@@ -62,7 +64,8 @@ pub(super) fn decode(frame: Bytes) -> Result<(i64, Record), LogError> {
             Ok(())
         }
     };
-    need(&buf, 12)?;
+    need(&buf, 16)?;
+    let _partition = buf.get_u32_le();
     let timestamp_ms = buf.get_i64_le();
     let key_len = buf.get_i32_le();
     let key = if key_len < 0 {
@@ -94,10 +97,10 @@ pub(super) fn decode(frame: Bytes) -> Result<(i64, Record), LogError> {
     ))
 }
 
-/// Opens a partition file for appending, scanning it: returns the file and the end offset
-/// of every intact frame. Anything after the last intact frame (a write torn by a crash,
-/// which was never acknowledged) is cut off.
-pub(super) fn recover(path: &Path) -> Result<(File, Vec<u64>), LogError> {
+/// Opens the log file for appending and scans it: returns the file and, per partition, the
+/// span of every intact frame. Anything after the last intact frame (a write torn by a
+/// crash, which was never acknowledged) is cut off.
+pub(super) fn recover(path: &Path, partitions: u32) -> Result<(File, Vec<Vec<Span>>), LogError> {
     let context = || format!("failed to open {}", path.display());
     let file = OpenOptions::new()
         .create(true)
@@ -107,7 +110,7 @@ pub(super) fn recover(path: &Path) -> Result<(File, Vec<u64>), LogError> {
         .map_err(LogError::io(context()))?;
     let file_len = file.metadata().map_err(LogError::io(context()))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut ends = Vec::new();
+    let mut index = vec![Vec::new(); partitions as usize];
     let mut at = 0u64;
     let mut header = [0u8; FRAME_HEADER];
     let mut payload = Vec::new();
@@ -116,7 +119,7 @@ pub(super) fn recover(path: &Path) -> Result<(File, Vec<u64>), LogError> {
             .read_exact(&mut header)
             .map_err(LogError::io(context()))?;
         let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME || at + (FRAME_HEADER + len) as u64 > file_len {
+        if !(16..=MAX_FRAME).contains(&len) || at + (FRAME_HEADER + len) as u64 > file_len {
             break;
         }
         payload.resize(len, 0);
@@ -128,8 +131,19 @@ pub(super) fn recover(path: &Path) -> Result<(File, Vec<u64>), LogError> {
         {
             break;
         }
-        at += (FRAME_HEADER + len) as u64;
-        ends.push(at);
+        let partition = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
+        let Some(spans) = index.get_mut(partition as usize) else {
+            return Err(LogError::Corrupt(format!(
+                "{}: frame at byte {at} names partition {partition} of {partitions}",
+                path.display()
+            )));
+        };
+        let frame_len = (FRAME_HEADER + len) as u32;
+        spans.push(Span {
+            start: at,
+            len: frame_len,
+        });
+        at += u64::from(frame_len);
     }
     drop(reader);
     if at < file_len {
@@ -137,5 +151,5 @@ pub(super) fn recover(path: &Path) -> Result<(File, Vec<u64>), LogError> {
         file.set_len(at).map_err(LogError::io(context()))?;
         file.sync_all().map_err(LogError::io(context()))?;
     }
-    Ok((file, ends))
+    Ok((file, index))
 }

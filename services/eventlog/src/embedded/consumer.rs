@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::watch;
 
-use super::{Shared, codec, partition_path, write_atomically};
+use super::{Shared, Span, codec, records_path, write_atomically};
 use crate::{Consumed, LogError, Position};
 
 pub struct EmbeddedConsumer {
     shared: Arc<Shared>,
     group_file: PathBuf,
-    files: Vec<File>,
+    file: File,
     /// Next offset to read per partition.
     next: Vec<u64>,
     committed: BTreeMap<u32, u64>,
@@ -57,14 +57,10 @@ impl EmbeddedConsumer {
     pub(super) fn new(shared: Arc<Shared>, group: &str) -> Result<Self, LogError> {
         let group_file = group_path(&shared.dir, group)?;
         let committed = read_committed(&shared.dir, group)?;
-        let partitions = shared.ends.len();
-        let files = (0..partitions as u32)
-            .map(|p| {
-                let path = partition_path(&shared.dir, p);
-                File::open(&path)
-                    .map_err(LogError::io(format!("failed to open {}", path.display())))
-            })
-            .collect::<Result<_, _>>()?;
+        let partitions = shared.index.len();
+        let path = records_path(&shared.dir);
+        let file = File::open(&path)
+            .map_err(LogError::io(format!("failed to open {}", path.display())))?;
         let next = (0..partitions as u32)
             .map(|p| committed.get(&p).copied().unwrap_or(0))
             .collect();
@@ -72,7 +68,7 @@ impl EmbeddedConsumer {
         Ok(Self {
             shared,
             group_file,
-            files,
+            file,
             next,
             committed,
             appended,
@@ -100,7 +96,7 @@ impl EmbeddedConsumer {
     }
 
     fn read_available(&mut self, max: usize) -> Result<Vec<Consumed>, LogError> {
-        let partitions = self.files.len();
+        let partitions = self.next.len();
         let mut out = Vec::new();
         for step in 0..partitions {
             let partition = (self.start + step) % partitions;
@@ -108,28 +104,22 @@ impl EmbeddedConsumer {
             if want == 0 {
                 break;
             }
-            let (from, spans) = {
-                let ends = self.shared.ends[partition].read().expect("index poisoned");
+            let spans: Vec<Span> = {
+                let index = self.shared.index[partition].read().expect("index poisoned");
                 let first = self.next[partition] as usize;
-                let last = ends.len().min(first + want);
-                if first >= last {
-                    continue;
-                }
-                let start = if first == 0 { 0 } else { ends[first - 1] };
-                (start, ends[first..last].to_vec())
+                index
+                    .get(first..index.len().min(first + want))
+                    .unwrap_or_default()
+                    .to_vec()
             };
-            let mut bytes = BytesMut::zeroed((spans[spans.len() - 1] - from) as usize);
-            self.files[partition]
-                .read_exact_at(&mut bytes, from)
-                .map_err(LogError::io(format!(
-                    "failed to read partition {partition}"
-                )))?;
-            let mut bytes: Bytes = bytes.freeze();
-            let mut at = from;
-            for end in spans {
-                let frame = bytes.split_to((end - at) as usize);
-                at = end;
-                let (timestamp_ms, record) = codec::decode(frame)?;
+            for span in spans {
+                let mut frame = BytesMut::zeroed(span.len as usize);
+                self.file
+                    .read_exact_at(&mut frame, span.start)
+                    .map_err(LogError::io(format!(
+                        "failed to read partition {partition}"
+                    )))?;
+                let (timestamp_ms, record) = codec::decode(frame.freeze())?;
                 let offset = self.next[partition];
                 self.next[partition] += 1;
                 out.push(Consumed {

@@ -4,11 +4,13 @@
 //! ```text
 //! LOCK                 held (flock) by the one process that has the log open
 //! meta.json            {"partitions": N}, fixed when the log is created
-//! p-0000.log ...       one file per partition: framed records (see `codec`)
+//! records.log          every partition's framed records, interleaved (see `codec`)
 //! groups/<group>.json  committed positions of a consumer group, replaced atomically
 //! ```
-//! Appends go to one writer thread that takes every pending request, writes them, calls
-//! `fdatasync` once per touched partition and only then answers (group commit). On open, a
+//! One file for all partitions, so a group commit costs one `fdatasync` however many
+//! partitions it touches (four files cost four journal flushes here). Partitions are kept
+//! apart by an in-memory index rebuilt on open. Appends go through a writer and a syncer
+//! thread (`writer`) and are answered only after the sync that covers them. On open, a
 //! torn tail left by a crash (never acknowledged) is cut off at the last intact frame.
 
 mod codec;
@@ -34,11 +36,17 @@ pub struct EmbeddedLog {
     requests: mpsc::UnboundedSender<writer::AppendRequest>,
 }
 
+/// Where one record's frame sits in `records.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u64,
+    len: u32,
+}
+
 pub(crate) struct Shared {
     dir: PathBuf,
-    /// Per partition: the end byte offset of each record (record i spans
-    /// `ends[i-1]..ends[i]`).
-    ends: Vec<RwLock<Vec<u64>>>,
+    /// Per partition, the frame of each durable record: offset `i` is `index[p][i]`.
+    index: Vec<RwLock<Vec<Span>>>,
     /// Bumped after every durable batch; consumers wait on it.
     appended: watch::Sender<u64>,
     /// Set when a write failed and could not be undone: the log refuses appends from then on.
@@ -65,27 +73,20 @@ impl EmbeddedLog {
             ))
         })?;
         let partitions = read_or_create_meta(dir, partitions)?;
-        let mut ends = Vec::with_capacity(partitions as usize);
-        let mut files = Vec::with_capacity(partitions as usize);
-        for partition in 0..partitions {
-            let path = partition_path(dir, partition);
-            let (file, partition_ends) = codec::recover(&path)?;
-            files.push(file);
-            ends.push(RwLock::new(partition_ends));
-        }
+        let (file, index) = codec::recover(&records_path(dir), partitions)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
-            ends,
+            index: index.into_iter().map(RwLock::new).collect(),
             appended: watch::Sender::new(0),
             failed: Mutex::new(None),
             _lock: lock,
         });
-        let requests = writer::spawn(Arc::clone(&shared), files)?;
+        let requests = writer::spawn(Arc::clone(&shared), file)?;
         Ok(Self { shared, requests })
     }
 
     pub fn partitions(&self) -> u32 {
-        self.shared.ends.len() as u32
+        self.shared.index.len() as u32
     }
 
     pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
@@ -116,7 +117,7 @@ impl EmbeddedLog {
     /// Number of records in each partition (the next offset to be written).
     pub fn end_offsets(&self) -> Vec<u64> {
         self.shared
-            .ends
+            .index
             .iter()
             .map(|e| e.read().expect("index poisoned").len() as u64)
             .collect()
@@ -142,8 +143,8 @@ fn lock_with_grace(lock: &File) -> Result<(), std::fs::TryLockError> {
     }
 }
 
-fn partition_path(dir: &Path, partition: u32) -> PathBuf {
-    dir.join(format!("p-{partition:04}.log"))
+fn records_path(dir: &Path) -> PathBuf {
+    dir.join("records.log")
 }
 
 fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, LogError> {

@@ -25,7 +25,7 @@ async fn a_torn_tail_is_cut_and_intact_records_stay() {
     // a crash in the middle of the next write leaves half a frame behind
     let mut file = OpenOptions::new()
         .append(true)
-        .open(partition_path(dir.path(), 0))
+        .open(records_path(dir.path()))
         .unwrap();
     file.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
     drop(file);
@@ -51,7 +51,7 @@ async fn a_corrupted_frame_is_detected_on_read() {
     let log = EmbeddedLog::open(dir.path(), 1).unwrap();
     log.append(vec![record("payload")]).await.unwrap();
     // flip a byte of the stored value while the log is open (bit rot under a running reader)
-    let path = partition_path(dir.path(), 0);
+    let path = records_path(dir.path());
     let mut bytes = fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;

@@ -1,48 +1,89 @@
-//! The single writer thread: group commit of every pending append.
+//! Appends: a writer thread and a syncer thread in a pipeline (group commit).
+//!
+//! The writer takes every pending request, frames the records and `write`s them; the syncer
+//! takes every batch written so far, calls `fdatasync` once, and only then publishes the
+//! batches to readers and acknowledges them. While one sync runs, the writer already writes
+//! the next batch, so the next sync covers it. Nothing is acknowledged before the sync that
+//! covers it returned.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shared, codec};
+use super::{Shared, Span, codec};
 use crate::{LogError, Position, Record};
 
-/// Requests taken into one group commit at most.
-const MAX_REQUESTS_PER_COMMIT: usize = 4096;
+/// Requests taken into one write at most.
+const MAX_REQUESTS_PER_WRITE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
 
 pub(super) struct AppendRequest {
     pub(super) records: Vec<Record>,
-    pub(super) reply: oneshot::Sender<Result<Vec<Position>, LogError>>,
+    pub(super) reply: Reply,
+}
+
+/// A batch that is written but not yet synced.
+struct Written {
+    answers: Vec<(Reply, Vec<Position>)>,
+    /// Per partition, the frames of the new records.
+    spans: Vec<Vec<Span>>,
+}
+
+#[derive(Default)]
+struct Pipeline {
+    state: Mutex<PipelineState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct PipelineState {
+    written: VecDeque<Written>,
+    writer_done: bool,
 }
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
-    files: Vec<File>,
+    file: File,
 ) -> Result<mpsc::UnboundedSender<AppendRequest>, LogError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let lens = shared
-        .ends
+    let sync_file = file
+        .try_clone()
+        .map_err(LogError::io("failed to open the log file for syncing"))?;
+    let len = file
+        .metadata()
+        .map_err(LogError::io("failed to read the log file's length"))?
+        .len();
+    let pipeline = Arc::new(Pipeline::default());
+    let next = shared
+        .index
         .iter()
-        .map(|e| {
-            e.read()
-                .expect("index poisoned")
-                .last()
-                .copied()
-                .unwrap_or(0)
-        })
+        .map(|i| i.read().expect("index poisoned").len() as u64)
         .collect();
     let writer = Writer {
-        shared,
-        files,
-        lens,
+        shared: Arc::clone(&shared),
+        file,
+        len,
+        next,
         round_robin: 0,
-        buffers: Vec::new(),
+        buffer: Vec::new(),
+        pipeline: Arc::clone(&pipeline),
+    };
+    let syncer = Syncer {
+        shared,
+        file: sync_file,
+        pipeline,
     };
     std::thread::Builder::new()
-        .name("embedded-log-writer".into())
+        .name("embedded-log-sync".into())
+        .spawn(move || syncer.run())
+        .map_err(LogError::io("failed to start the embedded log syncer"))?;
+    std::thread::Builder::new()
+        .name("embedded-log-write".into())
         .spawn(move || writer.run(rx))
         .map_err(LogError::io("failed to start the embedded log writer"))?;
     Ok(tx)
@@ -50,30 +91,38 @@ pub(super) fn spawn(
 
 struct Writer {
     shared: Arc<Shared>,
-    files: Vec<File>,
-    /// Byte length of each partition file.
-    lens: Vec<u64>,
+    file: File,
+    /// Bytes written to the file so far.
+    len: u64,
+    /// Next offset of each partition.
+    next: Vec<u64>,
     round_robin: u32,
-    buffers: Vec<Vec<u8>>,
+    buffer: Vec<u8>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<AppendRequest>) {
-        self.buffers = vec![Vec::new(); self.files.len()];
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
-            while batch.len() < MAX_REQUESTS_PER_COMMIT {
+            while batch.len() < MAX_REQUESTS_PER_WRITE {
                 match rx.try_recv() {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            self.write(batch);
         }
+        self.pipeline
+            .state
+            .lock()
+            .expect("pipeline poisoned")
+            .writer_done = true;
+        self.pipeline.ready.notify_one();
     }
 
     fn partition_of(&mut self, key: Option<&[u8]>) -> usize {
-        let partitions = self.files.len() as u32;
+        let partitions = self.next.len() as u32;
         let hash = match key {
             Some(key) => fnv1a(key),
             None => {
@@ -84,25 +133,36 @@ impl Writer {
         (hash % partitions) as usize
     }
 
-    fn commit(&mut self, batch: Vec<AppendRequest>) {
+    fn write(&mut self, batch: Vec<AppendRequest>) {
+        if let Some(why) = self
+            .shared
+            .failed
+            .lock()
+            .expect("failed flag poisoned")
+            .clone()
+        {
+            for request in batch {
+                let _ = request.reply.send(Err(LogError::Unavailable(why.clone())));
+            }
+            return;
+        }
         let timestamp_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let mut next: Vec<u64> = self
-            .shared
-            .ends
-            .iter()
-            .map(|e| e.read().expect("index poisoned").len() as u64)
-            .collect();
-        let mut new_ends: Vec<Vec<u64>> = vec![Vec::new(); self.files.len()];
+        let mut next = self.next.clone();
+        let mut spans: Vec<Vec<Span>> = vec![Vec::new(); next.len()];
         let mut answers = Vec::with_capacity(batch.len());
+        self.buffer.clear();
         for request in batch {
             let mut positions = Vec::with_capacity(request.records.len());
             for record in &request.records {
                 let partition = self.partition_of(record.key.as_deref());
-                codec::encode(record, timestamp_ms, &mut self.buffers[partition]);
-                let end = self.lens[partition] + self.buffers[partition].len() as u64;
-                new_ends[partition].push(end);
+                let start = self.buffer.len();
+                codec::encode(record, partition as u32, timestamp_ms, &mut self.buffer);
+                spans[partition].push(Span {
+                    start: self.len + start as u64,
+                    len: (self.buffer.len() - start) as u32,
+                });
                 positions.push(Position {
                     partition: partition as u32,
                     offset: next[partition],
@@ -111,22 +171,84 @@ impl Writer {
             }
             answers.push((request.reply, positions));
         }
-        if let Err(err) = self.write_and_sync() {
-            let why = err.to_string();
-            tracing::error!(error = %why, "embedded log append failed");
+        if let Err(e) = self.file.write_all(&self.buffer) {
+            let why = format!("failed to append to the embedded log: {e}");
+            tracing::error!(error = %why, "embedded log write failed");
+            // cut a partial write off, so no frame of the failed batch stays behind
+            if self.file.set_len(self.len).is_err() {
+                *self.shared.failed.lock().expect("failed flag poisoned") = Some(
+                    "the log file could not be repaired after a failed write; restart to recover"
+                        .into(),
+                );
+            }
             for (reply, _) in answers {
                 let _ = reply.send(Err(LogError::Unavailable(why.clone())));
             }
             return;
         }
-        for (partition, ends) in new_ends.into_iter().enumerate() {
-            if let Some(&end) = ends.last() {
-                self.lens[partition] = end;
-                self.shared.ends[partition]
-                    .write()
-                    .expect("index poisoned")
-                    .extend(ends);
+        self.len += self.buffer.len() as u64;
+        if self.buffer.capacity() > 8 << 20 {
+            self.buffer = Vec::new();
+        }
+        self.next = next;
+        self.pipeline
+            .state
+            .lock()
+            .expect("pipeline poisoned")
+            .written
+            .push_back(Written { answers, spans });
+        self.pipeline.ready.notify_one();
+    }
+}
+
+struct Syncer {
+    shared: Arc<Shared>,
+    file: File,
+    pipeline: Arc<Pipeline>,
+}
+
+impl Syncer {
+    fn run(self) {
+        loop {
+            let batches: Vec<Written> = {
+                let mut state = self.pipeline.state.lock().expect("pipeline poisoned");
+                while state.written.is_empty() && !state.writer_done {
+                    state = self.pipeline.ready.wait(state).expect("pipeline poisoned");
+                }
+                if state.written.is_empty() {
+                    return;
+                }
+                state.written.drain(..).collect()
+            };
+            self.sync(batches);
+        }
+    }
+
+    fn sync(&self, batches: Vec<Written>) {
+        if let Err(e) = self.file.sync_data() {
+            // after a failed fsync the kernel may have dropped the dirty pages: nothing written
+            // since the last good sync can be trusted, so stop taking appends
+            let why = format!("fdatasync of the embedded log failed ({e}); restart to recover");
+            tracing::error!(error = %why, "embedded log sync failed");
+            *self.shared.failed.lock().expect("failed flag poisoned") = Some(why.clone());
+            for batch in batches {
+                for (reply, _) in batch.answers {
+                    let _ = reply.send(Err(LogError::Unavailable(why.clone())));
+                }
             }
+            return;
+        }
+        let mut answers = Vec::new();
+        for batch in batches {
+            for (partition, spans) in batch.spans.into_iter().enumerate() {
+                if !spans.is_empty() {
+                    self.shared.index[partition]
+                        .write()
+                        .expect("index poisoned")
+                        .extend(spans);
+                }
+            }
+            answers.extend(batch.answers);
         }
         self.shared
             .appended
@@ -135,48 +257,6 @@ impl Writer {
             // the caller may have gone away (request cancelled); the records are durable anyway
             let _ = reply.send(Ok(positions));
         }
-    }
-
-    /// Writes every buffered frame and syncs each touched file. On failure, cuts the files
-    /// back to their previous lengths so no unacknowledged frame stays visible; when even that
-    /// fails, the log marks itself failed and refuses appends.
-    fn write_and_sync(&mut self) -> Result<(), LogError> {
-        let mut result = Ok(());
-        for (partition, buffer) in self.buffers.iter().enumerate() {
-            if buffer.is_empty() {
-                continue;
-            }
-            let file = &mut self.files[partition];
-            let written = file.write_all(buffer).and_then(|()| file.sync_data());
-            if let Err(e) = written {
-                result = Err(LogError::io(format!(
-                    "failed to append to partition {partition}"
-                ))(e));
-                break;
-            }
-        }
-        if result.is_err() {
-            for (partition, buffer) in self.buffers.iter().enumerate() {
-                if buffer.is_empty() {
-                    continue;
-                }
-                let undo = self.files[partition]
-                    .set_len(self.lens[partition])
-                    .and_then(|()| self.files[partition].sync_data());
-                if undo.is_err() {
-                    *self.shared.failed.lock().expect("failed flag poisoned") = Some(format!(
-                        "partition {partition} could not be repaired after a failed write; restart to recover"
-                    ));
-                }
-            }
-        }
-        for buffer in &mut self.buffers {
-            buffer.clear();
-            if buffer.capacity() > 4 << 20 {
-                buffer.shrink_to(1 << 20);
-            }
-        }
-        result
     }
 }
 

@@ -1,0 +1,10 @@
+{{- define "terra-ingest.labels" -}}
+app.kubernetes.io/name: terra-ingest
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+{{- define "terra-ingest.selector" -}}
+app.kubernetes.io/name: terra-ingest
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: ingress
+{{- end }}

@@ -1,0 +1,177 @@
+//! The typed, borrowing classification path. Returns `None` whenever the body is anything
+//! but the usual shape (the `Value` path then decides), so both paths always agree.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::{Classification, DataRecord, EventGroup, key_without_hash};
+
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<User<'a>>,
+    #[serde(borrow)]
+    new_user: Option<User<'a>>,
+    #[serde(borrow)]
+    old_user: Option<User<'a>>,
+    #[serde(borrow)]
+    version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<Vec<Item<'a>>>,
+    athlete: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct User<'a> {
+    #[serde(borrow)]
+    user_id: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    metadata: Option<Metadata<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow)]
+    summary_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    start_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    end_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    planned_date: Option<Scalar<'a>>,
+}
+
+/// A string or number as text (like the `Value` path's `scalar_text`); `None` for anything
+/// else (booleans, objects, arrays).
+struct Scalar<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar(Some(Cow::Owned(v))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar(Some(Cow::Owned(
+                    serde_json::Number::from(v).to_string(),
+                ))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar(Some(Cow::Owned(
+                    serde_json::Number::from(v).to_string(),
+                ))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar(
+                    serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string())),
+                ))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar(None))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+fn text(scalar: &Option<Scalar<'_>>) -> Option<String> {
+    scalar
+        .as_ref()
+        .and_then(|s| s.0.as_deref())
+        .map(str::to_owned)
+}
+
+pub(super) fn classify(body: &[u8]) -> Option<Classification> {
+    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let event_type = top.event_type.map(Cow::into_owned).unwrap_or_default();
+    let group = EventGroup::of(&event_type);
+    let user_of = |user: &Option<User<'_>>| user.as_ref().and_then(|u| text(&u.user_id));
+    let (user_id, old_user_id) = match user_of(&top.user) {
+        Some(user) => (Some(user), None),
+        None => (user_of(&top.new_user), user_of(&top.old_user)),
+    };
+    let mut records = Vec::new();
+    if group == EventGroup::Data {
+        if event_type == "athlete" {
+            if top.athlete.is_some() {
+                records.push(DataRecord {
+                    index: 0,
+                    natural_key: "athlete".to_owned(),
+                    start_time: None,
+                    end_time: None,
+                });
+            }
+        } else {
+            for (index, item) in top.data.iter().flatten().enumerate() {
+                let metadata = item.metadata.as_ref();
+                let field = |key: &str| {
+                    let m = metadata?;
+                    text(match key {
+                        "summary_id" => &m.summary_id,
+                        "start_time" => &m.start_time,
+                        "end_time" => &m.end_time,
+                        "id" => &m.id,
+                        "planned_date" => &m.planned_date,
+                        _ => return None,
+                    })
+                };
+                let start_time = field("start_time").or_else(|| field("planned_date"));
+                // a record that needs its content hashed goes the `Value` way
+                let natural_key = key_without_hash(&event_type, &field, start_time.as_deref())?;
+                records.push(DataRecord {
+                    index,
+                    natural_key,
+                    start_time,
+                    end_time: field("end_time"),
+                });
+            }
+        }
+    }
+    Some(Classification {
+        event_type,
+        group,
+        user_id,
+        old_user_id,
+        version: top.version.map(Cow::into_owned),
+        status: top.status.map(Cow::into_owned),
+        reference: top.reference.map(Cow::into_owned),
+        records,
+    })
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (Debian packages, Rust
+# components, cargo-nextest, the tansu Kafka-protocol broker), then checks formatting and
+# lints and runs every test of the workspace.
+#
+# Environment:
+#   TERRA_TEST_SKIP_TANSU=1   do not install/start tansu (the real-broker contract tests are
+#                             then skipped; the mock-cluster ones still run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v make >/dev/null || missing+=(make)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+else
+  echo "all present"
+fi
+
+step "rust tools"
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+cargo nextest --version | head -1
+
+step "kafka-protocol broker (tansu)"
+TANSU_PID=""
+if [ "${TERRA_TEST_SKIP_TANSU:-0}" != 1 ]; then
+  tests/tansu.sh install
+  eval "$(tests/tansu.sh start)"   # exports TERRA_TEST_KAFKA_BOOTSTRAP, TANSU_PID
+  trap '[ -n "$TANSU_PID" ] && kill "$TANSU_PID" 2>/dev/null || true' EXIT
+else
+  echo "skipped (TERRA_TEST_SKIP_TANSU=1)"
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo nextest run --workspace --locked --no-fail-fast
