@@ -133,7 +133,8 @@ async fn signature_failures_say_which() {
     let app = spawn(config(vec![source("default", &[SECRET])])).await;
     let body = fixture("activity");
     let now = unix_now();
-    let cases: Vec<(Vec<(&str, String)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], 400, "missing_signature"),
         (
             vec![("terra-signature", "v1=abcd".into())],

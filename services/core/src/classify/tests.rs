@@ -17,7 +17,8 @@ const OURA_USER: &str = "7b1e44d0-3c2a-4f5e-8d9b-61a0c2e8f4b7";
 fn every_fixture_classifies() {
     use EventGroup::*;
     // (fixture, type, group, user, record natural keys)
-    let expected: &[(&str, &str, EventGroup, Option<&str>, &[&str])] = &[
+    type Expectation<'a> = (&'a str, &'a str, EventGroup, Option<&'a str>, &'a [&'a str]);
+    let expected: &[Expectation] = &[
         (
             "access_revoked",
             "access_revoked",
