@@ -91,6 +91,14 @@ fn terminate(server: &mut Server) -> std::process::ExitStatus {
 }
 
 async fn read_envelopes(log_dir: &Path) -> Vec<Envelope> {
+    read_records(log_dir)
+        .await
+        .into_iter()
+        .map(|r| Envelope::decode(r.value).unwrap())
+        .collect()
+}
+
+async fn read_records(log_dir: &Path) -> Vec<terra_eventlog::Record> {
     let log = EventLog::open(
         &LogUrl::parse(&format!("embedded:{}", log_dir.display()), log_dir).unwrap(),
         &[],
@@ -107,11 +115,7 @@ async fn read_envelopes(log_dir: &Path) -> Vec<Envelope> {
         if batch.is_empty() {
             return out;
         }
-        out.extend(
-            batch
-                .into_iter()
-                .map(|c| Envelope::decode(c.record.value).unwrap()),
-        );
+        out.extend(batch.into_iter().map(|c| c.record));
     }
 }
 
@@ -153,6 +157,8 @@ async fn standalone_on_zero_config_takes_every_fixture_from_send() {
             "user_reauth",
             "-H",
             "X-Terra-Ordering-Timestamp: 1791100000123",
+            "-H",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ],
     );
     assert!(by_name.status.success(), "{}", text(&by_name.stderr));
@@ -181,7 +187,35 @@ async fn standalone_on_zero_config_takes_every_fixture_from_send() {
     );
 
     assert!(terminate(&mut server).success(), "clean exit on SIGTERM");
-    let envelopes = read_envelopes(&cwd.path().join("data/log")).await;
+    let records = read_records(&cwd.path().join("data/log")).await;
+    // without an OTLP endpoint no spans are built, yet every record carries trace context, and
+    // the caller's trace continues
+    assert!(
+        records
+            .iter()
+            .all(|r| r.header("traceparent").is_some_and(|t| t.len() == 55))
+    );
+    let continued = records
+        .iter()
+        .filter(|r| {
+            r.header("traceparent")
+                .unwrap()
+                .starts_with(b"00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        })
+        .count();
+    assert_eq!(
+        continued,
+        1,
+        "{:?}",
+        records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.header("traceparent").unwrap()).into_owned())
+            .collect::<Vec<_>>()
+    );
+    let envelopes: Vec<Envelope> = records
+        .into_iter()
+        .map(|r| Envelope::decode(r.value).unwrap())
+        .collect();
     assert_eq!(envelopes.len(), sent.len() + 1);
     let stored: HashSet<Vec<u8>> = envelopes.iter().map(|e| e.body.to_vec()).collect();
     for body in &sent {

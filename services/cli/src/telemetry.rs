@@ -1,52 +1,70 @@
-//! Logs and traces: `tracing` with an fmt layer (text or JSON) and an OpenTelemetry layer.
-//! The tracer provider is always installed, so every request has a W3C trace context to put
-//! into log records; spans are exported only when an OTLP endpoint is configured.
+//! Logs and traces: `tracing` with an fmt layer (text or JSON) and, when an OTLP endpoint is
+//! configured, an OpenTelemetry layer exporting spans. Without one, no spans are built (they
+//! cost more than the rest of a request); the ingress still writes a W3C `traceparent` into
+//! every log record, continuing the caller's trace when it sent one.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::cli::LogFormat;
 
 /// Flushes and stops the exporter when dropped.
 pub(crate) struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name("terra-ingest")
-            .build(),
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    let mut provider = None;
     if let Some(endpoint) = otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .build()
             .map_err(|e| anyhow::anyhow!("setting otlp_endpoint (--otlp-endpoint): {e}"))?;
-        builder = builder.with_batch_exporter(exporter);
+        provider = Some(
+            SdkTracerProvider::builder()
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name("terra-ingest")
+                        .build(),
+                )
+                .with_batch_exporter(exporter)
+                .build(),
+        );
     }
-    let provider = builder.build();
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("terra-ingest"));
+    // spans are exported whatever RUST_LOG says: a quiet log level must not cut traces
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("terra-ingest"))
+            .with_filter(LevelFilter::INFO)
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let result = match format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+                    .with_ansi(ansi)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("failed to install the log subscriber: {e}"))?;
@@ -55,6 +73,8 @@ pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
     }
 }
