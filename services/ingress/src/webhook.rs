@@ -300,13 +300,14 @@ fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(String, Bytes)
         envelope::HEADER_TRACEPARENT.to_owned(),
         Bytes::from(traceparent),
     ));
-    if continued {
-        if let Some(state) = request.get(envelope::HEADER_TRACESTATE) {
-            out.push((
-                envelope::HEADER_TRACESTATE.to_owned(),
-                Bytes::copy_from_slice(state.as_bytes()),
-            ));
-        }
+    if let Some(state) = request
+        .get(envelope::HEADER_TRACESTATE)
+        .filter(|_| continued)
+    {
+        out.push((
+            envelope::HEADER_TRACESTATE.to_owned(),
+            Bytes::copy_from_slice(state.as_bytes()),
+        ));
     }
 }
 
