@@ -15,7 +15,17 @@ struct Harness {
     log: EventLog,
     // keeps the embedded log's folder alive
     _dir: Option<tempfile::TempDir>,
-    reopen: Option<std::path::PathBuf>,
+    /// How to connect again after dropping `log` (`None`: the in-process mock cluster dies
+    /// with its client, so a second client connection stands in for the restart).
+    reopen: Option<LogUrl>,
+    /// Consumer groups are named per test, so tests sharing one broker never share a group.
+    group_prefix: String,
+}
+
+impl Harness {
+    fn group(&self, name: &str) -> String {
+        format!("{}{name}", self.group_prefix)
+    }
 }
 
 async fn embedded() -> Harness {
@@ -26,11 +36,11 @@ async fn embedded() -> Harness {
     )
     .unwrap();
     let log = EventLog::open(&url, &[]).await.unwrap();
-    let reopen = Some(dir.path().to_owned());
     Harness {
         log,
         _dir: Some(dir),
-        reopen,
+        reopen: Some(url),
+        group_prefix: String::new(),
     }
 }
 
@@ -45,6 +55,33 @@ async fn kafka_mock() -> Harness {
         log,
         _dir: None,
         reopen: None,
+        group_prefix: String::new(),
+    }
+}
+
+/// A real Kafka-protocol broker (tansu, started by tests/run-all.sh), a fresh topic per test.
+async fn kafka_broker() -> Harness {
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP")
+        .expect("TERRA_TEST_KAFKA_BOOTSTRAP must name a Kafka-protocol broker (tests/run-all.sh starts tansu and sets it)");
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let url = LogUrl::parse(
+        &format!("kafka://{bootstrap}/contract-{unique}?partitions=3"),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let log = EventLog::open(&url, &[]).await.unwrap();
+    Harness {
+        log,
+        _dir: None,
+        reopen: Some(url),
+        group_prefix: format!("{unique}-"),
     }
 }
 
@@ -106,7 +143,7 @@ async fn order_per_key_and_positions(h: Harness) {
         .await
         .unwrap();
 
-    let mut consumer = h.log.consumer("order").unwrap();
+    let mut consumer = h.log.consumer(&h.group("order")).unwrap();
     let consumed = drain(&mut consumer, 201).await;
     let mut last_by_key: HashMap<Bytes, Position> = HashMap::new();
     for c in &consumed {
@@ -156,12 +193,12 @@ async fn commits_are_honoured_and_uncommitted_redelivered(h: Harness) {
         )
         .await
         .unwrap();
-    let mut first = h.log.consumer("projector").unwrap();
+    let mut first = h.log.consumer(&h.group("projector")).unwrap();
     let got = drain(&mut first, 30).await;
     // done with the first 12 only
     first.commit(&[got[11].position]).await.unwrap();
     drop(first);
-    let mut second = h.log.consumer("projector").unwrap();
+    let mut second = h.log.consumer(&h.group("projector")).unwrap();
     let again = drain(&mut second, 18).await;
     let again: Vec<_> = again
         .iter()
@@ -173,12 +210,12 @@ async fn commits_are_honoured_and_uncommitted_redelivered(h: Harness) {
         "resumes right after the commit, redelivering the rest"
     );
     // another group is independent and starts from the beginning
-    let mut other = h.log.consumer("other-group").unwrap();
+    let mut other = h.log.consumer(&h.group("other-group")).unwrap();
     assert_eq!(drain(&mut other, 30).await.len(), 30);
 }
 
 async fn empty_poll_waits_then_returns_nothing(h: Harness) {
-    let mut consumer = h.log.consumer("idle").unwrap();
+    let mut consumer = h.log.consumer(&h.group("idle")).unwrap();
     let batch = consumer.poll(10, Duration::from_millis(300)).await.unwrap();
     assert!(batch.is_empty());
     h.log.check_ready().await.unwrap();
@@ -205,23 +242,29 @@ async fn no_loss_across_restart(h: Harness) {
         )
         .await
         .unwrap();
-    let mut consumer = h.log.consumer("restart").unwrap();
+    let mut consumer = h.log.consumer(&h.group("restart")).unwrap();
     let got = drain(&mut consumer, 20).await;
     consumer
         .commit(&got.iter().map(|c| c.position).collect::<Vec<_>>())
         .await
         .unwrap();
     drop(consumer);
-    let log = match &h.reopen {
-        Some(dir) => {
-            drop(h.log);
-            let url = LogUrl::parse(&format!("embedded:{}", dir.display()), dir).unwrap();
-            EventLog::open(&url, &[]).await.unwrap()
+    let Harness {
+        log: old,
+        reopen,
+        group_prefix,
+        _dir,
+    } = h;
+    let group = |name: &str| format!("{group_prefix}{name}");
+    let log = match &reopen {
+        Some(url) => {
+            drop(old);
+            EventLog::open(url, &[]).await.unwrap()
         }
         // the mock cluster lives in this process: a new client connection stands for the restart
-        None => h.log.clone(),
+        None => old,
     };
-    let mut all = log.consumer("fresh").unwrap();
+    let mut all = log.consumer(&group("fresh")).unwrap();
     let everything = drain(&mut all, 50).await;
     let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for c in &everything {
@@ -235,7 +278,7 @@ async fn no_loss_across_restart(h: Harness) {
         expected.entry(p.partition).or_default().push(p.offset);
     }
     assert_eq!(by_partition, expected);
-    let mut resumed = log.consumer("restart").unwrap();
+    let mut resumed = log.consumer(&group("restart")).unwrap();
     let rest = drain(&mut resumed, 30).await;
     let seen: std::collections::HashSet<_> = got.iter().map(|c| c.position).collect();
     assert!(
@@ -260,6 +303,31 @@ macro_rules! contract {
 }
 
 contract!(embedded, kafka_mock);
+
+/// The same contract on a real Kafka-protocol broker. Ignored by a plain `cargo nextest run`
+/// (no broker); `tests/run-all.sh` installs and starts tansu and runs these too.
+mod kafka_broker {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn order_per_key_and_positions() {
+        super::order_per_key_and_positions(super::kafka_broker().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn commits_are_honoured_and_uncommitted_redelivered() {
+        super::commits_are_honoured_and_uncommitted_redelivered(super::kafka_broker().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn empty_poll_waits_then_returns_nothing() {
+        super::empty_poll_waits_then_returns_nothing(super::kafka_broker().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn no_loss_across_restart() {
+        super::no_loss_across_restart(super::kafka_broker().await).await
+    }
+}
 
 #[tokio::test]
 async fn kafka_unreachable_broker_is_a_clear_error() {
