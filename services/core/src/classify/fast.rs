@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -14,11 +15,11 @@ struct Top<'a> {
     #[serde(rename = "type", borrow)]
     event_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    user: Option<User<'a>>,
+    user: Option<MapOnly<User<'a>>>,
     #[serde(borrow)]
-    new_user: Option<User<'a>>,
+    new_user: Option<MapOnly<User<'a>>>,
     #[serde(borrow)]
-    old_user: Option<User<'a>>,
+    old_user: Option<MapOnly<User<'a>>>,
     #[serde(borrow)]
     version: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -26,7 +27,7 @@ struct Top<'a> {
     #[serde(borrow)]
     reference: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    data: Option<Vec<Item<'a>>>,
+    data: Option<Vec<MapOnly<Item<'a>>>>,
     athlete: Option<IgnoredAny>,
 }
 
@@ -39,7 +40,7 @@ struct User<'a> {
 #[derive(Deserialize)]
 struct Item<'a> {
     #[serde(borrow)]
-    metadata: Option<Metadata<'a>>,
+    metadata: Option<MapOnly<Metadata<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +55,27 @@ struct Metadata<'a> {
     id: Option<Scalar<'a>>,
     #[serde(borrow)]
     planned_date: Option<Scalar<'a>>,
+}
+
+/// A struct read only from a JSON object. Derived structs also accept arrays (fields by
+/// position), which the `Value` path never reads as objects; refusing them keeps both paths
+/// in agreement (`{"new_user": [0]}` has no user id).
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapVisitor<T> {
+            type Value = MapOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(MapOnly)
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
 }
 
 /// A string or number as text (like the `Value` path's `scalar_text`); `None` for anything
@@ -119,10 +141,11 @@ fn text(scalar: &Option<Scalar<'_>>) -> Option<String> {
 }
 
 pub(super) fn classify(body: &[u8]) -> Option<Classification> {
-    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let MapOnly(top) = serde_json::from_slice::<MapOnly<Top<'_>>>(body).ok()?;
     let event_type = top.event_type.map(Cow::into_owned).unwrap_or_default();
     let group = EventGroup::of(&event_type);
-    let user_of = |user: &Option<User<'_>>| user.as_ref().and_then(|u| text(&u.user_id));
+    let user_of =
+        |user: &Option<MapOnly<User<'_>>>| user.as_ref().and_then(|u| text(&u.0.user_id));
     let (user_id, old_user_id) = match user_of(&top.user) {
         Some(user) => (Some(user), None),
         None => (user_of(&top.new_user), user_of(&top.old_user)),
@@ -139,8 +162,8 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
                 });
             }
         } else {
-            for (index, item) in top.data.iter().flatten().enumerate() {
-                let metadata = item.metadata.as_ref();
+            for (index, MapOnly(item)) in top.data.iter().flatten().enumerate() {
+                let metadata = item.metadata.as_ref().map(|m| &m.0);
                 let field = |key: &str| {
                     let m = metadata?;
                     text(match key {

@@ -328,3 +328,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn arrays_are_never_read_as_objects() {
+    // serde's derived structs accept arrays as positional fields; the Value path does not
+    for body in [
+        r#"{"new_user": [0]}"#,
+        r#"{"user": ["u1"]}"#,
+        r#"["activity", null]"#,
+        r#"{"type": "sleep", "user": {"user_id": "u"}, "data": [[{"summary_id": "s"}]]}"#,
+        r#"{"type": "sleep", "user": {"user_id": "u"}, "data": [{"metadata": ["s", "2026-10-01T00:00:00Z"]}]}"#,
+    ] {
+        let fast = fast::classify(body.as_bytes());
+        if let Some(fast) = fast {
+            assert_eq!(Ok(fast), classify_slow(body.as_bytes()), "{body}");
+        }
+    }
+    assert_eq!(classify(br#"{"new_user": [0]}"#).unwrap().user_id, None);
+    assert_eq!(classify(br#"["activity"]"#).unwrap().event_type, "");
+}
