@@ -15,6 +15,7 @@ pub mod kafka;
 mod record;
 mod url;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use error::LogError;
@@ -70,6 +71,19 @@ impl EventLog {
         }
     }
 
+    /// The next offset to be written in every partition (for progress and lag).
+    pub async fn end_offsets(&self) -> Result<BTreeMap<u32, u64>, LogError> {
+        match self {
+            Self::Embedded(log) => Ok(log
+                .end_offsets()
+                .into_iter()
+                .enumerate()
+                .map(|(p, end)| (p as u32, end))
+                .collect()),
+            Self::Kafka(log) => log.end_offsets().await,
+        }
+    }
+
     /// Short name of the backend, for logs and metrics.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -92,6 +106,24 @@ impl Consumer {
         match self {
             Self::Embedded(c) => c.poll(max, wait).await,
             Self::Kafka(c) => c.poll(max, wait).await,
+        }
+    }
+
+    /// Moves this group to `next` (partition → next offset to read; unnamed partitions go to
+    /// 0, offsets past the end are clamped) and reads from there on. Projections whose sink
+    /// stores its own positions (SQL) use this to resume exactly where their rows end.
+    pub async fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
+        match self {
+            Self::Embedded(c) => c.seek(next),
+            Self::Kafka(c) => c.seek(next).await,
+        }
+    }
+
+    /// Records not yet read, per partition (assigned partitions only, for Kafka).
+    pub async fn lag(&self) -> Result<BTreeMap<u32, u64>, LogError> {
+        match self {
+            Self::Embedded(c) => Ok(c.lag()),
+            Self::Kafka(c) => c.lag().await,
         }
     }
 

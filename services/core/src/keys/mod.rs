@@ -148,8 +148,15 @@ pub fn iso_to_utc_seconds(text: &str) -> Option<String> {
     Some(format_utc(secs, None))
 }
 
-fn unix_ms_to_utc(ms: i64) -> String {
+/// Unix milliseconds as ISO-8601 UTC with milliseconds: `2026-10-03T21:12:00.125Z`.
+pub fn unix_ms_to_utc(ms: i64) -> String {
     format_utc(ms.div_euclid(1000), Some(ms.rem_euclid(1000)))
+}
+
+/// Unix milliseconds as ISO-8601 UTC to the second: `2026-10-03T21:12:00Z` (the form of
+/// [`iso_to_utc_seconds`], so both sort together).
+pub fn unix_ms_to_utc_seconds(ms: i64) -> String {
+    format_utc(ms.div_euclid(1000), None)
 }
 
 fn parse_iso_seconds(text: &str) -> Option<i64> {

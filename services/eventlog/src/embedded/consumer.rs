@@ -136,6 +136,35 @@ impl EmbeddedConsumer {
         Ok(out)
     }
 
+    /// Reads every partition from `next` (0 where not named, clamped to the end) from now on,
+    /// and makes that the group's committed position.
+    pub(crate) fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
+        for (partition, slot) in self.next.iter_mut().enumerate() {
+            let end = self.shared.index[partition].read().expect("index poisoned").len() as u64;
+            *slot = next.get(&(partition as u32)).copied().unwrap_or(0).min(end);
+        }
+        self.committed = self
+            .next
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| (p as u32, n))
+            .collect();
+        let json = serde_json::to_vec(&self.committed).expect("positions serialise");
+        write_atomically(&self.group_file, &json)
+    }
+
+    /// Records not yet read per partition.
+    pub(crate) fn lag(&self) -> BTreeMap<u32, u64> {
+        self.next
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| {
+                let end = self.shared.index[p].read().expect("index poisoned").len() as u64;
+                (p as u32, end.saturating_sub(n))
+            })
+            .collect()
+    }
+
     pub(crate) fn commit(&mut self, done: &[Position]) -> Result<(), LogError> {
         let mut changed = false;
         for position in done {

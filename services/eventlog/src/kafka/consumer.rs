@@ -14,6 +14,8 @@ use crate::{Consumed, LogError, Position, Record};
 
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
+    /// Settings to make the member again after a seek.
+    config: ClientConfig,
     topic: String,
 }
 
@@ -26,14 +28,61 @@ impl KafkaConsumer {
             .set("enable.auto.offset.store", "false");
         set_default(&mut config, "auto.offset.reset", "earliest");
         set_default(&mut config, "enable.partition.eof", "false");
-        let consumer: StreamConsumer = config.create().map_err(config_error)?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| LogError::Unavailable(format!("failed to subscribe to {topic:?}: {e}")))?;
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(subscribe(&config, topic)?),
+            config,
             topic: topic.to_owned(),
         })
+    }
+
+    /// Commits `next` for every partition (0 where not named) as the group's positions and
+    /// joins the group again, so reading resumes exactly there.
+    pub(crate) async fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let next = next.clone();
+        tokio::task::spawn_blocking(move || {
+            let ends = super::watermarks(consumer.client(), &topic)?;
+            let mut list = TopicPartitionList::new();
+            for (partition, end) in ends {
+                let offset = next.get(&partition).copied().unwrap_or(0).min(end);
+                list.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
+                    .map_err(|e| LogError::Config(format!("bad seek position: {e}")))?;
+            }
+            consumer
+                .commit(&list, CommitMode::Sync)
+                .map_err(|e| LogError::Unavailable(format!("Kafka commit failed: {e}")))
+        })
+        .await
+        .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
+        // a new member starts from the committed positions; the old one leaves the group
+        self.consumer = Arc::new(subscribe(&self.config, &self.topic)?);
+        Ok(())
+    }
+
+    /// Records not yet read in each assigned partition.
+    pub(crate) async fn lag(&self) -> Result<BTreeMap<u32, u64>, LogError> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let ends = super::watermarks(consumer.client(), &topic)?;
+            let positions = consumer
+                .position()
+                .map_err(|e| LogError::Unavailable(format!("Kafka position query failed: {e}")))?;
+            let mut lag = BTreeMap::new();
+            for element in positions.elements_for_topic(&topic) {
+                let partition = element.partition() as u32;
+                let end = ends.get(&partition).copied().unwrap_or(0);
+                let at = match element.offset() {
+                    Offset::Offset(n) if n >= 0 => n as u64,
+                    _ => continue,
+                };
+                lag.insert(partition, end.saturating_sub(at));
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|_| LogError::Unavailable("lag task panicked".into()))?
     }
 
     pub(crate) async fn poll(
@@ -82,6 +131,14 @@ impl KafkaConsumer {
             .map_err(|_| LogError::Unavailable("commit task panicked".into()))?
             .map_err(|e| LogError::Unavailable(format!("Kafka commit failed: {e}")))
     }
+}
+
+fn subscribe(config: &ClientConfig, topic: &str) -> Result<StreamConsumer, LogError> {
+    let consumer: StreamConsumer = config.create().map_err(config_error)?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| LogError::Unavailable(format!("failed to subscribe to {topic:?}: {e}")))?;
+    Ok(consumer)
 }
 
 fn convert(message: &BorrowedMessage<'_>) -> Consumed {

@@ -10,6 +10,7 @@
 mod consumer;
 mod mock;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +165,14 @@ impl KafkaLog {
         .map_err(|_| LogError::Unavailable("metadata check panicked".into()))?
     }
 
+    /// The high watermark (next offset to be written) of every partition of the topic.
+    pub(crate) async fn end_offsets(&self) -> Result<BTreeMap<u32, u64>, LogError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || watermarks(inner.producer.client(), &inner.topic))
+            .await
+            .map_err(|_| LogError::Unavailable("watermark query panicked".into()))?
+    }
+
     pub(crate) fn consumer(&self, group: &str) -> Result<KafkaConsumer, LogError> {
         KafkaConsumer::new(&self.inner.base, &self.inner.topic, group)
     }
@@ -201,6 +210,34 @@ async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), L
         }
     }
     Ok(())
+}
+
+/// Every partition of `topic` with its high watermark (blocking: call off the runtime).
+pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<BTreeMap<u32, u64>, LogError> {
+    let unreachable = |e: KafkaError| LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"));
+    let metadata = client
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(unreachable)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(LogError::Config(format!("Kafka topic {topic:?} does not exist")));
+    }
+    let mut out = BTreeMap::new();
+    for partition in partitions {
+        let (_, high) = client
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(unreachable)?;
+        out.insert(partition as u32, high.max(0) as u64);
+    }
+    Ok(out)
 }
 
 /// Sets `name` unless the configuration already has a value for it.

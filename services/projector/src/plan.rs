@@ -1,0 +1,452 @@
+//! What one log record means for the projections, derived from the envelope alone (so a
+//! replay derives the same thing): the users it creates or moves through the lifecycle, the
+//! payload rows it writes (one per data record, one for any other event), or why it is
+//! poison. Pure and sink-independent; the SQL sink (and later the object sink) write it.
+
+use prost::Message;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use terra_core::envelope::Envelope;
+use terra_core::{EventGroup, keys};
+use terra_eventlog::{Consumed, Position};
+
+/// Longest `user_id` Terra's tables can hold (`VARCHAR(36)`).
+pub const MAX_USER_ID: usize = 36;
+/// Longest text field written to a `TEXT` column (MySQL's TEXT holds 64 KiB; real values are
+/// far shorter, so anything longer is not Terra data).
+pub const MAX_FIELD: usize = 4096;
+
+/// One log record, decoded and planned.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub position: Position,
+    /// The envelope id, or empty when the record did not decode.
+    pub envelope_id: String,
+    pub event_type: String,
+    pub received_at_ms: i64,
+    pub body_size: i64,
+    pub plan: Plan,
+}
+
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// A record no projection can use: kept in the dead-letter table with the reason.
+    Dead(DeadLetter),
+    Event(EventPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub reason: String,
+    /// The raw body when the envelope decoded (empty otherwise).
+    pub body: Vec<u8>,
+    pub body_sha256: String,
+}
+
+/// What a valid event writes.
+#[derive(Debug, Clone, Default)]
+pub struct EventPlan {
+    /// Users the event mentions, to create when missing (never overwriting).
+    pub seen_users: Vec<UserInfo>,
+    /// Lifecycle changes (authentication events), in body order.
+    pub lifecycle: Vec<LifecycleChange>,
+    /// Payload rows (data records, or the event itself).
+    pub payloads: Vec<PayloadRow>,
+}
+
+/// The fields of a Terra `user` object the tables keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub user_id: String,
+    pub provider: String,
+    pub reference_id: Option<String>,
+    pub scopes: Option<String>,
+    /// `user.created_at`, or when the event was generated when the body has none.
+    pub created_at: String,
+}
+
+/// One user's step through the lifecycle.
+#[derive(Debug, Clone)]
+pub struct LifecycleChange {
+    pub user: UserInfo,
+    /// New `terra_users.state`; `None` keeps the current state (permission_change).
+    pub state: Option<&'static str>,
+    /// `user`, `old_user` or `new_user`: the user's part in the event.
+    pub role: &'static str,
+    pub status: Option<String>,
+    /// Identity of this history row: stable across Terra's re-deliveries.
+    pub event_id: String,
+    pub payload_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    Data,
+    Misc,
+}
+
+impl PayloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Misc => "misc",
+        }
+    }
+}
+
+/// One row of `terra_data_payloads` or `terra_misc_payloads`, with what the payload index
+/// keeps about it.
+#[derive(Debug, Clone)]
+pub struct PayloadRow {
+    pub kind: PayloadKind,
+    /// Hex SHA-256 of (kind, user, type, natural key): the last-writer-wins identity.
+    pub identity: String,
+    pub payload_id: String,
+    pub user_id: Option<String>,
+    /// Data rows: the event type; misc rows: the body's `data_type`, when it has one.
+    pub data_type: Option<String>,
+    /// The event `type` (misc rows' `payload_type`).
+    pub event_type: String,
+    pub natural_key: String,
+    pub record_index: i64,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    /// `start_time` in UTC (`2026-10-03T21:12:00Z`), sortable, for time-range queries.
+    pub start_utc: Option<String>,
+    /// When Terra generated the payload (ISO-8601 UTC).
+    pub created_at: String,
+    /// Last-writer-wins version: ordering timestamp (or receipt time), then log position,
+    /// then record index.
+    pub version: Version,
+    pub ordering_ts_ms: Option<i64>,
+    pub body_sha256: String,
+    pub terra_trace_id: Option<String>,
+    pub terra_reference: Option<String>,
+}
+
+/// Last-writer-wins order (terra-wire-format §5, design "idempotent projections").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub ts_ms: i64,
+    pub partition: i64,
+    pub offset: i64,
+    pub index: i64,
+}
+
+/// The `user`-ish fields of a body that classification does not keep.
+#[derive(Deserialize, Default)]
+struct Head {
+    user: Option<UserObject>,
+    new_user: Option<UserObject>,
+    old_user: Option<UserObject>,
+    scopes_added: Option<String>,
+    scopes_removed: Option<String>,
+    data_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserObject {
+    user_id: Option<serde_json::Value>,
+    provider: Option<String>,
+    reference_id: Option<String>,
+    scopes: Option<String>,
+    created_at: Option<String>,
+}
+
+/// Decodes and plans one consumed record. Never fails: what cannot be projected is a
+/// [`Plan::Dead`] with the reason.
+pub fn plan(consumed: &Consumed) -> Planned {
+    let position = consumed.position;
+    let envelope = match Envelope::decode(consumed.record.value.as_ref()) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            return Planned {
+                position,
+                envelope_id: String::new(),
+                event_type: String::new(),
+                received_at_ms: consumed.timestamp_ms,
+                body_size: 0,
+                plan: Plan::Dead(DeadLetter {
+                    reason: format!("log record is not a terra.ingest.v1.Envelope: {err}"),
+                    body: Vec::new(),
+                    body_sha256: String::new(),
+                }),
+            };
+        }
+    };
+    plan_envelope(position, &envelope)
+}
+
+/// Plans a decoded envelope.
+pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
+    let received_at_ms = envelope
+        .received_at
+        .as_ref()
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let body_sha256 = hex::encode(Sha256::digest(&envelope.body));
+    let dead = |reason: String| Plan::Dead(DeadLetter {
+        reason,
+        body: envelope.body.clone(),
+        body_sha256: body_sha256.clone(),
+    });
+    let plan = match event_plan(position, envelope, received_at_ms, &body_sha256) {
+        Ok(plan) => match check_fields(&plan) {
+            Ok(()) => Plan::Event(plan),
+            Err(reason) => dead(reason),
+        },
+        Err(reason) => dead(reason),
+    };
+    Planned {
+        position,
+        envelope_id: envelope.envelope_id.clone(),
+        event_type: envelope.event_type.clone(),
+        received_at_ms,
+        body_size: envelope.body.len() as i64,
+        plan,
+    }
+}
+
+fn event_plan(
+    position: Position,
+    envelope: &Envelope,
+    received_at_ms: i64,
+    body_sha256: &str,
+) -> Result<EventPlan, String> {
+    if !envelope.body_is_json {
+        return Err("body is not JSON (kept as received)".to_owned());
+    }
+    let classification =
+        terra_core::classify(&envelope.body).map_err(|_| "body is not JSON".to_owned())?;
+    let head: Head = serde_json::from_slice(&envelope.body).unwrap_or_default();
+    let generated_ms = envelope.ordering_timestamp_ms.unwrap_or(received_at_ms);
+    let generated_iso = keys::unix_ms_to_utc(generated_ms);
+    let version_of = |index: i64| Version {
+        ts_ms: generated_ms,
+        partition: i64::from(position.partition),
+        offset: position.offset as i64,
+        index,
+    };
+    let user_info = |object: &Option<UserObject>| -> Option<UserInfo> {
+        let object = object.as_ref()?;
+        let user_id = match object.user_id.as_ref()? {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        Some(UserInfo {
+            user_id,
+            provider: object.provider.clone().unwrap_or_else(|| "UNKNOWN".to_owned()),
+            reference_id: object.reference_id.clone(),
+            scopes: object.scopes.clone(),
+            created_at: object.created_at.clone().unwrap_or_else(|| generated_iso.clone()),
+        })
+    };
+    let event_type = classification.event_type.as_str();
+    let version = classification.version.as_deref();
+    let mut plan = EventPlan::default();
+    for object in [&head.user, &head.new_user] {
+        if let Some(user) = user_info(object) {
+            plan.seen_users.push(user);
+            break;
+        }
+    }
+    let misc_payload_id =
+        keys::event_payload_id(version, event_type, classification.user_id.as_deref(), generated_ms);
+
+    if classification.group == EventGroup::Data {
+        let user_id = classification
+            .user_id
+            .clone()
+            .ok_or_else(|| format!("{event_type} event without a user"))?;
+        for record in &classification.records {
+            let natural_key = record.natural_key.clone();
+            plan.payloads.push(PayloadRow {
+                kind: PayloadKind::Data,
+                identity: identity(PayloadKind::Data, Some(&user_id), event_type, &natural_key),
+                payload_id: keys::data_payload_id(version, event_type, &user_id, record),
+                user_id: Some(user_id.clone()),
+                data_type: Some(event_type.to_owned()),
+                event_type: event_type.to_owned(),
+                start_utc: record.start_time.as_deref().and_then(keys::iso_to_utc_seconds),
+                start_time: record.start_time.clone(),
+                end_time: record.end_time.clone(),
+                natural_key,
+                record_index: record.index as i64,
+                created_at: generated_iso.clone(),
+                version: version_of(record.index as i64),
+                ordering_ts_ms: envelope.ordering_timestamp_ms,
+                body_sha256: body_sha256.to_owned(),
+                terra_trace_id: envelope.terra_trace_id.clone(),
+                terra_reference: envelope.terra_reference.clone(),
+            });
+        }
+        return Ok(plan);
+    }
+
+    // any other event is one misc row; Terra's re-deliveries share the trace id
+    let natural_key = envelope
+        .terra_trace_id
+        .clone()
+        .unwrap_or_else(|| misc_payload_id.clone());
+    plan.payloads.push(PayloadRow {
+        kind: PayloadKind::Misc,
+        identity: identity(
+            PayloadKind::Misc,
+            classification.user_id.as_deref(),
+            event_type,
+            &natural_key,
+        ),
+        payload_id: misc_payload_id.clone(),
+        user_id: classification.user_id.clone(),
+        data_type: head.data_type.clone(),
+        event_type: event_type.to_owned(),
+        natural_key: natural_key.clone(),
+        record_index: 0,
+        start_time: None,
+        end_time: None,
+        start_utc: Some(keys::unix_ms_to_utc_seconds(generated_ms)),
+        created_at: generated_iso.clone(),
+        version: version_of(0),
+        ordering_ts_ms: envelope.ordering_timestamp_ms,
+        body_sha256: body_sha256.to_owned(),
+        terra_trace_id: envelope.terra_trace_id.clone(),
+        terra_reference: envelope.terra_reference.clone(),
+    });
+
+    if classification.group == EventGroup::Authentication {
+        let status = classification.status.clone();
+        let change = |user: UserInfo, role: &'static str, state: Option<&'static str>| {
+            LifecycleChange {
+                event_id: identity(PayloadKind::Misc, Some(&user.user_id), role, &natural_key),
+                user,
+                state,
+                role,
+                status: status.clone(),
+                payload_id: misc_payload_id.clone(),
+            }
+        };
+        match event_type {
+            "user_reauth" => {
+                if let Some(old) = user_info(&head.old_user) {
+                    plan.lifecycle.push(change(old, "old_user", Some("user_reauth")));
+                }
+                if let Some(new) = user_info(&head.new_user) {
+                    plan.lifecycle.push(change(new, "new_user", Some("active")));
+                }
+            }
+            _ => {
+                if let Some(mut user) = user_info(&head.user) {
+                    let state = lifecycle_state(event_type, status.as_deref());
+                    if event_type == "permission_change" {
+                        user.scopes = Some(apply_scope_change(
+                            user.scopes.as_deref().unwrap_or(""),
+                            head.scopes_added.as_deref().unwrap_or(""),
+                            head.scopes_removed.as_deref().unwrap_or(""),
+                        ));
+                    }
+                    plan.lifecycle.push(change(user, "user", state));
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// `terra_users.state` after an authentication event (`None`: unchanged).
+pub fn lifecycle_state(event_type: &str, status: Option<&str>) -> Option<&'static str> {
+    match (event_type, status) {
+        ("auth", Some("error")) => Some("auth_failed"),
+        ("auth", _) => Some("active"),
+        ("deauth", _) => Some("deauth"),
+        ("access_revoked", _) => Some("access_revoked"),
+        ("connection_error", _) => Some("connection_error"),
+        ("google_no_datasource", _) => Some("google_no_datasource"),
+        ("user_reauth", _) => Some("user_reauth"),
+        _ => None,
+    }
+}
+
+/// `scopes` with `added` joined and `removed` taken away (comma lists; order kept).
+pub fn apply_scope_change(scopes: &str, added: &str, removed: &str) -> String {
+    let split = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let removed = split(removed);
+    let mut out: Vec<String> = split(scopes)
+        .into_iter()
+        .filter(|s| !removed.contains(s))
+        .collect();
+    for scope in split(added) {
+        if !out.contains(&scope) && !removed.contains(&scope) {
+            out.push(scope);
+        }
+    }
+    out.join(",")
+}
+
+/// The last-writer-wins identity of a payload.
+pub fn identity(kind: PayloadKind, user_id: Option<&str>, event_type: &str, key: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [kind.as_str(), user_id.unwrap_or("\u{0}none"), event_type, key] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+/// What Terra's columns cannot hold is poison, named, rather than a database error later.
+fn check_fields(plan: &EventPlan) -> Result<(), String> {
+    let user_ok = |user_id: &str| -> Result<(), String> {
+        if user_id.chars().count() > MAX_USER_ID {
+            return Err(format!(
+                "user_id is {} characters long; Terra's tables hold at most {MAX_USER_ID}",
+                user_id.chars().count()
+            ));
+        }
+        Ok(())
+    };
+    let mut texts: Vec<(&str, &str)> = Vec::new();
+    for user in plan
+        .seen_users
+        .iter()
+        .chain(plan.lifecycle.iter().map(|c| &c.user))
+    {
+        user_ok(&user.user_id)?;
+        texts.extend([
+            ("user_id", user.user_id.as_str()),
+            ("provider", user.provider.as_str()),
+            ("created_at", user.created_at.as_str()),
+        ]);
+        texts.extend(user.reference_id.as_deref().map(|v| ("reference_id", v)));
+        texts.extend(user.scopes.as_deref().map(|v| ("scopes", v)));
+    }
+    for row in &plan.payloads {
+        if let Some(user_id) = &row.user_id {
+            user_ok(user_id)?;
+            texts.push(("user_id", user_id));
+        }
+        texts.extend([
+            ("type", row.event_type.as_str()),
+            ("natural key", row.natural_key.as_str()),
+        ]);
+        texts.extend(row.data_type.as_deref().map(|v| ("data_type", v)));
+        texts.extend(row.start_time.as_deref().map(|v| ("start_time", v)));
+        texts.extend(row.end_time.as_deref().map(|v| ("end_time", v)));
+    }
+    for (name, value) in texts {
+        if value.len() > MAX_FIELD {
+            return Err(format!("{name} is {} bytes long (at most {MAX_FIELD})", value.len()));
+        }
+        if value.contains('\0') {
+            return Err(format!("{name} contains a NUL character"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! The SQL sink: Terra's tables (`terra_users`, `terra_data_payloads`,
+//! `terra_misc_payloads`, the `terra_other_payloads` view) and terra-ingest's `ingest_*`
+//! tables on Postgres, MySQL/MariaDB or SQLite, selected by the URL. One sqlx `Any` pool;
+//! the few dialect differences (placeholders, upserts, quoting) live in [`dialect`].
+
+mod dialect;
+mod error;
+mod migrate;
+mod rebuild;
+mod write;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+pub use dialect::Dialect;
+pub use error::SqlError;
+pub use migrate::{MIGRATIONS_TABLE, Variant};
+pub use rebuild::{RebuildOptions, RebuildReport, rebuild};
+
+/// Every table (and the view) of one projection, by base name. A rebuild creates them all
+/// under a fresh prefix and swaps them in.
+pub const TABLES: &[&str] = &[
+    "terra_users",
+    "terra_data_payloads",
+    "terra_misc_payloads",
+    "ingest_positions",
+    "ingest_payloads",
+    "ingest_users",
+    "ingest_user_events",
+    "ingest_dead_letters",
+    MIGRATIONS_TABLE,
+];
+pub const VIEW: &str = "terra_other_payloads";
+/// Postgres schema Terra's destination uses today.
+pub const DEFAULT_SCHEMA: &str = "terra";
+
+/// Where and how to write.
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
+    /// `postgres://…`, `mysql://…` or `sqlite://PATH` (`sqlite:PATH` too).
+    pub url: String,
+    /// Postgres schema (ignored by MySQL, where the URL's database is the namespace, and by
+    /// SQLite).
+    pub schema: String,
+    /// Table name prefix (empty for the live tables).
+    pub prefix: String,
+    /// Terra's Supabase variant of the tables (Postgres only).
+    pub variant: Variant,
+    pub max_connections: u32,
+}
+
+impl SqlConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            prefix: String::new(),
+            variant: Variant::Terra,
+            max_connections: 4,
+        }
+    }
+}
+
+/// A connected database with the names of one projection's tables.
+#[derive(Clone)]
+pub struct SqlTarget {
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
+    pub(crate) schema: String,
+    pub(crate) prefix: String,
+    pub(crate) variant: Variant,
+}
+
+impl std::fmt::Debug for SqlTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the URL: it may hold a password
+        f.debug_struct("SqlTarget")
+            .field("dialect", &self.dialect)
+            .field("schema", &self.schema)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl SqlTarget {
+    /// Connects (lazily: the first use opens connections, so a database that is down at
+    /// start-up is an outage to wait out, not a crash) after validating the settings.
+    pub fn connect(config: &SqlConfig) -> Result<Self, SqlError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(&config.url)?;
+        validate_name("schema", &config.schema)?;
+        if !config.prefix.is_empty() {
+            validate_name("table prefix", &config.prefix)?;
+        }
+        if config.variant == Variant::Supabase && dialect != Dialect::Postgres {
+            return Err(SqlError::Config(
+                "the Supabase tables need a Postgres URL (Supabase is Postgres)".into(),
+            ));
+        }
+        let url = match dialect {
+            // create the file when missing
+            Dialect::Sqlite if !config.url.contains('?') => format!("{}?mode=rwc", config.url),
+            _ => config.url.clone(),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| SqlError::Config(format!("invalid database URL: {}", redact(&e.to_string()))))?
+            .disable_statement_logging();
+        let max = match dialect {
+            // one writer at a time on SQLite; more connections only contend for the lock
+            Dialect::Sqlite => 1,
+            _ => config.max_connections.max(1),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    match dialect {
+                        Dialect::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                        }
+                        Dialect::MySql => {
+                            conn.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ANSI_QUOTES,NO_ENGINE_SUBSTITUTION'").await?;
+                            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                        }
+                        Dialect::Postgres => {}
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            dialect,
+            schema: config.schema.clone(),
+            prefix: config.prefix.clone(),
+            variant: config.variant,
+        })
+    }
+
+    /// The same database with another table prefix.
+    pub fn with_prefix(&self, prefix: &str) -> Result<Self, SqlError> {
+        if !prefix.is_empty() {
+            validate_name("table prefix", prefix)?;
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            ..self.clone()
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The qualified, quoted name of table `base` of this projection.
+    pub fn table(&self, base: &str) -> String {
+        self.table_with_prefix(&self.prefix, base)
+    }
+
+    pub(crate) fn table_with_prefix(&self, prefix: &str, base: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("\"{}\".\"{prefix}{base}\"", self.schema),
+            Dialect::MySql | Dialect::Sqlite => format!("\"{prefix}{base}\""),
+        }
+    }
+
+    /// `{schema}` of the migration templates.
+    pub(crate) fn schema_qualifier(&self) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("\"{}\".", self.schema),
+            Dialect::MySql | Dialect::Sqlite => String::new(),
+        }
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Schema names and prefixes go into SQL text, so only plain identifiers pass.
+fn validate_name(what: &str, name: &str) -> Result<(), SqlError> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(SqlError::Config(format!(
+            "{what} {name:?} must be 1-40 characters of a-z 0-9 _ not starting with a digit"
+        )))
+    }
+}
+
+/// Removes a password from text that may quote a URL.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at_sign) => {
+                let userinfo = &authority[..at_sign];
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    out.push_str(&format!("{user}:***@{}", &authority[at_sign + 1..]));
+                } else {
+                    out.push_str(authority);
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("bad url postgres://app:s3cret@db:5432/x here"),
+            "bad url postgres://app:***@db:5432/x here"
+        );
+        assert_eq!(redact("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(redact("no url"), "no url");
+    }
+
+    #[test]
+    fn names_are_plain_identifiers() {
+        assert!(validate_name("schema", "terra").is_ok());
+        assert!(validate_name("schema", "rb1732_").is_ok());
+        for bad in ["", "Terra", "a;drop", "1abc", "a\"b", &"x".repeat(41)] {
+            let err = validate_name("schema", bad).unwrap_err().to_string();
+            assert!(err.contains("schema"), "{err}");
+        }
+    }
+
+    #[test]
+    fn dialect_from_url() {
+        assert_eq!(Dialect::of_url("postgres://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(Dialect::of_url("postgresql://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(Dialect::of_url("mysql://h/db").unwrap(), Dialect::MySql);
+        assert_eq!(Dialect::of_url("mariadb://h/db").unwrap(), Dialect::MySql);
+        assert_eq!(Dialect::of_url("sqlite://data/x.db").unwrap(), Dialect::Sqlite);
+        let err = Dialect::of_url("oracle://u:pw@h/db").unwrap_err().to_string();
+        assert!(err.contains("oracle") && !err.contains("pw"), "{err}");
+    }
+}
