@@ -25,6 +25,10 @@ pub struct Planned {
     pub event_type: String,
     pub received_at_ms: i64,
     pub body_size: i64,
+    /// Hex SHA-256 of the body (empty when the record did not decode).
+    pub body_sha256: String,
+    /// The exact webhook body (kept for dead letters).
+    pub body: bytes::Bytes,
     pub plan: Plan,
 }
 
@@ -38,9 +42,6 @@ pub enum Plan {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub reason: String,
-    /// The raw body when the envelope decoded (empty otherwise).
-    pub body: Vec<u8>,
-    pub body_sha256: String,
 }
 
 /// What a valid event writes.
@@ -166,10 +167,10 @@ pub fn plan(consumed: &Consumed) -> Planned {
                 event_type: String::new(),
                 received_at_ms: consumed.timestamp_ms,
                 body_size: 0,
+                body_sha256: String::new(),
+                body: bytes::Bytes::new(),
                 plan: Plan::Dead(DeadLetter {
                     reason: format!("log record is not a terra.ingest.v1.Envelope: {err}"),
-                    body: Vec::new(),
-                    body_sha256: String::new(),
                 }),
             };
         }
@@ -184,11 +185,7 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         .as_ref()
         .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
     let body_sha256 = hex::encode(Sha256::digest(&envelope.body));
-    let dead = |reason: String| Plan::Dead(DeadLetter {
-        reason,
-        body: envelope.body.clone(),
-        body_sha256: body_sha256.clone(),
-    });
+    let dead = |reason: String| Plan::Dead(DeadLetter { reason });
     let plan = match event_plan(position, envelope, received_at_ms, &body_sha256) {
         Ok(plan) => match check_fields(&plan) {
             Ok(()) => Plan::Event(plan),
@@ -202,6 +199,8 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         event_type: envelope.event_type.clone(),
         received_at_ms,
         body_size: envelope.body.len() as i64,
+        body_sha256,
+        body: envelope.body.clone(),
         plan,
     }
 }

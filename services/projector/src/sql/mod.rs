@@ -17,8 +17,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use dialect::Dialect;
 pub use error::SqlError;
-pub use migrate::{MIGRATIONS_TABLE, Variant};
-pub use rebuild::{RebuildOptions, RebuildReport, rebuild};
+pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate};
+pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
 
 /// Every table (and the view) of one projection, by base name. A rebuild creates them all
 /// under a fresh prefix and swaps them in.
@@ -187,6 +187,24 @@ impl SqlTarget {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The positions stored with the rows (partition → next offset to read).
+pub async fn stored_positions(
+    target: &SqlTarget,
+) -> Result<std::collections::BTreeMap<u32, u64>, SqlError> {
+    let mut tx = target.pool.begin().await?;
+    let positions = write::read_positions(target, &mut tx, false).await?;
+    tx.rollback().await?;
+    Ok(positions)
+}
+
+/// Writes one batch of planned records in one transaction (see [`write`]).
+pub async fn write(
+    target: &SqlTarget,
+    batch: &[crate::plan::Planned],
+) -> Result<crate::WriteStats, crate::SinkError> {
+    write::write_batch(target, batch).await
 }
 
 /// Schema names and prefixes go into SQL text, so only plain identifiers pass.

@@ -1,0 +1,98 @@
+//! Prometheus metrics of the projectors: records and payloads written, batch latency,
+//! consumer lag per partition, dead letters, sink errors. Registered into a registry the
+//! caller owns (the ingress's in `standalone`, the projector's own `/metrics` otherwise).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::WriteStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    sink: String,
+    partition: u32,
+}
+
+type HistogramFamily = Family<SinkLabel, Histogram, fn() -> Histogram>;
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Handles to the projector metrics; clones share them.
+#[derive(Clone)]
+pub struct ProjectorMetrics {
+    records: Family<SinkLabel, Counter>,
+    payloads: Family<SinkLabel, Counter>,
+    replayed: Family<SinkLabel, Counter>,
+    superseded: Family<SinkLabel, Counter>,
+    dead_lettered: Family<SinkLabel, Counter>,
+    sink_errors: Family<SinkLabel, Counter>,
+    lag: Family<PartitionLabel, Gauge>,
+    batch_seconds: HistogramFamily,
+}
+
+impl ProjectorMetrics {
+    /// Creates the metrics and registers them in `registry` (prefix `projector_`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            records: Family::default(),
+            payloads: Family::default(),
+            replayed: Family::default(),
+            superseded: Family::default(),
+            dead_lettered: Family::default(),
+            sink_errors: Family::default(),
+            lag: Family::default(),
+            batch_seconds: Family::new_with_constructor(batch_histogram),
+        };
+        let registry = registry.sub_registry_with_prefix("projector");
+        registry.register("records", "Log records projected (including dead letters)", metrics.records.clone());
+        registry.register("payloads", "Payload rows or objects written", metrics.payloads.clone());
+        registry.register("replayed", "Records skipped because the sink already had them", metrics.replayed.clone());
+        registry.register("superseded", "Payload copies older than the stored one (last writer wins)", metrics.superseded.clone());
+        registry.register("dead_lettered", "Records written to the dead-letter table", metrics.dead_lettered.clone());
+        registry.register("sink_errors", "Sink outages (each retried with backoff)", metrics.sink_errors.clone());
+        registry.register("consumer_lag", "Log records not yet read, per partition", metrics.lag.clone());
+        registry.register("batch_seconds", "Time to write one batch", metrics.batch_seconds.clone());
+        metrics
+    }
+
+    /// Metrics registered nowhere (tools that do not serve `/metrics`).
+    pub fn unregistered() -> Self {
+        Self::register(&mut Registry::default())
+    }
+
+    pub(crate) fn batch(&self, sink: &str, stats: &WriteStats, took: Duration) {
+        let label = SinkLabel { sink: sink.to_owned() };
+        self.records.get_or_create(&label).inc_by(stats.records as u64);
+        self.payloads.get_or_create(&label).inc_by(stats.payloads as u64);
+        self.replayed.get_or_create(&label).inc_by(stats.replayed as u64);
+        self.superseded.get_or_create(&label).inc_by(stats.superseded as u64);
+        self.dead_lettered.get_or_create(&label).inc_by(stats.dead as u64);
+        self.batch_seconds.get_or_create(&label).observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn sink_error(&self, sink: &str) {
+        self.sink_errors.get_or_create(&SinkLabel { sink: sink.to_owned() }).inc();
+    }
+
+    pub(crate) fn set_lag(&self, sink: &str, lag: &BTreeMap<u32, u64>) {
+        for (&partition, &records) in lag {
+            self.lag
+                .get_or_create(&PartitionLabel { sink: sink.to_owned(), partition })
+                .set(records.min(i64::MAX as u64) as i64);
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The projector loop shared by every sink: consume the log as the projection's own group in
+//! batches, plan each record, write the batch through the sink, then commit the positions.
+//!
+//! - Poison (a record the sink refuses) is split out of its batch and written as a dead
+//!   letter with the reason and its position; the projector moves on.
+//! - An outage (database or store down, deadlock, timeout) pauses the loop with capped
+//!   exponential backoff and retries the same batch: nothing is skipped.
+//! - A sink that stores its positions (SQL) is the authority on where to resume: the runner
+//!   seeks the consumer there at start and whenever the sink reports a gap.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use terra_eventlog::{EventLog, LogError, Position};
+use tokio::sync::watch;
+
+use crate::metrics::ProjectorMetrics;
+use crate::plan::{self, DeadLetter, Plan, Planned};
+
+/// What a sink tells the runner when a write did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// The sink is unreachable or not ready: retry the same batch later.
+    #[error("sink unavailable: {0}")]
+    Outage(String),
+    /// The sink refuses something in this batch's data.
+    #[error("sink rejected the data: {0}")]
+    Rejected(String),
+    /// The sink's stored positions are before this batch: read again from there.
+    #[error("sink positions are behind the batch")]
+    Behind(BTreeMap<u32, u64>),
+    /// Retrying cannot help (configuration, schema): stop.
+    #[error("sink failed: {0}")]
+    Fatal(String),
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Records applied (including dead letters).
+    pub records: usize,
+    /// Records skipped because the sink already had them (a replay).
+    pub replayed: usize,
+    /// Payload rows written.
+    pub payloads: usize,
+    /// Payload copies older than what the sink has (last writer wins).
+    pub superseded: usize,
+    /// Records dead-lettered.
+    pub dead: usize,
+}
+
+impl WriteStats {
+    fn add(&mut self, other: WriteStats) {
+        self.records += other.records;
+        self.replayed += other.replayed;
+        self.payloads += other.payloads;
+        self.superseded += other.superseded;
+        self.dead += other.dead;
+    }
+}
+
+/// A projection target.
+pub trait Sink: Send {
+    /// Short name for logs and metrics (`sql`).
+    fn name(&self) -> &str;
+
+    /// Positions the sink stores itself (partition → next offset), or `None` when it relies
+    /// on the log's committed positions.
+    fn stored_positions(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<BTreeMap<u32, u64>>, SinkError>> + Send;
+
+    /// Writes a batch atomically, or nothing of it.
+    fn write(&mut self, batch: &[Planned]) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
+}
+
+/// Capped exponential backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (0-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(20));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Settings of one projector.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// The consumer group (one per projection: `sql`, `objects`, ...).
+    pub group: String,
+    /// Most records per batch.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_wait: Duration,
+    pub backoff: Backoff,
+    /// Stop once the log is read to the end (rebuilds, benchmarks) instead of following it.
+    pub stop_at_end: bool,
+}
+
+impl ProjectorConfig {
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            batch_size: 1_000,
+            batch_wait: Duration::from_millis(100),
+            backoff: Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+            stop_at_end: false,
+        }
+    }
+}
+
+/// Why the projector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Sink(SinkError),
+}
+
+/// Runs the projector until `shutdown` turns true (or the end of the log, with
+/// `stop_at_end`). Returns the totals. A batch in progress at shutdown is finished first.
+pub async fn run<S: Sink>(
+    config: &ProjectorConfig,
+    log: &EventLog,
+    sink: &mut S,
+    metrics: &ProjectorMetrics,
+    mut shutdown: watch::Receiver<bool>,
+    mut progress: impl FnMut(&WriteStats),
+) -> Result<WriteStats, ProjectorError> {
+    let mut consumer = log.consumer(&config.group)?;
+    let mut totals = WriteStats::default();
+    let name = sink.name().to_owned();
+    let stored = retry(config, metrics, &name, &mut shutdown, async || sink.stored_positions().await).await;
+    match stored {
+        Some(Ok(Some(positions))) => {
+            consumer.seek(&positions).await?;
+            tracing::info!(sink = sink.name(), partitions = positions.len(), "resuming from the sink's stored positions");
+        }
+        Some(Ok(None)) => {}
+        Some(Err(err)) => return Err(ProjectorError::Sink(err)),
+        None => return Ok(totals),
+    }
+    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let consumed = tokio::select! {
+            polled = consumer.poll(config.batch_size, config.batch_wait) => polled?,
+            _ = shutdown.changed() => continue,
+        };
+        if last_lag.elapsed() >= Duration::from_secs(2) || consumed.is_empty() {
+            if let Ok(lag) = consumer.lag().await {
+                metrics.set_lag(sink.name(), &lag);
+                if config.stop_at_end && consumed.is_empty() && lag.values().all(|&l| l == 0) {
+                    break;
+                }
+            }
+            last_lag = Instant::now();
+        }
+        if consumed.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let batch: Vec<Planned> = consumed.iter().map(plan::plan).collect();
+        let positions: Vec<Position> = consumed.iter().map(|c| c.position).collect();
+        match write_resilient(config, metrics, sink, &batch, &mut shutdown).await {
+            Some(Ok(stats)) => {
+                metrics.batch(sink.name(), &stats, started.elapsed());
+                totals.add(stats);
+                progress(&totals);
+                if let Err(err) = consumer.commit(&positions).await {
+                    // the sink's own positions (or idempotent writes) make this harmless
+                    tracing::warn!(error = %err, "failed to commit log positions; they will be read again");
+                }
+            }
+            Some(Err(SinkError::Behind(stored))) => {
+                tracing::warn!(sink = sink.name(), "the sink's positions are behind this batch (tables swapped by a rebuild?): reading again from them");
+                consumer.seek(&stored).await?;
+            }
+            Some(Err(err)) => return Err(ProjectorError::Sink(err)),
+            None => break,
+        }
+    }
+    Ok(totals)
+}
+
+/// Writes a batch: outages are retried with backoff (until shutdown: `None`); a rejected
+/// batch is split to find the poison records, which become dead letters.
+async fn write_resilient<S: Sink>(
+    config: &ProjectorConfig,
+    metrics: &ProjectorMetrics,
+    sink: &mut S,
+    batch: &[Planned],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Result<WriteStats, SinkError>> {
+    let name = sink.name().to_owned();
+    match retry(config, metrics, &name, shutdown, async || sink.write(batch).await).await? {
+        Err(SinkError::Rejected(why)) => {
+            tracing::warn!(sink = %name, records = batch.len(), reason = %why, "batch rejected; writing its records one by one to find the poison");
+            let mut totals = WriteStats::default();
+            for planned in batch {
+                let single = std::slice::from_ref(planned);
+                let stats = match retry(config, metrics, &name, shutdown, async || sink.write(single).await).await? {
+                    Err(SinkError::Rejected(why)) => {
+                        let dead = as_dead_letter(planned, &why);
+                        tracing::warn!(sink = %name, partition = planned.position.partition, offset = planned.position.offset, reason = %why, "record dead-lettered");
+                        match retry(config, metrics, &name, shutdown, async || sink.write(std::slice::from_ref(&dead)).await).await? {
+                            Ok(stats) => stats,
+                            Err(err) => return Some(Err(err)),
+                        }
+                    }
+                    Ok(stats) => stats,
+                    Err(err) => return Some(Err(err)),
+                };
+                totals.add(stats);
+            }
+            Some(Ok(totals))
+        }
+        other => Some(other),
+    }
+}
+
+/// Runs `attempt` until it is not an outage. `None` when shutdown came first.
+async fn retry<T>(
+    config: &ProjectorConfig,
+    metrics: &ProjectorMetrics,
+    sink: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut attempt: impl AsyncFnMut() -> Result<T, SinkError>,
+) -> Option<Result<T, SinkError>> {
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Err(SinkError::Outage(why)) => {
+                metrics.sink_error(sink);
+                let delay = config.backoff.delay(failures);
+                failures += 1;
+                tracing::warn!(sink, error = %why, retry_in_ms = delay.as_millis() as u64, attempt = failures, "sink unavailable; pausing");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return None;
+                }
+            }
+            other => {
+                if failures > 0 {
+                    tracing::info!(sink, attempts = failures + 1, "sink available again; resuming");
+                }
+                return Some(other);
+            }
+        }
+    }
+}
+
+/// The record as a dead letter, keeping its body.
+fn as_dead_letter(planned: &Planned, why: &str) -> Planned {
+    Planned {
+        plan: Plan::Dead(DeadLetter {
+            reason: format!("rejected by the sink: {why}"),
+        }),
+        ..planned.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let delays: Vec<u64> = (0..8).map(|i| b.delay(i).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,206 @@
+//! Migrations: the SQL files under `migrations/<dialect>/`, compiled in, applied in order and
+//! recorded in `ingest_migrations` (see `migrations/README.md` for the template syntax).
+
+use sqlx::{Executor, Row};
+
+use super::{Dialect, SqlError, SqlTarget};
+
+pub const MIGRATIONS_TABLE: &str = "ingest_migrations";
+
+/// Which shape Terra's three tables take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Terra's SQL destination: text columns (Postgres, MySQL, SQLite).
+    Terra,
+    /// Terra's Supabase destination: TIMESTAMPTZ, `payload_id` primary keys, foreign keys.
+    Supabase,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terra => "terra",
+            Self::Supabase => "supabase",
+        }
+    }
+}
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+macro_rules! migration {
+    ($dir:literal, $version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!(
+                "../../../../migrations/",
+                $dir,
+                "/",
+                stringify!($version),
+                "_",
+                $name,
+                ".sql"
+            )),
+        }
+    };
+}
+
+fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
+    match (dialect, variant) {
+        (Dialect::Postgres, Variant::Terra) => vec![
+            migration!("postgres", 20261124000100, "terra_tables"),
+            migration!("postgres", 20261124000200, "ingest_tables"),
+        ],
+        (Dialect::Postgres, Variant::Supabase) => vec![
+            migration!("supabase", 20261124000100, "terra_tables"),
+            migration!("postgres", 20261124000200, "ingest_tables"),
+        ],
+        (Dialect::MySql, _) => vec![
+            migration!("mysql", 20261124000100, "terra_tables"),
+            migration!("mysql", 20261124000200, "ingest_tables"),
+        ],
+        (Dialect::Sqlite, _) => vec![
+            migration!("sqlite", 20261124000100, "terra_tables"),
+            migration!("sqlite", 20261124000200, "ingest_tables"),
+        ],
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<String>,
+    pub already: usize,
+}
+
+/// Applies every migration the target's tables do not have yet. Safe to run concurrently on
+/// Postgres (an advisory lock serialises runners) and to run again.
+pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
+    let mut conn = target.pool.acquire().await?;
+    let table = target.table(MIGRATIONS_TABLE);
+    if target.dialect == Dialect::Postgres {
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", target.schema).as_str())
+            .await?;
+        conn.execute("SELECT pg_advisory_lock(7120118)").await?;
+    }
+    let result = async {
+        conn.execute(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, variant VARCHAR(16) NOT NULL, applied_at_ms BIGINT NOT NULL)"
+            )
+            .as_str(),
+        )
+        .await?;
+        let rows = conn
+            .fetch_all(format!("SELECT version, variant FROM {table}").as_str())
+            .await?;
+        let mut applied_versions = Vec::new();
+        for row in rows {
+            let version: i64 = row.try_get(0)?;
+            let variant: String = row.try_get(1)?;
+            if variant != target.variant.as_str() {
+                return Err(SqlError::Schema(format!(
+                    "the tables were created as the {variant:?} variant; this projector is set up for {:?} (check --supabase)",
+                    target.variant.as_str()
+                )));
+            }
+            applied_versions.push(version);
+        }
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            already: 0,
+        };
+        for migration in migrations(target.dialect, target.variant) {
+            if applied_versions.contains(&migration.version) {
+                report.already += 1;
+                continue;
+            }
+            let sql = render(target, migration.sql);
+            // Postgres and SQLite apply a migration atomically; MySQL commits each DDL
+            // statement, so a failure there leaves a partial migration to clean up by hand
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for statement in statements(&sql) {
+                tx.execute(statement).await.map_err(|e| {
+                    SqlError::Schema(format!(
+                        "migration {}_{} failed: {}",
+                        migration.version,
+                        migration.name,
+                        super::error::classify(&e)
+                    ))
+                })?;
+            }
+            let mut record = super::dialect::Stmt::new(
+                target.dialect,
+                format!("INSERT INTO {table} (version, name, variant, applied_at_ms) VALUES ("),
+            );
+            record
+                .bind(migration.version)
+                .push(", ")
+                .bind(migration.name)
+                .push(", ")
+                .bind(target.variant.as_str())
+                .push(", ")
+                .bind(crate::now_ms())
+                .push(")");
+            tx.execute(record.query()).await?;
+            tx.commit().await?;
+            report
+                .applied
+                .push(format!("{}_{}", migration.version, migration.name));
+        }
+        Ok(report)
+    }
+    .await;
+    if target.dialect == Dialect::Postgres {
+        let _ = conn.execute("SELECT pg_advisory_unlock(7120118)").await;
+    }
+    result
+}
+
+/// The template with `{schema}` and `{prefix}` filled in.
+fn render(target: &SqlTarget, template: &str) -> String {
+    template
+        .replace("{schema}", &target.schema_qualifier())
+        .replace("{prefix}", &target.prefix)
+}
+
+/// Statements of a migration file: split at `;` ending a line; comment lines dropped.
+fn statements(sql: &str) -> Vec<&str> {
+    sql.split(";\n")
+        .map(str::trim)
+        .map(|s| s.trim_end_matches(';'))
+        .filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim().starts_with("--")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_splits_into_statements_without_leftover_templates() {
+        for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+            for variant in [Variant::Terra, Variant::Supabase] {
+                if variant == Variant::Supabase && dialect != Dialect::Postgres {
+                    continue;
+                }
+                for migration in migrations(dialect, variant) {
+                    let parts = statements(migration.sql);
+                    assert!(parts.len() >= 3, "{}", migration.name);
+                    for part in parts {
+                        assert!(!part.trim_end().ends_with(';'), "{part}");
+                        let upper = part.to_uppercase();
+                        assert!(
+                            upper.contains("CREATE TABLE") || upper.contains("CREATE INDEX") || upper.contains("CREATE VIEW"),
+                            "{part}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
