@@ -1,7 +1,7 @@
 //! `terra-ingest rebuild sql`: replays the whole log into fresh tables (prefix
-//! `rb<unix time>_`), then swaps them in for the live ones, atomically where the database
+//! `rb<unix ms>_`), then swaps them in for the live ones, atomically where the database
 //! allows (one transaction on Postgres and SQLite, one `RENAME TABLE` on MySQL), and drops
-//! the old ones (unless asked to keep them, as `old<unix time>_*`).
+//! the old ones (unless asked to keep them, as `old<unix ms>_*`).
 //!
 //! A projector may keep running meanwhile: the rebuilt tables carry their own positions, so
 //! after the swap the live projector either skips what the rebuild already wrote or, when
@@ -21,7 +21,7 @@ use crate::{ProjectorConfig, ProjectorError, ProjectorMetrics, SqlSink, WriteSta
 #[derive(Debug, Clone)]
 pub struct RebuildOptions {
     pub batch_size: usize,
-    /// Keep the replaced tables (renamed `old<unix time>_*`) instead of dropping them.
+    /// Keep the replaced tables (renamed `old<unix ms>_*`) instead of dropping them.
     pub keep_old: bool,
     /// Print a progress line (rate, ETA) to stderr.
     pub show_progress: bool,
@@ -66,7 +66,8 @@ pub async fn rebuild(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RebuildReport, RebuildError> {
     let started = Instant::now();
-    let stamp = crate::now_ms() / 1000;
+    // milliseconds: two rebuilds in one second still get distinct table and index names
+    let stamp = crate::now_ms();
     let prefix = format!("{}rb{stamp}_", live.prefix);
     let fresh = live.with_prefix(&prefix)?;
     super::migrate(&fresh).await?;
