@@ -141,7 +141,7 @@ pub async fn run<S: Sink>(
     let mut consumer = log.consumer(&config.group)?;
     let mut totals = WriteStats::default();
     let name = sink.name().to_owned();
-    let stored = retry(config, metrics, &name, &mut shutdown, async || sink.stored_positions().await).await;
+    let stored = retry!(config, metrics, &name, shutdown, sink.stored_positions().await);
     match stored {
         Some(Ok(Some(positions))) => {
             consumer.seek(&positions).await?;
@@ -206,17 +206,17 @@ async fn write_resilient<S: Sink>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Result<WriteStats, SinkError>> {
     let name = sink.name().to_owned();
-    match retry(config, metrics, &name, shutdown, async || sink.write(batch).await).await? {
+    match retry!(config, metrics, &name, shutdown, sink.write(batch).await)? {
         Err(SinkError::Rejected(why)) => {
             tracing::warn!(sink = %name, records = batch.len(), reason = %why, "batch rejected; writing its records one by one to find the poison");
             let mut totals = WriteStats::default();
             for planned in batch {
                 let single = std::slice::from_ref(planned);
-                let stats = match retry(config, metrics, &name, shutdown, async || sink.write(single).await).await? {
+                let stats = match retry!(config, metrics, &name, shutdown, sink.write(single).await)? {
                     Err(SinkError::Rejected(why)) => {
                         let dead = as_dead_letter(planned, &why);
                         tracing::warn!(sink = %name, partition = planned.position.partition, offset = planned.position.offset, reason = %why, "record dead-lettered");
-                        match retry(config, metrics, &name, shutdown, async || sink.write(std::slice::from_ref(&dead)).await).await? {
+                        match retry!(config, metrics, &name, shutdown, sink.write(std::slice::from_ref(&dead)).await)? {
                             Ok(stats) => stats,
                             Err(err) => return Some(Err(err)),
                         }
@@ -232,39 +232,38 @@ async fn write_resilient<S: Sink>(
     }
 }
 
-/// Runs `attempt` until it is not an outage. `None` when shutdown came first.
-async fn retry<T>(
-    config: &ProjectorConfig,
-    metrics: &ProjectorMetrics,
-    sink: &str,
-    shutdown: &mut watch::Receiver<bool>,
-    mut attempt: impl AsyncFnMut() -> Result<T, SinkError>,
-) -> Option<Result<T, SinkError>> {
-    let mut failures = 0u32;
-    loop {
-        match attempt().await {
-            Err(SinkError::Outage(why)) => {
-                metrics.sink_error(sink);
-                let delay = config.backoff.delay(failures);
-                failures += 1;
-                tracing::warn!(sink, error = %why, retry_in_ms = delay.as_millis() as u64, attempt = failures, "sink unavailable; pausing");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
+/// Evaluates `$attempt` (an expression awaiting a sink call) until it is not an outage,
+/// backing off in between; `None` when shutdown came first. A macro rather than a function
+/// taking an async closure: the borrow of the sink inside must stay `Send`.
+macro_rules! retry {
+    ($config:expr, $metrics:expr, $sink:expr, $shutdown:expr, $attempt:expr) => {{
+        let mut failures = 0u32;
+        loop {
+            match $attempt {
+                Err(SinkError::Outage(why)) => {
+                    $metrics.sink_error($sink);
+                    let delay = $config.backoff.delay(failures);
+                    failures += 1;
+                    tracing::warn!(sink = $sink, error = %why, retry_in_ms = delay.as_millis() as u64, attempt = failures, "sink unavailable; pausing");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = $shutdown.changed() => {}
+                    }
+                    if *$shutdown.borrow() {
+                        break None;
+                    }
                 }
-                if *shutdown.borrow() {
-                    return None;
+                other => {
+                    if failures > 0 {
+                        tracing::info!(sink = $sink, attempts = failures + 1, "sink available again; resuming");
+                    }
+                    break Some(other);
                 }
-            }
-            other => {
-                if failures > 0 {
-                    tracing::info!(sink, attempts = failures + 1, "sink available again; resuming");
-                }
-                return Some(other);
             }
         }
-    }
+    }};
 }
+use retry;
 
 /// The record as a dead letter, keeping its body.
 fn as_dead_letter(planned: &Planned, why: &str) -> Planned {

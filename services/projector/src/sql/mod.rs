@@ -7,6 +7,7 @@ mod dialect;
 mod error;
 mod migrate;
 mod rebuild;
+mod snapshot;
 mod write;
 
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use dialect::Dialect;
 pub use error::SqlError;
 pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate};
+pub use snapshot::{Snapshot, rows, snapshot};
 pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
 
 /// Every table (and the view) of one projection, by base name. A rebuild creates them all
@@ -115,7 +117,8 @@ impl SqlTarget {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
+            // an unreachable database is reported (and backed off from) within seconds
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     match dialect {

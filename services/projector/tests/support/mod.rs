@@ -154,26 +154,7 @@ pub async fn project(log: &EventLog, target: &SqlTarget, group: &str, batch_size
 
 /// Rows of a query, every column as optional text, in the query's order.
 pub async fn rows(target: &SqlTarget, sql: &str) -> Vec<Vec<Option<String>>> {
-    let text_cast = match target.dialect() {
-        Dialect::MySql => "CHAR",
-        _ => "TEXT",
-    };
-    let sql = sql.replace("AS TEXT)", &format!("AS {text_cast})"));
-    let fetched = target.pool().fetch_all(sql.as_str()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    fetched
-        .iter()
-        .map(|row| {
-            (0..row.len())
-                .map(|i| {
-                    row.try_get::<Option<String>, _>(i)
-                        .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| v.map(|n| n.to_string())))
-                        // MySQL's TEXT reaches sqlx's Any driver as a BLOB
-                        .or_else(|_| row.try_get::<Option<Vec<u8>>, _>(i).map(|v| v.map(|b| String::from_utf8(b).unwrap())))
-                        .unwrap_or_else(|e| panic!("column {i} of {sql}: {e}"))
-                })
-                .collect()
-        })
-        .collect()
+    terra_projector::sql::rows(target, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 pub async fn count(target: &SqlTarget, base: &str) -> i64 {
@@ -186,15 +167,6 @@ pub async fn count(target: &SqlTarget, base: &str) -> i64 {
 }
 
 /// Everything the projection holds that does not depend on wall-clock time of the write.
-pub async fn snapshot(target: &SqlTarget) -> Vec<Vec<Vec<Option<String>>>> {
-    let t = |base: &str| target.table(base);
-    vec![
-        rows(target, &format!("SELECT user_id, reference_id, CAST(created_at AS TEXT), granted_scopes, provider, state FROM {} ORDER BY user_id", t("terra_users"))).await,
-        rows(target, &format!("SELECT user_id, data_type, CAST(created_at AS TEXT), payload_id, CAST(start_time AS TEXT), CAST(end_time AS TEXT) FROM {} ORDER BY payload_id, user_id", t("terra_data_payloads"))).await,
-        rows(target, &format!("SELECT user_id, data_type, payload_type, CAST(created_at AS TEXT), payload_id FROM {} ORDER BY payload_id", t("terra_misc_payloads"))).await,
-        rows(target, &format!("SELECT row_key, kind, payload_id, user_id, natural_key, envelope_id, log_partition, log_offset, version_ts_ms, body_sha256, start_utc FROM {} ORDER BY row_key", t("ingest_payloads"))).await,
-        rows(target, &format!("SELECT event_id, user_id, event_type, user_role, state, log_partition, log_offset FROM {} ORDER BY event_id", t("ingest_user_events"))).await,
-        rows(target, &format!("SELECT log_partition, log_offset, reason FROM {} ORDER BY log_partition, log_offset", t("ingest_dead_letters"))).await,
-        rows(target, &format!("SELECT log_partition, next_offset FROM {} ORDER BY log_partition", t("ingest_positions"))).await,
-    ]
+pub async fn snapshot(target: &SqlTarget) -> terra_projector::sql::Snapshot {
+    terra_projector::sql::snapshot(target).await.unwrap()
 }

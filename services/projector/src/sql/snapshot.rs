@@ -1,0 +1,56 @@
+//! A deterministic dump of a projection's contents (everything but wall-clock write times),
+//! to compare two projections of the same log: a rebuild with the live tables, a run that
+//! was killed and restarted with a clean one.
+
+use sqlx::{Executor, Row};
+
+use super::{Dialect, SqlError, SqlTarget};
+
+/// Rows of every table, each column as optional text, in a fixed order.
+pub type Snapshot = Vec<Vec<Vec<Option<String>>>>;
+
+/// Dumps the projection `target` names.
+pub async fn snapshot(target: &SqlTarget) -> Result<Snapshot, SqlError> {
+    let t = |base: &str| target.table(base);
+    let queries = [
+        format!("SELECT user_id, reference_id, CAST(created_at AS TEXT), granted_scopes, provider, state FROM {} ORDER BY user_id", t("terra_users")),
+        format!("SELECT user_id, data_type, CAST(created_at AS TEXT), payload_id, CAST(start_time AS TEXT), CAST(end_time AS TEXT) FROM {} ORDER BY payload_id, user_id", t("terra_data_payloads")),
+        format!("SELECT user_id, data_type, payload_type, CAST(created_at AS TEXT), payload_id FROM {} ORDER BY payload_id", t("terra_misc_payloads")),
+        format!("SELECT row_key, kind, payload_id, user_id, natural_key, envelope_id, log_partition, log_offset, version_ts_ms, body_sha256, start_utc FROM {} ORDER BY row_key", t("ingest_payloads")),
+        format!("SELECT event_id, user_id, event_type, user_role, state, log_partition, log_offset FROM {} ORDER BY event_id", t("ingest_user_events")),
+        format!("SELECT user_id, first_seen_ms, state_version_ts_ms, state_partition, state_offset FROM {} ORDER BY user_id", t("ingest_users")),
+        format!("SELECT log_partition, log_offset, reason, body_sha256 FROM {} ORDER BY log_partition, log_offset", t("ingest_dead_letters")),
+        format!("SELECT log_partition, next_offset FROM {} ORDER BY log_partition", t("ingest_positions")),
+    ];
+    let mut out = Vec::with_capacity(queries.len());
+    for sql in queries {
+        out.push(rows(target, &sql).await?);
+    }
+    Ok(out)
+}
+
+/// Every column of every row as optional text. `CAST(x AS TEXT)` is rewritten for MySQL.
+pub async fn rows(target: &SqlTarget, sql: &str) -> Result<Vec<Vec<Option<String>>>, SqlError> {
+    let sql = match target.dialect {
+        Dialect::MySql => sql.replace("AS TEXT)", "AS CHAR)"),
+        _ => sql.to_owned(),
+    };
+    let fetched = target.pool.fetch_all(sql.as_str()).await?;
+    let mut out = Vec::with_capacity(fetched.len());
+    for row in &fetched {
+        let mut values = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+            let value = row
+                .try_get::<Option<String>, _>(i)
+                .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| v.map(|n| n.to_string())))
+                // MySQL's TEXT reaches sqlx's Any driver as a BLOB
+                .or_else(|_| {
+                    row.try_get::<Option<Vec<u8>>, _>(i)
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                })?;
+            values.push(value);
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
