@@ -33,10 +33,18 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every service in one process on the embedded defaults (log, data under ./data).
-    Standalone(ServeArgs),
+    /// Every service in one process on the embedded defaults (log and SQLite under ./data).
+    Standalone(StandaloneArgs),
     /// The ingress service alone: verify webhooks and append them to the log.
     Ingress(ServeArgs),
+    /// Run a projector alone: consume the log and write a projection.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Create or update the SQL tables (Terra's and terra-ingest's own), then exit.
+    Migrate(ProjectArgs),
+    /// Replay the log from the start into fresh tables, then swap them in atomically.
+    #[command(subcommand)]
+    Rebuild(RebuildCommand),
     /// Sign a body the way Terra does and POST it.
     Send(SendArgs),
     /// Check a captured delivery offline; exit code 0 only when the signature is valid.
@@ -88,6 +96,82 @@ pub struct ServeArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// `standalone`: the ingress settings plus the SQL projection's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub sql: SqlArgs,
+}
+
+/// Where and how the SQL projection writes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SqlArgs {
+    /// Database for Terra's tables: postgres://…, mysql://… (MariaDB too) or sqlite://PATH.
+    /// Default: sqlite://<data-dir>/terra.db.
+    #[arg(long, env = "TERRA_INGEST_SQL", hide_env_values = true)]
+    pub sql: Option<String>,
+    /// Postgres schema of the tables (default `terra`, as Terra uses).
+    #[arg(long, env = "TERRA_INGEST_SQL_SCHEMA")]
+    pub sql_schema: Option<String>,
+    /// Terra's Supabase table variant (typed columns, payload_id keys, cascading foreign keys).
+    #[arg(long, env = "TERRA_INGEST_SUPABASE", num_args = 0..=1, default_missing_value = "true")]
+    pub supabase: Option<bool>,
+    /// Most log records per projector batch (one transaction).
+    #[arg(long, env = "TERRA_INGEST_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, milliseconds.
+    #[arg(long, env = "TERRA_INGEST_BATCH_WAIT_MS")]
+    pub batch_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Terra's SQL tables on Postgres, MySQL/MariaDB or SQLite.
+    Sql(ProjectArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RebuildCommand {
+    /// Rebuild the SQL tables (embedded log: stop the process holding it first).
+    Sql(RebuildArgs),
+}
+
+/// Settings of `project`, `migrate` and `rebuild`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProjectArgs {
+    /// Folder of the embedded log (and the default SQLite file).
+    #[arg(long, env = "TERRA_INGEST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The event log (see `standalone --help`).
+    #[arg(long, env = "TERRA_INGEST_LOG")]
+    pub log: Option<String>,
+    /// Address of the projector's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "TERRA_INGEST_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Apply migrations at start-up (`standalone` always does).
+    #[arg(long, env = "TERRA_INGEST_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate: Option<bool>,
+    /// OTLP/gRPC endpoint for traces.
+    #[arg(long, env = "TERRA_INGEST_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    pub sql: SqlArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Keep the replaced tables (renamed old<unix ms>_*) instead of dropping them.
+    #[arg(long)]
+    pub keep_old: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Where to POST, e.g. http://127.0.0.1:8080/webhook.
@@ -133,6 +217,9 @@ pub struct VerifyArgs {
 pub enum BenchCommand {
     /// Load the ingress with signed fixture bodies and compare with a bare HTTP server.
     Ingress(crate::bench::BenchArgs),
+    /// Project a pre-filled log into Postgres and MySQL, against a raw bulk load of the same
+    /// rows; then the ingress-to-row latency of standalone at a fixed request rate.
+    Sql(crate::bench_sql::BenchSqlArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
     #[command(hide = true)]
     BareServer {
@@ -144,12 +231,20 @@ pub enum BenchCommand {
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Standalone(args) => {
-            crate::serve::run(cli.config, cli.log_format, args, true).await
+            crate::serve::run(cli.config, cli.log_format, args.serve, Some(args.sql)).await
         }
-        Command::Ingress(args) => crate::serve::run(cli.config, cli.log_format, args, false).await,
+        Command::Ingress(args) => crate::serve::run(cli.config, cli.log_format, args, None).await,
+        Command::Project(ProjectCommand::Sql(args)) => {
+            crate::project::project_sql(cli.config, cli.log_format, args).await
+        }
+        Command::Migrate(args) => crate::project::migrate(cli.config, cli.log_format, args).await,
+        Command::Rebuild(RebuildCommand::Sql(args)) => {
+            crate::project::rebuild_sql(cli.config, cli.log_format, args).await
+        }
         Command::Send(args) => crate::send::run(args).await,
         Command::Verify(args) => Ok(crate::verify::run(&args)),
         Command::Bench(BenchCommand::Ingress(args)) => crate::bench::run(args).await,
+        Command::Bench(BenchCommand::Sql(args)) => crate::bench_sql::run(args).await,
         Command::Bench(BenchCommand::BareServer { http_addr }) => {
             crate::bench::bare_server(&http_addr).await
         }

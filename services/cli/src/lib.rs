@@ -1,9 +1,11 @@
-//! `terra-ingest`: one binary with every service (`standalone`, `ingress`) and the operator
-//! tools (`send`, `verify`, `bench`).
+//! `terra-ingest`: one binary with every service (`standalone`, `ingress`, `project sql`) and
+//! the operator tools (`migrate`, `rebuild`, `send`, `verify`, `bench`).
 
 mod bench;
+mod bench_sql;
 pub mod cli;
 mod fixtures;
+mod project;
 mod send;
 mod serve;
 pub mod settings;

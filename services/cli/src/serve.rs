@@ -1,4 +1,5 @@
 //! `standalone` and `ingress`: resolve settings, open the log, serve until SIGTERM/Ctrl-C.
+//! `standalone` also runs the SQL projector in the same process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,17 +8,32 @@ use std::time::Duration;
 use anyhow::Context;
 use terra_eventlog::EventLog;
 use terra_ingress::Metrics;
+use terra_projector::ProjectorMetrics;
+use tokio::sync::watch;
 
-use crate::cli::{LogFormat, ServeArgs};
-use crate::{settings, telemetry};
+use crate::cli::{LogFormat, ServeArgs, SqlArgs};
+use crate::{project, settings, telemetry};
 
+/// Runs the ingress; with `sql` (standalone) the SQL projector too.
 pub(crate) async fn run(
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
     args: ServeArgs,
-    standalone: bool,
+    sql: Option<SqlArgs>,
 ) -> anyhow::Result<ExitCode> {
+    let standalone = sql.is_some();
     let file = settings::read_file(config.as_deref())?;
+    let sql_settings = match sql {
+        Some(sql) => {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .or_else(|| file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
+            Some(settings::resolve_sql(&file, sql, &data_dir)?)
+        }
+        None => None,
+    };
     let settings = settings::resolve(file, args, log_format, standalone)?;
     let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
     if let Some(path) = &settings.generated_secret {
@@ -29,6 +45,11 @@ pub(crate) async fn run(
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
+    let mut projector_metrics = None;
+    let metrics = Metrics::with_extra(|registry| {
+        projector_metrics = Some(ProjectorMetrics::register(registry));
+    });
+    let projector_metrics = projector_metrics.expect("registered above");
     tracing::info!(
         mode = if standalone { "standalone" } else { "ingress" },
         log = log.backend(),
@@ -36,24 +57,42 @@ pub(crate) async fn run(
         data_dir = %settings.data_dir.display(),
         "starting"
     );
-    terra_ingress::run(
-        settings.ingress,
-        log.clone(),
-        Metrics::new(),
-        listener,
-        shutdown_signal(),
-    )
-    .await
-    .context("ingress server failed")?;
+    let (stop, stopped) = watch::channel(false);
+    let (failed, mut projector_failed) = watch::channel(false);
+    let projector = match sql_settings {
+        Some(sql) => {
+            let target = project::open_sql(&sql, true, stopped.clone()).await?;
+            Some(project::spawn_sql(&sql, target, log.clone(), projector_metrics, stopped.clone(), failed))
+        }
+        None => None,
+    };
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            // a projector that stopped on its own has failed: stop the process so it is seen
+            _ = projector_failed.changed() => {}
+        }
+    };
+    let ingress = terra_ingress::run(settings.ingress, log.clone(), metrics, listener, async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let served = ingress.await.context("ingress server failed");
+    let projected = match projector {
+        Some(handle) => handle.await.context("projector task panicked")?,
+        None => Ok(()),
+    };
     if let EventLog::Kafka(kafka) = &log {
         kafka.flush(Duration::from_secs(5));
     }
+    served?;
+    projected?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

@@ -31,7 +31,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_extra(|_| {})
+    }
+
+    /// The ingress metrics plus whatever `extra` registers (other services of the same
+    /// process, e.g. the projectors in `standalone`), all served on `GET /metrics`.
+    pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("terra_ingest");
+        extra(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "webhook_requests",

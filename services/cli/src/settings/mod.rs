@@ -13,11 +13,17 @@ use terra_core::{SigningSecret, Verifier};
 use terra_eventlog::LogUrl;
 use terra_ingress::{AllowEntry, DEFAULT_SOURCE, IngressConfig, Source};
 
-use crate::cli::{LogFormat, ServeArgs};
+use terra_projector::sql::{Dialect, SqlConfig, Variant};
+
+use crate::cli::{LogFormat, ProjectArgs, ServeArgs, SqlArgs};
 
 pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// The projector's own HTTP endpoint (`project sql`): health and metrics.
+pub const DEFAULT_PROJECTOR_HTTP_ADDR: &str = "0.0.0.0:9090";
+/// The SQLite file of the default SQL projection, in the data dir.
+pub const DEFAULT_SQLITE_FILE: &str = "terra.db";
 /// File in the data dir holding the secret standalone generated.
 pub const GENERATED_SECRET_FILE: &str = "signing-secret";
 const KAFKA_ENV_PREFIX: &str = "TERRA_INGEST_KAFKA_";
@@ -34,6 +40,14 @@ pub struct FileSettings {
     pub body_limit: Option<usize>,
     pub append_timeout_ms: Option<u64>,
     pub otlp_endpoint: Option<String>,
+    /// SQL projection: database URL (`sql`), Postgres schema, Supabase variant, batches,
+    /// migrations at start-up.
+    pub sql: Option<String>,
+    pub sql_schema: Option<String>,
+    pub supabase: Option<bool>,
+    pub batch_size: Option<usize>,
+    pub batch_wait_ms: Option<u64>,
+    pub migrate: Option<bool>,
     /// librdkafka client properties, passed through (values may be `env:NAME` or
     /// `file:PATH`).
     #[serde(default)]
@@ -59,6 +73,98 @@ pub struct FileSource {
     pub allow: Vec<String>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+}
+
+/// The SQL projection's settings, validated.
+#[derive(Debug, Clone)]
+pub struct SqlSettings {
+    pub config: SqlConfig,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+}
+
+/// Everything `project`, `migrate` and `rebuild` need, validated.
+#[derive(Debug)]
+pub struct ProjectorSettings {
+    pub data_dir: PathBuf,
+    pub log: LogUrl,
+    pub kafka_properties: Vec<(String, String)>,
+    pub http_addr: SocketAddr,
+    pub sql: SqlSettings,
+    pub migrate: bool,
+    pub otlp_endpoint: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// Resolves the SQL settings (flags and env over the file over the defaults).
+pub fn resolve_sql(file: &FileSettings, args: SqlArgs, data_dir: &Path) -> anyhow::Result<SqlSettings> {
+    let url = args.sql.or_else(|| file.sql.clone()).unwrap_or_else(|| {
+        format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display())
+    });
+    let dialect = Dialect::of_url(&url).map_err(|e| anyhow::anyhow!("setting sql (--sql, TERRA_INGEST_SQL): {e}"))?;
+    let mut config = SqlConfig::new(url);
+    if let Some(schema) = args.sql_schema.or_else(|| file.sql_schema.clone()) {
+        config.schema = schema;
+    }
+    if args.supabase.or(file.supabase).unwrap_or(false) {
+        if dialect != Dialect::Postgres {
+            bail!("setting supabase (--supabase, TERRA_INGEST_SUPABASE): needs a postgres:// --sql URL (Supabase is Postgres)");
+        }
+        config.variant = Variant::Supabase;
+    }
+    // validate names now, so the error names the setting (connecting is lazy)
+    terra_projector::sql::SqlTarget::connect(&config)
+        .map_err(|e| anyhow::anyhow!("setting sql / sql_schema: {e}"))?;
+    let batch_size = args.batch_size.or(file.batch_size).unwrap_or(1_000);
+    if !(1..=100_000).contains(&batch_size) {
+        bail!("setting batch_size (--batch-size, TERRA_INGEST_BATCH_SIZE): must be between 1 and 100000");
+    }
+    let batch_wait_ms = args.batch_wait_ms.or(file.batch_wait_ms).unwrap_or(50);
+    if batch_wait_ms == 0 || batch_wait_ms > 60_000 {
+        bail!("setting batch_wait_ms (--batch-wait-ms, TERRA_INGEST_BATCH_WAIT_MS): must be between 1 and 60000");
+    }
+    Ok(SqlSettings {
+        config,
+        batch_size,
+        batch_wait: Duration::from_millis(batch_wait_ms),
+    })
+}
+
+/// Resolves the settings of `project`, `migrate` and `rebuild`.
+pub fn resolve_projector(
+    file: FileSettings,
+    args: ProjectArgs,
+    cli_log_format: Option<LogFormat>,
+) -> anyhow::Result<ProjectorSettings> {
+    let data_dir = args
+        .data_dir
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let http_addr = parse_addr(
+        "http_addr (--http-addr, TERRA_INGEST_HTTP_ADDR)",
+        args.http_addr.or_else(|| file.http_addr.clone()),
+        DEFAULT_PROJECTOR_HTTP_ADDR,
+    )?;
+    let log_text = args.log.or_else(|| file.log.clone()).unwrap_or_else(|| "embedded".to_owned());
+    let log = LogUrl::parse(&log_text, &data_dir.join("log"))
+        .map_err(|e| anyhow::anyhow!("setting log (--log, TERRA_INGEST_LOG): {e}"))?;
+    let sql = resolve_sql(&file, args.sql, &data_dir)?;
+    let kafka_properties = kafka_properties(file.kafka.clone(), std::env::vars())?;
+    let otlp_endpoint = args
+        .otlp_endpoint
+        .or_else(|| file.otlp_endpoint.clone())
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty());
+    Ok(ProjectorSettings {
+        migrate: args.migrate.or(file.migrate).unwrap_or(false),
+        log_format: cli_log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        data_dir,
+        log,
+        kafka_properties,
+        http_addr,
+        sql,
+        otlp_endpoint,
+    })
 }
 
 /// Everything a service needs, validated.

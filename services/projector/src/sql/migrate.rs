@@ -161,6 +161,24 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
     result
 }
 
+/// Migrations not applied yet to the target's tables (all of them when there are none).
+pub async fn pending(target: &SqlTarget) -> Result<Vec<String>, SqlError> {
+    let all = migrations(target.dialect, target.variant);
+    if !super::rebuild::table_exists(target, MIGRATIONS_TABLE).await? {
+        return Ok(all.iter().map(|m| format!("{}_{}", m.version, m.name)).collect());
+    }
+    let rows = target
+        .pool
+        .fetch_all(format!("SELECT version FROM {}", target.table(MIGRATIONS_TABLE)).as_str())
+        .await?;
+    let applied: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+    Ok(all
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{}_{}", m.version, m.name))
+        .collect())
+}
+
 /// The template with `{schema}` and `{prefix}` filled in.
 fn render(target: &SqlTarget, template: &str) -> String {
     template

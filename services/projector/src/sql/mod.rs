@@ -18,7 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use dialect::Dialect;
 pub use error::SqlError;
-pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate};
+pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate, pending};
 pub use snapshot::{Snapshot, rows, snapshot};
 pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
 

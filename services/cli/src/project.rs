@@ -1,0 +1,236 @@
+//! `project sql`, `migrate` and `rebuild sql`, and the SQL projector task `standalone` runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use sqlx::Executor;
+use terra_eventlog::EventLog;
+use terra_projector::sql::{RebuildOptions, SqlError, SqlTarget};
+use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cli::{LogFormat, ProjectArgs, RebuildArgs};
+use crate::settings::{self, SqlSettings};
+use crate::{serve, telemetry};
+
+/// Connects to the SQL database and makes sure the tables are there: applies migrations when
+/// `migrate`, else checks none is pending. A database that is not reachable yet is waited
+/// for (with backoff) rather than a reason to exit.
+pub(crate) async fn open_sql(
+    sql: &SqlSettings,
+    migrate: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SqlTarget> {
+    let target = SqlTarget::connect(&sql.config).context("setting sql")?;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let result = if migrate {
+            terra_projector::sql::migrate(&target).await.map(|report| {
+                if !report.applied.is_empty() {
+                    tracing::info!(applied = ?report.applied, "applied migrations");
+                }
+            })
+        } else {
+            match terra_projector::sql::pending(&target).await {
+                Ok(pending) if pending.is_empty() => Ok(()),
+                Ok(pending) => bail!(
+                    "the SQL tables are missing migrations {pending:?}: run `terra-ingest migrate` or pass --migrate"
+                ),
+                Err(err) => Err(err),
+            }
+        };
+        match result {
+            Ok(()) => return Ok(target),
+            Err(SqlError::Unavailable(why)) => {
+                tracing::warn!(dialect = target.dialect().as_str(), error = %why, retry_in_ms = delay.as_millis() as u64, "database unavailable at start-up; waiting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => bail!("stopped while waiting for the database"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(err) => return Err(err).context("failed to prepare the SQL tables"),
+        }
+    }
+}
+
+/// Runs the SQL projector until `stopped`; sets `failed` when it stops on its own.
+pub(crate) fn spawn_sql(
+    sql: &SqlSettings,
+    target: SqlTarget,
+    log: EventLog,
+    metrics: ProjectorMetrics,
+    stopped: watch::Receiver<bool>,
+    failed: watch::Sender<bool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let mut config = ProjectorConfig::new(terra_projector::SQL_GROUP);
+    config.batch_size = sql.batch_size;
+    config.batch_wait = sql.batch_wait;
+    tokio::spawn(async move {
+        tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
+        let mut sink = SqlSink::new(target);
+        let result = terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await;
+        match result {
+            Ok(totals) => {
+                tracing::info!(records = totals.records, "sql projector stopped");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "sql projector failed");
+                let _ = failed.send(true);
+                Err(anyhow::anyhow!("sql projector failed: {err}"))
+            }
+        }
+    })
+}
+
+/// `terra-ingest project sql`.
+pub(crate) async fn project_sql(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    args: ProjectArgs,
+) -> anyhow::Result<ExitCode> {
+    let file = settings::read_file(config.as_deref())?;
+    let settings = settings::resolve_projector(file, args, log_format)?;
+    let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
+    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+        .await
+        .context("failed to open the event log")?;
+    let (stop, stopped) = watch::channel(false);
+    let mut registry = Registry::with_prefix("terra_ingest");
+    let metrics = ProjectorMetrics::register(&mut registry);
+    let target = open_sql(&settings.sql, settings.migrate, stopped.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "projector http listening");
+    let http = tokio::spawn(serve_health(listener, Arc::new(registry), target.clone(), stopped.clone()));
+    let (failed, mut projector_failed) = watch::channel(false);
+    let projector = spawn_sql(&settings.sql, target, log, metrics, stopped, failed);
+    tokio::select! {
+        () = serve::shutdown_signal() => {}
+        _ = projector_failed.changed() => {}
+    }
+    let _ = stop.send(true);
+    let result = projector.await.context("projector task panicked")?;
+    let _ = http.await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone)]
+struct Health {
+    registry: Arc<Registry>,
+    target: SqlTarget,
+}
+
+/// `/healthz` (alive), `/readyz` (database reachable), `/metrics` (Prometheus text).
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    target: SqlTarget,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Health { registry, target });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+    match tokio::time::timeout(Duration::from_secs(3), health.target.pool().execute("SELECT 1")).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", terra_projector::sql::redact(&err.to_string())),
+        ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database check timed out\n".into()),
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &health.registry);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        out,
+    )
+}
+
+/// `terra-ingest migrate`.
+pub(crate) async fn migrate(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    args: ProjectArgs,
+) -> anyhow::Result<ExitCode> {
+    let file = settings::read_file(config.as_deref())?;
+    let settings = settings::resolve_projector(file, args, log_format)?;
+    let _telemetry = telemetry::init(settings.log_format, None)?;
+    let target = SqlTarget::connect(&settings.sql.config)?;
+    let report = terra_projector::sql::migrate(&target)
+        .await
+        .context("migration failed")?;
+    for name in &report.applied {
+        println!("applied {name}");
+    }
+    println!(
+        "{} migration(s) applied, {} already present ({})",
+        report.applied.len(),
+        report.already,
+        target.dialect().as_str()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terra-ingest rebuild sql`.
+pub(crate) async fn rebuild_sql(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    args: RebuildArgs,
+) -> anyhow::Result<ExitCode> {
+    let file = settings::read_file(config.as_deref())?;
+    let settings = settings::resolve_projector(file, args.project, log_format)?;
+    let _telemetry = telemetry::init(settings.log_format, None)?;
+    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+        .await
+        .context("failed to open the event log (an embedded log must not be open in a running terra-ingest)")?;
+    let target = SqlTarget::connect(&settings.sql.config)?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        serve::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let options = RebuildOptions {
+        batch_size: settings.sql.batch_size.max(500),
+        keep_old: args.keep_old,
+        show_progress: !args.quiet,
+    };
+    let report = terra_projector::sql::rebuild(&target, &log, &options, &ProjectorMetrics::unregistered(), stopped)
+        .await
+        .context("rebuild failed")?;
+    println!(
+        "rebuilt {} log records in {:.1} s ({:.0} records/s) and swapped the new tables in{}",
+        report.records,
+        report.seconds,
+        report.records as f64 / report.seconds.max(0.001),
+        report
+            .kept_old_prefix
+            .map(|p| format!("; the old tables are kept as {p}*"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
