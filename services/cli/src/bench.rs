@@ -143,7 +143,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every fixture, signed now (valid for the 300 s replay window, longer than any run).
-fn signed_requests(secret: &str) -> Vec<(Bytes, String)> {
+pub(crate) fn signed_requests(secret: &str) -> Vec<(Bytes, String)> {
     let secret = SigningSecret::new(secret).expect("non-empty");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -154,13 +154,13 @@ fn signed_requests(secret: &str) -> Vec<(Bytes, String)> {
         .collect()
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
     Ok(listener.local_addr()?)
 }
 
-async fn wait_until_up(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_up(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if probe(addr, path).await.unwrap_or(false) {
@@ -261,7 +261,7 @@ async fn connection(
 }
 
 /// VmHWM (peak resident set) of a process, kB.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status =
         std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
     status
@@ -270,7 +270,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

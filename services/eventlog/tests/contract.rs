@@ -287,6 +287,49 @@ async fn no_loss_across_restart(h: Harness) {
     );
 }
 
+async fn seek_end_offsets_and_lag(h: Harness) {
+    let values: Vec<_> = (0..20).map(|i| format!("s{i}")).collect();
+    let positions = h
+        .log
+        .append(values.iter().map(|v| record(Some("seek-user"), v.clone())).collect())
+        .await
+        .unwrap();
+    let partition = positions[0].partition;
+    let first = positions[0].offset;
+    let ends = h.log.end_offsets().await.unwrap();
+    assert_eq!(ends.len(), 3, "every partition is listed");
+    assert_eq!(ends[&partition], positions[19].offset + 1);
+
+    let mut consumer = h.log.consumer(&h.group("seeker")).unwrap();
+    let got = drain(&mut consumer, 20).await;
+    assert_eq!(got.len(), 20);
+    consumer.commit(&[got[19].position]).await.unwrap();
+    // a sink whose own positions say it has only 5 of them goes back there
+    let mut to = BTreeMap::new();
+    to.insert(partition, first + 5);
+    for (&p, &end) in &ends {
+        if p != partition {
+            to.insert(p, end);
+        }
+    }
+    consumer.seek(&to).await.unwrap();
+    let again = drain(&mut consumer, 15).await;
+    let again: Vec<_> = again
+        .iter()
+        .map(|c| String::from_utf8(c.record.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(again, values[5..].to_vec(), "reads again from the sought position");
+    let lag = consumer.lag().await.unwrap();
+    assert_eq!(lag.get(&partition).copied().unwrap_or(0), 0, "read to the end: no lag {lag:?}");
+    // the seek is the group's position: a new member starts there too
+    drop(consumer);
+    let mut later = h.log.consumer(&h.group("seeker")).unwrap();
+    later.seek(&to).await.unwrap();
+    let lag = later.lag().await.unwrap();
+    assert!(lag.values().all(|&l| l <= 15), "{lag:?}");
+    assert_eq!(drain(&mut later, 15).await.len(), 15);
+}
+
 macro_rules! contract {
     ($($backend:ident),*) => {$(
         mod $backend {
@@ -298,6 +341,8 @@ macro_rules! contract {
             async fn empty_poll_waits_then_returns_nothing() { super::empty_poll_waits_then_returns_nothing(super::$backend().await).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn no_loss_across_restart() { super::no_loss_across_restart(super::$backend().await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn seek_end_offsets_and_lag() { super::seek_end_offsets_and_lag(super::$backend().await).await }
         }
     )*};
 }
@@ -326,6 +371,11 @@ mod kafka_broker {
     #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
     async fn no_loss_across_restart() {
         super::no_loss_across_restart(super::kafka_broker().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn seek_end_offsets_and_lag() {
+        super::seek_end_offsets_and_lag(super::kafka_broker().await).await
     }
 }
 

@@ -210,6 +210,16 @@ pub async fn write(
     write::write_batch(target, batch).await
 }
 
+/// A benchmark baseline: bulk-inserts the payload rows of `batch` with plain multi-row
+/// INSERTs (no projector logic). Returns the rows written.
+pub async fn raw_load(
+    target: &SqlTarget,
+    batch: &[crate::plan::Planned],
+    records_per_tx: usize,
+) -> Result<usize, SqlError> {
+    write::raw_load(target, batch, records_per_tx).await
+}
+
 /// Schema names and prefixes go into SQL text, so only plain identifiers pass.
 fn validate_name(what: &str, name: &str) -> Result<(), SqlError> {
     let ok = !name.is_empty()

@@ -372,8 +372,35 @@ async fn write_payloads(
     }
     let mut terra_rows: Vec<&PayloadRow> = by_payload_id.into_values().collect();
     terra_rows.sort_by_key(|row| row.version);
-    let ts = timestamp_cast(target);
     let supabase = target.variant == Variant::Supabase;
+    let data_suffix = if supabase {
+        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "created_at", "start_time", "end_time"])
+    } else {
+        String::new()
+    };
+    let misc_suffix = if supabase {
+        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "payload_type", "created_at"])
+    } else {
+        String::new()
+    };
+    let index_suffix = target.dialect.on_conflict_update(&["row_key"], &INDEX_COLUMNS[1..]);
+    for stmt in payload_statements(target, &terra_rows, &winners, &data_suffix, &misc_suffix, &index_suffix) {
+        tx.execute(stmt.query()).await?;
+    }
+    Ok(())
+}
+
+/// INSERTs of Terra's payload rows and of the payload index.
+fn payload_statements(
+    target: &SqlTarget,
+    terra_rows: &[&PayloadRow],
+    index_rows: &[(&Planned, &PayloadRow)],
+    data_suffix: &str,
+    misc_suffix: &str,
+    index_suffix: &str,
+) -> Vec<Stmt> {
+    let ts = timestamp_cast(target);
+    let mut statements = Vec::new();
     let data: Vec<Vec<Val>> = terra_rows
         .iter()
         .filter(|r| r.kind == PayloadKind::Data)
@@ -389,14 +416,7 @@ async fn write_payloads(
         })
         .collect();
     let columns = ["user_id", "data_type", "created_at", "payload_id", "start_time", "end_time"];
-    let suffix = if supabase {
-        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "created_at", "start_time", "end_time"])
-    } else {
-        String::new()
-    };
-    for stmt in insert_rows(target.dialect, &target.table("terra_data_payloads"), &columns, &[None, None, ts, None, ts, ts], data, &suffix) {
-        tx.execute(stmt.query()).await?;
-    }
+    statements.extend(insert_rows(target.dialect, &target.table("terra_data_payloads"), &columns, &[None, None, ts, None, ts, ts], data, data_suffix));
     let misc: Vec<Vec<Val>> = terra_rows
         .iter()
         .filter(|r| r.kind == PayloadKind::Misc)
@@ -411,16 +431,9 @@ async fn write_payloads(
         })
         .collect();
     let columns = ["user_id", "data_type", "payload_type", "created_at", "payload_id"];
-    let suffix = if supabase {
-        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "payload_type", "created_at"])
-    } else {
-        String::new()
-    };
-    for stmt in insert_rows(target.dialect, &target.table("terra_misc_payloads"), &columns, &[None, None, None, ts, None], misc, &suffix) {
-        tx.execute(stmt.query()).await?;
-    }
+    statements.extend(insert_rows(target.dialect, &target.table("terra_misc_payloads"), &columns, &[None, None, None, ts, None], misc, misc_suffix));
 
-    let index: Vec<Vec<Val>> = winners
+    let index: Vec<Vec<Val>> = index_rows
         .iter()
         .map(|(planned, r)| {
             vec![
@@ -448,11 +461,41 @@ async fn write_payloads(
             ]
         })
         .collect();
-    let suffix = target.dialect.on_conflict_update(&["row_key"], &INDEX_COLUMNS[1..]);
-    for stmt in insert_rows(target.dialect, &target.table("ingest_payloads"), &INDEX_COLUMNS, &[], index, &suffix) {
-        tx.execute(stmt.query()).await?;
+    statements.extend(insert_rows(target.dialect, &target.table("ingest_payloads"), &INDEX_COLUMNS, &[], index, index_suffix));
+    statements
+}
+
+/// The benchmark's baseline: the same payload rows as the projector writes, bulk-inserted
+/// (multi-row INSERTs, `rows_per_tx` records per transaction) with no positions, no
+/// last-writer-wins lookups and no deletes. Returns the rows written.
+pub(crate) async fn raw_load(target: &SqlTarget, batch: &[Planned], rows_per_tx: usize) -> Result<usize, SqlError> {
+    // the newest copy of each identity, as the projector would keep (in log order)
+    let mut order: Vec<&str> = Vec::new();
+    let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
+    for planned in batch {
+        if let Plan::Event(event) = &planned.plan {
+            for row in &event.payloads {
+                if newest.insert(&row.identity, (planned, row)).is_none() {
+                    order.push(&row.identity);
+                }
+            }
+        }
     }
-    Ok(())
+    let rows: Vec<(&Planned, &PayloadRow)> = order.iter().map(|id| newest[id]).collect();
+    let mut seen = HashSet::new();
+    for chunk in rows.chunks(rows_per_tx.max(1)) {
+        let terra_rows: Vec<&PayloadRow> = chunk
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| seen.insert(r.payload_id.as_str()))
+            .collect();
+        let mut tx = target.pool.begin().await?;
+        for stmt in payload_statements(target, &terra_rows, chunk, "", "", "") {
+            tx.execute(stmt.query()).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(rows.len())
 }
 
 const INDEX_COLUMNS: [&str; 21] = [
