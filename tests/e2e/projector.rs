@@ -19,15 +19,22 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 async fn fresh_postgres() -> (String, String) {
     sqlx::any::install_default_drivers();
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(PG_ADMIN).await.expect("Postgres on 127.0.0.1:5432");
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let admin = sqlx::AnyPool::connect(PG_ADMIN)
+        .await
+        .expect("Postgres on 127.0.0.1:5432");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
     admin.close().await;
     (format!("postgres://postgres@127.0.0.1:5432/{name}"), name)
 }
 
 async fn drop_postgres(name: &str) {
     if let Ok(admin) = sqlx::AnyPool::connect(PG_ADMIN).await {
-        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+        let _ = admin
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
         admin.close().await;
     }
 }
@@ -47,7 +54,10 @@ fn record(body: Vec<u8>, ordering_ms: i64) -> Record {
     let user_id = c.as_ref().and_then(|c| c.user_id.clone());
     let envelope = Envelope {
         envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp { seconds: 1_780_000_000, nanos: 0 }),
+        received_at: Some(prost_types::Timestamp {
+            seconds: 1_780_000_000,
+            nanos: 0,
+        }),
         source: "default".into(),
         event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
         user_id: user_id.clone(),
@@ -72,7 +82,10 @@ fn mixed_records(users: usize) -> Vec<Record> {
     for u in 0..users {
         let user = format!("{:08x}-77f1-4b8e-9f0a-2b6c41e5d7a3", u);
         for (i, body) in bodies.iter().enumerate() {
-            let body = String::from_utf8(body.clone()).unwrap().replace(FIXTURE_USER, &user).into_bytes();
+            let body = String::from_utf8(body.clone())
+                .unwrap()
+                .replace(FIXTURE_USER, &user)
+                .into_bytes();
             let ts = 1_780_000_000_000 + (u * 100 + i) as i64;
             out.push(record(body.clone(), ts));
             if i % 4 == 0 {
@@ -108,18 +121,30 @@ fn spawn_projector_ready(log_dir: &Path, url: &str) -> Child {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
-            if line.unwrap_or_default().contains("projector http listening") {
+            if line
+                .unwrap_or_default()
+                .contains("projector http listening")
+            {
                 let _ = tx.send(());
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30)).expect("projector did not start");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("projector did not start");
     child
 }
 
 fn spawn_projector_with(log_dir: &Path, url: &str, extra: &[&str], stdout: Stdio) -> Child {
     Command::new(BIN)
-        .args(["project", "sql", "--migrate", "--http-addr", "127.0.0.1:0", "--batch-size", "40"])
+        .args([
+            "project",
+            "sql",
+            "--migrate",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--batch-size",
+            "40",
+        ])
         .arg("--log")
         .arg(format!("embedded:{}", log_dir.display()))
         .args(["--sql", url])
@@ -147,10 +172,15 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     let crash = SqlTarget::connect(&SqlConfig::new(&crash_url)).unwrap();
 
     // a cheap, seeded generator: the seed is printed so a failure can be replayed
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     println!("kill -9 schedule seed: {seed}");
     let mut next = move |bound: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % bound
     };
     let mut kills = 0;
@@ -168,7 +198,10 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
         }
     }
     println!("killed {kills} times; positions after each kill: {progress:?} of {total}");
-    assert!(progress.iter().any(|&p| p > 0 && p < total), "at least one kill landed mid-run: {progress:?}");
+    assert!(
+        progress.iter().any(|&p| p > 0 && p < total),
+        "at least one kill landed mid-run: {progress:?}"
+    );
 
     // restart and let it finish
     let mut child = spawn_projector_ready(&log_dir, &crash_url);
@@ -177,7 +210,10 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
         assert!(Instant::now() < deadline, "projector did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(child.wait().unwrap().success(), "a SIGTERM stop exits 0");
 
     // a clean, uninterrupted run of the same log
@@ -193,10 +229,18 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
 
     let crashed = terra_projector::sql::snapshot(&crash).await.unwrap();
     let uninterrupted = terra_projector::sql::snapshot(&clean).await.unwrap();
-    assert!(uninterrupted[1].len() > 400, "a real load: {} data rows", uninterrupted[1].len());
+    assert!(
+        uninterrupted[1].len() > 400,
+        "a real load: {} data rows",
+        uninterrupted[1].len()
+    );
     assert_eq!(crashed.len(), uninterrupted.len());
     for (table, (a, b)) in crashed.iter().zip(&uninterrupted).enumerate() {
-        assert_eq!(a.len(), b.len(), "table #{table}: no missing row, no duplicate");
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "table #{table}: no missing row, no duplicate"
+        );
         assert_eq!(a, b, "table #{table}: same final state");
     }
     crash.close().await;
@@ -215,15 +259,39 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
     let log_flag = format!("embedded:{}", log_dir.display());
 
     // without migrations the projector refuses to start, and says what to do
-    let out = terra_ingest(cwd, &["project", "sql", "--sql", &url, "--log", &log_flag, "--http-addr", "127.0.0.1:0"]);
+    let out = terra_ingest(
+        cwd,
+        &[
+            "project",
+            "sql",
+            "--sql",
+            &url,
+            "--log",
+            &log_flag,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("terra-ingest migrate"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("terra-ingest migrate"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = terra_ingest(cwd, &["migrate", "--sql", &url]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("2 migration(s) applied"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("2 migration(s) applied"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = terra_ingest(cwd, &["migrate", "--sql", &url]);
-    assert!(text(&out.stdout).contains("0 migration(s) applied, 2 already present"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("0 migration(s) applied, 2 already present"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let target = SqlTarget::connect(&SqlConfig::new(&url)).unwrap();
     let mut child = spawn_projector(&log_dir, &url, &[]);
@@ -236,31 +304,62 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
     child.wait().unwrap();
     let live = terra_projector::sql::snapshot(&target).await.unwrap();
 
-    let out = terra_ingest(cwd, &["rebuild", "sql", "--sql", &url, "--log", &log_flag, "--keep-old"]);
+    let out = terra_ingest(
+        cwd,
+        &[
+            "rebuild",
+            "sql",
+            "--sql",
+            &url,
+            "--log",
+            &log_flag,
+            "--keep-old",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(&format!("rebuilt {total} log records")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("rebuilt {total} log records")),
+        "{stdout}"
+    );
     assert!(stdout.contains("old tables are kept as old"), "{stdout}");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("rebuild sql [") && stderr.contains("100.0%") && stderr.contains("ETA"), "progress bar: {stderr}");
-    assert_eq!(terra_projector::sql::snapshot(&target).await.unwrap(), live, "rebuilt tables equal the live ones");
+    assert!(
+        stderr.contains("rebuild sql [") && stderr.contains("100.0%") && stderr.contains("ETA"),
+        "progress bar: {stderr}"
+    );
+    assert_eq!(
+        terra_projector::sql::snapshot(&target).await.unwrap(),
+        live,
+        "rebuilt tables equal the live ones"
+    );
 
     // a bad URL names the setting
     let out = terra_ingest(cwd, &["migrate", "--sql", "oracle://scott:tiger@db/x"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("setting sql") && !stderr.contains("tiger"), "{stderr}");
+    assert!(
+        stderr.contains("setting sql") && !stderr.contains("tiger"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
 async fn standalone_projects_into_postgres_with_the_sql_flag() {
     let (url, db) = fresh_postgres().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path(), &["standalone", "--sql", &url, "--batch-wait-ms", "5"]);
+    let mut server = start(
+        dir.path(),
+        &["standalone", "--sql", &url, "--batch-wait-ms", "5"],
+    );
     let webhook = format!("http://{}/webhook", server.addr);
     for name in ["auth", "sleep", "activity", "deauth", "user_reauth"] {
         let out = terra_ingest(dir.path(), &["send", "--url", &webhook, "--fixture", name]);
-        assert!(text(&out.stdout).starts_with("200"), "{name}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("200"),
+            "{name}: {}",
+            text(&out.stdout)
+        );
     }
     let target = SqlTarget::connect(&SqlConfig::new(&url)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -268,10 +367,29 @@ async fn standalone_projects_into_postgres_with_the_sql_flag() {
         assert!(Instant::now() < deadline, "rows did not appear");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let users = terra_projector::sql::rows(&target, "SELECT user_id, state FROM terra.terra_users ORDER BY user_id").await.unwrap();
-    assert!(users.contains(&vec![Some("e4d3c2b1-a098-4765-8321-0fedcba98765".into()), Some("user_reauth".into())]), "{users:?}");
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("terra_ingest_projector_records_total{sink=\"sql\"} 5"), "{metrics}");
+    let users = terra_projector::sql::rows(
+        &target,
+        "SELECT user_id, state FROM terra.terra_users ORDER BY user_id",
+    )
+    .await
+    .unwrap();
+    assert!(
+        users.contains(&vec![
+            Some("e4d3c2b1-a098-4765-8321-0fedcba98765".into()),
+            Some("user_reauth".into())
+        ]),
+        "{users:?}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("terra_ingest_projector_records_total{sink=\"sql\"} 5"),
+        "{metrics}"
+    );
     assert!(terminate(&mut server).success());
     target.close().await;
     drop_postgres(&db).await;

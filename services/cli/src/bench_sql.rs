@@ -69,7 +69,10 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
     let started = Instant::now();
-    let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 4)?);
+    let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(
+        &dir.path().join("log"),
+        4,
+    )?);
     let filled = fill(&log, &args).await?;
     println!(
         "terra-ingest bench sql: log of {} records ({} webhooks carrying {} data records, {} other events, {} re-deliveries), {} users, {:.0} MB, filled in {:.1} s",
@@ -125,7 +128,8 @@ fn templates() -> BTreeMap<&'static str, Value> {
     DATA_TYPES
         .iter()
         .map(|t| {
-            let body: Value = serde_json::from_slice(fixtures::get(t).expect("fixture")).expect("fixture JSON");
+            let body: Value =
+                serde_json::from_slice(fixtures::get(t).expect("fixture")).expect("fixture JSON");
             (*t, body["data"][0].clone())
         })
         .collect()
@@ -149,7 +153,10 @@ fn envelope_record(body: Vec<u8>, ordering_ms: i64) -> Record {
     let user_id = c.as_ref().and_then(|c| c.user_id.clone());
     let envelope = Envelope {
         envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp { seconds: ordering_ms / 1000, nanos: 0 }),
+        received_at: Some(prost_types::Timestamp {
+            seconds: ordering_ms / 1000,
+            nanos: 0,
+        }),
         source: "default".into(),
         event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
         user_id: user_id.clone(),
@@ -214,7 +221,13 @@ async fn fill(log: &EventLog, args: &BenchSqlArgs) -> anyhow::Result<Filled> {
         }
         pending.push(envelope_record(body, ts));
         if w % 50 == 0 {
-            let name = ["auth", "deauth", "permission_change", "connection_error", "large_request_sending"][(w / 50) % 5];
+            let name = [
+                "auth",
+                "deauth",
+                "permission_change",
+                "connection_error",
+                "large_request_sending",
+            ][(w / 50) % 5];
             let mut event: Value = serde_json::from_slice(fixtures::get(name).expect("fixture"))?;
             event["user"] = user_object(user);
             pending.push(envelope_record(serde_json::to_vec(&event)?, ts));
@@ -241,7 +254,12 @@ struct Measured {
     raw_s: f64,
 }
 
-async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs, _data_records: usize) -> anyhow::Result<Measured> {
+async fn measure(
+    log: &EventLog,
+    url: &str,
+    args: &BenchSqlArgs,
+    _data_records: usize,
+) -> anyhow::Result<Measured> {
     let target = SqlTarget::connect(&SqlConfig::new(url))?;
     terra_projector::sql::migrate(&target).await?;
     let mut config = ProjectorConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
@@ -251,7 +269,15 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs, _data_records: 
     let mut sink = SqlSink::new(target.clone());
     let (_stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let stats = terra_projector::run(&config, log, &mut sink, &ProjectorMetrics::unregistered(), stopped, |_| {}).await?;
+    let stats = terra_projector::run(
+        &config,
+        log,
+        &mut sink,
+        &ProjectorMetrics::unregistered(),
+        stopped,
+        |_| {},
+    )
+    .await?;
     let projector_s = started.elapsed().as_secs_f64();
 
     // the same rows, planned up front (not timed), bulk-inserted into fresh tables
@@ -267,21 +293,39 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs, _data_records: 
         planned.extend(batch.iter().map(terra_projector::plan::plan));
     }
     let started = Instant::now();
-    let rows = terra_projector::sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
+    let rows =
+        terra_projector::sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
     let raw_s = started.elapsed().as_secs_f64();
     target.close().await;
-    if rows != stats.payloads.saturating_sub(stats.superseded.min(stats.payloads)) && rows > stats.payloads {
-        eprintln!("note: raw load wrote {rows} rows, the projector {}", stats.payloads);
+    if rows
+        != stats
+            .payloads
+            .saturating_sub(stats.superseded.min(stats.payloads))
+        && rows > stats.payloads
+    {
+        eprintln!(
+            "note: raw load wrote {rows} rows, the projector {}",
+            stats.payloads
+        );
     }
-    Ok(Measured { rows, projector_s, raw_s })
+    Ok(Measured {
+        rows,
+        projector_s,
+        raw_s,
+    })
 }
 
 async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(server)
-        .await
-        .with_context(|| format!("failed to connect to {}", terra_projector::sql::redact(server)))?;
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let admin = sqlx::AnyPool::connect(server).await.with_context(|| {
+        format!(
+            "failed to connect to {}",
+            terra_projector::sql::redact(server)
+        )
+    })?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
     admin.close().await;
     let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
     Ok((format!("{base}/{name}"), name))
@@ -289,8 +333,14 @@ async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
 
 async fn drop_database(server: &str, name: &str) {
     if let Ok(admin) = sqlx::AnyPool::connect(server).await {
-        let force = if server.starts_with("postgres") { " WITH (FORCE)" } else { "" };
-        let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name}{force}").as_str()).await;
+        let force = if server.starts_with("postgres") {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        let _ = admin
+            .execute(format!("DROP DATABASE IF EXISTS {name}{force}").as_str())
+            .await;
         admin.close().await;
     }
 }
@@ -302,7 +352,12 @@ async fn latency(args: &BenchSqlArgs) -> anyhow::Result<()> {
     drop_database(&args.postgres, &db).await;
     let (mut latencies, sent, failed) = result?;
     latencies.sort_unstable_by(f64::total_cmp);
-    let at = |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(f64::NAN);
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "standalone latency, 2xx to row visible in Postgres at {} webhooks/s for {} s: {} sent, {} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         args.rate,
@@ -325,7 +380,17 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
     let exe = std::env::current_exe()?;
     let _server = ChildGuard(
         Command::new(exe)
-            .args(["standalone", "--http-addr", &addr.to_string(), "--signing-secret", secret, "--sql", url, "--batch-wait-ms", "2"])
+            .args([
+                "standalone",
+                "--http-addr",
+                &addr.to_string(),
+                "--signing-secret",
+                secret,
+                "--sql",
+                url,
+                "--batch-wait-ms",
+                "2",
+            ])
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn")
@@ -351,7 +416,9 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
             let mut seen: Vec<bool> = Vec::new();
             let mut next = 0usize;
             loop {
-                let positions = terra_projector::sql::stored_positions(&target).await.unwrap_or_default();
+                let positions = terra_projector::sql::stored_positions(&target)
+                    .await
+                    .unwrap_or_default();
                 let now = Instant::now();
                 let list = acked.lock().expect("poisoned").clone();
                 seen.resize(list.len(), false);
@@ -391,7 +458,8 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             loop {
                 pace.lock().await.tick().await;
@@ -434,4 +502,3 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
     let failed = *failed.lock().expect("poisoned");
     Ok((latencies, total, failed))
 }
-

@@ -77,7 +77,8 @@ pub(crate) fn spawn_sql(
     tokio::spawn(async move {
         tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
         let mut sink = SqlSink::new(target);
-        let result = terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await;
+        let result =
+            terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await;
         match result {
             Ok(totals) => {
                 tracing::info!(records = totals.records, "sql projector stopped");
@@ -112,7 +113,12 @@ pub(crate) async fn project_sql(
         .await
         .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "projector http listening");
-    let http = tokio::spawn(serve_health(listener, Arc::new(registry), target.clone(), stopped.clone()));
+    let http = tokio::spawn(serve_health(
+        listener,
+        Arc::new(registry),
+        target.clone(),
+        stopped.clone(),
+    ));
     let (failed, mut projector_failed) = watch::channel(false);
     let projector = spawn_sql(&settings.sql, target, log, metrics, stopped, failed);
     tokio::select! {
@@ -152,21 +158,37 @@ async fn serve_health(
 }
 
 async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
-    match tokio::time::timeout(Duration::from_secs(3), health.target.pool().execute("SELECT 1")).await {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        health.target.pool().execute("SELECT 1"),
+    )
+    .await
+    {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(err)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", terra_projector::sql::redact(&err.to_string())),
+            format!(
+                "not ready: {}\n",
+                terra_projector::sql::redact(&err.to_string())
+            ),
         ),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database check timed out\n".into()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: database check timed out\n".into(),
+        ),
     }
 }
 
-async fn metrics(State(health): State<Health>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(
+    State(health): State<Health>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &health.registry);
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
 }
@@ -219,9 +241,15 @@ pub(crate) async fn rebuild_sql(
         keep_old: args.keep_old,
         show_progress: !args.quiet,
     };
-    let report = terra_projector::sql::rebuild(&target, &log, &options, &ProjectorMetrics::unregistered(), stopped)
-        .await
-        .context("rebuild failed")?;
+    let report = terra_projector::sql::rebuild(
+        &target,
+        &log,
+        &options,
+        &ProjectorMetrics::unregistered(),
+        stopped,
+    )
+    .await
+    .context("rebuild failed")?;
     println!(
         "rebuilt {} log records in {:.1} s ({:.0} records/s) and swapped the new tables in{}",
         report.records,

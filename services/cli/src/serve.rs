@@ -62,7 +62,14 @@ pub(crate) async fn run(
     let projector = match sql_settings {
         Some(sql) => {
             let target = project::open_sql(&sql, true, stopped.clone()).await?;
-            Some(project::spawn_sql(&sql, target, log.clone(), projector_metrics, stopped.clone(), failed))
+            Some(project::spawn_sql(
+                &sql,
+                target,
+                log.clone(),
+                projector_metrics,
+                stopped.clone(),
+                failed,
+            ))
         }
         None => None,
     };
@@ -73,10 +80,16 @@ pub(crate) async fn run(
             _ = projector_failed.changed() => {}
         }
     };
-    let ingress = terra_ingress::run(settings.ingress, log.clone(), metrics, listener, async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
+    let ingress = terra_ingress::run(
+        settings.ingress,
+        log.clone(),
+        metrics,
+        listener,
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        },
+    );
     let served = ingress.await.context("ingress server failed");
     let projected = match projector {
         Some(handle) => handle.await.context("projector task panicked")?,

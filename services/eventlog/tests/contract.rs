@@ -291,7 +291,12 @@ async fn seek_end_offsets_and_lag(h: Harness) {
     let values: Vec<_> = (0..20).map(|i| format!("s{i}")).collect();
     let positions = h
         .log
-        .append(values.iter().map(|v| record(Some("seek-user"), v.clone())).collect())
+        .append(
+            values
+                .iter()
+                .map(|v| record(Some("seek-user"), v.clone()))
+                .collect(),
+        )
         .await
         .unwrap();
     let partition = positions[0].partition;
@@ -318,9 +323,17 @@ async fn seek_end_offsets_and_lag(h: Harness) {
         .iter()
         .map(|c| String::from_utf8(c.record.value.to_vec()).unwrap())
         .collect();
-    assert_eq!(again, values[5..].to_vec(), "reads again from the sought position");
+    assert_eq!(
+        again,
+        values[5..].to_vec(),
+        "reads again from the sought position"
+    );
     let lag = consumer.lag().await.unwrap();
-    assert_eq!(lag.get(&partition).copied().unwrap_or(0), 0, "read to the end: no lag {lag:?}");
+    assert_eq!(
+        lag.get(&partition).copied().unwrap_or(0),
+        0,
+        "read to the end: no lag {lag:?}"
+    );
     // the seek is the group's position: a new member starts there too
     drop(consumer);
     let mut later = h.log.consumer(&h.group("seeker")).unwrap();

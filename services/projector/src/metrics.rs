@@ -58,14 +58,46 @@ impl ProjectorMetrics {
             batch_seconds: Family::new_with_constructor(batch_histogram),
         };
         let registry = registry.sub_registry_with_prefix("projector");
-        registry.register("records", "Log records projected (including dead letters)", metrics.records.clone());
-        registry.register("payloads", "Payload rows or objects written", metrics.payloads.clone());
-        registry.register("replayed", "Records skipped because the sink already had them", metrics.replayed.clone());
-        registry.register("superseded", "Payload copies older than the stored one (last writer wins)", metrics.superseded.clone());
-        registry.register("dead_lettered", "Records written to the dead-letter table", metrics.dead_lettered.clone());
-        registry.register("sink_errors", "Sink outages (each retried with backoff)", metrics.sink_errors.clone());
-        registry.register("consumer_lag", "Log records not yet read, per partition", metrics.lag.clone());
-        registry.register("batch_seconds", "Time to write one batch", metrics.batch_seconds.clone());
+        registry.register(
+            "records",
+            "Log records projected (including dead letters)",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "payloads",
+            "Payload rows or objects written",
+            metrics.payloads.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Records skipped because the sink already had them",
+            metrics.replayed.clone(),
+        );
+        registry.register(
+            "superseded",
+            "Payload copies older than the stored one (last writer wins)",
+            metrics.superseded.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Records written to the dead-letter table",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Sink outages (each retried with backoff)",
+            metrics.sink_errors.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Log records not yet read, per partition",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Time to write one batch",
+            metrics.batch_seconds.clone(),
+        );
         metrics
     }
 
@@ -75,23 +107,44 @@ impl ProjectorMetrics {
     }
 
     pub(crate) fn batch(&self, sink: &str, stats: &WriteStats, took: Duration) {
-        let label = SinkLabel { sink: sink.to_owned() };
-        self.records.get_or_create(&label).inc_by(stats.records as u64);
-        self.payloads.get_or_create(&label).inc_by(stats.payloads as u64);
-        self.replayed.get_or_create(&label).inc_by(stats.replayed as u64);
-        self.superseded.get_or_create(&label).inc_by(stats.superseded as u64);
-        self.dead_lettered.get_or_create(&label).inc_by(stats.dead as u64);
-        self.batch_seconds.get_or_create(&label).observe(took.as_secs_f64());
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        self.records
+            .get_or_create(&label)
+            .inc_by(stats.records as u64);
+        self.payloads
+            .get_or_create(&label)
+            .inc_by(stats.payloads as u64);
+        self.replayed
+            .get_or_create(&label)
+            .inc_by(stats.replayed as u64);
+        self.superseded
+            .get_or_create(&label)
+            .inc_by(stats.superseded as u64);
+        self.dead_lettered
+            .get_or_create(&label)
+            .inc_by(stats.dead as u64);
+        self.batch_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
     }
 
     pub(crate) fn sink_error(&self, sink: &str) {
-        self.sink_errors.get_or_create(&SinkLabel { sink: sink.to_owned() }).inc();
+        self.sink_errors
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn set_lag(&self, sink: &str, lag: &BTreeMap<u32, u64>) {
         for (&partition, &records) in lag {
             self.lag
-                .get_or_create(&PartitionLabel { sink: sink.to_owned(), partition })
+                .get_or_create(&PartitionLabel {
+                    sink: sink.to_owned(),
+                    partition,
+                })
                 .set(records.min(i64::MAX as u64) as i64);
         }
     }

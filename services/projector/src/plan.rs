@@ -234,10 +234,16 @@ fn event_plan(
         };
         Some(UserInfo {
             user_id,
-            provider: object.provider.clone().unwrap_or_else(|| "UNKNOWN".to_owned()),
+            provider: object
+                .provider
+                .clone()
+                .unwrap_or_else(|| "UNKNOWN".to_owned()),
             reference_id: object.reference_id.clone(),
             scopes: object.scopes.clone(),
-            created_at: object.created_at.clone().unwrap_or_else(|| generated_iso.clone()),
+            created_at: object
+                .created_at
+                .clone()
+                .unwrap_or_else(|| generated_iso.clone()),
         })
     };
     let event_type = classification.event_type.as_str();
@@ -249,8 +255,12 @@ fn event_plan(
             break;
         }
     }
-    let misc_payload_id =
-        keys::event_payload_id(version, event_type, classification.user_id.as_deref(), generated_ms);
+    let misc_payload_id = keys::event_payload_id(
+        version,
+        event_type,
+        classification.user_id.as_deref(),
+        generated_ms,
+    );
 
     if classification.group == EventGroup::Data {
         let user_id = classification
@@ -266,7 +276,10 @@ fn event_plan(
                 user_id: Some(user_id.clone()),
                 data_type: Some(event_type.to_owned()),
                 event_type: event_type.to_owned(),
-                start_utc: record.start_time.as_deref().and_then(keys::iso_to_utc_seconds),
+                start_utc: record
+                    .start_time
+                    .as_deref()
+                    .and_then(keys::iso_to_utc_seconds),
                 start_time: record.start_time.clone(),
                 end_time: record.end_time.clone(),
                 natural_key,
@@ -314,20 +327,20 @@ fn event_plan(
 
     if classification.group == EventGroup::Authentication {
         let status = classification.status.clone();
-        let change = |user: UserInfo, role: &'static str, state: Option<&'static str>| {
-            LifecycleChange {
+        let change =
+            |user: UserInfo, role: &'static str, state: Option<&'static str>| LifecycleChange {
                 event_id: identity(PayloadKind::Misc, Some(&user.user_id), role, &natural_key),
                 user,
                 state,
                 role,
                 status: status.clone(),
                 payload_id: misc_payload_id.clone(),
-            }
-        };
+            };
         match event_type {
             "user_reauth" => {
                 if let Some(old) = user_info(&head.old_user) {
-                    plan.lifecycle.push(change(old, "old_user", Some("user_reauth")));
+                    plan.lifecycle
+                        .push(change(old, "old_user", Some("user_reauth")));
                 }
                 if let Some(new) = user_info(&head.new_user) {
                     plan.lifecycle.push(change(new, "new_user", Some("active")));
@@ -390,7 +403,12 @@ pub fn apply_scope_change(scopes: &str, added: &str, removed: &str) -> String {
 /// The last-writer-wins identity of a payload.
 pub fn identity(kind: PayloadKind, user_id: Option<&str>, event_type: &str, key: &str) -> String {
     let mut hash = Sha256::new();
-    for part in [kind.as_str(), user_id.unwrap_or("\u{0}none"), event_type, key] {
+    for part in [
+        kind.as_str(),
+        user_id.unwrap_or("\u{0}none"),
+        event_type,
+        key,
+    ] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
@@ -438,7 +456,10 @@ fn check_fields(plan: &EventPlan) -> Result<(), String> {
     }
     for (name, value) in texts {
         if value.len() > MAX_FIELD {
-            return Err(format!("{name} is {} bytes long (at most {MAX_FIELD})", value.len()));
+            return Err(format!(
+                "{name} is {} bytes long (at most {MAX_FIELD})",
+                value.len()
+            ));
         }
         if value.contains('\0') {
             return Err(format!("{name} contains a NUL character"));

@@ -72,7 +72,10 @@ pub trait Sink: Send {
     ) -> impl Future<Output = Result<Option<BTreeMap<u32, u64>>, SinkError>> + Send;
 
     /// Writes a batch atomically, or nothing of it.
-    fn write(&mut self, batch: &[Planned]) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
+    fn write(
+        &mut self,
+        batch: &[Planned],
+    ) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
 }
 
 /// Capped exponential backoff.
@@ -141,11 +144,21 @@ pub async fn run<S: Sink>(
     let mut consumer = log.consumer(&config.group)?;
     let mut totals = WriteStats::default();
     let name = sink.name().to_owned();
-    let stored = retry!(config, metrics, &name, shutdown, sink.stored_positions().await);
+    let stored = retry!(
+        config,
+        metrics,
+        &name,
+        shutdown,
+        sink.stored_positions().await
+    );
     match stored {
         Some(Ok(Some(positions))) => {
             consumer.seek(&positions).await?;
-            tracing::info!(sink = sink.name(), partitions = positions.len(), "resuming from the sink's stored positions");
+            tracing::info!(
+                sink = sink.name(),
+                partitions = positions.len(),
+                "resuming from the sink's stored positions"
+            );
         }
         Some(Ok(None)) => {}
         Some(Err(err)) => return Err(ProjectorError::Sink(err)),
@@ -186,7 +199,10 @@ pub async fn run<S: Sink>(
                 }
             }
             Some(Err(SinkError::Behind(stored))) => {
-                tracing::warn!(sink = sink.name(), "the sink's positions are behind this batch (tables swapped by a rebuild?): reading again from them");
+                tracing::warn!(
+                    sink = sink.name(),
+                    "the sink's positions are behind this batch (tables swapped by a rebuild?): reading again from them"
+                );
                 consumer.seek(&stored).await?;
             }
             Some(Err(err)) => return Err(ProjectorError::Sink(err)),
@@ -212,11 +228,23 @@ async fn write_resilient<S: Sink>(
             let mut totals = WriteStats::default();
             for planned in batch {
                 let single = std::slice::from_ref(planned);
-                let stats = match retry!(config, metrics, &name, shutdown, sink.write(single).await)? {
+                let stats = match retry!(
+                    config,
+                    metrics,
+                    &name,
+                    shutdown,
+                    sink.write(single).await
+                )? {
                     Err(SinkError::Rejected(why)) => {
                         let dead = as_dead_letter(planned, &why);
                         tracing::warn!(sink = %name, partition = planned.position.partition, offset = planned.position.offset, reason = %why, "record dead-lettered");
-                        match retry!(config, metrics, &name, shutdown, sink.write(std::slice::from_ref(&dead)).await)? {
+                        match retry!(
+                            config,
+                            metrics,
+                            &name,
+                            shutdown,
+                            sink.write(std::slice::from_ref(&dead)).await
+                        )? {
                             Ok(stats) => stats,
                             Err(err) => return Some(Err(err)),
                         }

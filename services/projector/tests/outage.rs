@@ -29,12 +29,27 @@ impl PrivatePostgres {
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let pg = Self { bin, dir, port };
         // initdb refuses to run as root: run the server as the postgres user when we are root
-        Command::new("chown").args(["-R", "postgres:postgres"]).arg(pg.dir.path()).status().unwrap();
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(pg.dir.path())
+            .status()
+            .unwrap();
         let data = pg.data();
-        assert!(pg.as_postgres("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]).success(), "initdb failed");
+        assert!(
+            pg.as_postgres(
+                "initdb",
+                &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]
+            )
+            .success(),
+            "initdb failed"
+        );
         pg.up();
         pg
     }
@@ -45,7 +60,11 @@ impl PrivatePostgres {
 
     fn as_postgres(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
         let exe = self.bin.join(tool);
-        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
         let mut command = if root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&exe);
@@ -53,17 +72,45 @@ impl PrivatePostgres {
         } else {
             Command::new(&exe)
         };
-        command.args(args).stdout(std::process::Stdio::null()).status().unwrap()
+        command
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
     }
 
     fn up(&self) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
         let log = self.dir.path().join("server.log").display().to_string();
-        assert!(self.as_postgres("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"]).success(), "pg_ctl start failed");
+        assert!(
+            self.as_postgres(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &log,
+                    "-w",
+                    "start"
+                ]
+            )
+            .success(),
+            "pg_ctl start failed"
+        );
     }
 
     fn down(&self) {
-        assert!(self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]).success(), "pg_ctl stop failed");
+        assert!(
+            self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+                .success(),
+            "pg_ctl stop failed"
+        );
     }
 
     fn url(&self) -> String {
@@ -73,7 +120,10 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        let _ = self.as_postgres(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 
@@ -104,7 +154,10 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
     terra_projector::sql::migrate(&target).await.unwrap();
     let log = TestLog::new();
     let fixtures = all_fixtures();
-    let first: Vec<_> = fixtures.iter().map(|(_, b)| record(b, Some(1_000), 1, None)).collect();
+    let first: Vec<_> = fixtures
+        .iter()
+        .map(|(_, b)| record(b, Some(1_000), 1, None))
+        .collect();
     let first_len = first.len();
     log.append(first).await;
 
@@ -113,7 +166,10 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
     let mut config = ProjectorConfig::new("sql");
     config.batch_size = 5;
     config.batch_wait = Duration::from_millis(20);
-    config.backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(400) };
+    config.backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    };
     let (stop, stopped) = watch::channel(false);
     let projector = {
         let log = log.log.clone();
@@ -125,31 +181,74 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
         })
     };
     let projected = |target: SqlTarget| async move {
-        terra_projector::sql::stored_positions(&target).await.map(|p| p.values().sum::<u64>()).unwrap_or(0)
+        terra_projector::sql::stored_positions(&target)
+            .await
+            .map(|p| p.values().sum::<u64>())
+            .unwrap_or(0)
     };
-    wait_for("the first records", Duration::from_secs(20), async || projected(target.clone()).await == first_len as u64).await;
+    wait_for("the first records", Duration::from_secs(20), async || {
+        projected(target.clone()).await == first_len as u64
+    })
+    .await;
 
     // the database goes away; deliveries keep arriving, one of them poison
     pg.down();
-    let mut during: Vec<_> = fixtures.iter().map(|(_, b)| record(b, Some(2_000), 2, None)).collect();
+    let mut during: Vec<_> = fixtures
+        .iter()
+        .map(|(_, b)| record(b, Some(2_000), 2, None))
+        .collect();
     during.insert(3, record(b"\x00 not json at all", None, 2, None));
     let during_len = during.len();
     log.append(during).await;
-    wait_for("sink errors while the database is down", Duration::from_secs(20), async || metric(&registry, "projector_sink_errors") >= 2.0).await;
-    assert!(!projector.is_finished(), "an outage must not stop the projector");
+    wait_for(
+        "sink errors while the database is down",
+        Duration::from_secs(20),
+        async || metric(&registry, "projector_sink_errors") >= 2.0,
+    )
+    .await;
+    assert!(
+        !projector.is_finished(),
+        "an outage must not stop the projector"
+    );
 
     pg.up();
     let total = (first_len + during_len) as u64;
-    wait_for("the projector to catch up after the outage", Duration::from_secs(60), async || projected(target.clone()).await == total).await;
-    assert_eq!(count(&target, "ingest_dead_letters").await, 1, "only the poison record is dead-lettered");
+    wait_for(
+        "the projector to catch up after the outage",
+        Duration::from_secs(60),
+        async || projected(target.clone()).await == total,
+    )
+    .await;
+    assert_eq!(
+        count(&target, "ingest_dead_letters").await,
+        1,
+        "only the poison record is dead-lettered"
+    );
     let data_records: usize = fixtures
         .iter()
         .map(|(_, b)| terra_core::classify(b).unwrap().records.len())
         .sum();
-    assert_eq!(count(&target, "ingest_payloads").await as usize, data_records + fixtures.iter().filter(|(_, b)| terra_core::classify(b).unwrap().group != terra_core::EventGroup::Data).count() * 2);
+    assert_eq!(
+        count(&target, "ingest_payloads").await as usize,
+        data_records
+            + fixtures
+                .iter()
+                .filter(
+                    |(_, b)| terra_core::classify(b).unwrap().group != terra_core::EventGroup::Data
+                )
+                .count()
+                * 2
+    );
     assert!(metric(&registry, "projector_dead_lettered") >= 1.0);
 
     stop.send(true).unwrap();
-    let totals = tokio::time::timeout(Duration::from_secs(10), projector).await.unwrap().unwrap().unwrap();
-    assert_eq!(totals.records as u64, total, "every record was projected exactly once");
+    let totals = tokio::time::timeout(Duration::from_secs(10), projector)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        totals.records as u64, total,
+        "every record was projected exactly once"
+    );
 }

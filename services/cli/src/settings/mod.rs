@@ -97,18 +97,26 @@ pub struct ProjectorSettings {
 }
 
 /// Resolves the SQL settings (flags and env over the file over the defaults).
-pub fn resolve_sql(file: &FileSettings, args: SqlArgs, data_dir: &Path) -> anyhow::Result<SqlSettings> {
-    let url = args.sql.or_else(|| file.sql.clone()).unwrap_or_else(|| {
-        format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display())
-    });
-    let dialect = Dialect::of_url(&url).map_err(|e| anyhow::anyhow!("setting sql (--sql, TERRA_INGEST_SQL): {e}"))?;
+pub fn resolve_sql(
+    file: &FileSettings,
+    args: SqlArgs,
+    data_dir: &Path,
+) -> anyhow::Result<SqlSettings> {
+    let url = args
+        .sql
+        .or_else(|| file.sql.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display()));
+    let dialect = Dialect::of_url(&url)
+        .map_err(|e| anyhow::anyhow!("setting sql (--sql, TERRA_INGEST_SQL): {e}"))?;
     let mut config = SqlConfig::new(url);
     if let Some(schema) = args.sql_schema.or_else(|| file.sql_schema.clone()) {
         config.schema = schema;
     }
     if args.supabase.or(file.supabase).unwrap_or(false) {
         if dialect != Dialect::Postgres {
-            bail!("setting supabase (--supabase, TERRA_INGEST_SUPABASE): needs a postgres:// --sql URL (Supabase is Postgres)");
+            bail!(
+                "setting supabase (--supabase, TERRA_INGEST_SUPABASE): needs a postgres:// --sql URL (Supabase is Postgres)"
+            );
         }
         config.variant = Variant::Supabase;
     }
@@ -117,11 +125,15 @@ pub fn resolve_sql(file: &FileSettings, args: SqlArgs, data_dir: &Path) -> anyho
         .map_err(|e| anyhow::anyhow!("setting sql / sql_schema: {e}"))?;
     let batch_size = args.batch_size.or(file.batch_size).unwrap_or(1_000);
     if !(1..=100_000).contains(&batch_size) {
-        bail!("setting batch_size (--batch-size, TERRA_INGEST_BATCH_SIZE): must be between 1 and 100000");
+        bail!(
+            "setting batch_size (--batch-size, TERRA_INGEST_BATCH_SIZE): must be between 1 and 100000"
+        );
     }
     let batch_wait_ms = args.batch_wait_ms.or(file.batch_wait_ms).unwrap_or(50);
     if batch_wait_ms == 0 || batch_wait_ms > 60_000 {
-        bail!("setting batch_wait_ms (--batch-wait-ms, TERRA_INGEST_BATCH_WAIT_MS): must be between 1 and 60000");
+        bail!(
+            "setting batch_wait_ms (--batch-wait-ms, TERRA_INGEST_BATCH_WAIT_MS): must be between 1 and 60000"
+        );
     }
     Ok(SqlSettings {
         config,
@@ -145,7 +157,10 @@ pub fn resolve_projector(
         args.http_addr.or_else(|| file.http_addr.clone()),
         DEFAULT_PROJECTOR_HTTP_ADDR,
     )?;
-    let log_text = args.log.or_else(|| file.log.clone()).unwrap_or_else(|| "embedded".to_owned());
+    let log_text = args
+        .log
+        .or_else(|| file.log.clone())
+        .unwrap_or_else(|| "embedded".to_owned());
     let log = LogUrl::parse(&log_text, &data_dir.join("log"))
         .map_err(|e| anyhow::anyhow!("setting log (--log, TERRA_INGEST_LOG): {e}"))?;
     let sql = resolve_sql(&file, args.sql, &data_dir)?;
@@ -157,7 +172,9 @@ pub fn resolve_projector(
         .filter(|e| !e.trim().is_empty());
     Ok(ProjectorSettings {
         migrate: args.migrate.or(file.migrate).unwrap_or(false),
-        log_format: cli_log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_format: cli_log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
         data_dir,
         log,
         kafka_properties,

@@ -144,8 +144,7 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
     let MapOnly(top) = serde_json::from_slice::<MapOnly<Top<'_>>>(body).ok()?;
     let event_type = top.event_type.map(Cow::into_owned).unwrap_or_default();
     let group = EventGroup::of(&event_type);
-    let user_of =
-        |user: &Option<MapOnly<User<'_>>>| user.as_ref().and_then(|u| text(&u.0.user_id));
+    let user_of = |user: &Option<MapOnly<User<'_>>>| user.as_ref().and_then(|u| text(&u.0.user_id));
     let (user_id, old_user_id) = match user_of(&top.user) {
         Some(user) => (Some(user), None),
         None => (user_of(&top.new_user), user_of(&top.old_user)),

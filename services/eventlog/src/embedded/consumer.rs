@@ -140,7 +140,10 @@ impl EmbeddedConsumer {
     /// and makes that the group's committed position.
     pub(crate) fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
         for (partition, slot) in self.next.iter_mut().enumerate() {
-            let end = self.shared.index[partition].read().expect("index poisoned").len() as u64;
+            let end = self.shared.index[partition]
+                .read()
+                .expect("index poisoned")
+                .len() as u64;
             *slot = next.get(&(partition as u32)).copied().unwrap_or(0).min(end);
         }
         self.committed = self

@@ -217,7 +217,8 @@ pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
 ) -> Result<BTreeMap<u32, u64>, LogError> {
-    let unreachable = |e: KafkaError| LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"));
+    let unreachable =
+        |e: KafkaError| LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"));
     let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(unreachable)?;
@@ -228,7 +229,9 @@ pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(LogError::Config(format!("Kafka topic {topic:?} does not exist")));
+        return Err(LogError::Config(format!(
+            "Kafka topic {topic:?} does not exist"
+        )));
     }
     let mut out = BTreeMap::new();
     for partition in partitions {

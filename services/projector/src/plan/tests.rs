@@ -16,9 +16,15 @@ fn envelope(body: &[u8], ordering: Option<i64>) -> Envelope {
     let classification = terra_core::classify(body).ok();
     Envelope {
         envelope_id: "0190b2c4-0000-7000-8000-000000000001".into(),
-        received_at: Some(prost_types::Timestamp { seconds: 1_780_000_000, nanos: 0 }),
+        received_at: Some(prost_types::Timestamp {
+            seconds: 1_780_000_000,
+            nanos: 0,
+        }),
         source: "default".into(),
-        event_type: classification.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
+        event_type: classification
+            .as_ref()
+            .map(|c| c.event_type.clone())
+            .unwrap_or_default(),
         user_id: classification.as_ref().and_then(|c| c.user_id.clone()),
         ordering_timestamp_ms: ordering,
         body_is_json: classification.is_some(),
@@ -28,7 +34,10 @@ fn envelope(body: &[u8], ordering: Option<i64>) -> Envelope {
 }
 
 fn at(offset: u64) -> Position {
-    Position { partition: 0, offset }
+    Position {
+        partition: 0,
+        offset,
+    }
 }
 
 fn event(planned: &Planned) -> &EventPlan {
@@ -47,7 +56,11 @@ fn every_fixture_plans_without_poison() {
         let body = std::fs::read(&path).unwrap();
         let planned = plan_envelope(at(0), &envelope(&body, Some(1_780_000_000_123)));
         let event = event(&planned);
-        assert!(!event.payloads.is_empty() || path.ends_with("activity_empty_data.json"), "{}", path.display());
+        assert!(
+            !event.payloads.is_empty() || path.ends_with("activity_empty_data.json"),
+            "{}",
+            path.display()
+        );
         count += 1;
     }
     assert!(count >= 23);
@@ -62,7 +75,10 @@ fn data_records_get_payload_ids_from_the_core_derivation() {
     for (row, record) in event.payloads.iter().zip(&classification.records) {
         assert_eq!(row.kind, PayloadKind::Data);
         let user = classification.user_id.as_deref().unwrap();
-        assert_eq!(row.payload_id, keys::data_payload_id(classification.version.as_deref(), "sleep", user, record));
+        assert_eq!(
+            row.payload_id,
+            keys::data_payload_id(classification.version.as_deref(), "sleep", user, record)
+        );
         assert_eq!(row.natural_key, record.natural_key);
         assert_eq!(row.version.offset, 7);
         assert_eq!(row.version.ts_ms, 1_780_000_000_000);
@@ -73,7 +89,13 @@ fn data_records_get_payload_ids_from_the_core_derivation() {
 fn the_same_record_redelivered_keeps_its_identity() {
     let a = plan_envelope(at(1), &envelope(&fixture("activity"), Some(1)));
     let b = plan_envelope(at(9), &envelope(&fixture("activity"), Some(2)));
-    let ids = |p: &Planned| event(p).payloads.iter().map(|r| r.identity.clone()).collect::<Vec<_>>();
+    let ids = |p: &Planned| {
+        event(p)
+            .payloads
+            .iter()
+            .map(|r| r.identity.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&a), ids(&b));
     assert!(event(&b).payloads[0].version > event(&a).payloads[0].version);
 }
@@ -81,9 +103,23 @@ fn the_same_record_redelivered_keeps_its_identity() {
 #[test]
 fn lifecycle_steps_per_event() {
     let reauth = plan_envelope(at(0), &envelope(&fixture("user_reauth"), None));
-    let steps: Vec<_> = event(&reauth).lifecycle.iter().map(|c| (c.role, c.state)).collect();
-    assert_eq!(steps, [("old_user", Some("user_reauth")), ("new_user", Some("active"))]);
-    assert_eq!(event(&reauth).seen_users.len(), 1, "only the new user is created when missing");
+    let steps: Vec<_> = event(&reauth)
+        .lifecycle
+        .iter()
+        .map(|c| (c.role, c.state))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("old_user", Some("user_reauth")),
+            ("new_user", Some("active"))
+        ]
+    );
+    assert_eq!(
+        event(&reauth).seen_users.len(),
+        1,
+        "only the new user is created when missing"
+    );
 
     for (name, state) in [
         ("auth", Some("active")),
@@ -117,17 +153,35 @@ fn scope_changes_add_and_remove() {
 
 #[test]
 fn poison_is_named() {
-    let not_json = plan_envelope(at(0), &Envelope { body_is_json: false, body: b"not json".to_vec().into(), ..Default::default() });
+    let not_json = plan_envelope(
+        at(0),
+        &Envelope {
+            body_is_json: false,
+            body: b"not json".to_vec().into(),
+            ..Default::default()
+        },
+    );
     assert!(matches!(&not_json.plan, Plan::Dead(d) if d.reason.contains("not JSON")));
     assert_eq!(not_json.body.as_ref(), b"not json");
 
-    let long_user = format!(r#"{{"type": "sleep", "user": {{"user_id": "{}"}}, "data": []}}"#, "x".repeat(10_000));
+    let long_user = format!(
+        r#"{{"type": "sleep", "user": {{"user_id": "{}"}}, "data": []}}"#,
+        "x".repeat(10_000)
+    );
     let planned = plan_envelope(at(0), &envelope(long_user.as_bytes(), None));
-    assert!(matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("user_id is 10000 characters")), "{:?}", planned.plan);
+    assert!(
+        matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("user_id is 10000 characters")),
+        "{:?}",
+        planned.plan
+    );
 
     let nul = br#"{"type": "auth", "status": "success", "user": {"user_id": "a\u0000b", "provider": "GARMIN"}}"#;
     let planned = plan_envelope(at(0), &envelope(nul, None));
-    assert!(matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("NUL")), "{:?}", planned.plan);
+    assert!(
+        matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("NUL")),
+        "{:?}",
+        planned.plan
+    );
 
     let no_user = br#"{"type": "sleep", "data": [{"metadata": {"summary_id": "s"}}]}"#;
     let planned = plan_envelope(at(0), &envelope(no_user, None));
@@ -136,10 +190,16 @@ fn poison_is_named() {
     let garbage = Consumed {
         position: at(3),
         timestamp_ms: 5,
-        record: Record { key: None, headers: vec![], value: bytes::Bytes::from_static(&[0xff, 0xff, 0xff]) },
+        record: Record {
+            key: None,
+            headers: vec![],
+            value: bytes::Bytes::from_static(&[0xff, 0xff, 0xff]),
+        },
     };
     let planned = plan(&garbage);
-    assert!(matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("not a terra.ingest.v1.Envelope")));
+    assert!(
+        matches!(&planned.plan, Plan::Dead(d) if d.reason.contains("not a terra.ingest.v1.Envelope"))
+    );
 }
 
 #[test]
@@ -148,6 +208,9 @@ fn hostile_user_ids_stay_inside_their_key_segment() {
     let planned = plan_envelope(at(0), &envelope(body, None));
     let row = &event(&planned).payloads[0];
     assert_eq!(row.user_id.as_deref(), Some("../../etc/passwd"));
-    assert_eq!(row.payload_id, "2022-03-16/sleep/..%2F..%2Fetc%2Fpasswd-2026-10-03T21:12:00Z".replace("..", "%2E%2E"));
+    assert_eq!(
+        row.payload_id,
+        "2022-03-16/sleep/..%2F..%2Fetc%2Fpasswd-2026-10-03T21:12:00Z".replace("..", "%2E%2E")
+    );
     assert_eq!(row.payload_id.matches('/').count(), 2);
 }

@@ -48,7 +48,9 @@ impl Dialect {
     /// ` ON CONFLICT (key) DO NOTHING` or its MySQL twin.
     pub(crate) fn on_conflict_ignore(self, key: &[&str]) -> String {
         match self {
-            Self::Postgres | Self::Sqlite => format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")),
+            Self::Postgres | Self::Sqlite => {
+                format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
+            }
             Self::MySql => format!(" ON DUPLICATE KEY UPDATE {0} = {0}", key[0]),
         }
     }
@@ -64,14 +66,24 @@ impl Dialect {
             .collect();
         match self {
             Self::Postgres | Self::Sqlite => {
-                format!(" ON CONFLICT ({}) DO UPDATE SET {}", key.join(", "), sets.join(", "))
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    sets.join(", ")
+                )
             }
             Self::MySql => format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")),
         }
     }
 
     /// An upsert that keeps the larger of the stored and the new value of `column`.
-    pub(crate) fn on_conflict_max(self, table_alias: &str, key: &str, column: &str, also: &str) -> String {
+    pub(crate) fn on_conflict_max(
+        self,
+        table_alias: &str,
+        key: &str,
+        column: &str,
+        also: &str,
+    ) -> String {
         match self {
             Self::Postgres => format!(
                 " ON CONFLICT ({key}) DO UPDATE SET {column} = GREATEST({table_alias}.{column}, excluded.{column}), {also} = excluded.{also}"
@@ -179,7 +191,10 @@ impl Stmt {
     }
 
     /// `(?, ?, ...)` for a list of values.
-    pub(crate) fn bind_list<V: Into<Val>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
+    pub(crate) fn bind_list<V: Into<Val>>(
+        &mut self,
+        values: impl IntoIterator<Item = V>,
+    ) -> &mut Self {
         self.push("(");
         for (i, value) in values.into_iter().enumerate() {
             if i > 0 {
@@ -257,11 +272,20 @@ mod tests {
 
     #[test]
     fn inserts_are_chunked_under_the_parameter_limit() {
-        let rows: Vec<Vec<Val>> = (0..20_000i64).map(|i| vec![Val::from(i), Val::from("v")]).collect();
+        let rows: Vec<Vec<Val>> = (0..20_000i64)
+            .map(|i| vec![Val::from(i), Val::from("v")])
+            .collect();
         let statements = insert_rows(Dialect::Sqlite, "t", &["a", "b"], &[], rows, "");
         assert_eq!(statements.len(), 2);
-        assert!(statements.iter().all(|s| s.values.len() <= Dialect::Sqlite.max_params()));
-        assert_eq!(statements.iter().map(|s| s.values.len()).sum::<usize>(), 40_000);
+        assert!(
+            statements
+                .iter()
+                .all(|s| s.values.len() <= Dialect::Sqlite.max_params())
+        );
+        assert_eq!(
+            statements.iter().map(|s| s.values.len()).sum::<usize>(),
+            40_000
+        );
     }
 
     #[test]

@@ -165,13 +165,19 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
 pub async fn pending(target: &SqlTarget) -> Result<Vec<String>, SqlError> {
     let all = migrations(target.dialect, target.variant);
     if !super::rebuild::table_exists(target, MIGRATIONS_TABLE).await? {
-        return Ok(all.iter().map(|m| format!("{}_{}", m.version, m.name)).collect());
+        return Ok(all
+            .iter()
+            .map(|m| format!("{}_{}", m.version, m.name))
+            .collect());
     }
     let rows = target
         .pool
         .fetch_all(format!("SELECT version FROM {}", target.table(MIGRATIONS_TABLE)).as_str())
         .await?;
-    let applied: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+    let applied: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
     Ok(all
         .iter()
         .filter(|m| !applied.contains(&m.version))
@@ -191,7 +197,10 @@ fn statements(sql: &str) -> Vec<&str> {
     sql.split(";\n")
         .map(str::trim)
         .map(|s| s.trim_end_matches(';'))
-        .filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim().starts_with("--")))
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"))
+        })
         .collect()
 }
 
@@ -213,7 +222,9 @@ mod tests {
                         assert!(!part.trim_end().ends_with(';'), "{part}");
                         let upper = part.to_uppercase();
                         assert!(
-                            upper.contains("CREATE TABLE") || upper.contains("CREATE INDEX") || upper.contains("CREATE VIEW"),
+                            upper.contains("CREATE TABLE")
+                                || upper.contains("CREATE INDEX")
+                                || upper.contains("CREATE VIEW"),
                             "{part}"
                         );
                     }

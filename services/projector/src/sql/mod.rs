@@ -19,8 +19,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use dialect::Dialect;
 pub use error::SqlError;
 pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate, pending};
-pub use snapshot::{Snapshot, rows, snapshot};
 pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
+pub use snapshot::{Snapshot, rows, snapshot};
 
 /// Every table (and the view) of one projection, by base name. A rebuild creates them all
 /// under a fresh prefix and swaps them in.
@@ -108,7 +108,9 @@ impl SqlTarget {
             _ => config.url.clone(),
         };
         let options = AnyConnectOptions::from_str(&url)
-            .map_err(|e| SqlError::Config(format!("invalid database URL: {}", redact(&e.to_string()))))?
+            .map_err(|e| {
+                SqlError::Config(format!("invalid database URL: {}", redact(&e.to_string())))
+            })?
             .disable_statement_logging();
         let max = match dialect {
             // one writer at a time on SQLite; more connections only contend for the lock
@@ -292,12 +294,23 @@ mod tests {
 
     #[test]
     fn dialect_from_url() {
-        assert_eq!(Dialect::of_url("postgres://h/db").unwrap(), Dialect::Postgres);
-        assert_eq!(Dialect::of_url("postgresql://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(
+            Dialect::of_url("postgres://h/db").unwrap(),
+            Dialect::Postgres
+        );
+        assert_eq!(
+            Dialect::of_url("postgresql://h/db").unwrap(),
+            Dialect::Postgres
+        );
         assert_eq!(Dialect::of_url("mysql://h/db").unwrap(), Dialect::MySql);
         assert_eq!(Dialect::of_url("mariadb://h/db").unwrap(), Dialect::MySql);
-        assert_eq!(Dialect::of_url("sqlite://data/x.db").unwrap(), Dialect::Sqlite);
-        let err = Dialect::of_url("oracle://u:pw@h/db").unwrap_err().to_string();
+        assert_eq!(
+            Dialect::of_url("sqlite://data/x.db").unwrap(),
+            Dialect::Sqlite
+        );
+        let err = Dialect::of_url("oracle://u:pw@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("oracle") && !err.contains("pw"), "{err}");
     }
 }

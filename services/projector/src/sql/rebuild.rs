@@ -53,7 +53,9 @@ pub enum RebuildError {
     Sql(#[from] SqlError),
     #[error(transparent)]
     Projector(#[from] ProjectorError),
-    #[error("rebuild interrupted; the live tables are unchanged (fresh tables left under prefix {0})")]
+    #[error(
+        "rebuild interrupted; the live tables are unchanged (fresh tables left under prefix {0})"
+    )]
     Interrupted(String),
 }
 
@@ -71,7 +73,12 @@ pub async fn rebuild(
     let prefix = format!("{}rb{stamp}_", live.prefix);
     let fresh = live.with_prefix(&prefix)?;
     super::migrate(&fresh).await?;
-    let total: u64 = log.end_offsets().await.map_err(ProjectorError::from)?.values().sum();
+    let total: u64 = log
+        .end_offsets()
+        .await
+        .map_err(ProjectorError::from)?
+        .values()
+        .sum();
     let mut config = ProjectorConfig::new(format!("sql-rebuild-{stamp}"));
     config.batch_size = options.batch_size;
     config.stop_at_end = true;
@@ -138,8 +145,12 @@ pub(crate) async fn table_exists(target: &SqlTarget, base: &str) -> Result<bool,
         Dialect::Postgres => stmt.bind(&target.schema),
         _ => stmt.bind(1i64),
     };
-    stmt.push(if target.dialect == Dialect::Sqlite { " AND name = " } else { " AND table_name = " })
-        .bind(name);
+    stmt.push(if target.dialect == Dialect::Sqlite {
+        " AND name = "
+    } else {
+        " AND table_name = "
+    })
+    .bind(name);
     let row = target.pool.fetch_one(stmt.query()).await?;
     let count: i64 = row.try_get(0)?;
     Ok(count > 0)
@@ -165,7 +176,10 @@ async fn swap(live: &SqlTarget, new_prefix: &str, old_prefix: &str) -> Result<()
     };
     let drop_views = [
         format!("DROP VIEW IF EXISTS {}", live.table(VIEW)),
-        format!("DROP VIEW IF EXISTS {}", live.table_with_prefix(new_prefix, VIEW)),
+        format!(
+            "DROP VIEW IF EXISTS {}",
+            live.table_with_prefix(new_prefix, VIEW)
+        ),
     ];
     match live.dialect {
         Dialect::MySql => {
@@ -176,7 +190,11 @@ async fn swap(live: &SqlTarget, new_prefix: &str, old_prefix: &str) -> Result<()
             let mut renames = Vec::new();
             for base in TABLES {
                 if existing.contains(base) {
-                    renames.push(format!("{} TO {}", live.table(base), name(old_prefix, base)));
+                    renames.push(format!(
+                        "{} TO {}",
+                        live.table(base),
+                        name(old_prefix, base)
+                    ));
                 }
                 renames.push(format!(
                     "{} TO {}",
@@ -184,23 +202,38 @@ async fn swap(live: &SqlTarget, new_prefix: &str, old_prefix: &str) -> Result<()
                     live.table(base)
                 ));
             }
-            conn.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str()).await?;
-            conn.execute(view_sql(&live.table("terra_misc_payloads")).as_str()).await?;
+            conn.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str())
+                .await?;
+            conn.execute(view_sql(&live.table("terra_misc_payloads")).as_str())
+                .await?;
         }
         Dialect::Postgres | Dialect::Sqlite => {
             let mut tx = live.pool.begin().await?;
             if live.dialect == Dialect::Postgres && existing.contains(&"ingest_positions") {
                 // writers take the positions first; waiting here lets a batch in flight finish
-                tx.execute(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.table("ingest_positions")).as_str())
-                    .await?;
+                tx.execute(
+                    format!(
+                        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                        live.table("ingest_positions")
+                    )
+                    .as_str(),
+                )
+                .await?;
             }
             for statement in &drop_views {
                 tx.execute(statement.as_str()).await?;
             }
             for base in TABLES {
                 if existing.contains(base) {
-                    tx.execute(format!("ALTER TABLE {} RENAME TO {}", live.table(base), name(old_prefix, base)).as_str())
-                        .await?;
+                    tx.execute(
+                        format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            live.table(base),
+                            name(old_prefix, base)
+                        )
+                        .as_str(),
+                    )
+                    .await?;
                 }
                 tx.execute(
                     format!(
@@ -212,7 +245,8 @@ async fn swap(live: &SqlTarget, new_prefix: &str, old_prefix: &str) -> Result<()
                 )
                 .await?;
             }
-            tx.execute(view_sql(&live.table("terra_misc_payloads")).as_str()).await?;
+            tx.execute(view_sql(&live.table("terra_misc_payloads")).as_str())
+                .await?;
             tx.commit().await?;
         }
     }
@@ -225,7 +259,11 @@ pub async fn drop_tables(target: &SqlTarget) -> Result<(), SqlError> {
     conn.execute(format!("DROP VIEW IF EXISTS {}", target.table(VIEW)).as_str())
         .await?;
     for base in TABLES.iter().rev() {
-        let cascade = if target.dialect == Dialect::Postgres { " CASCADE" } else { "" };
+        let cascade = if target.dialect == Dialect::Postgres {
+            " CASCADE"
+        } else {
+            ""
+        };
         conn.execute(format!("DROP TABLE IF EXISTS {}{cascade}", target.table(base)).as_str())
             .await?;
     }
@@ -258,7 +296,10 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        eprint!("\r{}", progress_line(done as u64, self.total, self.started.elapsed()));
+        eprint!(
+            "\r{}",
+            progress_line(done as u64, self.total, self.started.elapsed())
+        );
         self.printed = true;
     }
 
@@ -272,7 +313,11 @@ impl Progress {
 /// `rebuild sql [#######.............]  52.3%  523,000/1,000,000 records  41,233/s  ETA 0:12`
 pub(crate) fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
     let total = total.max(done);
-    let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
     let width = 24;
     let filled = (fraction * width as f64).round() as usize;
     let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
@@ -297,7 +342,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -318,6 +363,9 @@ mod tests {
         assert!(line.contains("ETA 0:10"), "{line}");
         assert!(line.contains("[############............]"), "{line}");
         let done = progress_line(7, 0, Duration::from_secs(1));
-        assert!(done.contains("100.0%") && done.contains("ETA 0:00"), "{done}");
+        assert!(
+            done.contains("100.0%") && done.contains("ETA 0:00"),
+            "{done}"
+        );
     }
 }

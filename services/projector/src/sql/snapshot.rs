@@ -13,14 +13,38 @@ pub type Snapshot = Vec<Vec<Vec<Option<String>>>>;
 pub async fn snapshot(target: &SqlTarget) -> Result<Snapshot, SqlError> {
     let t = |base: &str| target.table(base);
     let queries = [
-        format!("SELECT user_id, reference_id, CAST(created_at AS TEXT), granted_scopes, provider, state FROM {} ORDER BY user_id", t("terra_users")),
-        format!("SELECT user_id, data_type, CAST(created_at AS TEXT), payload_id, CAST(start_time AS TEXT), CAST(end_time AS TEXT) FROM {} ORDER BY payload_id, user_id", t("terra_data_payloads")),
-        format!("SELECT user_id, data_type, payload_type, CAST(created_at AS TEXT), payload_id FROM {} ORDER BY payload_id", t("terra_misc_payloads")),
-        format!("SELECT row_key, kind, payload_id, user_id, natural_key, envelope_id, log_partition, log_offset, version_ts_ms, body_sha256, start_utc FROM {} ORDER BY row_key", t("ingest_payloads")),
-        format!("SELECT event_id, user_id, event_type, user_role, state, log_partition, log_offset FROM {} ORDER BY event_id", t("ingest_user_events")),
-        format!("SELECT user_id, first_seen_ms, state_version_ts_ms, state_partition, state_offset FROM {} ORDER BY user_id", t("ingest_users")),
-        format!("SELECT log_partition, log_offset, reason, body_sha256 FROM {} ORDER BY log_partition, log_offset", t("ingest_dead_letters")),
-        format!("SELECT log_partition, next_offset FROM {} ORDER BY log_partition", t("ingest_positions")),
+        format!(
+            "SELECT user_id, reference_id, CAST(created_at AS TEXT), granted_scopes, provider, state FROM {} ORDER BY user_id",
+            t("terra_users")
+        ),
+        format!(
+            "SELECT user_id, data_type, CAST(created_at AS TEXT), payload_id, CAST(start_time AS TEXT), CAST(end_time AS TEXT) FROM {} ORDER BY payload_id, user_id",
+            t("terra_data_payloads")
+        ),
+        format!(
+            "SELECT user_id, data_type, payload_type, CAST(created_at AS TEXT), payload_id FROM {} ORDER BY payload_id",
+            t("terra_misc_payloads")
+        ),
+        format!(
+            "SELECT row_key, kind, payload_id, user_id, natural_key, envelope_id, log_partition, log_offset, version_ts_ms, body_sha256, start_utc FROM {} ORDER BY row_key",
+            t("ingest_payloads")
+        ),
+        format!(
+            "SELECT event_id, user_id, event_type, user_role, state, log_partition, log_offset FROM {} ORDER BY event_id",
+            t("ingest_user_events")
+        ),
+        format!(
+            "SELECT user_id, first_seen_ms, state_version_ts_ms, state_partition, state_offset FROM {} ORDER BY user_id",
+            t("ingest_users")
+        ),
+        format!(
+            "SELECT log_partition, log_offset, reason, body_sha256 FROM {} ORDER BY log_partition, log_offset",
+            t("ingest_dead_letters")
+        ),
+        format!(
+            "SELECT log_partition, next_offset FROM {} ORDER BY log_partition",
+            t("ingest_positions")
+        ),
     ];
     let mut out = Vec::with_capacity(queries.len());
     for sql in queries {
@@ -42,7 +66,10 @@ pub async fn rows(target: &SqlTarget, sql: &str) -> Result<Vec<Vec<Option<String
         for i in 0..row.len() {
             let value = row
                 .try_get::<Option<String>, _>(i)
-                .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| v.map(|n| n.to_string())))
+                .or_else(|_| {
+                    row.try_get::<Option<i64>, _>(i)
+                        .map(|v| v.map(|n| n.to_string()))
+                })
                 // MySQL's TEXT reaches sqlx's Any driver as a BLOB
                 .or_else(|_| {
                     row.try_get::<Option<Vec<u8>>, _>(i)

@@ -30,10 +30,17 @@ pub(crate) async fn read_positions(
     let table = target.table("ingest_positions");
     if target.dialect == Dialect::Sqlite && lock {
         // a write takes SQLite's write lock now, not at the first row written
-        tx.execute(format!("UPDATE {table} SET next_offset = next_offset WHERE log_partition = -1").as_str())
-            .await?;
+        tx.execute(
+            format!("UPDATE {table} SET next_offset = next_offset WHERE log_partition = -1")
+                .as_str(),
+        )
+        .await?;
     }
-    let lock_clause = if lock { target.dialect.for_update() } else { "" };
+    let lock_clause = if lock {
+        target.dialect.for_update()
+    } else {
+        ""
+    };
     let rows = tx
         .fetch_all(format!("SELECT log_partition, next_offset FROM {table}{lock_clause}").as_str())
         .await?;
@@ -47,7 +54,10 @@ pub(crate) async fn read_positions(
 }
 
 /// Writes `batch` in one transaction.
-pub(crate) async fn write_batch(target: &SqlTarget, batch: &[Planned]) -> Result<WriteStats, SinkError> {
+pub(crate) async fn write_batch(
+    target: &SqlTarget,
+    batch: &[Planned],
+) -> Result<WriteStats, SinkError> {
     let mut tx = target.pool.begin().await.map_err(SqlError::from)?;
     let positions = read_positions(target, &mut tx, true).await?;
     let mut stats = WriteStats::default();
@@ -91,16 +101,30 @@ pub(crate) async fn write_batch(target: &SqlTarget, batch: &[Planned]) -> Result
 
     let rows: Vec<Vec<Val>> = last
         .iter()
-        .map(|(&p, &offset)| vec![Val::from(i64::from(p)), Val::from(offset as i64 + 1), Val::from(now)])
+        .map(|(&p, &offset)| {
+            vec![
+                Val::from(i64::from(p)),
+                Val::from(offset as i64 + 1),
+                Val::from(now),
+            ]
+        })
         .collect();
-    let suffix = target
-        .dialect
-        .on_conflict_max("t", "log_partition", "next_offset", "updated_at_ms");
+    let suffix =
+        target
+            .dialect
+            .on_conflict_max("t", "log_partition", "next_offset", "updated_at_ms");
     let table = match target.dialect {
         Dialect::Postgres => format!("{} AS t", target.table("ingest_positions")),
         _ => target.table("ingest_positions"),
     };
-    for stmt in insert_rows(target.dialect, &table, &["log_partition", "next_offset", "updated_at_ms"], &[], rows, &suffix) {
+    for stmt in insert_rows(
+        target.dialect,
+        &table,
+        &["log_partition", "next_offset", "updated_at_ms"],
+        &[],
+        rows,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await.map_err(SqlError::from)?;
     }
     tx.commit().await.map_err(SqlError::from)?;
@@ -134,11 +158,27 @@ async fn write_dead_letters(
         .collect();
     stats.dead += rows.len();
     let columns = [
-        "log_partition", "log_offset", "envelope_id", "event_type", "reason", "received_at_ms",
-        "body_sha256", "body", "dead_at_ms",
+        "log_partition",
+        "log_offset",
+        "envelope_id",
+        "event_type",
+        "reason",
+        "received_at_ms",
+        "body_sha256",
+        "body",
+        "dead_at_ms",
     ];
-    let suffix = target.dialect.on_conflict_ignore(&["log_partition", "log_offset"]);
-    for stmt in insert_rows(target.dialect, &target.table("ingest_dead_letters"), &columns, &[], rows, &suffix) {
+    let suffix = target
+        .dialect
+        .on_conflict_ignore(&["log_partition", "log_offset"]);
+    for stmt in insert_rows(
+        target.dialect,
+        &target.table("ingest_dead_letters"),
+        &columns,
+        &[],
+        rows,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
     Ok(())
@@ -170,15 +210,33 @@ async fn write_seen_users(
                     Val::from(&user.provider),
                     Val::from("active"),
                 ]);
-                ingest.push(vec![Val::from(&user.user_id), Val::from(planned.received_at_ms), Val::from(now)]);
+                ingest.push(vec![
+                    Val::from(&user.user_id),
+                    Val::from(planned.received_at_ms),
+                    Val::from(now),
+                ]);
             }
         }
     }
     let ts = timestamp_cast(target);
     let suffix = target.dialect.on_conflict_ignore(&["user_id"]);
-    let columns = ["user_id", "reference_id", "created_at", "granted_scopes", "provider", "state"];
+    let columns = [
+        "user_id",
+        "reference_id",
+        "created_at",
+        "granted_scopes",
+        "provider",
+        "state",
+    ];
     let casts = [None, None, ts, None, None, None];
-    for stmt in insert_rows(target.dialect, &target.table("terra_users"), &columns, &casts, users, &suffix) {
+    for stmt in insert_rows(
+        target.dialect,
+        &target.table("terra_users"),
+        &columns,
+        &casts,
+        users,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
     for stmt in insert_rows(
@@ -229,12 +287,31 @@ async fn write_lifecycle(
         Val::from(planned.received_at_ms),
     ]];
     let columns = [
-        "event_id", "user_id", "event_type", "user_role", "status", "state", "provider",
-        "reference_id", "scopes", "payload_id", "envelope_id", "log_partition", "log_offset",
-        "version_ts_ms", "received_at_ms",
+        "event_id",
+        "user_id",
+        "event_type",
+        "user_role",
+        "status",
+        "state",
+        "provider",
+        "reference_id",
+        "scopes",
+        "payload_id",
+        "envelope_id",
+        "log_partition",
+        "log_offset",
+        "version_ts_ms",
+        "received_at_ms",
     ];
     let suffix = target.dialect.on_conflict_ignore(&["event_id"]);
-    for stmt in insert_rows(target.dialect, &target.table("ingest_user_events"), &columns, &[], history, &suffix) {
+    for stmt in insert_rows(
+        target.dialect,
+        &target.table("ingest_user_events"),
+        &columns,
+        &[],
+        history,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
 
@@ -251,10 +328,16 @@ async fn write_lifecycle(
         let ts: Option<i64> = row.try_get(0)?;
         let partition: Option<i64> = row.try_get(1)?;
         let offset: Option<i64> = row.try_get(2)?;
-        if let (Some(ts_ms), Some(partition), Some(offset)) = (ts, partition, offset) {
-            if (Version { ts_ms, partition, offset, index: 0 }) > version {
-                return Ok(());
-            }
+        if let (Some(ts_ms), Some(partition), Some(offset)) = (ts, partition, offset)
+            && (Version {
+                ts_ms,
+                partition,
+                offset,
+                index: 0,
+            }) > version
+        {
+            // an older step arriving late: history only
+            return Ok(());
         }
     }
 
@@ -263,7 +346,9 @@ async fn write_lifecycle(
     if change.state.is_some() {
         update_columns.push("state");
     }
-    let suffix = target.dialect.on_conflict_update(&["user_id"], &update_columns);
+    let suffix = target
+        .dialect
+        .on_conflict_update(&["user_id"], &update_columns);
     let row = vec![vec![
         Val::from(&user.user_id),
         Val::from(user.reference_id.clone()),
@@ -272,8 +357,22 @@ async fn write_lifecycle(
         Val::from(&user.provider),
         Val::from(change.state.unwrap_or("active")),
     ]];
-    let columns = ["user_id", "reference_id", "created_at", "granted_scopes", "provider", "state"];
-    for stmt in insert_rows(target.dialect, &target.table("terra_users"), &columns, &[None, None, ts, None, None, None], row, &suffix) {
+    let columns = [
+        "user_id",
+        "reference_id",
+        "created_at",
+        "granted_scopes",
+        "provider",
+        "state",
+    ];
+    for stmt in insert_rows(
+        target.dialect,
+        &target.table("terra_users"),
+        &columns,
+        &[None, None, ts, None, None, None],
+        row,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
     let row = vec![vec![
@@ -284,11 +383,31 @@ async fn write_lifecycle(
         Val::from(version.partition),
         Val::from(version.offset),
     ]];
-    let columns = ["user_id", "first_seen_ms", "updated_at_ms", "state_version_ts_ms", "state_partition", "state_offset"];
-    let suffix = target
-        .dialect
-        .on_conflict_update(&["user_id"], &["updated_at_ms", "state_version_ts_ms", "state_partition", "state_offset"]);
-    for stmt in insert_rows(target.dialect, &target.table("ingest_users"), &columns, &[], row, &suffix) {
+    let columns = [
+        "user_id",
+        "first_seen_ms",
+        "updated_at_ms",
+        "state_version_ts_ms",
+        "state_partition",
+        "state_offset",
+    ];
+    let suffix = target.dialect.on_conflict_update(
+        &["user_id"],
+        &[
+            "updated_at_ms",
+            "state_version_ts_ms",
+            "state_partition",
+            "state_offset",
+        ],
+    );
+    for stmt in insert_rows(
+        target.dialect,
+        &target.table("ingest_users"),
+        &columns,
+        &[],
+        row,
+        &suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
     Ok(())
@@ -354,7 +473,10 @@ async fn write_payloads(
     stats.payloads += winners.len();
     winners.sort_by_key(|(_, row)| row.version);
 
-    for (base, ids) in [("terra_data_payloads", old_data), ("terra_misc_payloads", old_misc)] {
+    for (base, ids) in [
+        ("terra_data_payloads", old_data),
+        ("terra_misc_payloads", old_misc),
+    ] {
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let mut delete = Stmt::new(
                 target.dialect,
@@ -374,17 +496,38 @@ async fn write_payloads(
     terra_rows.sort_by_key(|row| row.version);
     let supabase = target.variant == Variant::Supabase;
     let data_suffix = if supabase {
-        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "created_at", "start_time", "end_time"])
+        target.dialect.on_conflict_update(
+            &["payload_id"],
+            &[
+                "user_id",
+                "data_type",
+                "created_at",
+                "start_time",
+                "end_time",
+            ],
+        )
     } else {
         String::new()
     };
     let misc_suffix = if supabase {
-        target.dialect.on_conflict_update(&["payload_id"], &["user_id", "data_type", "payload_type", "created_at"])
+        target.dialect.on_conflict_update(
+            &["payload_id"],
+            &["user_id", "data_type", "payload_type", "created_at"],
+        )
     } else {
         String::new()
     };
-    let index_suffix = target.dialect.on_conflict_update(&["row_key"], &INDEX_COLUMNS[1..]);
-    for stmt in payload_statements(target, &terra_rows, &winners, &data_suffix, &misc_suffix, &index_suffix) {
+    let index_suffix = target
+        .dialect
+        .on_conflict_update(&["row_key"], &INDEX_COLUMNS[1..]);
+    for stmt in payload_statements(
+        target,
+        &terra_rows,
+        &winners,
+        &data_suffix,
+        &misc_suffix,
+        &index_suffix,
+    ) {
         tx.execute(stmt.query()).await?;
     }
     Ok(())
@@ -415,8 +558,22 @@ fn payload_statements(
             ]
         })
         .collect();
-    let columns = ["user_id", "data_type", "created_at", "payload_id", "start_time", "end_time"];
-    statements.extend(insert_rows(target.dialect, &target.table("terra_data_payloads"), &columns, &[None, None, ts, None, ts, ts], data, data_suffix));
+    let columns = [
+        "user_id",
+        "data_type",
+        "created_at",
+        "payload_id",
+        "start_time",
+        "end_time",
+    ];
+    statements.extend(insert_rows(
+        target.dialect,
+        &target.table("terra_data_payloads"),
+        &columns,
+        &[None, None, ts, None, ts, ts],
+        data,
+        data_suffix,
+    ));
     let misc: Vec<Vec<Val>> = terra_rows
         .iter()
         .filter(|r| r.kind == PayloadKind::Misc)
@@ -430,8 +587,21 @@ fn payload_statements(
             ]
         })
         .collect();
-    let columns = ["user_id", "data_type", "payload_type", "created_at", "payload_id"];
-    statements.extend(insert_rows(target.dialect, &target.table("terra_misc_payloads"), &columns, &[None, None, None, ts, None], misc, misc_suffix));
+    let columns = [
+        "user_id",
+        "data_type",
+        "payload_type",
+        "created_at",
+        "payload_id",
+    ];
+    statements.extend(insert_rows(
+        target.dialect,
+        &target.table("terra_misc_payloads"),
+        &columns,
+        &[None, None, None, ts, None],
+        misc,
+        misc_suffix,
+    ));
 
     let index: Vec<Vec<Val>> = index_rows
         .iter()
@@ -461,14 +631,25 @@ fn payload_statements(
             ]
         })
         .collect();
-    statements.extend(insert_rows(target.dialect, &target.table("ingest_payloads"), &INDEX_COLUMNS, &[], index, index_suffix));
+    statements.extend(insert_rows(
+        target.dialect,
+        &target.table("ingest_payloads"),
+        &INDEX_COLUMNS,
+        &[],
+        index,
+        index_suffix,
+    ));
     statements
 }
 
 /// The benchmark's baseline: the same payload rows as the projector writes, bulk-inserted
 /// (multi-row INSERTs, `rows_per_tx` records per transaction) with no positions, no
 /// last-writer-wins lookups and no deletes. Returns the rows written.
-pub(crate) async fn raw_load(target: &SqlTarget, batch: &[Planned], rows_per_tx: usize) -> Result<usize, SqlError> {
+pub(crate) async fn raw_load(
+    target: &SqlTarget,
+    batch: &[Planned],
+    rows_per_tx: usize,
+) -> Result<usize, SqlError> {
     // the newest copy of each identity, as the projector would keep (in log order)
     let mut order: Vec<&str> = Vec::new();
     let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
@@ -499,10 +680,27 @@ pub(crate) async fn raw_load(target: &SqlTarget, batch: &[Planned], rows_per_tx:
 }
 
 const INDEX_COLUMNS: [&str; 21] = [
-    "row_key", "kind", "payload_id", "user_id", "data_type", "event_type", "natural_key",
-    "record_index", "start_time", "end_time", "start_utc", "envelope_id", "log_partition",
-    "log_offset", "version_ts_ms", "ordering_ts_ms", "received_at_ms", "body_size",
-    "body_sha256", "terra_trace_id", "terra_reference",
+    "row_key",
+    "kind",
+    "payload_id",
+    "user_id",
+    "data_type",
+    "event_type",
+    "natural_key",
+    "record_index",
+    "start_time",
+    "end_time",
+    "start_utc",
+    "envelope_id",
+    "log_partition",
+    "log_offset",
+    "version_ts_ms",
+    "ordering_ts_ms",
+    "received_at_ms",
+    "body_size",
+    "body_sha256",
+    "terra_trace_id",
+    "terra_reference",
 ];
 
 async fn lookup_existing(

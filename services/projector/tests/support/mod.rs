@@ -31,21 +31,46 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         match dialect {
             Dialect::Postgres => {
-                let admin = sqlx::AnyPool::connect(PG_ADMIN).await.expect("Postgres on 127.0.0.1:5432");
-                admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+                let admin = sqlx::AnyPool::connect(PG_ADMIN)
+                    .await
+                    .expect("Postgres on 127.0.0.1:5432");
+                admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
                 admin.close().await;
-                Self { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), dialect, name, _dir: None }
+                Self {
+                    url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    dialect,
+                    name,
+                    _dir: None,
+                }
             }
             Dialect::MySql => {
-                let admin = sqlx::AnyPool::connect(MYSQL_ADMIN).await.expect("MariaDB on 127.0.0.1:3306");
-                admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+                let admin = sqlx::AnyPool::connect(MYSQL_ADMIN)
+                    .await
+                    .expect("MariaDB on 127.0.0.1:3306");
+                admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
                 admin.close().await;
-                Self { url: format!("mysql://root@127.0.0.1:3306/{name}"), dialect, name, _dir: None }
+                Self {
+                    url: format!("mysql://root@127.0.0.1:3306/{name}"),
+                    dialect,
+                    name,
+                    _dir: None,
+                }
             }
             Dialect::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("terra.db").display());
-                Self { url, dialect, name, _dir: Some(dir) }
+                Self {
+                    url,
+                    dialect,
+                    name,
+                    _dir: Some(dir),
+                }
             }
         }
     }
@@ -73,8 +98,14 @@ impl TestDb {
             Dialect::Sqlite => return,
         };
         if let Ok(pool) = sqlx::AnyPool::connect(admin).await {
-            let force = if self.dialect == Dialect::Postgres { " WITH (FORCE)" } else { "" };
-            let _ = pool.execute(format!("DROP DATABASE IF EXISTS {}{force}", self.name).as_str()).await;
+            let force = if self.dialect == Dialect::Postgres {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            let _ = pool
+                .execute(format!("DROP DATABASE IF EXISTS {}{force}", self.name).as_str())
+                .await;
             pool.close().await;
         }
     }
@@ -93,21 +124,37 @@ pub fn all_fixtures() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<_> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
 }
 
 /// A log record as the ingress writes it.
-pub fn record(body: &[u8], ordering_ms: Option<i64>, received_s: i64, trace_id: Option<&str>) -> Record {
+pub fn record(
+    body: &[u8],
+    ordering_ms: Option<i64>,
+    received_s: i64,
+    trace_id: Option<&str>,
+) -> Record {
     let classification = terra_core::classify(body).ok();
     let user_id = classification.as_ref().and_then(|c| c.user_id.clone());
     let envelope = Envelope {
         envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp { seconds: received_s, nanos: 0 }),
+        received_at: Some(prost_types::Timestamp {
+            seconds: received_s,
+            nanos: 0,
+        }),
         source: "default".into(),
-        event_type: classification.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
+        event_type: classification
+            .as_ref()
+            .map(|c| c.event_type.clone())
+            .unwrap_or_default(),
         user_id: user_id.clone(),
         ordering_timestamp_ms: ordering_ms,
         terra_trace_id: trace_id.map(str::to_owned),
@@ -130,7 +177,9 @@ pub struct TestLog {
 impl TestLog {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap());
+        let log = EventLog::Embedded(
+            terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap(),
+        );
         Self { log, _dir: dir }
     }
 
@@ -140,21 +189,35 @@ impl TestLog {
 }
 
 /// Projects the log to its end into `target` as consumer group `group`.
-pub async fn project(log: &EventLog, target: &SqlTarget, group: &str, batch_size: usize) -> WriteStats {
+pub async fn project(
+    log: &EventLog,
+    target: &SqlTarget,
+    group: &str,
+    batch_size: usize,
+) -> WriteStats {
     let mut config = ProjectorConfig::new(group);
     config.batch_size = batch_size;
     config.batch_wait = Duration::from_millis(20);
     config.stop_at_end = true;
     let mut sink = SqlSink::new(target.clone());
     let (_tx, rx) = watch::channel(false);
-    terra_projector::run(&config, log, &mut sink, &ProjectorMetrics::unregistered(), rx, |_| {})
-        .await
-        .unwrap()
+    terra_projector::run(
+        &config,
+        log,
+        &mut sink,
+        &ProjectorMetrics::unregistered(),
+        rx,
+        |_| {},
+    )
+    .await
+    .unwrap()
 }
 
 /// Rows of a query, every column as optional text, in the query's order.
 pub async fn rows(target: &SqlTarget, sql: &str) -> Vec<Vec<Option<String>>> {
-    terra_projector::sql::rows(target, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    terra_projector::sql::rows(target, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 pub async fn count(target: &SqlTarget, base: &str) -> i64 {
