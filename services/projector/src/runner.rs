@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use terra_eventlog::{EventLog, LogError, Position};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::metrics::ProjectorMetrics;
 use crate::plan::{self, DeadLetter, Plan, Planned};
@@ -151,9 +152,13 @@ pub async fn run<S: Sink>(
         shutdown,
         sink.stored_positions().await
     );
+    // where reading stands per partition (for stop_at_end): the sink's positions, then
+    // every record read
+    let mut next_read: BTreeMap<u32, u64> = BTreeMap::new();
     match stored {
         Some(Ok(Some(positions))) => {
             consumer.seek(&positions).await?;
+            next_read = positions.clone();
             tracing::info!(
                 sink = sink.name(),
                 partitions = positions.len(),
@@ -176,19 +181,30 @@ pub async fn run<S: Sink>(
         if last_lag.elapsed() >= Duration::from_secs(2) || consumed.is_empty() {
             if let Ok(lag) = consumer.lag().await {
                 metrics.set_lag(sink.name(), &lag);
-                if config.stop_at_end && consumed.is_empty() && lag.values().all(|&l| l == 0) {
-                    break;
-                }
             }
             last_lag = Instant::now();
         }
         if consumed.is_empty() {
+            if config.stop_at_end {
+                let ends = log.end_offsets().await?;
+                if ends.iter().all(|(p, &end)| next_read.get(p).copied().unwrap_or(0) >= end) {
+                    break;
+                }
+            }
             continue;
+        }
+        for c in &consumed {
+            let next = next_read.entry(c.position.partition).or_insert(0);
+            *next = (*next).max(c.position.offset + 1);
         }
         let started = Instant::now();
         let batch: Vec<Planned> = consumed.iter().map(plan::plan).collect();
         let positions: Vec<Position> = consumed.iter().map(|c| c.position).collect();
-        match write_resilient(config, metrics, sink, &batch, &mut shutdown).await {
+        let span = batch_span(&name, &consumed);
+        let written = write_resilient(config, metrics, sink, &batch, &mut shutdown)
+            .instrument(span)
+            .await;
+        match written {
             Some(Ok(stats)) => {
                 metrics.batch(sink.name(), &stats, started.elapsed());
                 totals.add(stats);
@@ -204,12 +220,43 @@ pub async fn run<S: Sink>(
                     "the sink's positions are behind this batch (tables swapped by a rebuild?): reading again from them"
                 );
                 consumer.seek(&stored).await?;
+                next_read = stored;
             }
             Some(Err(err)) => return Err(ProjectorError::Sink(err)),
             None => break,
         }
     }
     Ok(totals)
+}
+
+/// A span per batch write, linked to the ingress request span of every record in it (the
+/// W3C `traceparent` the ingress put in the record headers), so a trace leads from Terra's
+/// request through the log into the write that projected it.
+fn batch_span(sink: &str, consumed: &[terra_eventlog::Consumed]) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!("projector.batch", otel.kind = "consumer", sink, records = consumed.len());
+    if span.is_disabled() {
+        return span;
+    }
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    for c in consumed {
+        let Some(traceparent) = c.record.header(terra_core::envelope::HEADER_TRACEPARENT) else {
+            continue;
+        };
+        let Ok(traceparent) = std::str::from_utf8(traceparent) else {
+            continue;
+        };
+        let mut carrier = std::collections::HashMap::new();
+        carrier.insert(terra_core::envelope::HEADER_TRACEPARENT.to_owned(), traceparent.to_owned());
+        let context = propagator.extract(&carrier);
+        let remote = context.span().span_context().clone();
+        if remote.is_valid() {
+            span.add_link(remote);
+        }
+    }
+    span
 }
 
 /// Writes a batch: outages are retried with backoff (until shutdown: `None`); a rejected
