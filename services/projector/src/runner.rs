@@ -187,7 +187,10 @@ pub async fn run<S: Sink>(
         if consumed.is_empty() {
             if config.stop_at_end {
                 let ends = log.end_offsets().await?;
-                if ends.iter().all(|(p, &end)| next_read.get(p).copied().unwrap_or(0) >= end) {
+                if ends
+                    .iter()
+                    .all(|(p, &end)| next_read.get(p).copied().unwrap_or(0) >= end)
+                {
                     break;
                 }
             }
@@ -236,7 +239,12 @@ fn batch_span(sink: &str, consumed: &[terra_eventlog::Consumed]) -> tracing::Spa
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let span = tracing::info_span!("projector.batch", otel.kind = "consumer", sink, records = consumed.len());
+    let span = tracing::info_span!(
+        "projector.batch",
+        otel.kind = "consumer",
+        sink,
+        records = consumed.len()
+    );
     if span.is_disabled() {
         return span;
     }
@@ -249,7 +257,10 @@ fn batch_span(sink: &str, consumed: &[terra_eventlog::Consumed]) -> tracing::Spa
             continue;
         };
         let mut carrier = std::collections::HashMap::new();
-        carrier.insert(terra_core::envelope::HEADER_TRACEPARENT.to_owned(), traceparent.to_owned());
+        carrier.insert(
+            terra_core::envelope::HEADER_TRACEPARENT.to_owned(),
+            traceparent.to_owned(),
+        );
         let context = propagator.extract(&carrier);
         let remote = context.span().span_context().clone();
         if remote.is_valid() {

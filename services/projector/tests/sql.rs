@@ -627,11 +627,18 @@ async fn supabase_tables_are_typed_with_cascading_foreign_keys() {
 async fn projects_from_a_kafka_log_and_resumes_from_the_database_positions() {
     let db = TestDb::new(Dialect::Sqlite).await;
     let target = db.target().await;
-    let url = terra_eventlog::LogUrl::parse("kafka-mock://terra-events?partitions=3", std::path::Path::new(".")).unwrap();
+    let url = terra_eventlog::LogUrl::parse(
+        "kafka-mock://terra-events?partitions=3",
+        std::path::Path::new("."),
+    )
+    .unwrap();
     let log = terra_eventlog::EventLog::open(&url, &[]).await.unwrap();
     let fixtures = all_fixtures();
     let half = fixtures.len() / 2;
-    let records: Vec<_> = fixtures.iter().map(|(_, b)| record(b, Some(T0 * 1000), T0, None)).collect();
+    let records: Vec<_> = fixtures
+        .iter()
+        .map(|(_, b)| record(b, Some(T0 * 1000), T0, None))
+        .collect();
     log.append(records[..half].to_vec()).await.unwrap();
     let stats = project(&log, &target, "sql", 4).await;
     assert_eq!(stats.records, half);
@@ -643,7 +650,9 @@ async fn projects_from_a_kafka_log_and_resumes_from_the_database_positions() {
     assert_eq!(stats.replayed, 0);
     let after = snapshot(&target).await;
     assert!(after[1].len() >= before[1].len());
-    let positions = terra_projector::sql::stored_positions(&target).await.unwrap();
+    let positions = terra_projector::sql::stored_positions(&target)
+        .await
+        .unwrap();
     assert_eq!(positions.values().sum::<u64>() as usize, fixtures.len());
 }
 
