@@ -1,0 +1,22 @@
+//! The object-store projection of the terra-ingest log: Terra's bucket layout
+//! (terra-wire-format §7) on S3 and S3-compatible servers, GCS, Azure, Supabase Storage or a
+//! local folder, and SQS pings for every stored object (§8).
+//!
+//! - [`store`]: opening the store a URL names, with endpoint, region, path-style and the
+//!   usual credential chains.
+//! - [`layout`]: the bytes of each object (one Terra-shaped payload per data record).
+//! - [`sink`]: the projector sink (last writer wins by version, idempotent writes, dead
+//!   letters).
+//! - [`sqs`]: the pings.
+
+pub mod layout;
+pub mod sink;
+pub mod sqs;
+pub mod store;
+
+pub use sink::{ObjectSink, ObjectSinkConfig};
+pub use sqs::{Pinger, SqsConfig};
+pub use store::{SUPABASE_BUCKET, Store, StoreConfig, StoreError};
+
+/// The consumer group of the object projection.
+pub const OBJECTS_GROUP: &str = "objects";

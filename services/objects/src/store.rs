@@ -1,0 +1,196 @@
+//! Opening the object store a URL names: a local folder (`file://PATH` or a plain path), S3 and
+//! S3-compatible servers (`s3://bucket`: AWS, MinIO, Supabase Storage), GCS (`gs://bucket`),
+//! Azure (`az://container`). Credentials come from the usual environment chains
+//! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, web identity, instance
+//! metadata; `GOOGLE_SERVICE_ACCOUNT`/`GOOGLE_APPLICATION_CREDENTIALS`; `AZURE_STORAGE_*`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::signer::Signer;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+/// The Supabase Storage bucket Terra's Supabase destination writes to.
+pub const SUPABASE_BUCKET: &str = "terra-payloads";
+
+/// Where objects go.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// `file://PATH`, a plain path, `s3://bucket`, `gs://bucket` or `az://container`.
+    pub url: String,
+    /// Key prefix under the bucket (no leading or trailing slash needed).
+    pub prefix: String,
+    /// S3-compatible endpoint (MinIO, Supabase Storage, a test server).
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO and Supabase want.
+    pub s3_path_style: bool,
+    /// Allow `http://` endpoints (local servers only).
+    pub allow_http: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store misconfigured: {0}")]
+    Config(String),
+}
+
+/// An opened store.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// Pre-signs GET URLs (S3, GCS, Azure); `None` for a local folder.
+    pub(crate) signer: Option<Arc<dyn Signer>>,
+    /// The folder, for a local store.
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) prefix: String,
+    pub(crate) kind: &'static str,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("kind", &self.kind).field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Store {
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let url = config.url.trim();
+        let prefix = config.prefix.trim_matches('/').to_owned();
+        if prefix.split('/').any(|s| s == ".." || s == ".") {
+            return Err(StoreError::Config(format!("prefix {prefix:?} must not contain . or .. segments")));
+        }
+        let (scheme, rest) = match url.split_once("://") {
+            Some((scheme, rest)) => (scheme, rest),
+            None => ("file", url),
+        };
+        let bucket = rest.split('/').next().unwrap_or("");
+        let needs_bucket = || -> Result<(), StoreError> {
+            if bucket.is_empty() {
+                return Err(StoreError::Config(format!("objects URL {url:?} names no bucket")));
+            }
+            Ok(())
+        };
+        // fail fast in an outage: the projector retries with its own backoff
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let client = ClientOptions::new()
+            .with_timeout(Duration::from_secs(30))
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_allow_http(config.allow_http);
+        let bad = |e: object_store::Error| StoreError::Config(e.to_string());
+        match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(StoreError::Config("objects URL names no folder".into()));
+                }
+                let root = PathBuf::from(rest);
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| StoreError::Config(format!("cannot create the objects folder {}: {e}", root.display())))?;
+                let root = root
+                    .canonicalize()
+                    .map_err(|e| StoreError::Config(format!("objects folder {}: {e}", root.display())))?;
+                let store = LocalFileSystem::new_with_prefix(&root).map_err(bad)?;
+                Ok(Self { store: Arc::new(store), signer: None, root: Some(root), prefix, kind: "file" })
+            }
+            "s3" | "s3a" => {
+                needs_bucket()?;
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry)
+                    .with_client_options(client)
+                    .with_virtual_hosted_style_request(!config.s3_path_style);
+                if let Some(endpoint) = &config.s3_endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(region) = &config.s3_region {
+                    builder = builder.with_region(region);
+                }
+                let s3 = Arc::new(builder.build().map_err(bad)?);
+                Ok(Self { store: s3.clone(), signer: Some(s3), root: None, prefix, kind: "s3" })
+            }
+            "gs" => {
+                needs_bucket()?;
+                let gcs = Arc::new(
+                    GoogleCloudStorageBuilder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(bad)?,
+                );
+                Ok(Self { store: gcs.clone(), signer: Some(gcs), root: None, prefix, kind: "gcs" })
+            }
+            "az" | "azure" => {
+                needs_bucket()?;
+                let azure = Arc::new(
+                    MicrosoftAzureBuilder::from_env()
+                        .with_container_name(bucket)
+                        .with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(bad)?,
+                );
+                Ok(Self { store: azure.clone(), signer: Some(azure), root: None, prefix, kind: "azure" })
+            }
+            other => Err(StoreError::Config(format!(
+                "objects URL scheme {other:?} is not supported: use file://PATH, s3://BUCKET, gs://BUCKET or az://CONTAINER"
+            ))),
+        }
+    }
+
+    /// `file`, `s3`, `gcs` or `azure`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The object key of a payload id under the configured prefix.
+    pub fn key(&self, payload_id: &str) -> String {
+        terra_core::keys::object_key(&self.prefix, payload_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open(&StoreConfig { url: url.into(), s3_region: Some("us-east-1".into()), ..StoreConfig::default() })
+    }
+
+    #[test]
+    fn urls_select_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(open(&format!("file://{}", dir.path().display())).unwrap().kind(), "file");
+        assert_eq!(open(&dir.path().join("plain").display().to_string()).unwrap().kind(), "file");
+        assert_eq!(open("s3://bucket").unwrap().kind(), "s3");
+        for bad in ["s3://", "ftp://x/y", "gs://"] {
+            let err = open(bad).unwrap_err().to_string();
+            assert!(err.contains("objects"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_come_from_the_core_derivation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir.path().display().to_string()).unwrap();
+        store.prefix = "terra".into();
+        assert_eq!(store.key("2022-03-16/sleep/u-2026-10-03T21:12:00Z"), "terra/2022-03-16/sleep/u-2026-10-03T21:12:00Z.json");
+        let err = Store::open(&StoreConfig { url: dir.path().display().to_string(), prefix: "a/../b".into(), ..StoreConfig::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".."), "{err}");
+    }
+}
