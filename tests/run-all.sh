@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (Debian packages, Rust
-# components, cargo-nextest, the tansu Kafka-protocol broker), then checks formatting and
-# lints and runs every test of the workspace.
+# components, cargo-nextest, the tansu Kafka-protocol broker, moto's S3/SQS server and boto3),
+# then checks formatting and lints and runs every test of the workspace. Postgres
+# (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) must be running, as on the CI machines.
 #
 # Environment:
 #   TERRA_TEST_SKIP_TANSU=1   do not install/start tansu (the real-broker contract tests are
 #                             then skipped; the mock-cluster ones still run)
+#   TERRA_TEST_SKIP_MOTO=1    do not install/start moto (the S3/SQS tests are then skipped;
+#                             the local-folder object tests still run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +20,7 @@ step "system packages"
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
@@ -47,6 +51,16 @@ else
   echo "skipped (TERRA_TEST_SKIP_TANSU=1)"
 fi
 
+step "S3/SQS-compatible server (moto)"
+MOTO_PID=""
+if [ "${TERRA_TEST_SKIP_MOTO:-0}" != 1 ]; then
+  tests/moto.sh install
+  eval "$(tests/moto.sh start)"   # exports TERRA_TEST_S3_ENDPOINT, MOTO_PID, AWS_* test credentials
+else
+  echo "skipped (TERRA_TEST_SKIP_MOTO=1)"
+fi
+trap '[ -n "$TANSU_PID" ] && kill "$TANSU_PID" 2>/dev/null; [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
+
 step "format"
 cargo fmt --all --check
 
@@ -54,9 +68,12 @@ step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
-if [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ]; then
-  # the ignored tests are the real-broker contract tests; crash_child is a helper process
+if [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] && [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ]; then
+  # the ignored tests need the real broker and the S3/SQS server; crash_child is a helper process
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E 'not test(crash_child)'
 else
-  cargo nextest run --workspace --locked --no-fail-fast
+  filter='not test(crash_child)'
+  [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] || filter="$filter and not test(/kafka_broker::/)"
+  [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ] || filter="$filter and not test(/s3::|sqs|moto|s3_/)"
+  cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E "$filter"
 fi

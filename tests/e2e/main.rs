@@ -11,6 +11,7 @@ use prost::Message;
 use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, LogUrl};
 
+mod objects;
 mod projector;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");

@@ -103,6 +103,41 @@ pub struct StandaloneArgs {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub sql: SqlArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
+}
+
+/// Where the object projection writes, and where its SQS pings go.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ObjectArgs {
+    /// Object store for Terra's bucket layout: file://PATH, s3://BUCKET, gs://BUCKET or
+    /// az://CONTAINER. Default: file://<data-dir>/objects (s3://terra-payloads with --supabase).
+    #[arg(long, env = "TERRA_INGEST_OBJECTS")]
+    pub objects: Option<String>,
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "TERRA_INGEST_OBJECTS_PREFIX")]
+    pub objects_prefix: Option<String>,
+    /// S3-compatible endpoint (MinIO, Supabase Storage's /storage/v1/s3, a test server).
+    #[arg(long, env = "TERRA_INGEST_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "TERRA_INGEST_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 requests (MinIO, Supabase).
+    #[arg(long, env = "TERRA_INGEST_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Allow plain-HTTP object store and SQS endpoints (local servers only).
+    #[arg(long, env = "TERRA_INGEST_S3_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_allow_http: Option<bool>,
+    /// SQS queue URL: after each object is stored, an s3_payload ping with a pre-signed URL.
+    #[arg(long, env = "TERRA_INGEST_SQS_QUEUE_URL")]
+    pub sqs_queue_url: Option<String>,
+    /// SQS-compatible endpoint instead of AWS's.
+    #[arg(long, env = "TERRA_INGEST_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
+    /// Lifetime of the pre-signed URLs in pings, seconds.
+    #[arg(long, env = "TERRA_INGEST_PRESIGN_EXPIRY_SECS")]
+    pub presign_expiry_secs: Option<u64>,
 }
 
 /// Where and how the SQL projection writes.
@@ -130,6 +165,16 @@ pub struct SqlArgs {
 pub enum ProjectCommand {
     /// Terra's SQL tables on Postgres, MySQL/MariaDB or SQLite.
     Sql(ProjectArgs),
+    /// Terra's bucket layout on S3, GCS, Azure, Supabase Storage or a folder; SQS pings.
+    Objects(ProjectObjectsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectObjectsArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,11 +276,20 @@ pub enum BenchCommand {
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Standalone(args) => {
-            crate::serve::run(cli.config, cli.log_format, args.serve, Some(args.sql)).await
+            crate::serve::run(
+                cli.config,
+                cli.log_format,
+                args.serve,
+                Some((args.sql, args.objects)),
+            )
+            .await
         }
         Command::Ingress(args) => crate::serve::run(cli.config, cli.log_format, args, None).await,
         Command::Project(ProjectCommand::Sql(args)) => {
             crate::project::project_sql(cli.config, cli.log_format, args).await
+        }
+        Command::Project(ProjectCommand::Objects(args)) => {
+            crate::project::project_objects(cli.config, cli.log_format, args).await
         }
         Command::Migrate(args) => crate::project::migrate(cli.config, cli.log_format, args).await,
         Command::Rebuild(RebuildCommand::Sql(args)) => {

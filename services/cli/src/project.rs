@@ -17,8 +17,8 @@ use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cli::{LogFormat, ProjectArgs, RebuildArgs};
-use crate::settings::{self, SqlSettings};
+use crate::cli::{LogFormat, ProjectArgs, ProjectObjectsArgs, RebuildArgs};
+use crate::settings::{self, ObjectSettings, SqlSettings};
 use crate::{serve, telemetry};
 
 /// Connects to the SQL database and makes sure the tables are there: applies migrations when
@@ -93,6 +93,92 @@ pub(crate) fn spawn_sql(
     })
 }
 
+/// Runs the object projector until `stopped`; sets `failed` when it stops on its own. It
+/// shares the SQL projector's batch settings.
+pub(crate) async fn spawn_objects(
+    objects: &ObjectSettings,
+    batches: &SqlSettings,
+    log: EventLog,
+    metrics: ProjectorMetrics,
+    stopped: watch::Receiver<bool>,
+    failed: watch::Sender<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let store = terra_objects::Store::open(&objects.store).context("setting objects")?;
+    let pinger = match &objects.sqs {
+        Some(sqs) => Some(terra_objects::Pinger::connect(sqs).await),
+        None => None,
+    };
+    let mut config = ProjectorConfig::new(terra_objects::OBJECTS_GROUP);
+    config.batch_size = batches.batch_size;
+    config.batch_wait = batches.batch_wait;
+    let sink_config = objects.sink.clone();
+    Ok(tokio::spawn(async move {
+        tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
+        let mut sink = terra_objects::ObjectSink::new(store, sink_config, pinger);
+        match terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await {
+            Ok(totals) => {
+                tracing::info!(records = totals.records, "object projector stopped");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "object projector failed");
+                let _ = failed.send(true);
+                Err(anyhow::anyhow!("object projector failed: {err}"))
+            }
+        }
+    }))
+}
+
+/// `terra-ingest project objects`.
+pub(crate) async fn project_objects(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    args: ProjectObjectsArgs,
+) -> anyhow::Result<ExitCode> {
+    let file = settings::read_file(config.as_deref())?;
+    let supabase = args.project.sql.supabase.or(file.supabase).unwrap_or(false);
+    let data_dir = args
+        .project
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
+    let objects = settings::resolve_objects(&file, args.objects, &data_dir, supabase)?;
+    let mut project_args = args.project;
+    // the object projector has no database: --supabase only presets the bucket here
+    project_args.sql.supabase = None;
+    let settings = settings::resolve_projector(file, project_args, log_format)?;
+    let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
+    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+        .await
+        .context("failed to open the event log")?;
+    let (stop, stopped) = watch::channel(false);
+    let mut registry = Registry::with_prefix("terra_ingest");
+    let metrics = ProjectorMetrics::register(&mut registry);
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "projector http listening");
+    let store = terra_objects::Store::open(&objects.store)?;
+    let http = tokio::spawn(serve_health(
+        listener,
+        Arc::new(registry),
+        Readiness::Objects(store),
+        stopped.clone(),
+    ));
+    let (failed, mut projector_failed) = watch::channel(false);
+    let projector = spawn_objects(&objects, &settings.sql, log, metrics, stopped, failed).await?;
+    tokio::select! {
+        () = serve::shutdown_signal() => {}
+        _ = projector_failed.changed() => {}
+    }
+    let _ = stop.send(true);
+    let result = projector.await.context("projector task panicked")?;
+    let _ = http.await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `terra-ingest project sql`.
 pub(crate) async fn project_sql(
     config: Option<PathBuf>,
@@ -116,7 +202,7 @@ pub(crate) async fn project_sql(
     let http = tokio::spawn(serve_health(
         listener,
         Arc::new(registry),
-        target.clone(),
+        Readiness::Sql(target.clone()),
         stopped.clone(),
     ));
     let (failed, mut projector_failed) = watch::channel(false);
@@ -135,21 +221,31 @@ pub(crate) async fn project_sql(
 #[derive(Clone)]
 struct Health {
     registry: Arc<Registry>,
-    target: SqlTarget,
+    readiness: Readiness,
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+enum Readiness {
+    Sql(SqlTarget),
+    Objects(terra_objects::Store),
 }
 
 /// `/healthz` (alive), `/readyz` (database reachable), `/metrics` (Prometheus text).
 async fn serve_health(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
-    target: SqlTarget,
+    readiness: Readiness,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Health { registry, target });
+        .with_state(Health {
+            registry,
+            readiness,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -158,23 +254,33 @@ async fn serve_health(
 }
 
 async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        health.target.pool().execute("SELECT 1"),
-    )
-    .await
-    {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+    let check = async {
+        match &health.readiness {
+            Readiness::Sql(target) => target
+                .pool()
+                .execute("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| terra_projector::sql::redact(&e.to_string())),
+            Readiness::Objects(store) => {
+                // any answer from the store but a failure to reach it will do
+                let probe = object_store::path::Path::from("_readyz-probe");
+                match store.object_store().head(&probe).await {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(err)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: {}\n",
-                terra_projector::sql::redact(&err.to_string())
-            ),
+            format!("not ready: {err}\n"),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: database check timed out\n".into(),
+            "not ready: check timed out\n".into(),
         ),
     }
 }

@@ -1,5 +1,5 @@
 //! `standalone` and `ingress`: resolve settings, open the log, serve until SIGTERM/Ctrl-C.
-//! `standalone` also runs the SQL projector in the same process.
+//! `standalone` also runs the SQL and object projectors in the same process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,26 +11,29 @@ use terra_ingress::Metrics;
 use terra_projector::ProjectorMetrics;
 use tokio::sync::watch;
 
-use crate::cli::{LogFormat, ServeArgs, SqlArgs};
+use crate::cli::{LogFormat, ObjectArgs, ServeArgs, SqlArgs};
 use crate::{project, settings, telemetry};
 
-/// Runs the ingress; with `sql` (standalone) the SQL projector too.
+/// Runs the ingress; with `projections` (standalone) the SQL and object projectors too.
 pub(crate) async fn run(
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
     args: ServeArgs,
-    sql: Option<SqlArgs>,
+    projections: Option<(SqlArgs, ObjectArgs)>,
 ) -> anyhow::Result<ExitCode> {
-    let standalone = sql.is_some();
+    let standalone = projections.is_some();
     let file = settings::read_file(config.as_deref())?;
-    let sql_settings = match sql {
-        Some(sql) => {
+    let projection_settings = match projections {
+        Some((sql, objects)) => {
             let data_dir = args
                 .data_dir
                 .clone()
                 .or_else(|| file.data_dir.clone())
                 .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
-            Some(settings::resolve_sql(&file, sql, &data_dir)?)
+            let sql = settings::resolve_sql(&file, sql, &data_dir)?;
+            let supabase = sql.config.variant == terra_projector::sql::Variant::Supabase;
+            let objects = settings::resolve_objects(&file, objects, &data_dir, supabase)?;
+            Some((sql, objects))
         }
         None => None,
     };
@@ -59,20 +62,29 @@ pub(crate) async fn run(
     );
     let (stop, stopped) = watch::channel(false);
     let (failed, mut projector_failed) = watch::channel(false);
-    let projector = match sql_settings {
-        Some(sql) => {
-            let target = project::open_sql(&sql, true, stopped.clone()).await?;
-            Some(project::spawn_sql(
+    let mut projectors = Vec::new();
+    if let Some((sql, objects)) = projection_settings {
+        let target = project::open_sql(&sql, true, stopped.clone()).await?;
+        projectors.push(project::spawn_sql(
+            &sql,
+            target,
+            log.clone(),
+            projector_metrics.clone(),
+            stopped.clone(),
+            failed.clone(),
+        ));
+        projectors.push(
+            project::spawn_objects(
+                &objects,
                 &sql,
-                target,
                 log.clone(),
                 projector_metrics,
                 stopped.clone(),
                 failed,
-            ))
-        }
-        None => None,
-    };
+            )
+            .await?,
+        );
+    }
     let shutdown = async move {
         tokio::select! {
             () = shutdown_signal() => {}
@@ -91,10 +103,13 @@ pub(crate) async fn run(
         },
     );
     let served = ingress.await.context("ingress server failed");
-    let projected = match projector {
-        Some(handle) => handle.await.context("projector task panicked")?,
-        None => Ok(()),
-    };
+    let mut projected = Ok(());
+    for handle in projectors {
+        let result = handle.await.context("projector task panicked")?;
+        if projected.is_ok() {
+            projected = result;
+        }
+    }
     if let EventLog::Kafka(kafka) = &log {
         kafka.flush(Duration::from_secs(5));
     }

@@ -52,7 +52,11 @@ pub fn split_records(body: &[u8]) -> Option<Vec<Vec<u8>>> {
                 if i > 0 {
                     doc.extend_from_slice(b", ");
                 }
-                doc.extend_from_slice(serde_json::to_string(key).expect("a string serialises").as_bytes());
+                doc.extend_from_slice(
+                    serde_json::to_string(key)
+                        .expect("a string serialises")
+                        .as_bytes(),
+                );
                 doc.extend_from_slice(b": ");
                 if key == "data" {
                     doc.push(b'[');

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, PutOptions, PutPayload};
-use terra_projector::plan::{Plan, Planned, PayloadKind, Version};
+use terra_projector::plan::{PayloadKind, Plan, Planned, Version};
 use terra_projector::{Sink, SinkError, WriteStats};
 use tokio::task::JoinSet;
 
@@ -36,7 +36,9 @@ pub struct ObjectSinkConfig {
 
 impl Default for ObjectSinkConfig {
     fn default() -> Self {
-        Self { expires_in: Duration::from_secs(600) }
+        Self {
+            expires_in: Duration::from_secs(600),
+        }
     }
 }
 
@@ -60,7 +62,12 @@ struct Intent {
 
 impl ObjectSink {
     pub fn new(store: Store, config: ObjectSinkConfig, pinger: Option<Pinger>) -> Self {
-        Self { store, config, pinger, versions: HashMap::new() }
+        Self {
+            store,
+            config,
+            pinger,
+            versions: HashMap::new(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -75,7 +82,10 @@ impl ObjectSink {
             match &planned.plan {
                 Plan::Dead(letter) => {
                     dead_count += 1;
-                    let stem = format!("_dead-letters/{}-{}", planned.position.partition, planned.position.offset);
+                    let stem = format!(
+                        "_dead-letters/{}-{}",
+                        planned.position.partition, planned.position.offset
+                    );
                     let meta = serde_json::json!({
                         "reason": letter.reason,
                         "envelope_id": planned.envelope_id,
@@ -84,8 +94,15 @@ impl ObjectSink {
                         "offset": planned.position.offset,
                         "body_sha256": planned.body_sha256,
                     });
-                    dead.push((terra_core::keys::object_key(&self.store.prefix, &stem), Bytes::from(meta.to_string())));
-                    let body_key = format!("{}.body", terra_core::keys::object_key(&self.store.prefix, &stem).trim_end_matches(".json"));
+                    dead.push((
+                        terra_core::keys::object_key(&self.store.prefix, &stem),
+                        Bytes::from(meta.to_string()),
+                    ));
+                    let body_key = format!(
+                        "{}.body",
+                        terra_core::keys::object_key(&self.store.prefix, &stem)
+                            .trim_end_matches(".json")
+                    );
                     dead.push((body_key, planned.body.clone()));
                 }
                 Plan::Event(event) => {
@@ -107,7 +124,10 @@ impl ObjectSink {
                             payload_id: row.payload_id.clone(),
                             bytes,
                             version: row.version,
-                            group: row.user_id.clone().unwrap_or_else(|| row.event_type.clone()),
+                            group: row
+                                .user_id
+                                .clone()
+                                .unwrap_or_else(|| row.event_type.clone()),
                             healthcheck: row.event_type == "healthcheck",
                         };
                         match newest.get(&intent.key) {
@@ -131,13 +151,19 @@ impl Sink for ObjectSink {
         "objects"
     }
 
-    async fn stored_positions(&mut self) -> Result<Option<std::collections::BTreeMap<u32, u64>>, SinkError> {
+    async fn stored_positions(
+        &mut self,
+    ) -> Result<Option<std::collections::BTreeMap<u32, u64>>, SinkError> {
         Ok(None)
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
         let (intents, dead, dead_count) = self.intents(batch);
-        let mut stats = WriteStats { records: batch.len(), dead: dead_count, ..WriteStats::default() };
+        let mut stats = WriteStats {
+            records: batch.len(),
+            dead: dead_count,
+            ..WriteStats::default()
+        };
         for (key, bytes) in dead {
             put(&self.store, &key, bytes, None).await?;
         }
@@ -152,8 +178,11 @@ impl Sink for ObjectSink {
                 let store = self.store.clone();
                 tasks.spawn(async move { write_one(&store, intent, known).await });
             }
-            let Some(done) = tasks.join_next().await else { break };
-            let (intent, outcome) = done.map_err(|e| SinkError::Outage(format!("write task failed: {e}")))??;
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let (intent, outcome) =
+                done.map_err(|e| SinkError::Outage(format!("write task failed: {e}")))??;
             match outcome {
                 Outcome::Written => {
                     if self.versions.len() >= VERSION_CACHE_LIMIT {
@@ -177,7 +206,13 @@ impl Sink for ObjectSink {
                     pings.push(Ping::healthcheck(&intent.bytes, &version));
                 } else {
                     let url = self.url(&intent.key).await?;
-                    pings.push(Ping::s3_payload(&url, self.config.expires_in.as_secs(), &intent.payload_id, &intent.group, &version));
+                    pings.push(Ping::s3_payload(
+                        &url,
+                        self.config.expires_in.as_secs(),
+                        &intent.payload_id,
+                        &intent.group,
+                        &version,
+                    ));
                 }
             }
             pinger.send(&pings).await.map_err(SinkError::Outage)?;
@@ -192,12 +227,18 @@ impl ObjectSink {
     async fn url(&self, key: &str) -> Result<String, SinkError> {
         match (&self.store.signer, &self.store.root) {
             (Some(signer), _) => signer
-                .signed_url(http::Method::GET, &object_path(key)?, self.config.expires_in)
+                .signed_url(
+                    http::Method::GET,
+                    &object_path(key)?,
+                    self.config.expires_in,
+                )
                 .await
                 .map(|u| u.to_string())
                 .map_err(|e| SinkError::Outage(format!("failed to pre-sign a URL: {e}"))),
             (None, Some(root)) => Ok(format!("file://{}", root.join(key).display())),
-            (None, None) => Err(SinkError::Fatal("this store cannot give URLs for pings".into())),
+            (None, None) => Err(SinkError::Fatal(
+                "this store cannot give URLs for pings".into(),
+            )),
         }
     }
 }
@@ -207,7 +248,11 @@ enum Outcome {
     Superseded(Version),
 }
 
-async fn write_one(store: &Store, intent: Intent, known: Option<Version>) -> Result<(Intent, Outcome), SinkError> {
+async fn write_one(
+    store: &Store,
+    intent: Intent,
+    known: Option<Version>,
+) -> Result<(Intent, Outcome), SinkError> {
     let stored = match known {
         Some(v) => Some(v),
         None => stored_version(store, &intent.key).await?,
@@ -217,7 +262,13 @@ async fn write_one(store: &Store, intent: Intent, known: Option<Version>) -> Res
     {
         return Ok((intent, Outcome::Superseded(stored)));
     }
-    put(store, &intent.key, intent.bytes.clone(), Some(intent.version)).await?;
+    put(
+        store,
+        &intent.key,
+        intent.bytes.clone(),
+        Some(intent.version),
+    )
+    .await?;
     Ok((intent, Outcome::Written))
 }
 
@@ -230,20 +281,31 @@ fn store_error(err: object_store::Error) -> SinkError {
     }
 }
 
-async fn put(store: &Store, key: &str, bytes: Bytes, version: Option<Version>) -> Result<(), SinkError> {
+async fn put(
+    store: &Store,
+    key: &str,
+    bytes: Bytes,
+    version: Option<Version>,
+) -> Result<(), SinkError> {
     let path = object_path(key)?;
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::ContentType, "application/json".into());
     if let Some(version) = version
         && store.root.is_none()
     {
-        attributes.insert(Attribute::Metadata(VERSION_ATTRIBUTE.into()), encode_version(version).into());
+        attributes.insert(
+            Attribute::Metadata(VERSION_ATTRIBUTE.into()),
+            encode_version(version).into(),
+        );
     }
     if store.root.is_some() {
         // a local folder keeps no attributes
         attributes = Attributes::new();
     }
-    let options = PutOptions { attributes, ..PutOptions::default() };
+    let options = PutOptions {
+        attributes,
+        ..PutOptions::default()
+    };
     store
         .store
         .put_opts(&path, PutPayload::from_bytes(bytes), options)
@@ -271,7 +333,10 @@ async fn stored_version(store: &Store, key: &str) -> Result<Option<Version>, Sin
             Err(e) => Err(SinkError::Outage(format!("cannot read version file: {e}"))),
         };
     }
-    let options = GetOptions { head: true, ..GetOptions::default() };
+    let options = GetOptions {
+        head: true,
+        ..GetOptions::default()
+    };
     match store.store.get_opts(&object_path(key)?, options).await {
         Ok(result) => Ok(result
             .attributes
@@ -291,7 +356,10 @@ pub(crate) fn object_path(key: &str) -> Result<ObjectPath, SinkError> {
 /// The versions folder beside a local objects folder (outside it, so the bucket layout is
 /// only Terra's).
 fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
-    let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     root.with_file_name(format!(".{name}-versions")).join(key)
 }
 
@@ -316,7 +384,12 @@ mod tests {
 
     #[test]
     fn versions_round_trip_and_refuse_garbage() {
-        let v = Version { ts_ms: -5, partition: 3, offset: 77, index: 2 };
+        let v = Version {
+            ts_ms: -5,
+            partition: 3,
+            offset: 77,
+            index: 2,
+        };
         assert_eq!(decode_version(&encode_version(v)), Some(v));
         for bad in ["", "1:2:3", "1:2:3:4:5", "a:b:c:d"] {
             assert_eq!(decode_version(bad), None, "{bad}");
@@ -325,7 +398,13 @@ mod tests {
 
     #[test]
     fn versions_live_beside_the_folder() {
-        let p = sidecar_path(std::path::Path::new("/data/objects"), "2022-03-16/sleep/u-t.json");
-        assert_eq!(p, PathBuf::from("/data/.objects-versions/2022-03-16/sleep/u-t.json"));
+        let p = sidecar_path(
+            std::path::Path::new("/data/objects"),
+            "2022-03-16/sleep/u-t.json",
+        );
+        assert_eq!(
+            p,
+            PathBuf::from("/data/.objects-versions/2022-03-16/sleep/u-t.json")
+        );
     }
 }

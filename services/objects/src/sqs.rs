@@ -26,7 +26,13 @@ pub struct Ping {
 
 impl Ping {
     /// The `s3_payload` ping for a stored object.
-    pub fn s3_payload(url: &str, expires_in_secs: u64, payload_reference: &str, group: &str, version: &str) -> Self {
+    pub fn s3_payload(
+        url: &str,
+        expires_in_secs: u64,
+        payload_reference: &str,
+        group: &str,
+        version: &str,
+    ) -> Self {
         let json = |s: &str| serde_json::to_string(s).expect("a string serialises");
         Self {
             body: format!(
@@ -98,12 +104,15 @@ impl Pinger {
                         .message_group_id(&ping.group)
                         .message_deduplication_id(&ping.dedup);
                 }
-                request = request.entries(entry.build().map_err(|e| format!("bad SQS message: {e}"))?);
+                request =
+                    request.entries(entry.build().map_err(|e| format!("bad SQS message: {e}"))?);
             }
-            let output = request
-                .send()
-                .await
-                .map_err(|e| format!("SQS SendMessageBatch failed: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+            let output = request.send().await.map_err(|e| {
+                format!(
+                    "SQS SendMessageBatch failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
             if let Some(failed) = output.failed().first() {
                 return Err(format!(
                     "SQS refused a message: {} {}",
@@ -122,14 +131,23 @@ mod tests {
 
     #[test]
     fn pings_look_like_terras() {
-        let ping = Ping::s3_payload("https://b.s3/k.json?X-Amz-Signature=a\"b", 600, "2022-03-16/sleep/u-t", "u", "1:0:0:0");
+        let ping = Ping::s3_payload(
+            "https://b.s3/k.json?X-Amz-Signature=a\"b",
+            600,
+            "2022-03-16/sleep/u-t",
+            "u",
+            "1:0:0:0",
+        );
         assert_eq!(
             ping.body,
             r#"{"status": "success", "type": "s3_payload", "url": "https://b.s3/k.json?X-Amz-Signature=a\"b", "expires_in": 600, "payload_reference": "2022-03-16/sleep/u-t"}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&ping.body).unwrap();
         assert_eq!(parsed["expires_in"], 600);
-        assert_ne!(ping.dedup, Ping::s3_payload("x", 600, "2022-03-16/sleep/u-t", "u", "2:0:0:0").dedup);
+        assert_ne!(
+            ping.dedup,
+            Ping::s3_payload("x", 600, "2022-03-16/sleep/u-t", "u", "2:0:0:0").dedup
+        );
         let health = Ping::healthcheck(br#"{"type": "healthcheck"}"#, "1:0:0:0");
         assert_eq!(health.body, r#"{"type": "healthcheck"}"#);
     }

@@ -54,7 +54,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("kind", &self.kind).field("prefix", &self.prefix).finish()
+        f.debug_struct("Store")
+            .field("kind", &self.kind)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -63,7 +66,9 @@ impl Store {
         let url = config.url.trim();
         let prefix = config.prefix.trim_matches('/').to_owned();
         if prefix.split('/').any(|s| s == ".." || s == ".") {
-            return Err(StoreError::Config(format!("prefix {prefix:?} must not contain . or .. segments")));
+            return Err(StoreError::Config(format!(
+                "prefix {prefix:?} must not contain . or .. segments"
+            )));
         }
         let (scheme, rest) = match url.split_once("://") {
             Some((scheme, rest)) => (scheme, rest),
@@ -72,7 +77,9 @@ impl Store {
         let bucket = rest.split('/').next().unwrap_or("");
         let needs_bucket = || -> Result<(), StoreError> {
             if bucket.is_empty() {
-                return Err(StoreError::Config(format!("objects URL {url:?} names no bucket")));
+                return Err(StoreError::Config(format!(
+                    "objects URL {url:?} names no bucket"
+                )));
             }
             Ok(())
         };
@@ -93,13 +100,23 @@ impl Store {
                     return Err(StoreError::Config("objects URL names no folder".into()));
                 }
                 let root = PathBuf::from(rest);
-                std::fs::create_dir_all(&root)
-                    .map_err(|e| StoreError::Config(format!("cannot create the objects folder {}: {e}", root.display())))?;
-                let root = root
-                    .canonicalize()
-                    .map_err(|e| StoreError::Config(format!("objects folder {}: {e}", root.display())))?;
+                std::fs::create_dir_all(&root).map_err(|e| {
+                    StoreError::Config(format!(
+                        "cannot create the objects folder {}: {e}",
+                        root.display()
+                    ))
+                })?;
+                let root = root.canonicalize().map_err(|e| {
+                    StoreError::Config(format!("objects folder {}: {e}", root.display()))
+                })?;
                 let store = LocalFileSystem::new_with_prefix(&root).map_err(bad)?;
-                Ok(Self { store: Arc::new(store), signer: None, root: Some(root), prefix, kind: "file" })
+                Ok(Self {
+                    store: Arc::new(store),
+                    signer: None,
+                    root: Some(root),
+                    prefix,
+                    kind: "file",
+                })
             }
             "s3" | "s3a" => {
                 needs_bucket()?;
@@ -115,7 +132,13 @@ impl Store {
                     builder = builder.with_region(region);
                 }
                 let s3 = Arc::new(builder.build().map_err(bad)?);
-                Ok(Self { store: s3.clone(), signer: Some(s3), root: None, prefix, kind: "s3" })
+                Ok(Self {
+                    store: s3.clone(),
+                    signer: Some(s3),
+                    root: None,
+                    prefix,
+                    kind: "s3",
+                })
             }
             "gs" => {
                 needs_bucket()?;
@@ -127,7 +150,13 @@ impl Store {
                         .build()
                         .map_err(bad)?,
                 );
-                Ok(Self { store: gcs.clone(), signer: Some(gcs), root: None, prefix, kind: "gcs" })
+                Ok(Self {
+                    store: gcs.clone(),
+                    signer: Some(gcs),
+                    root: None,
+                    prefix,
+                    kind: "gcs",
+                })
             }
             "az" | "azure" => {
                 needs_bucket()?;
@@ -139,7 +168,13 @@ impl Store {
                         .build()
                         .map_err(bad)?,
                 );
-                Ok(Self { store: azure.clone(), signer: Some(azure), root: None, prefix, kind: "azure" })
+                Ok(Self {
+                    store: azure.clone(),
+                    signer: Some(azure),
+                    root: None,
+                    prefix,
+                    kind: "azure",
+                })
             }
             other => Err(StoreError::Config(format!(
                 "objects URL scheme {other:?} is not supported: use file://PATH, s3://BUCKET, gs://BUCKET or az://CONTAINER"
@@ -167,14 +202,28 @@ mod tests {
     use super::*;
 
     fn open(url: &str) -> Result<Store, StoreError> {
-        Store::open(&StoreConfig { url: url.into(), s3_region: Some("us-east-1".into()), ..StoreConfig::default() })
+        Store::open(&StoreConfig {
+            url: url.into(),
+            s3_region: Some("us-east-1".into()),
+            ..StoreConfig::default()
+        })
     }
 
     #[test]
     fn urls_select_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(open(&format!("file://{}", dir.path().display())).unwrap().kind(), "file");
-        assert_eq!(open(&dir.path().join("plain").display().to_string()).unwrap().kind(), "file");
+        assert_eq!(
+            open(&format!("file://{}", dir.path().display()))
+                .unwrap()
+                .kind(),
+            "file"
+        );
+        assert_eq!(
+            open(&dir.path().join("plain").display().to_string())
+                .unwrap()
+                .kind(),
+            "file"
+        );
         assert_eq!(open("s3://bucket").unwrap().kind(), "s3");
         for bad in ["s3://", "ftp://x/y", "gs://"] {
             let err = open(bad).unwrap_err().to_string();
@@ -187,10 +236,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir.path().display().to_string()).unwrap();
         store.prefix = "terra".into();
-        assert_eq!(store.key("2022-03-16/sleep/u-2026-10-03T21:12:00Z"), "terra/2022-03-16/sleep/u-2026-10-03T21:12:00Z.json");
-        let err = Store::open(&StoreConfig { url: dir.path().display().to_string(), prefix: "a/../b".into(), ..StoreConfig::default() })
-            .unwrap_err()
-            .to_string();
+        assert_eq!(
+            store.key("2022-03-16/sleep/u-2026-10-03T21:12:00Z"),
+            "terra/2022-03-16/sleep/u-2026-10-03T21:12:00Z.json"
+        );
+        let err = Store::open(&StoreConfig {
+            url: dir.path().display().to_string(),
+            prefix: "a/../b".into(),
+            ..StoreConfig::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(err.contains(".."), "{err}");
     }
 }

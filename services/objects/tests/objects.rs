@@ -27,7 +27,12 @@ fn all_fixtures() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<_> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -42,7 +47,10 @@ fn record(body: &[u8], ordering_ms: Option<i64>) -> Record {
     let user_id = c.as_ref().and_then(|c| c.user_id.clone());
     let envelope = Envelope {
         envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp { seconds: T0, nanos: 0 }),
+        received_at: Some(prost_types::Timestamp {
+            seconds: T0,
+            nanos: 0,
+        }),
         source: "default".into(),
         event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
         user_id: user_id.clone(),
@@ -51,7 +59,11 @@ fn record(body: &[u8], ordering_ms: Option<i64>) -> Record {
         body: body.to_vec().into(),
         ..Default::default()
     };
-    Record { key: user_id.map(|u| u.into_bytes().into()), headers: vec![], value: envelope.encode_to_vec().into() }
+    Record {
+        key: user_id.map(|u| u.into_bytes().into()),
+        headers: vec![],
+        value: envelope.encode_to_vec().into(),
+    }
 }
 
 struct Backend {
@@ -66,14 +78,30 @@ fn s3_endpoint() -> String {
 
 async fn create_bucket(endpoint: &str, bucket: &str) {
     // moto creates a bucket on an unsigned PUT
-    let response = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
-    assert!(response.status().is_success(), "create bucket: {}", response.status());
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "create bucket: {}",
+        response.status()
+    );
 }
 
 async fn local() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig { url: format!("file://{}", dir.path().join("objects").display()), ..StoreConfig::default() }).unwrap();
-    Backend { store, _dir: dir, bucket: None }
+    let store = Store::open(&StoreConfig {
+        url: format!("file://{}", dir.path().join("objects").display()),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    Backend {
+        store,
+        _dir: dir,
+        bucket: None,
+    }
 }
 
 /// Credentials come from the environment, as in production; tests/moto.sh exports test ones
@@ -91,12 +119,21 @@ async fn s3() -> Backend {
         allow_http: true,
     })
     .unwrap();
-    Backend { store, _dir: tempfile::tempdir().unwrap(), bucket: Some(bucket) }
+    Backend {
+        store,
+        _dir: tempfile::tempdir().unwrap(),
+        bucket: Some(bucket),
+    }
 }
 
 fn log() -> (EventLog, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap()), dir)
+    (
+        EventLog::Embedded(
+            terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap(),
+        ),
+        dir,
+    )
 }
 
 async fn project(log: &EventLog, sink: &mut ObjectSink, group: &str) -> WriteStats {
@@ -105,15 +142,38 @@ async fn project(log: &EventLog, sink: &mut ObjectSink, group: &str) -> WriteSta
     config.batch_wait = Duration::from_millis(20);
     config.stop_at_end = true;
     let (_tx, rx) = watch::channel(false);
-    terra_projector::run(&config, log, sink, &ProjectorMetrics::unregistered(), rx, |_| {}).await.unwrap()
+    terra_projector::run(
+        &config,
+        log,
+        sink,
+        &ProjectorMetrics::unregistered(),
+        rx,
+        |_| {},
+    )
+    .await
+    .unwrap()
 }
 
 async fn keys(store: &Store) -> BTreeSet<String> {
-    store.object_store().list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
+    store
+        .object_store()
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 async fn get(store: &Store, key: &str) -> Vec<u8> {
-    store.object_store().get(&ObjectPath::parse(key).unwrap()).await.unwrap().bytes().await.unwrap().to_vec()
+    store
+        .object_store()
+        .get(&ObjectPath::parse(key).unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
 }
 
 macro_rules! on_every_store {
@@ -133,7 +193,14 @@ on_every_store!(
 async fn every_fixture_lands_at_terras_key(backend: Backend) {
     let (log, _dir) = log();
     let fixtures = all_fixtures();
-    log.append(fixtures.iter().map(|(_, b)| record(b, Some(T0 * 1000))).collect()).await.unwrap();
+    log.append(
+        fixtures
+            .iter()
+            .map(|(_, b)| record(b, Some(T0 * 1000)))
+            .collect(),
+    )
+    .await
+    .unwrap();
     let mut sink = ObjectSink::new(backend.store.clone(), ObjectSinkConfig::default(), None);
     let stats = project(&log, &mut sink, "objects").await;
     assert_eq!(stats.records, fixtures.len());
@@ -147,29 +214,60 @@ async fn every_fixture_lands_at_terras_key(backend: Backend) {
             let records: Vec<serde_json::Value> = if c.event_type == "athlete" {
                 vec![]
             } else {
-                serde_json::from_slice::<serde_json::Value>(body).unwrap()["data"].as_array().unwrap().clone()
+                serde_json::from_slice::<serde_json::Value>(body).unwrap()["data"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
             };
             for r in &c.records {
-                let key = backend.store.key(&keys::data_payload_id(c.version.as_deref(), &c.event_type, c.user_id.as_deref().unwrap(), r));
+                let key = backend.store.key(&keys::data_payload_id(
+                    c.version.as_deref(),
+                    &c.event_type,
+                    c.user_id.as_deref().unwrap(),
+                    r,
+                ));
                 assert!(key.starts_with(&prefix));
                 let stored = get(&backend.store, &key).await;
                 if c.event_type == "athlete" || c.records.len() == 1 {
-                    assert_eq!(stored, *body, "{name}: a single record is stored as received");
+                    assert_eq!(
+                        stored, *body,
+                        "{name}: a single record is stored as received"
+                    );
                 } else {
                     let doc: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-                    assert_eq!(doc["data"].as_array().unwrap(), &vec![records[r.index].clone()], "{name}");
-                    assert_eq!(doc["user"], serde_json::from_slice::<serde_json::Value>(body).unwrap()["user"]);
+                    assert_eq!(
+                        doc["data"].as_array().unwrap(),
+                        &vec![records[r.index].clone()],
+                        "{name}"
+                    );
+                    assert_eq!(
+                        doc["user"],
+                        serde_json::from_slice::<serde_json::Value>(body).unwrap()["user"]
+                    );
                     assert_eq!(doc["type"], c.event_type.as_str());
                 }
                 expected.insert(key);
             }
         } else {
-            let key = backend.store.key(&keys::event_payload_id(c.version.as_deref(), &c.event_type, c.user_id.as_deref(), T0 * 1000));
-            assert_eq!(get(&backend.store, &key).await, *body, "{name}: stored as received");
+            let key = backend.store.key(&keys::event_payload_id(
+                c.version.as_deref(),
+                &c.event_type,
+                c.user_id.as_deref(),
+                T0 * 1000,
+            ));
+            assert_eq!(
+                get(&backend.store, &key).await,
+                *body,
+                "{name}: stored as received"
+            );
             expected.insert(key);
         }
     }
-    assert_eq!(keys(&backend.store).await, expected, "exactly Terra's layout, nothing else");
+    assert_eq!(
+        keys(&backend.store).await,
+        expected,
+        "exactly Terra's layout, nothing else"
+    );
     // a second pass over the same log (a crash before the commit) writes the same state
     let again = project(&log, &mut sink, "objects-replay").await;
     assert_eq!(again.superseded, 0);
@@ -180,23 +278,38 @@ async fn older_copies_never_replace_newer_objects(backend: Backend) {
     let (log, _dir) = log();
     let sleep = String::from_utf8(fixture("sleep")).unwrap();
     let newer = sleep.replace("\"is_nap\": false", "\"is_nap\": true");
-    log.append(vec![record(newer.as_bytes(), Some(T0 * 1000 + 500))]).await.unwrap();
+    log.append(vec![record(newer.as_bytes(), Some(T0 * 1000 + 500))])
+        .await
+        .unwrap();
     let mut sink = ObjectSink::new(backend.store.clone(), ObjectSinkConfig::default(), None);
     project(&log, &mut sink, "objects").await;
     let c = terra_core::classify(sleep.as_bytes()).unwrap();
-    let key = backend.store.key(&keys::data_payload_id(c.version.as_deref(), "sleep", c.user_id.as_deref().unwrap(), &c.records[0]));
+    let key = backend.store.key(&keys::data_payload_id(
+        c.version.as_deref(),
+        "sleep",
+        c.user_id.as_deref().unwrap(),
+        &c.records[0],
+    ));
     assert_eq!(get(&backend.store, &key).await, newer.as_bytes());
 
     // an older copy arriving later, seen by a fresh process (no cache: the stored version decides)
-    log.append(vec![record(sleep.as_bytes(), Some(T0 * 1000 - 500))]).await.unwrap();
+    log.append(vec![record(sleep.as_bytes(), Some(T0 * 1000 - 500))])
+        .await
+        .unwrap();
     let mut fresh = ObjectSink::new(backend.store.clone(), ObjectSinkConfig::default(), None);
     let stats = project(&log, &mut fresh, "objects").await;
     assert_eq!(stats.superseded, 1);
-    assert_eq!(get(&backend.store, &key).await, newer.as_bytes(), "the newer object stays");
+    assert_eq!(
+        get(&backend.store, &key).await,
+        newer.as_bytes(),
+        "the newer object stays"
+    );
 
     // a newer re-delivery overwrites the same key
     let newest = sleep.replace("\"is_nap\": false", "\"is_nap\": null");
-    log.append(vec![record(newest.as_bytes(), Some(T0 * 1000 + 900))]).await.unwrap();
+    log.append(vec![record(newest.as_bytes(), Some(T0 * 1000 + 900))])
+        .await
+        .unwrap();
     let stats = project(&log, &mut fresh, "objects").await;
     assert_eq!(stats.payloads, 1);
     assert_eq!(get(&backend.store, &key).await, newest.as_bytes());
@@ -205,32 +318,61 @@ async fn older_copies_never_replace_newer_objects(backend: Backend) {
 
 async fn poison_goes_to_the_dead_letter_path(backend: Backend) {
     let (log, _dir) = log();
-    let positions = log.append(vec![record(b"\xff not json", None), record(&fixture("daily"), Some(T0 * 1000))]).await.unwrap();
+    let positions = log
+        .append(vec![
+            record(b"\xff not json", None),
+            record(&fixture("daily"), Some(T0 * 1000)),
+        ])
+        .await
+        .unwrap();
     let mut sink = ObjectSink::new(backend.store.clone(), ObjectSinkConfig::default(), None);
     let stats = project(&log, &mut sink, "objects").await;
     assert_eq!(stats.dead, 1);
-    let stem = format!("_dead-letters/{}-{}", positions[0].partition, positions[0].offset);
-    let meta: serde_json::Value = serde_json::from_slice(&get(&backend.store, &backend.store.key(&stem)).await).unwrap();
-    assert!(meta["reason"].as_str().unwrap().contains("not JSON"), "{meta}");
+    let stem = format!(
+        "_dead-letters/{}-{}",
+        positions[0].partition, positions[0].offset
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&get(&backend.store, &backend.store.key(&stem)).await).unwrap();
+    assert!(
+        meta["reason"].as_str().unwrap().contains("not JSON"),
+        "{meta}"
+    );
     let body_key = backend.store.key(&stem).replace(".json", ".body");
     assert_eq!(get(&backend.store, &body_key).await, b"\xff not json");
-    assert_eq!(keys(&backend.store).await.len(), 3, "the dead letter and the daily object");
+    assert_eq!(
+        keys(&backend.store).await.len(),
+        3,
+        "the dead letter and the daily object"
+    );
 }
 
 async fn hostile_user_ids_stay_inside_the_prefix(backend: Backend) {
     let (log, _dir) = log();
     let body = br#"{"type": "sleep", "version": "2022-03-16", "user": {"user_id": "../../../etc/passwd", "provider": "X"}, "data": [{"metadata": {"summary_id": "s", "start_time": "2026-10-01T01:00:00.000000+00:00"}}]}"#;
-    log.append(vec![record(body, Some(T0 * 1000))]).await.unwrap();
+    log.append(vec![record(body, Some(T0 * 1000))])
+        .await
+        .unwrap();
     let mut sink = ObjectSink::new(backend.store.clone(), ObjectSinkConfig::default(), None);
     project(&log, &mut sink, "objects").await;
     let listed = keys(&backend.store).await;
-    let key = backend.store.key("2022-03-16/sleep/%2E%2E%2F%2E%2E%2F%2E%2E%2Fetc%2Fpasswd-2026-10-01T01:00:00Z");
+    let key = backend
+        .store
+        .key("2022-03-16/sleep/%2E%2E%2F%2E%2E%2F%2E%2E%2Fetc%2Fpasswd-2026-10-01T01:00:00Z");
     assert_eq!(listed, BTreeSet::from([key]));
     if backend.bucket.is_none() {
         // nothing was written outside the folder
         let parent = backend._dir.path();
-        let entries: Vec<_> = std::fs::read_dir(parent).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(entries.iter().all(|n| n == "objects" || n == ".objects-versions"), "{entries:?}");
+        let entries: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            entries
+                .iter()
+                .all(|n| n == "objects" || n == ".objects-versions"),
+            "{entries:?}"
+        );
     }
 }
 
@@ -245,20 +387,55 @@ async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
         .load()
         .await;
     let sqs = aws_sdk_sqs::Client::new(&shared);
-    let queue = sqs.create_queue().queue_name(format!("terra-{}", uuid::Uuid::new_v4().simple())).send().await.unwrap();
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!("terra-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap();
     let queue_url = queue.queue_url().unwrap().to_owned();
-    let pinger = Pinger::connect(&SqsConfig { queue_url: queue_url.clone(), endpoint: Some(endpoint), region: Some("us-east-1".into()) }).await;
+    let pinger = Pinger::connect(&SqsConfig {
+        queue_url: queue_url.clone(),
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+    })
+    .await;
     let (log, _dir) = log();
-    log.append(vec![record(&fixture("activity"), Some(T0 * 1000)), record(&fixture("healthcheck"), Some(T0 * 1000))]).await.unwrap();
-    let mut sink = ObjectSink::new(backend.store.clone(), ObjectSinkConfig { expires_in: Duration::from_secs(120) }, Some(pinger));
+    log.append(vec![
+        record(&fixture("activity"), Some(T0 * 1000)),
+        record(&fixture("healthcheck"), Some(T0 * 1000)),
+    ])
+    .await
+    .unwrap();
+    let mut sink = ObjectSink::new(
+        backend.store.clone(),
+        ObjectSinkConfig {
+            expires_in: Duration::from_secs(120),
+        },
+        Some(pinger),
+    );
     let stats = project(&log, &mut sink, "objects").await;
-    let records = terra_core::classify(&fixture("activity")).unwrap().records.len();
+    let records = terra_core::classify(&fixture("activity"))
+        .unwrap()
+        .records
+        .len();
     assert_eq!(stats.payloads, records + 1);
 
     let mut messages = Vec::new();
     for _ in 0..10 {
-        let got = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
-        messages.extend(got.messages().iter().filter_map(|m| m.body().map(str::to_owned)));
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        messages.extend(
+            got.messages()
+                .iter()
+                .filter_map(|m| m.body().map(str::to_owned)),
+        );
         if messages.len() >= records + 1 {
             break;
         }
@@ -268,7 +445,11 @@ async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
     for body in &messages {
         let ping: serde_json::Value = serde_json::from_str(body).unwrap();
         if ping["type"] == "healthcheck" {
-            assert_eq!(body.as_bytes(), fixture("healthcheck").as_slice(), "the healthcheck goes as received");
+            assert_eq!(
+                body.as_bytes(),
+                fixture("healthcheck").as_slice(),
+                "the healthcheck goes as received"
+            );
             continue;
         }
         assert_eq!(ping["status"], "success");
@@ -280,7 +461,13 @@ async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
         let fetched = reqwest::get(url).await.unwrap();
         assert!(fetched.status().is_success(), "{url}: {}", fetched.status());
         let bytes = fetched.bytes().await.unwrap();
-        assert_eq!(bytes.as_ref(), get(&backend.store, &backend.store.key(reference)).await.as_slice(), "exact bytes");
+        assert_eq!(
+            bytes.as_ref(),
+            get(&backend.store, &backend.store.key(reference))
+                .await
+                .as_slice(),
+            "exact bytes"
+        );
         downloaded += 1;
     }
     assert_eq!(downloaded, records);

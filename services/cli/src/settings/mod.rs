@@ -15,7 +15,9 @@ use terra_ingress::{AllowEntry, DEFAULT_SOURCE, IngressConfig, Source};
 
 use terra_projector::sql::{Dialect, SqlConfig, Variant};
 
-use crate::cli::{LogFormat, ProjectArgs, ServeArgs, SqlArgs};
+use terra_objects::{ObjectSinkConfig, SqsConfig, StoreConfig};
+
+use crate::cli::{LogFormat, ObjectArgs, ProjectArgs, ServeArgs, SqlArgs};
 
 pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
@@ -48,6 +50,16 @@ pub struct FileSettings {
     pub batch_size: Option<usize>,
     pub batch_wait_ms: Option<u64>,
     pub migrate: Option<bool>,
+    /// Object projection: store URL, prefix, S3 endpoint/region/path-style/plain HTTP, SQS.
+    pub objects: Option<String>,
+    pub objects_prefix: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_allow_http: Option<bool>,
+    pub sqs_queue_url: Option<String>,
+    pub sqs_endpoint: Option<String>,
+    pub presign_expiry_secs: Option<u64>,
     /// librdkafka client properties, passed through (values may be `env:NAME` or
     /// `file:PATH`).
     #[serde(default)]
@@ -139,6 +151,91 @@ pub fn resolve_sql(
         config,
         batch_size,
         batch_wait: Duration::from_millis(batch_wait_ms),
+    })
+}
+
+/// The object projection's settings, validated.
+#[derive(Debug, Clone)]
+pub struct ObjectSettings {
+    pub store: StoreConfig,
+    pub sqs: Option<SqsConfig>,
+    pub sink: ObjectSinkConfig,
+}
+
+/// Resolves the object projection's settings. `supabase` presets the bucket.
+pub fn resolve_objects(
+    file: &FileSettings,
+    args: ObjectArgs,
+    data_dir: &Path,
+    supabase: bool,
+) -> anyhow::Result<ObjectSettings> {
+    let default_url = if supabase {
+        format!("s3://{}", terra_objects::SUPABASE_BUCKET)
+    } else {
+        format!("file://{}", data_dir.join("objects").display())
+    };
+    let url = args
+        .objects
+        .or_else(|| file.objects.clone())
+        .unwrap_or(default_url);
+    let s3_endpoint = args.s3_endpoint.or_else(|| file.s3_endpoint.clone());
+    let allow_http = args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false);
+    let store = StoreConfig {
+        url,
+        prefix: args
+            .objects_prefix
+            .or_else(|| file.objects_prefix.clone())
+            .unwrap_or_default(),
+        s3_path_style: args
+            .s3_path_style
+            .or(file.s3_path_style)
+            .unwrap_or(supabase),
+        s3_region: args
+            .s3_region
+            .or_else(|| file.s3_region.clone())
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .or_else(|| Some("us-east-1".to_owned())),
+        s3_endpoint,
+        allow_http,
+    };
+    if let Some(endpoint) = &store.s3_endpoint
+        && endpoint.starts_with("http://")
+        && !allow_http
+    {
+        bail!(
+            "setting s3_endpoint (--s3-endpoint): {endpoint} is plain HTTP; set s3_allow_http (--s3-allow-http) for a local server"
+        );
+    }
+    // validate now, so the error names the setting (nothing connects yet)
+    terra_objects::Store::open(&store)
+        .map_err(|e| anyhow::anyhow!("setting objects (--objects, TERRA_INGEST_OBJECTS): {e}"))?;
+    let sqs = args
+        .sqs_queue_url
+        .or_else(|| file.sqs_queue_url.clone())
+        .map(|queue_url| SqsConfig {
+            queue_url,
+            endpoint: args
+                .sqs_endpoint
+                .clone()
+                .or_else(|| file.sqs_endpoint.clone()),
+            region: store.s3_region.clone(),
+        });
+    let expiry = args
+        .presign_expiry_secs
+        .or(file.presign_expiry_secs)
+        .unwrap_or(600);
+    if !(1..=7 * 24 * 3600).contains(&expiry) {
+        bail!(
+            "setting presign_expiry_secs (--presign-expiry-secs): must be between 1 and 604800 (7 days, S3's limit)"
+        );
+    }
+    Ok(ObjectSettings {
+        store,
+        sqs,
+        sink: ObjectSinkConfig {
+            expires_in: Duration::from_secs(expiry),
+        },
     })
 }
 
