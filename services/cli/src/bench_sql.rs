@@ -114,13 +114,13 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-struct Filled {
-    log_records: usize,
-    data_webhooks: usize,
-    data_records: usize,
-    other_events: usize,
-    redeliveries: usize,
-    bytes: usize,
+pub(crate) struct Filled {
+    pub(crate) log_records: usize,
+    pub(crate) data_webhooks: usize,
+    pub(crate) data_records: usize,
+    pub(crate) other_events: usize,
+    pub(crate) redeliveries: usize,
+    pub(crate) bytes: usize,
 }
 
 /// One record of each data type, from the fixtures, as templates.
@@ -172,7 +172,7 @@ fn envelope_record(body: Vec<u8>, ordering_ms: i64) -> Record {
     }
 }
 
-async fn fill(log: &EventLog, args: &BenchSqlArgs) -> anyhow::Result<Filled> {
+pub(crate) async fn fill(log: &EventLog, args: &BenchSqlArgs) -> anyhow::Result<Filled> {
     let templates = templates();
     let webhooks = args.records.div_ceil(args.per_webhook);
     let mut filled = Filled {

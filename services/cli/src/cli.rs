@@ -265,6 +265,9 @@ pub enum BenchCommand {
     /// Project a pre-filled log into Postgres and MySQL, against a raw bulk load of the same
     /// rows; then the ingress-to-row latency of standalone at a fixed request rate.
     Sql(crate::bench_sql::BenchSqlArgs),
+    /// Project a pre-filled log into a folder and an S3-compatible bucket: objects/s, MB/s,
+    /// peak memory.
+    Objects(crate::bench_objects::BenchObjectsArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
     #[command(hide = true)]
     BareServer {
@@ -299,6 +302,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => Ok(crate::verify::run(&args)),
         Command::Bench(BenchCommand::Ingress(args)) => crate::bench::run(args).await,
         Command::Bench(BenchCommand::Sql(args)) => crate::bench_sql::run(args).await,
+        Command::Bench(BenchCommand::Objects(args)) => crate::bench_objects::run(args).await,
         Command::Bench(BenchCommand::BareServer { http_addr }) => {
             crate::bench::bare_server(&http_addr).await
         }
