@@ -436,7 +436,7 @@ async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
                 .iter()
                 .filter_map(|m| m.body().map(str::to_owned)),
         );
-        if messages.len() >= records + 1 {
+        if messages.len() > records {
             break;
         }
     }

@@ -133,7 +133,8 @@ pub fn resolve_sql(
         config.variant = Variant::Supabase;
     }
     // validate names now, so the error names the setting (connecting is lazy)
-    terra_projector::sql::SqlTarget::connect(&config)
+    config
+        .validate()
         .map_err(|e| anyhow::anyhow!("setting sql / sql_schema: {e}"))?;
     let batch_size = args.batch_size.or(file.batch_size).unwrap_or(1_000);
     if !(1..=100_000).contains(&batch_size) {

@@ -165,3 +165,104 @@ fn kafka_properties_from_file_and_env() {
         ]
     );
 }
+
+#[test]
+fn sql_settings_default_to_sqlite_in_the_data_dir_and_name_bad_values() {
+    let s = resolve_sql(&FileSettings::default(), SqlArgs::default(), Path::new("d")).unwrap();
+    assert_eq!(s.config.url, "sqlite://d/terra.db");
+    assert_eq!(s.config.schema, "terra");
+    assert_eq!(s.batch_size, 1000);
+    let f = file(
+        "sql = \"postgres://h/db\"\nsql_schema = \"ours\"\nsupabase = true\nbatch_size = 50\n",
+    );
+    let s = resolve_sql(&f, SqlArgs::default(), Path::new("d")).unwrap();
+    assert_eq!(s.config.schema, "ours");
+    assert_eq!(s.config.variant, terra_projector::sql::Variant::Supabase);
+    assert_eq!(s.batch_size, 50);
+    for (text, setting) in [
+        ("sql = \"oracle://u:pw@h/db\"\n", "setting sql"),
+        (
+            "sql = \"mysql://h/db\"\nsupabase = true\n",
+            "setting supabase",
+        ),
+        ("batch_size = 0\n", "setting batch_size"),
+        ("batch_wait_ms = 0\n", "setting batch_wait_ms"),
+        ("sql_schema = \"a;b\"\n", "sql_schema"),
+    ] {
+        let err = resolve_sql(&file(text), SqlArgs::default(), Path::new("d"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(setting), "{text}: {err}");
+        assert!(!err.contains("pw@"), "{err}");
+    }
+}
+
+#[test]
+fn object_settings_default_to_a_folder_and_supabase_presets_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = resolve_objects(
+        &FileSettings::default(),
+        ObjectArgs::default(),
+        dir.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        s.store.url,
+        format!("file://{}", dir.path().join("objects").display())
+    );
+    assert!(s.sqs.is_none());
+    assert_eq!(s.sink.expires_in, Duration::from_secs(600));
+    let s = resolve_objects(
+        &FileSettings::default(),
+        ObjectArgs::default(),
+        dir.path(),
+        true,
+    )
+    .unwrap();
+    assert_eq!(s.store.url, "s3://terra-payloads");
+    assert!(
+        s.store.s3_path_style,
+        "Supabase Storage wants path-style requests"
+    );
+    let args = ObjectArgs {
+        objects: Some("s3://b".into()),
+        sqs_queue_url: Some("https://sqs.eu-west-1.amazonaws.com/1/q".into()),
+        presign_expiry_secs: Some(60),
+        ..ObjectArgs::default()
+    };
+    let s = resolve_objects(&FileSettings::default(), args, dir.path(), false).unwrap();
+    assert_eq!(
+        s.sqs.unwrap().queue_url,
+        "https://sqs.eu-west-1.amazonaws.com/1/q"
+    );
+    assert_eq!(s.sink.expires_in, Duration::from_secs(60));
+    for (args, setting) in [
+        (
+            ObjectArgs {
+                objects: Some("ftp://x".into()),
+                ..ObjectArgs::default()
+            },
+            "setting objects",
+        ),
+        (
+            ObjectArgs {
+                s3_endpoint: Some("http://127.0.0.1:9000".into()),
+                ..ObjectArgs::default()
+            },
+            "s3_allow_http",
+        ),
+        (
+            ObjectArgs {
+                presign_expiry_secs: Some(0),
+                ..ObjectArgs::default()
+            },
+            "presign_expiry_secs",
+        ),
+    ] {
+        let err = resolve_objects(&FileSettings::default(), args, dir.path(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(setting), "{err}");
+    }
+}

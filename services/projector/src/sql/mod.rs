@@ -55,6 +55,22 @@ pub struct SqlConfig {
 }
 
 impl SqlConfig {
+    /// Checks the settings without connecting: the URL's dialect, the schema and prefix
+    /// names, the Supabase variant only on Postgres.
+    pub fn validate(&self) -> Result<Dialect, SqlError> {
+        let dialect = Dialect::of_url(&self.url)?;
+        validate_name("schema", &self.schema)?;
+        if !self.prefix.is_empty() {
+            validate_name("table prefix", &self.prefix)?;
+        }
+        if self.variant == Variant::Supabase && dialect != Dialect::Postgres {
+            return Err(SqlError::Config(
+                "the Supabase tables need a Postgres URL (Supabase is Postgres)".into(),
+            ));
+        }
+        Ok(dialect)
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -92,16 +108,7 @@ impl SqlTarget {
     /// start-up is an outage to wait out, not a crash) after validating the settings.
     pub fn connect(config: &SqlConfig) -> Result<Self, SqlError> {
         sqlx::any::install_default_drivers();
-        let dialect = Dialect::of_url(&config.url)?;
-        validate_name("schema", &config.schema)?;
-        if !config.prefix.is_empty() {
-            validate_name("table prefix", &config.prefix)?;
-        }
-        if config.variant == Variant::Supabase && dialect != Dialect::Postgres {
-            return Err(SqlError::Config(
-                "the Supabase tables need a Postgres URL (Supabase is Postgres)".into(),
-            ));
-        }
+        let dialect = config.validate()?;
         let url = match dialect {
             // create the file when missing
             Dialect::Sqlite if !config.url.contains('?') => format!("{}?mode=rwc", config.url),
