@@ -45,7 +45,9 @@ step "kafka-protocol broker (tansu)"
 TANSU_PID=""
 if [ "${TERRA_TEST_SKIP_TANSU:-0}" != 1 ]; then
   tests/tansu.sh install
-  eval "$(tests/tansu.sh start)"   # exports TERRA_TEST_KAFKA_BOOTSTRAP, TANSU_PID
+  # an assignment, so a broker that fails to start fails the run (eval "$(...)" would not)
+  tansu_env=$(tests/tansu.sh start)
+  eval "$tansu_env"   # exports TERRA_TEST_KAFKA_BOOTSTRAP, TANSU_PID
   trap '[ -n "$TANSU_PID" ] && kill "$TANSU_PID" 2>/dev/null || true' EXIT
 else
   echo "skipped (TERRA_TEST_SKIP_TANSU=1)"
@@ -55,11 +57,15 @@ step "S3/SQS-compatible server (moto)"
 MOTO_PID=""
 if [ "${TERRA_TEST_SKIP_MOTO:-0}" != 1 ]; then
   tests/moto.sh install
-  eval "$(tests/moto.sh start)"   # exports TERRA_TEST_S3_ENDPOINT, MOTO_PID, AWS_* test credentials
+  moto_env=$(tests/moto.sh start)
+  eval "$moto_env"   # exports TERRA_TEST_S3_ENDPOINT, MOTO_PID, AWS_* test credentials
 else
   echo "skipped (TERRA_TEST_SKIP_MOTO=1)"
 fi
 trap '[ -n "$TANSU_PID" ] && kill "$TANSU_PID" 2>/dev/null; [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
+
+step "helm chart"
+tests/helm.sh
 
 step "format"
 cargo fmt --all --check

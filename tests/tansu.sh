@@ -23,7 +23,7 @@ case "${1:-}" in
     (cd "$work" && exec "$BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "memory://tansu/" >"$work/tansu.log" 2>&1) &
+        --storage-engine "sqlite://tansu.db" >"$work/tansu.log" 2>&1) &
     pid=$!
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -1,6 +1,6 @@
 //! A consumer-group member on the Kafka topic with explicit, synchronous commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,13 @@ use crate::{Consumed, LogError, Position, Record};
 
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
-    /// Settings to make the member again after a seek.
-    config: ClientConfig,
     topic: String,
+    /// Positions asked for by `seek` and not reached yet: partition → next offset to deliver.
+    /// Records before it are dropped (already done); a record after it means the fetch
+    /// position is ahead, and the partition is sought back.
+    wanted: BTreeMap<u32, u64>,
+    /// Partitions of `wanted` already sought on the broker connection.
+    sought: BTreeSet<u32>,
 }
 
 impl KafkaConsumer {
@@ -30,34 +34,95 @@ impl KafkaConsumer {
         set_default(&mut config, "enable.partition.eof", "false");
         Ok(Self {
             consumer: Arc::new(subscribe(&config, topic)?),
-            config,
             topic: topic.to_owned(),
+            wanted: BTreeMap::new(),
+            sought: BTreeSet::new(),
         })
     }
 
-    /// Commits `next` for every partition (0 where not named) as the group's positions and
-    /// joins the group again, so reading resumes exactly there.
+    /// Reads every partition from `next` (0 where not named, clamped to the end). Partitions
+    /// this member holds are sought at once; the others when they are assigned (a member that
+    /// just joined holds none yet). Also commits the positions, best effort, so a member that
+    /// replaces this one starts there.
     pub(crate) async fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
         let consumer = Arc::clone(&self.consumer);
         let topic = self.topic.clone();
-        let next = next.clone();
-        tokio::task::spawn_blocking(move || {
-            let ends = super::watermarks(consumer.client(), &topic)?;
-            let mut list = TopicPartitionList::new();
-            for (partition, end) in ends {
-                let offset = next.get(&partition).copied().unwrap_or(0).min(end);
-                list.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
-                    .map_err(|e| LogError::Config(format!("bad seek position: {e}")))?;
-            }
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|e| LogError::Unavailable(format!("Kafka commit failed: {e}")))
-        })
-        .await
-        .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
-        // a new member starts from the committed positions; the old one leaves the group
-        self.consumer = Arc::new(subscribe(&self.config, &self.topic)?);
+        let ends =
+            tokio::task::spawn_blocking(move || super::watermarks(consumer.client(), &topic))
+                .await
+                .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
+        self.wanted = ends
+            .iter()
+            .map(|(&p, &end)| (p, next.get(&p).copied().unwrap_or(0).min(end)))
+            .collect();
+        self.sought.clear();
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.wanted {
+            list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64))
+                .map_err(|e| LogError::Config(format!("bad seek position: {e}")))?;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+                .await
+                .map_err(|_| LogError::Unavailable("seek task panicked".into()))?;
+        if let Err(err) = committed {
+            tracing::debug!(error = %err, "seek positions not committed yet (no assignment); applied on assignment");
+        }
+        self.seek_assigned();
         Ok(())
+    }
+
+    /// Seeks the wanted partitions this member holds now.
+    fn seek_assigned(&mut self) {
+        if self.wanted.len() == self.sought.len() {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        for element in assignment.elements_for_topic(&self.topic) {
+            let partition = element.partition() as u32;
+            let Some(&offset) = self.wanted.get(&partition) else {
+                continue;
+            };
+            if self.sought.contains(&partition) {
+                continue;
+            }
+            let sought = self.consumer.seek(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(offset as i64),
+                Duration::from_secs(5),
+            );
+            if sought.is_ok() {
+                self.sought.insert(partition);
+            }
+        }
+    }
+
+    /// Whether a received record is to be delivered, given the wanted positions.
+    fn accept(&mut self, position: Position) -> bool {
+        let Some(&wanted) = self.wanted.get(&position.partition) else {
+            return true;
+        };
+        if position.offset == wanted {
+            self.wanted.remove(&position.partition);
+            self.sought.remove(&position.partition);
+            return true;
+        }
+        if position.offset > wanted {
+            // fetching from after the wanted position: go back
+            self.sought.remove(&position.partition);
+            let _ = self.consumer.seek(
+                &self.topic,
+                position.partition as i32,
+                Offset::Offset(wanted as i64),
+                Duration::from_secs(5),
+            );
+            self.sought.insert(position.partition);
+        }
+        false
     }
 
     /// Records not yet read in each assigned partition.
@@ -93,9 +158,17 @@ impl KafkaConsumer {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
         while out.is_empty() {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            self.seek_assigned();
+            let received = tokio::time::timeout_at(deadline, self.consumer.recv()).await;
+            match received {
                 Err(_) => return Ok(out),
-                Ok(Ok(message)) => out.push(convert(&message)),
+                Ok(Ok(message)) => {
+                    let consumed = convert(&message);
+                    drop(message);
+                    if self.accept(consumed.position) {
+                        out.push(consumed);
+                    }
+                }
                 // librdkafka reports broker trouble through the consumer but recovers by
                 // itself (reconnect, rebalance); the caller sees an empty poll, not a failure
                 Ok(Err(err)) => tracing::warn!(error = %err, "kafka consumer error; retrying"),
@@ -103,8 +176,15 @@ impl KafkaConsumer {
         }
         while out.len() < max {
             // a zero timeout still polls once: take what is already fetched, never wait
-            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => out.push(convert(&message)),
+            let received = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await;
+            match received {
+                Ok(Ok(message)) => {
+                    let consumed = convert(&message);
+                    drop(message);
+                    if self.accept(consumed.position) {
+                        out.push(consumed);
+                    }
+                }
                 Ok(Err(_)) | Err(_) => break,
             }
         }
