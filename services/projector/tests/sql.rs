@@ -625,13 +625,31 @@ async fn supabase_tables_are_typed_with_cascading_foreign_keys() {
 /// projector seeks the consumer group to the database's positions there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_from_a_kafka_log_and_resumes_from_the_database_positions() {
-    let db = TestDb::new(Dialect::Sqlite).await;
-    let target = db.target().await;
-    let url = terra_eventlog::LogUrl::parse(
-        "kafka-mock://terra-events?partitions=3",
-        std::path::Path::new("."),
+    projects_from_kafka(
+        "kafka-mock://terra-events?partitions=3".to_owned(),
+        Dialect::Sqlite,
     )
-    .unwrap();
+    .await;
+}
+
+/// The same on a real Kafka-protocol broker (tansu, started by tests/run-all.sh), into Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+async fn kafka_broker_projects_and_resumes_from_the_database_positions() {
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP")
+        .expect("TERRA_TEST_KAFKA_BOOTSTRAP (tests/run-all.sh starts tansu)");
+    let topic = format!("sql-{}", uuid::Uuid::new_v4().simple());
+    projects_from_kafka(
+        format!("kafka://{bootstrap}/{topic}?partitions=3"),
+        Dialect::Postgres,
+    )
+    .await;
+}
+
+async fn projects_from_kafka(log_url: String, dialect: Dialect) {
+    let db = TestDb::new(dialect).await;
+    let target = db.target().await;
+    let url = terra_eventlog::LogUrl::parse(&log_url, std::path::Path::new(".")).unwrap();
     let log = terra_eventlog::EventLog::open(&url, &[]).await.unwrap();
     let fixtures = all_fixtures();
     let half = fixtures.len() / 2;
@@ -654,6 +672,7 @@ async fn projects_from_a_kafka_log_and_resumes_from_the_database_positions() {
         .await
         .unwrap();
     assert_eq!(positions.values().sum::<u64>() as usize, fixtures.len());
+    db.drop_now().await;
 }
 
 #[tokio::test]
