@@ -40,6 +40,8 @@ pub enum Command {
     /// Run a projector alone: consume the log and write a projection.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// The gRPC query service alone (reads the SQL tables and the object store).
+    Query(QueryCommandArgs),
     /// Create or update the SQL tables (Terra's and terra-ingest's own), then exit.
     Migrate(ProjectArgs),
     /// Replay the log from the start into fresh tables, then swap them in atomically.
@@ -105,6 +107,57 @@ pub struct StandaloneArgs {
     pub sql: SqlArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// Authentication and TLS of the gRPC query service.
+#[derive(Debug, Clone, Default, Args)]
+pub struct QueryArgs {
+    /// Bearer token(s) gRPC clients must send (comma separated; several during rotation).
+    #[arg(
+        long = "grpc-token",
+        env = "TERRA_INGEST_GRPC_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub grpc_tokens: Vec<String>,
+    /// File with bearer tokens, one per line (a mounted Kubernetes secret).
+    #[arg(long, env = "TERRA_INGEST_GRPC_TOKEN_FILE")]
+    pub grpc_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) of the gRPC service.
+    #[arg(long, env = "TERRA_INGEST_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the gRPC service.
+    #[arg(long, env = "TERRA_INGEST_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS.
+    #[arg(
+        long,
+        env = "TERRA_INGEST_GRPC_TLS_CLIENT_CA",
+        requires = "grpc_tls_cert"
+    )]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// Serve a non-loopback --grpc-addr with no token and no mutual TLS.
+    #[arg(long, env = "TERRA_INGEST_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
+    /// Key sealing page tokens and watch positions (default: generated into the data dir).
+    #[arg(long, env = "TERRA_INGEST_QUERY_TOKEN_SECRET", hide_env_values = true)]
+    pub query_token_secret: Option<String>,
+}
+
+/// `terra-ingest query`: the gRPC service alone.
+#[derive(Debug, Clone, Args)]
+pub struct QueryCommandArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// Address the gRPC query service listens on (default 127.0.0.1:50051).
+    #[arg(long, env = "TERRA_INGEST_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
 }
 
 /// Where the object projection writes, and where its SQS pings go.
@@ -283,7 +336,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.config,
                 cli.log_format,
                 args.serve,
-                Some((args.sql, args.objects)),
+                Some((args.sql, args.objects, args.query)),
             )
             .await
         }
@@ -294,6 +347,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(ProjectCommand::Objects(args)) => {
             crate::project::project_objects(cli.config, cli.log_format, args).await
         }
+        Command::Query(args) => crate::query::run(cli.config, cli.log_format, args).await,
         Command::Migrate(args) => crate::project::migrate(cli.config, cli.log_format, args).await,
         Command::Rebuild(RebuildCommand::Sql(args)) => {
             crate::project::rebuild_sql(cli.config, cli.log_format, args).await

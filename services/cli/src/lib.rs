@@ -7,6 +7,7 @@ mod bench_sql;
 pub mod cli;
 mod fixtures;
 mod project;
+mod query;
 mod send;
 mod serve;
 pub mod settings;

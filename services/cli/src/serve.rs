@@ -11,20 +11,20 @@ use terra_ingress::Metrics;
 use terra_projector::ProjectorMetrics;
 use tokio::sync::watch;
 
-use crate::cli::{LogFormat, ObjectArgs, ServeArgs, SqlArgs};
-use crate::{project, settings, telemetry};
+use crate::cli::{LogFormat, ObjectArgs, QueryArgs, ServeArgs, SqlArgs};
+use crate::{project, query, settings, telemetry};
 
 /// Runs the ingress; with `projections` (standalone) the SQL and object projectors too.
 pub(crate) async fn run(
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
     args: ServeArgs,
-    projections: Option<(SqlArgs, ObjectArgs)>,
+    projections: Option<(SqlArgs, ObjectArgs, QueryArgs)>,
 ) -> anyhow::Result<ExitCode> {
     let standalone = projections.is_some();
     let file = settings::read_file(config.as_deref())?;
     let projection_settings = match projections {
-        Some((sql, objects)) => {
+        Some((sql, objects, query_args)) => {
             let data_dir = args
                 .data_dir
                 .clone()
@@ -33,7 +33,9 @@ pub(crate) async fn run(
             let sql = settings::resolve_sql(&file, sql, &data_dir)?;
             let supabase = sql.config.variant == terra_projector::sql::Variant::Supabase;
             let objects = settings::resolve_objects(&file, objects, &data_dir, supabase)?;
-            Some((sql, objects))
+            let server = query::server_config(&query_args)?;
+            let key = query::token_key(&query_args, &data_dir)?;
+            Some((sql, objects, server, key))
         }
         None => None,
     };
@@ -63,8 +65,12 @@ pub(crate) async fn run(
     let (stop, stopped) = watch::channel(false);
     let (failed, mut projector_failed) = watch::channel(false);
     let mut projectors = Vec::new();
-    if let Some((sql, objects)) = projection_settings {
+    if let Some((sql, objects, server, key)) = projection_settings {
         let target = project::open_sql(&sql, true, stopped.clone()).await?;
+        let store = terra_objects::Store::open(&objects.store)?;
+        let service = query::for_standalone(target.clone(), store, key);
+        let grpc = query::spawn(settings.grpc_addr, server, service, stopped.clone()).await?;
+        projectors.push(grpc);
         projectors.push(project::spawn_sql(
             &sql,
             target,

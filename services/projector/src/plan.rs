@@ -276,10 +276,13 @@ fn event_plan(
                 user_id: Some(user_id.clone()),
                 data_type: Some(event_type.to_owned()),
                 event_type: event_type.to_owned(),
+                // sortable and never empty: records without a parseable start sort by
+                // generation time
                 start_utc: record
                     .start_time
                     .as_deref()
-                    .and_then(keys::iso_to_utc_seconds),
+                    .and_then(keys::iso_to_utc_seconds)
+                    .or_else(|| Some(keys::unix_ms_to_utc_seconds(generated_ms))),
                 start_time: record.start_time.clone(),
                 end_time: record.end_time.clone(),
                 natural_key,

@@ -187,10 +187,20 @@ pub async fn run<S: Sink>(
         if consumed.is_empty() {
             if config.stop_at_end {
                 let ends = log.end_offsets().await?;
-                if ends
+                let read_all = ends
                     .iter()
-                    .all(|(p, &end)| next_read.get(p).copied().unwrap_or(0) >= end)
-                {
+                    .all(|(p, &end)| next_read.get(p).copied().unwrap_or(0) >= end);
+                // a group resumed from the log's commits (sinks without positions of their
+                // own) never read its already committed partitions: the consumer's lag says
+                // where it stands (exact for the embedded log; Kafka knows only partitions it
+                // has read from)
+                let caught_up = || async {
+                    consumer
+                        .lag()
+                        .await
+                        .is_ok_and(|lag| ends.keys().all(|p| lag.get(p) == Some(&0)))
+                };
+                if read_all || caught_up().await {
                     break;
                 }
             }

@@ -512,7 +512,7 @@ pub fn generated_default_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

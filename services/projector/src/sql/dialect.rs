@@ -108,7 +108,7 @@ impl Dialect {
 
 /// A bound value.
 #[derive(Debug, Clone)]
-pub(crate) enum Val {
+pub enum Val {
     Text(Option<String>),
     Int(Option<i64>),
     Blob(Vec<u8>),
@@ -150,15 +150,17 @@ impl From<Option<i64>> for Val {
     }
 }
 
-/// SQL text under construction with its bound values, placeholders in the dialect's form.
-pub(crate) struct Stmt {
-    dialect: Dialect,
+/// SQL text under construction with its bound values, placeholders in the dialect's form
+/// (`$1` on Postgres, `?` elsewhere).
+#[derive(Clone)]
+pub struct Stmt {
+    pub(crate) dialect: Dialect,
     pub(crate) sql: String,
-    values: Vec<Val>,
+    pub(crate) values: Vec<Val>,
 }
 
 impl Stmt {
-    pub(crate) fn new(dialect: Dialect, sql: impl Into<String>) -> Self {
+    pub fn new(dialect: Dialect, sql: impl Into<String>) -> Self {
         Self {
             dialect,
             sql: sql.into(),
@@ -166,14 +168,14 @@ impl Stmt {
         }
     }
 
-    pub(crate) fn push(&mut self, sql: &str) -> &mut Self {
+    pub fn push(&mut self, sql: &str) -> &mut Self {
         self.sql.push_str(sql);
         self
     }
 
     /// Appends a placeholder bound to `value`, wrapped in `cast` (`CAST(? AS TIMESTAMPTZ)`)
     /// when given.
-    pub(crate) fn bind_cast(&mut self, value: impl Into<Val>, cast: Option<&str>) -> &mut Self {
+    pub fn bind_cast(&mut self, value: impl Into<Val>, cast: Option<&str>) -> &mut Self {
         self.values.push(value.into());
         let placeholder = match self.dialect {
             Dialect::Postgres => format!("${}", self.values.len()),
@@ -186,15 +188,12 @@ impl Stmt {
         self
     }
 
-    pub(crate) fn bind(&mut self, value: impl Into<Val>) -> &mut Self {
+    pub fn bind(&mut self, value: impl Into<Val>) -> &mut Self {
         self.bind_cast(value, None)
     }
 
     /// `(?, ?, ...)` for a list of values.
-    pub(crate) fn bind_list<V: Into<Val>>(
-        &mut self,
-        values: impl IntoIterator<Item = V>,
-    ) -> &mut Self {
+    pub fn bind_list<V: Into<Val>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
         self.push("(");
         for (i, value) in values.into_iter().enumerate() {
             if i > 0 {
@@ -206,7 +205,7 @@ impl Stmt {
     }
 
     /// The sqlx query with every value bound.
-    pub(crate) fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
+    pub fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
         let mut args = AnyArguments::default();
         for value in &self.values {
             // adding to AnyArguments cannot fail for these types

@@ -54,18 +54,22 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
         (Dialect::Postgres, Variant::Terra) => vec![
             migration!("postgres", 20261124000100, "terra_tables"),
             migration!("postgres", 20261124000200, "ingest_tables"),
+            migration!("postgres", 20261124000300, "payload_position_index"),
         ],
         (Dialect::Postgres, Variant::Supabase) => vec![
             migration!("supabase", 20261124000100, "terra_tables"),
             migration!("postgres", 20261124000200, "ingest_tables"),
+            migration!("postgres", 20261124000300, "payload_position_index"),
         ],
         (Dialect::MySql, _) => vec![
             migration!("mysql", 20261124000100, "terra_tables"),
             migration!("mysql", 20261124000200, "ingest_tables"),
+            migration!("mysql", 20261124000300, "payload_position_index"),
         ],
         (Dialect::Sqlite, _) => vec![
             migration!("sqlite", 20261124000100, "terra_tables"),
             migration!("sqlite", 20261124000200, "ingest_tables"),
+            migration!("sqlite", 20261124000300, "payload_position_index"),
         ],
     }
 }
@@ -217,7 +221,7 @@ mod tests {
                 }
                 for migration in migrations(dialect, variant) {
                     let parts = statements(migration.sql);
-                    assert!(parts.len() >= 3, "{}", migration.name);
+                    assert!(!parts.is_empty(), "{}", migration.name);
                     for part in parts {
                         assert!(!part.trim_end().ends_with(';'), "{part}");
                         let upper = part.to_uppercase();

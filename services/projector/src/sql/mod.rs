@@ -16,11 +16,11 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
-pub use dialect::Dialect;
+pub use dialect::{Dialect, Stmt, Val};
 pub use error::SqlError;
 pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate, pending};
 pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
-pub use snapshot::{Snapshot, rows, snapshot};
+pub use snapshot::{Snapshot, fetch_rows, rows, snapshot};
 
 /// Every table (and the view) of one projection, by base name. A rebuild creates them all
 /// under a fresh prefix and swaps them in.
@@ -154,6 +154,11 @@ impl SqlTarget {
             prefix: config.prefix.clone(),
             variant: config.variant,
         })
+    }
+
+    /// A statement for this target's dialect.
+    pub fn statement(&self, sql: impl Into<String>) -> Stmt {
+        Stmt::new(self.dialect, sql)
     }
 
     /// The same database with another table prefix.

@@ -55,11 +55,27 @@ pub async fn snapshot(target: &SqlTarget) -> Result<Snapshot, SqlError> {
 
 /// Every column of every row as optional text. `CAST(x AS TEXT)` is rewritten for MySQL.
 pub async fn rows(target: &SqlTarget, sql: &str) -> Result<Vec<Vec<Option<String>>>, SqlError> {
-    let sql = match target.dialect {
-        Dialect::MySql => sql.replace("AS TEXT)", "AS CHAR)"),
-        _ => sql.to_owned(),
+    fetch_rows(target, &target.statement(sql)).await
+}
+
+/// Runs a statement with its bound values; every column of every row as optional text
+/// (numbers as their decimal text; MySQL's TEXT, which sqlx's Any driver sees as a BLOB, as
+/// UTF-8). `CAST(x AS TEXT)` is rewritten for MySQL.
+pub async fn fetch_rows(
+    target: &SqlTarget,
+    stmt: &super::Stmt,
+) -> Result<Vec<Vec<Option<String>>>, SqlError> {
+    let rewritten;
+    let stmt = if target.dialect == Dialect::MySql && stmt.sql.contains("AS TEXT)") {
+        rewritten = super::Stmt {
+            sql: stmt.sql.replace("AS TEXT)", "AS CHAR)"),
+            ..stmt.clone()
+        };
+        &rewritten
+    } else {
+        stmt
     };
-    let fetched = target.pool.fetch_all(sql.as_str()).await?;
+    let fetched = target.pool.fetch_all(stmt.query()).await?;
     let mut out = Vec::with_capacity(fetched.len());
     for row in &fetched {
         let mut values = Vec::with_capacity(row.len());

@@ -1,0 +1,498 @@
+//! The `QueryService` methods: argument checks (INVALID_ARGUMENT naming the field), keyset
+//! pagination with sealed page tokens, payload bodies streamed from the object store, and the
+//! live tail polling the payload index by log position.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use terra_objects::Store;
+use terra_projector::sql::SqlTarget;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::db::{self, Row};
+use crate::proto::query_service_server::QueryService;
+use crate::proto::{
+    GetPayloadChunk, GetPayloadRequest, GetUserRequest, ListPayloadsRequest, ListPayloadsResponse,
+    ListUserEventsRequest, ListUserEventsResponse, ListUsersRequest, ListUsersResponse, Order,
+    PayloadEvent, User, WatchPayloadsRequest, get_payload_chunk,
+};
+use crate::token::TokenKey;
+
+/// Most items a page may hold; the default when the request says 0.
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+const CHUNK: usize = 64 * 1024;
+/// How often the live tail looks for new payloads.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+const WATCH_BATCH: usize = 500;
+
+/// The service's state.
+#[derive(Clone)]
+pub struct Query {
+    pub(crate) sql: SqlTarget,
+    pub(crate) objects: Store,
+    pub(crate) tokens: TokenKey,
+}
+
+impl Query {
+    pub fn new(sql: SqlTarget, objects: Store, tokens: TokenKey) -> Self {
+        Self {
+            sql,
+            objects,
+            tokens,
+        }
+    }
+}
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        n => Err(Status::invalid_argument(format!(
+            "page_size {n} is out of bounds (1..={MAX_PAGE_SIZE})"
+        ))),
+    }
+}
+
+fn user_id(value: &str) -> Result<&str, Status> {
+    if value.is_empty() || value.chars().count() > terra_projector::plan::MAX_USER_ID {
+        return Err(Status::invalid_argument("user_id must be 1-36 characters"));
+    }
+    Ok(value)
+}
+
+/// A page token: where the previous page ended, and a fingerprint of the filters it was for.
+#[derive(Serialize, Deserialize)]
+struct PageToken {
+    filters: String,
+    after: Vec<String>,
+}
+
+impl Query {
+    fn open_page(&self, token: &str, filters: &str) -> Result<Option<Vec<String>>, Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let page: PageToken = self.tokens.open(token).ok_or_else(|| {
+            Status::invalid_argument("page_token is invalid (changed, or not from this service)")
+        })?;
+        if page.filters != filters {
+            return Err(Status::invalid_argument(
+                "page_token was issued for other filters",
+            ));
+        }
+        Ok(Some(page.after))
+    }
+
+    fn seal_page(&self, filters: &str, after: Vec<String>) -> String {
+        self.tokens.seal(&PageToken {
+            filters: filters.to_owned(),
+            after,
+        })
+    }
+}
+
+/// Where the live tail stands: per partition, the last (offset, record index) delivered.
+type Cursor = BTreeMap<u32, (i64, i64)>;
+
+#[tonic::async_trait]
+impl QueryService for Query {
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let request = request.into_inner();
+        let id = user_id(&request.user_id)?;
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE u.user_id = ",
+            db::USER_COLUMNS,
+            db::users_from(&self.sql)
+        ));
+        stmt.bind(id);
+        let rows = db::fetch(&self.sql, &stmt).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Status::not_found("no such user"))?;
+        Ok(Response::new(db::user(row)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        let filters =
+            serde_json::to_string(&(&r.provider, &r.reference_id, &r.state)).expect("serialises");
+        let after = self.open_page(&r.page_token, &filters)?;
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE 1 = 1",
+            db::USER_COLUMNS,
+            db::users_from(&self.sql)
+        ));
+        for (column, value) in [
+            ("u.provider", &r.provider),
+            ("u.reference_id", &r.reference_id),
+            ("u.state", &r.state),
+        ] {
+            if let Some(value) = value {
+                stmt.push(&format!(" AND {column} = ")).bind(value);
+            }
+        }
+        if let Some(after) = after.as_ref().and_then(|a| a.first()) {
+            stmt.push(" AND u.user_id > ").bind(after);
+        }
+        stmt.push(" ORDER BY u.user_id");
+        db::push_limit(&mut stmt, size + 1);
+        let mut rows = db::fetch(&self.sql, &stmt).await?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            let last = db::user(rows.last().expect("a full page"));
+            self.seal_page(&filters, vec![last.user_id])
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListUsersResponse {
+            users: rows.iter().map(db::user).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_user_events(
+        &self,
+        request: Request<ListUserEventsRequest>,
+    ) -> Result<Response<ListUserEventsResponse>, Status> {
+        let r = request.into_inner();
+        let id = user_id(&r.user_id)?.to_owned();
+        let size = page_size(r.page_size)?;
+        let filters = serde_json::to_string(&id).expect("serialises");
+        let after = self.open_page(&r.page_token, &filters)?;
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE user_id = ",
+            db::EVENT_COLUMNS,
+            self.sql.table("ingest_user_events")
+        ));
+        stmt.bind(&id);
+        if let Some(after) = &after {
+            if after.len() != 4 {
+                return Err(Status::invalid_argument("page_token is invalid"));
+            }
+            let n = |i: usize| {
+                after[i]
+                    .parse::<i64>()
+                    .map_err(|_| Status::invalid_argument("page_token is invalid"))
+            };
+            stmt.push(" AND (version_ts_ms, log_partition, log_offset, event_id) > (")
+                .bind(n(0)?)
+                .push(", ")
+                .bind(n(1)?)
+                .push(", ")
+                .bind(n(2)?)
+                .push(", ")
+                .bind(&after[3])
+                .push(")");
+        }
+        stmt.push(" ORDER BY version_ts_ms, log_partition, log_offset, event_id");
+        db::push_limit(&mut stmt, size + 1);
+        let mut rows = db::fetch(&self.sql, &stmt).await?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            let last: &Row = rows.last().expect("a full page");
+            let cell = |i: usize| last.get(i).cloned().flatten().unwrap_or_default();
+            self.seal_page(&filters, vec![cell(9), cell(11), cell(12), cell(13)])
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListUserEventsResponse {
+            events: rows.iter().map(db::user_event).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_payloads(
+        &self,
+        request: Request<ListPayloadsRequest>,
+    ) -> Result<Response<ListPayloadsResponse>, Status> {
+        let r = request.into_inner();
+        let id = user_id(&r.user_id)?.to_owned();
+        let size = page_size(r.page_size)?;
+        let normalise = |field: &str, value: &Option<String>| -> Result<Option<String>, Status> {
+            value
+                .as_deref()
+                .map(|v| {
+                    terra_core::keys::iso_to_utc_seconds(v).ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "{field} {v:?} is not an RFC 3339 date-time with an offset"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let from = normalise("start_time_from", &r.start_time_from)?;
+        let to = normalise("start_time_to", &r.start_time_to)?;
+        if let (Some(from), Some(to)) = (&from, &to)
+            && from > to
+        {
+            return Err(Status::invalid_argument(
+                "the time range is inverted: start_time_from is after start_time_to",
+            ));
+        }
+        let oldest_first = r.order() == Order::OldestFirst;
+        let mut types = r.types.clone();
+        types.sort();
+        types.dedup();
+        let filters =
+            serde_json::to_string(&(&id, &types, &from, &to, oldest_first)).expect("serialises");
+        let after = self.open_page(&r.page_token, &filters)?;
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE user_id = ",
+            db::PAYLOAD_COLUMNS,
+            self.sql.table("ingest_payloads")
+        ));
+        stmt.bind(&id);
+        db::push_in(&mut stmt, "event_type", &types);
+        if let Some(from) = &from {
+            stmt.push(" AND start_utc >= ").bind(from);
+        }
+        if let Some(to) = &to {
+            stmt.push(" AND start_utc < ").bind(to);
+        }
+        let (cmp, dir) = if oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some(after) = &after {
+            let [start, key] = after.as_slice() else {
+                return Err(Status::invalid_argument("page_token is invalid"));
+            };
+            stmt.push(&format!(" AND (start_utc, row_key) {cmp} ("))
+                .bind(start)
+                .push(", ")
+                .bind(key)
+                .push(")");
+        }
+        stmt.push(&format!(" ORDER BY start_utc {dir}, row_key {dir}"));
+        db::push_limit(&mut stmt, size + 1);
+        let mut rows = db::fetch(&self.sql, &stmt).await?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            let last = rows.last().expect("a full page");
+            let payload = db::payload(last);
+            self.seal_page(
+                &filters,
+                vec![payload.start_utc.unwrap_or_default(), db::row_key(last)],
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListPayloadsResponse {
+            payloads: rows.iter().map(db::payload).collect(),
+            next_page_token,
+        }))
+    }
+
+    type GetPayloadStream = Pin<Box<dyn Stream<Item = Result<GetPayloadChunk, Status>> + Send>>;
+
+    async fn get_payload(
+        &self,
+        request: Request<GetPayloadRequest>,
+    ) -> Result<Response<Self::GetPayloadStream>, Status> {
+        let payload_id = request.into_inner().payload_id;
+        if payload_id.is_empty() || payload_id.len() > terra_core::keys::MAX_PAYLOAD_ID_LEN {
+            return Err(Status::invalid_argument(
+                "payload_id must be 1-263 characters",
+            ));
+        }
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE payload_id = ",
+            db::PAYLOAD_COLUMNS,
+            self.sql.table("ingest_payloads")
+        ));
+        stmt.bind(&payload_id)
+            .push(" ORDER BY version_ts_ms DESC, log_partition DESC, log_offset DESC");
+        db::push_limit(&mut stmt, 1);
+        let rows = db::fetch(&self.sql, &stmt).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Status::not_found("no such payload"))?;
+        let metadata = db::payload(row);
+        let key = self.objects.key(&payload_id);
+        let path = object_store::path::Path::parse(&key)
+            .map_err(|_| Status::invalid_argument("payload_id is not a valid key"))?;
+        let body: Bytes = match self.objects.object_store().get(&path).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(|_| Status::unavailable("object store unavailable; retry"))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Status::unavailable(
+                    "the payload's body is not in the object store yet; retry",
+                ));
+            }
+            Err(_) => return Err(Status::unavailable("object store unavailable; retry")),
+        };
+        let mut chunks = vec![Ok(GetPayloadChunk {
+            chunk: Some(get_payload_chunk::Chunk::Metadata(metadata)),
+        })];
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + CHUNK).min(body.len());
+            chunks.push(Ok(GetPayloadChunk {
+                chunk: Some(get_payload_chunk::Chunk::Data(body.slice(at..end))),
+            }));
+            at = end;
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    type WatchPayloadsStream = Pin<Box<dyn Stream<Item = Result<PayloadEvent, Status>> + Send>>;
+
+    async fn watch_payloads(
+        &self,
+        request: Request<WatchPayloadsRequest>,
+    ) -> Result<Response<Self::WatchPayloadsStream>, Status> {
+        let r = request.into_inner();
+        if let Some(id) = &r.user_id {
+            user_id(id)?;
+        }
+        let cursor: Cursor = if r.resume_from.is_empty() {
+            // from now on: everything the projection already holds is behind the cursor
+            db::positions(&self.sql)
+                .await?
+                .into_iter()
+                .map(|(p, next)| (p, (next - 1, i64::MAX)))
+                .collect()
+        } else {
+            let saved: Vec<(u32, i64, i64)> =
+                self.tokens.open(&r.resume_from).ok_or_else(|| {
+                    Status::invalid_argument(
+                        "resume_from is invalid (changed, or not from this service)",
+                    )
+                })?;
+            saved.into_iter().map(|(p, o, i)| (p, (o, i))).collect()
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let query = self.clone();
+        let mut types = r.types.clone();
+        types.sort();
+        types.dedup();
+        tokio::spawn(async move { query.tail(cursor, r.user_id, types, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Query {
+    /// Polls the payload index by log position and sends what is new, until the client goes
+    /// away. Rows and positions are written in one transaction, so reading the positions
+    /// first and then the rows below them never skips a row that commits later.
+    async fn tail(
+        &self,
+        mut cursor: Cursor,
+        user: Option<String>,
+        types: Vec<String>,
+        tx: mpsc::Sender<Result<PayloadEvent, Status>>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            match self
+                .tail_once(&mut cursor, user.as_deref(), &types, &tx)
+                .await
+            {
+                Ok(sent_all) => {
+                    failures = 0;
+                    if !sent_all {
+                        continue; // a full batch: more is waiting
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable && failures < 150 => {
+                    // the database is away: keep the stream, try again
+                    failures += 1;
+                }
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+            tokio::time::sleep(WATCH_INTERVAL).await;
+        }
+    }
+
+    /// One pass; `Ok(true)` when every partition was read to its stored position.
+    async fn tail_once(
+        &self,
+        cursor: &mut Cursor,
+        user: Option<&str>,
+        types: &[String],
+        tx: &mpsc::Sender<Result<PayloadEvent, Status>>,
+    ) -> Result<bool, Status> {
+        let positions = db::positions(&self.sql).await?;
+        let mut complete = true;
+        for (partition, next) in positions {
+            let (offset, index) = cursor.get(&partition).copied().unwrap_or((-1, i64::MAX));
+            let mut stmt = self.sql.statement(format!(
+                "SELECT {} FROM {} WHERE log_partition = ",
+                db::PAYLOAD_COLUMNS,
+                self.sql.table("ingest_payloads")
+            ));
+            stmt.bind(i64::from(partition))
+                .push(" AND log_offset < ")
+                .bind(next)
+                .push(" AND (log_offset > ")
+                .bind(offset)
+                .push(" OR (log_offset = ")
+                .bind(offset)
+                .push(" AND record_index > ")
+                .bind(index)
+                .push("))");
+            if let Some(user) = user {
+                stmt.push(" AND user_id = ").bind(user);
+            }
+            db::push_in(&mut stmt, "event_type", types);
+            stmt.push(" ORDER BY log_offset, record_index");
+            db::push_limit(&mut stmt, WATCH_BATCH);
+            let rows = db::fetch(&self.sql, &stmt).await?;
+            let full = rows.len() == WATCH_BATCH;
+            for row in &rows {
+                let payload = db::payload(row);
+                cursor.insert(
+                    partition,
+                    (payload.log_offset as i64, db::record_index(row)),
+                );
+                let position = self.seal_cursor(cursor);
+                if tx
+                    .send(Ok(PayloadEvent {
+                        payload: Some(payload),
+                        position,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(true);
+                }
+            }
+            if full {
+                complete = false;
+            } else {
+                // nothing more below the stored position (rows filtered out included)
+                let done = (next - 1, i64::MAX);
+                if cursor.get(&partition).is_none_or(|c| *c < done) {
+                    cursor.insert(partition, done);
+                }
+            }
+        }
+        Ok(complete)
+    }
+
+    fn seal_cursor(&self, cursor: &Cursor) -> String {
+        let list: Vec<(u32, i64, i64)> = cursor.iter().map(|(&p, &(o, i))| (p, o, i)).collect();
+        self.tokens.seal(&list)
+    }
+}
