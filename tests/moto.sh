@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # moto's server (PyPI `moto[server]`): S3 and SQS on one loopback port, for the object
-# projector's tests, plus boto3 as an off-the-shelf client.
+# projector's tests, plus off-the-shelf clients: boto3, and grpcio with reflection for the
+# query service.
 #   tests/moto.sh install   a venv under ~/.cache/terra-ingest/moto-venv (about 70 s; cached)
 #   tests/moto.sh start     starts it on a free loopback port and prints shell exports:
 #                           TERRA_TEST_S3_ENDPOINT=http://127.0.0.1:PORT, MOTO_PID,
@@ -10,13 +11,13 @@ VENV="${HOME}/.cache/terra-ingest/moto-venv"
 
 case "${1:-}" in
   install)
-    if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+    if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import boto3, grpc, grpc_reflection, grpc_health' 2>/dev/null; then
       echo "moto already installed"
       exit 0
     fi
-    echo "installing moto[server] and boto3 (first run on this machine only)"
+    echo "installing moto[server], boto3 and grpcio (first run on this machine only)"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q 'moto[server]' boto3 >&2
+    "$VENV/bin/pip" install -q 'moto[server]' boto3 grpcio grpcio-reflection grpcio-health-checking >&2
     ;;
   start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -13,6 +13,7 @@ use terra_eventlog::{EventLog, LogUrl};
 
 mod objects;
 mod projector;
+mod query;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");
 

@@ -120,7 +120,7 @@ impl Interceptor for BearerAuth {
 
 /// Serves the query API, health and reflection on `listener` until `shutdown` resolves.
 pub async fn run(
-    query: Query,
+    mut query: Query,
     config: QueryServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -129,6 +129,23 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     config.check_bind(addr)?;
+    // live tails end at shutdown, so in-flight streams finish and the server drains
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    query.stopping = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let mut drained = stopping.clone();
+    let shutdown = async move {
+        let _ = drained.wait_for(|s| *s).await;
+    };
+    // clients that keep idle connections open must not hold the process past its drain time
+    let mut deadline = stopping;
+    let drain_deadline = async move {
+        let _ = deadline.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN).await;
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<QueryServiceServer<Query>>()
@@ -156,7 +173,7 @@ pub async fn run(
     }
     tracing::info!(addr = %addr, tokens = config.tokens.len(), tls = config.tls.is_some(), "query service listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    server
+    let serve = server
         .add_service(QueryServiceServer::with_interceptor(
             query,
             BearerAuth::new(&config.tokens),
@@ -164,10 +181,18 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        served = serve => served?,
+        () = drain_deadline => {
+            tracing::warn!(drain_ms = DRAIN.as_millis() as u64, "gRPC connections still open after the drain time; closing them");
+        }
+    }
     Ok(())
 }
+
+/// How long shutdown waits for gRPC connections to close after in-flight calls finished.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

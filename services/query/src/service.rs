@@ -39,14 +39,18 @@ pub struct Query {
     pub(crate) sql: SqlTarget,
     pub(crate) objects: Store,
     pub(crate) tokens: TokenKey,
+    /// Turns true when the server shuts down: live tails end so it can drain.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Query {
     pub fn new(sql: SqlTarget, objects: Store, tokens: TokenKey) -> Self {
+        let (_, stopping) = tokio::sync::watch::channel(false);
         Self {
             sql,
             objects,
             tokens,
+            stopping,
         }
     }
 }
@@ -398,8 +402,9 @@ impl Query {
         tx: mpsc::Sender<Result<PayloadEvent, Status>>,
     ) {
         let mut failures = 0u32;
+        let mut stopping = self.stopping.clone();
         loop {
-            if tx.is_closed() {
+            if tx.is_closed() || *stopping.borrow() {
                 return;
             }
             match self
@@ -421,7 +426,11 @@ impl Query {
                     return;
                 }
             }
-            tokio::time::sleep(WATCH_INTERVAL).await;
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                // no sender (a Query not served by `run`): only the timer wakes the tail
+                Ok(()) = stopping.changed() => {}
+            }
         }
     }
 

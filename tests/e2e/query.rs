@@ -1,0 +1,251 @@
+//! The gRPC query service of `standalone`: every fixture sent over HTTP with `send` is found
+//! through the API with byte-identical bodies, a watcher sees each new payload once, and an
+//! off-the-shelf client (Python grpcio with server reflection) lists the services and calls
+//! a method.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use terra_query::proto::query_service_client::QueryServiceClient;
+use terra_query::proto::{
+    GetPayloadRequest, ListPayloadsRequest, WatchPayloadsRequest, get_payload_chunk,
+};
+
+use super::{fixtures_dir, start, terminate, terra_ingest, text};
+
+const ORDERING_MS: i64 = 1_780_000_000_000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Payload ids a body produces, and whether its stored body is the webhook body itself.
+fn expected(body: &[u8]) -> (Vec<String>, bool) {
+    let c = terra_core::classify(body).unwrap();
+    if c.group == terra_core::EventGroup::Data {
+        let ids = c
+            .records
+            .iter()
+            .map(|r| {
+                terra_core::keys::data_payload_id(
+                    c.version.as_deref(),
+                    &c.event_type,
+                    c.user_id.as_deref().unwrap(),
+                    r,
+                )
+            })
+            .collect();
+        (ids, c.records.len() == 1)
+    } else {
+        (
+            vec![terra_core::keys::event_payload_id(
+                c.version.as_deref(),
+                &c.event_type,
+                c.user_id.as_deref(),
+                ORDERING_MS,
+            )],
+            true,
+        )
+    }
+}
+
+#[tokio::test]
+async fn every_sent_fixture_is_found_through_grpc_with_its_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let grpc_addr = format!("127.0.0.1:{port}");
+    let mut server = start(
+        dir.path(),
+        &[
+            "standalone",
+            "--grpc-addr",
+            &grpc_addr,
+            "--batch-wait-ms",
+            "5",
+        ],
+    );
+    let mut client = loop {
+        match tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break QueryServiceClient::new(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut watch = client
+        .watch_payloads(WatchPayloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut all_ids = BTreeSet::new();
+    let mut checks = Vec::new();
+    let webhook = format!("http://{}/webhook", server.addr);
+    let mut names: Vec<String> = std::fs::read_dir(format!("{}/webhooks", fixtures_dir()))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    for name in &names {
+        let body = std::fs::read(format!("{}/webhooks/{name}.json", fixtures_dir())).unwrap();
+        let out = terra_ingest(
+            dir.path(),
+            &[
+                "send",
+                "--url",
+                &webhook,
+                "--fixture",
+                name,
+                "-H",
+                &format!("X-Terra-Ordering-Timestamp: {ORDERING_MS}"),
+            ],
+        );
+        assert!(
+            text(&out.stdout).starts_with("200"),
+            "{name}: {}",
+            text(&out.stdout)
+        );
+        let (ids, exact) = expected(&body);
+        for id in ids {
+            all_ids.insert(id.clone());
+            checks.push((name.clone(), id, exact.then(|| body.clone())));
+        }
+    }
+
+    // the watcher sees each new payload once
+    let mut watched = Vec::new();
+    while watched.len() < all_ids.len() {
+        let event = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
+        watched.push(event.payload.unwrap().payload_id);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), watch.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    let unique: BTreeSet<String> = watched.iter().cloned().collect();
+    assert_eq!(unique.len(), watched.len(), "no duplicate");
+    assert_eq!(unique, all_ids, "every payload");
+
+    // every body through GetPayload, byte for byte
+    for (name, id, exact) in &checks {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let body = loop {
+            match client
+                .get_payload(GetPayloadRequest {
+                    payload_id: id.clone(),
+                })
+                .await
+            {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    let mut body = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        if let Some(get_payload_chunk::Chunk::Data(d)) = chunk.unwrap().chunk {
+                            body.extend_from_slice(&d);
+                        }
+                    }
+                    break body;
+                }
+                // the object projector may still be writing it
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("{name} {id}: {status:?}"),
+            }
+        };
+        let stored =
+            std::fs::read(dir.path().join("data/objects").join(format!("{id}.json"))).unwrap();
+        assert_eq!(body, stored, "{name}: the body is the stored object");
+        if let Some(sent) = exact {
+            assert_eq!(
+                &body, sent,
+                "{name}: the stored object is the webhook as sent"
+            );
+        }
+    }
+    let listed = client
+        .list_payloads(ListPayloadsRequest {
+            user_id: "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payloads;
+    assert!(listed.len() >= 8);
+
+    // an off-the-shelf client: Python grpcio, through server reflection only
+    if let Ok(python) = std::env::var("TERRA_TEST_PYTHON") {
+        let out = std::process::Command::new(python)
+            .arg("-c")
+            .arg(REFLECTION_CLIENT)
+            .arg(&grpc_addr)
+            .arg("0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grpcio client failed: {}",
+            text(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let services: Vec<&str> = report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert!(
+            services.contains(&"terra.ingest.v1.QueryService")
+                && services.contains(&"grpc.health.v1.Health"),
+            "{services:?}"
+        );
+        assert_eq!(report["provider"], "GARMIN");
+        assert_eq!(report["health"], "SERVING");
+    } else {
+        panic!("TERRA_TEST_PYTHON must name a python with grpcio (tests/run-all.sh installs it)");
+    }
+    assert!(terminate(&mut server).success());
+}
+
+const REFLECTION_CLIENT: &str = r#"
+import json, sys, grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf import message_factory
+channel = grpc.insecure_channel(sys.argv[1])
+db = ProtoReflectionDescriptorDatabase(channel)
+services = list(db.get_services())
+pool = DescriptorPool(db)
+method = pool.FindServiceByName("terra.ingest.v1.QueryService").FindMethodByName("GetUser")
+Request = message_factory.GetMessageClass(method.input_type)
+Response = message_factory.GetMessageClass(method.output_type)
+call = channel.unary_unary("/terra.ingest.v1.QueryService/GetUser", request_serializer=Request.SerializeToString, response_deserializer=Response.FromString)
+user = call(Request(user_id=sys.argv[2]), timeout=10)
+health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="terra.ingest.v1.QueryService"), timeout=10)
+print(json.dumps({"services": services, "provider": user.provider, "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}))
+"#;
