@@ -321,6 +321,8 @@ pub enum BenchCommand {
     /// Project a pre-filled log into a folder and an S3-compatible bucket: objects/s, MB/s,
     /// peak memory.
     Objects(crate::bench_objects::BenchObjectsArgs),
+    /// ListPayloads and GetPayload throughput and latency over 1M payload rows in Postgres.
+    Query(crate::bench_query::BenchQueryArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
     #[command(hide = true)]
     BareServer {
@@ -357,6 +359,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Ingress(args)) => crate::bench::run(args).await,
         Command::Bench(BenchCommand::Sql(args)) => crate::bench_sql::run(args).await,
         Command::Bench(BenchCommand::Objects(args)) => crate::bench_objects::run(args).await,
+        Command::Bench(BenchCommand::Query(args)) => crate::bench_query::run(args).await,
         Command::Bench(BenchCommand::BareServer { http_addr }) => {
             crate::bench::bare_server(&http_addr).await
         }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_objects;
+mod bench_query;
 mod bench_sql;
 pub mod cli;
 mod fixtures;
