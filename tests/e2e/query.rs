@@ -249,3 +249,42 @@ user = call(Request(user_id=sys.argv[2]), timeout=10)
 health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="terra.ingest.v1.QueryService"), timeout=10)
 print(json.dumps({"services": services, "provider": user.provider, "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}))
 "#;
+
+#[test]
+fn the_query_service_refuses_a_public_address_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = terra_ingest(
+        dir.path(),
+        &[
+            "standalone",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "0.0.0.0:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("without authentication")
+            && stderr.contains("--insecure-allow-unauthenticated"),
+        "{stderr}"
+    );
+    // a short token is refused by name, and never echoed
+    let out = terra_ingest(
+        dir.path(),
+        &[
+            "standalone",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-token",
+            "short-secret",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("setting grpc_token") && !stderr.contains("short-secret"),
+        "{stderr}"
+    );
+}

@@ -22,6 +22,9 @@ use clap::Parser;
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // ring (tonic, sqlx, reqwest) and aws-lc-rs (the AWS SDK) are both linked, so rustls
+    // cannot pick a process-wide provider by itself: name it before any TLS is set up
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

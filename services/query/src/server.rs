@@ -162,6 +162,8 @@ pub async fn run(
         .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
+        // both ring (tonic) and aws-lc-rs (the AWS SDK) are linked: name the provider, once
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tls_config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
         if let Some(ca) = &tls.client_ca {

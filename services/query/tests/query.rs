@@ -734,3 +734,164 @@ async fn a_database_outage_is_unavailable_then_healthy_again() {
     );
     e.done().await;
 }
+
+/// PEM files for a CA, a server certificate for 127.0.0.1 and a client certificate, made with
+/// the openssl command (Debian's).
+fn certificates(dir: &std::path::Path) -> [Vec<u8>; 5] {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    // any extension makes an X.509 v3 certificate (rustls refuses v1)
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=terra-test-ca",
+    ]);
+    for name in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    [
+        read("ca.pem"),
+        read("server.pem"),
+        read("server.key"),
+        read("client.pem"),
+        read("client.key"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let certs_dir = tempfile::tempdir().unwrap();
+    let [ca, server_cert, server_key, client_cert, client_key] = certificates(certs_dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let sql = SqlTarget::connect(&SqlConfig::new(format!(
+        "sqlite://{}",
+        dir.path().join("t.db").display()
+    )))
+    .unwrap();
+    terra_projector::sql::migrate(&sql).await.unwrap();
+    let store = Store::open(&StoreConfig {
+        url: dir.path().join("objects").display().to_string(),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    let config = QueryServerConfig {
+        tls: Some(terra_query::TlsFiles {
+            cert: server_cert,
+            key: server_key,
+            client_ca: Some(ca.clone()),
+        }),
+        ..QueryServerConfig::default()
+    };
+    // mutual TLS counts as authentication: any address may be bound
+    assert!(config.check_bind("0.0.0.0:1".parse().unwrap()).is_ok());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, mut stopped) = watch::channel(false);
+    tokio::spawn(terra_query::run(
+        Query::new(sql, store, TokenKey::new("k")),
+        config,
+        listener,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let endpoint = |tls: ClientTlsConfig| {
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let with_cert = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&client_cert, &client_key));
+    let channel = endpoint(with_cert).connect().await.unwrap();
+    let err = QueryServiceClient::new(channel)
+        .get_user(GetUserRequest {
+            user_id: USER.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "through mutual TLS: {err:?}");
+    // without a client certificate the handshake (or the first call) fails
+    let without = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let refused = match endpoint(without).connect().await {
+        Err(_) => true,
+        Ok(channel) => QueryServiceClient::new(channel)
+            .get_user(GetUserRequest {
+                user_id: USER.into(),
+            })
+            .await
+            .is_err_and(|e| e.code() != Code::NotFound),
+    };
+    assert!(refused, "a client without a certificate is refused");
+}
