@@ -174,7 +174,8 @@ pub async fn run(
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     tracing::info!(addr = %addr, tokens = config.tokens.len(), tls = config.tls.is_some(), "query service listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // no Nagle: a streamed answer is several small writes, and delayed ACKs would add ~40 ms
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = server
         .add_service(QueryServiceServer::with_interceptor(
             query,

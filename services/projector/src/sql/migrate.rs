@@ -55,21 +55,25 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("postgres", 20261124000100, "terra_tables"),
             migration!("postgres", 20261124000200, "ingest_tables"),
             migration!("postgres", 20261124000300, "payload_position_index"),
+            migration!("postgres", 20261124000400, "payload_user_order_index"),
         ],
         (Dialect::Postgres, Variant::Supabase) => vec![
             migration!("supabase", 20261124000100, "terra_tables"),
             migration!("postgres", 20261124000200, "ingest_tables"),
             migration!("postgres", 20261124000300, "payload_position_index"),
+            migration!("postgres", 20261124000400, "payload_user_order_index"),
         ],
         (Dialect::MySql, _) => vec![
             migration!("mysql", 20261124000100, "terra_tables"),
             migration!("mysql", 20261124000200, "ingest_tables"),
             migration!("mysql", 20261124000300, "payload_position_index"),
+            migration!("mysql", 20261124000400, "payload_user_order_index"),
         ],
         (Dialect::Sqlite, _) => vec![
             migration!("sqlite", 20261124000100, "terra_tables"),
             migration!("sqlite", 20261124000200, "ingest_tables"),
             migration!("sqlite", 20261124000300, "payload_position_index"),
+            migration!("sqlite", 20261124000400, "payload_user_order_index"),
         ],
     }
 }

@@ -80,17 +80,30 @@ pub async fn fetch_rows(
     for row in &fetched {
         let mut values = Vec::with_capacity(row.len());
         for i in 0..row.len() {
-            let value = row
-                .try_get::<Option<String>, _>(i)
-                .or_else(|_| {
-                    row.try_get::<Option<i64>, _>(i)
-                        .map(|v| v.map(|n| n.to_string()))
-                })
+            use sqlx::ValueRef;
+            use sqlx::any::AnyTypeInfoKind as Kind;
+            // decode by the column's kind (a failed decode costs an error value per cell)
+            let raw = row.try_get_raw(i)?;
+            let kind = if raw.is_null() {
+                Kind::Null
+            } else {
+                raw.type_info().kind()
+            };
+            let value = match kind {
+                Kind::Null => None,
+                Kind::SmallInt | Kind::Integer | Kind::BigInt => {
+                    row.try_get::<Option<i64>, _>(i)?.map(|n| n.to_string())
+                }
                 // MySQL's TEXT reaches sqlx's Any driver as a BLOB
-                .or_else(|_| {
-                    row.try_get::<Option<Vec<u8>>, _>(i)
-                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                })?;
+                Kind::Blob => row
+                    .try_get::<Option<Vec<u8>>, _>(i)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                Kind::Bool => row.try_get::<Option<bool>, _>(i)?.map(|b| b.to_string()),
+                Kind::Real | Kind::Double => {
+                    row.try_get::<Option<f64>, _>(i)?.map(|f| f.to_string())
+                }
+                Kind::Text => row.try_get::<Option<String>, _>(i)?,
+            };
             values.push(value);
         }
         out.push(values);
