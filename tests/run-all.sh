@@ -79,7 +79,7 @@ if [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] && [ -n "${TERRA_TEST_S3_ENDPOINT:-}
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E 'not test(crash_child)'
 else
   filter='not test(crash_child)'
-  [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] || filter="$filter and not test(/kafka_broker::/)"
+  [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] || filter="$filter and not test(/kafka_broker/)"
   [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ] || filter="$filter and not test(/s3::|sqs|moto|s3_/)"
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E "$filter"
 fi

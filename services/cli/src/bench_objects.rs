@@ -14,7 +14,7 @@ use terra_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use tokio::sync::watch;
 
-use crate::bench_sql::{BenchSqlArgs, fill};
+use crate::bench_load::{LoadShape, fill};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchObjectsArgs {
@@ -83,15 +83,10 @@ async fn measure(
         &dir.path().join("log"),
         4,
     )?);
-    let fill_args = BenchSqlArgs {
-        postgres: String::new(),
-        mysql: String::new(),
+    let fill_args = LoadShape {
         records,
         per_webhook: 10,
         users: args.users,
-        batch_size: args.batch_size,
-        rate: 0,
-        seconds: 0,
     };
     let filled = fill(&log, &fill_args).await?;
     let mut config = ProjectorConfig::new("bench-objects");

@@ -21,7 +21,7 @@ use terra_query::{Query, QueryServerConfig, TokenKey};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::bench_sql::{BenchSqlArgs, fill};
+use crate::bench_load::{LoadShape, fill};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchQueryArgs {
@@ -76,15 +76,10 @@ async fn measure(args: &BenchQueryArgs, url: &str) -> anyhow::Result<()> {
         &dir.path().join("log"),
         4,
     )?);
-    let fill_args = BenchSqlArgs {
-        postgres: String::new(),
-        mysql: String::new(),
+    let fill_args = LoadShape {
         records: args.records,
         per_webhook: 10,
         users: args.users,
-        batch_size: 500,
-        rate: 0,
-        seconds: 0,
     };
     fill(&log, &fill_args).await?;
     let mut sql_config = SqlConfig::new(url);

@@ -10,27 +10,23 @@
 //!    the time from each 2xx to its rows being visible (the projector's positions, written in
 //!    the same transaction as the rows, reaching the record).
 
-use std::collections::BTreeMap;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use prost::Message;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Executor;
-use terra_core::envelope::Envelope;
-use terra_eventlog::{EventLog, Record};
+use terra_eventlog::EventLog;
 use terra_projector::sql::{SqlConfig, SqlTarget};
 use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
 use tokio::sync::watch;
 
 use crate::bench::{ChildGuard, free_addr, signed_requests, wait_until_up};
-use crate::fixtures;
+use crate::bench_load::{LoadShape, fill};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchSqlArgs {
@@ -60,8 +56,6 @@ pub struct BenchSqlArgs {
     pub seconds: u64,
 }
 
-const DATA_TYPES: [&str; 5] = ["activity", "sleep", "daily", "body", "nutrition"];
-
 pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
     if args.records == 0 || args.per_webhook == 0 || args.users == 0 || args.batch_size == 0 {
         bail!("--records, --per-webhook, --users and --batch-size must be at least 1");
@@ -73,7 +67,15 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
         &dir.path().join("log"),
         4,
     )?);
-    let filled = fill(&log, &args).await?;
+    let filled = fill(
+        &log,
+        &LoadShape {
+            records: args.records,
+            per_webhook: args.per_webhook,
+            users: args.users,
+        },
+    )
+    .await?;
     println!(
         "terra-ingest bench sql: log of {} records ({} webhooks carrying {} data records, {} other events, {} re-deliveries), {} users, {:.0} MB, filled in {:.1} s",
         filled.log_records,
@@ -94,7 +96,7 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let (url, db) = fresh_database(server).await?;
-        let result = measure(&log, &url, &args, filled.data_records).await;
+        let result = measure(&log, &url, &args).await;
         drop_database(server, &db).await;
         let m = result.with_context(|| format!("{name} benchmark failed"))?;
         println!(
@@ -114,152 +116,13 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) struct Filled {
-    pub(crate) log_records: usize,
-    pub(crate) data_webhooks: usize,
-    pub(crate) data_records: usize,
-    pub(crate) other_events: usize,
-    pub(crate) redeliveries: usize,
-    pub(crate) bytes: usize,
-}
-
-/// One record of each data type, from the fixtures, as templates.
-fn templates() -> BTreeMap<&'static str, Value> {
-    DATA_TYPES
-        .iter()
-        .map(|t| {
-            let body: Value =
-                serde_json::from_slice(fixtures::get(t).expect("fixture")).expect("fixture JSON");
-            (*t, body["data"][0].clone())
-        })
-        .collect()
-}
-
-fn user_object(user: usize) -> Value {
-    let provider = ["GARMIN", "FITBIT", "OURA", "WHOOP"][user % 4];
-    json!({
-        "user_id": format!("{user:08x}-5e1f-4c2a-9b7d-6a3e2f1c0b9d"),
-        "provider": provider,
-        "reference_id": format!("acct-{user}"),
-        "scopes": "activity:read,sleep:read,daily:read",
-        "last_webhook_update": "2026-10-04T09:00:12.118000+00:00",
-        "created_at": "2026-09-01T10:11:12.000000+00:00",
-        "active": true
-    })
-}
-
-fn envelope_record(body: Vec<u8>, ordering_ms: i64) -> Record {
-    let c = terra_core::classify(&body).ok();
-    let user_id = c.as_ref().and_then(|c| c.user_id.clone());
-    let envelope = Envelope {
-        envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp {
-            seconds: ordering_ms / 1000,
-            nanos: 0,
-        }),
-        source: "default".into(),
-        event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
-        user_id: user_id.clone(),
-        ordering_timestamp_ms: Some(ordering_ms),
-        body_is_json: c.is_some(),
-        body: body.into(),
-        ..Default::default()
-    };
-    Record {
-        key: user_id.map(|u| Bytes::from(u.into_bytes())),
-        headers: vec![],
-        value: envelope.encode_to_vec().into(),
-    }
-}
-
-pub(crate) async fn fill(log: &EventLog, args: &BenchSqlArgs) -> anyhow::Result<Filled> {
-    let templates = templates();
-    let webhooks = args.records.div_ceil(args.per_webhook);
-    let mut filled = Filled {
-        log_records: 0,
-        data_webhooks: 0,
-        data_records: 0,
-        other_events: 0,
-        redeliveries: 0,
-        bytes: 0,
-    };
-    let base_ms: i64 = 1_780_000_000_000;
-    let day0 = 20_000; // days since 1970: 2024-10-04
-    let mut pending = Vec::with_capacity(2_000);
-    let mut per_user_type: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    for w in 0..webhooks {
-        let user = w % args.users;
-        let kind = (w / args.users) % DATA_TYPES.len();
-        let data_type = DATA_TYPES[kind];
-        let n = args.per_webhook.min(args.records - filled.data_records);
-        let seq = per_user_type.entry((user, kind)).or_insert(0);
-        let mut data = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut record = templates[data_type].clone();
-            let day = day0 + *seq as i64;
-            let date = civil(day);
-            let meta = &mut record["metadata"];
-            meta["start_time"] = json!(format!("{date}T07:15:00.000000+02:00"));
-            meta["end_time"] = json!(format!("{date}T08:05:00.000000+02:00"));
-            if meta.get("summary_id").is_some() {
-                meta["summary_id"] = json!(format!("{data_type}-{user}-{seq}"));
-            }
-            *seq += 1;
-            data.push(record);
-        }
-        let body = serde_json::to_vec(&json!({
-            "type": data_type, "user": user_object(user), "data": data, "version": "2022-03-16"
-        }))?;
-        let ts = base_ms + w as i64;
-        filled.bytes += body.len();
-        filled.data_records += n;
-        filled.data_webhooks += 1;
-        if w % 20 == 0 {
-            // Terra re-sends a newer copy of the same records
-            pending.push(envelope_record(body.clone(), ts + 1));
-            filled.redeliveries += 1;
-        }
-        pending.push(envelope_record(body, ts));
-        if w % 50 == 0 {
-            let name = [
-                "auth",
-                "deauth",
-                "permission_change",
-                "connection_error",
-                "large_request_sending",
-            ][(w / 50) % 5];
-            let mut event: Value = serde_json::from_slice(fixtures::get(name).expect("fixture"))?;
-            event["user"] = user_object(user);
-            pending.push(envelope_record(serde_json::to_vec(&event)?, ts));
-            filled.other_events += 1;
-        }
-        if pending.len() >= 2_000 {
-            filled.log_records += pending.len();
-            log.append(std::mem::take(&mut pending)).await?;
-        }
-    }
-    filled.log_records += pending.len();
-    log.append(pending).await?;
-    Ok(filled)
-}
-
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-fn civil(days: i64) -> String {
-    terra_core::keys::unix_ms_to_utc_seconds(days * 86_400_000)[..10].to_owned()
-}
-
 struct Measured {
     rows: usize,
     projector_s: f64,
     raw_s: f64,
 }
 
-async fn measure(
-    log: &EventLog,
-    url: &str,
-    args: &BenchSqlArgs,
-    _data_records: usize,
-) -> anyhow::Result<Measured> {
+async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Result<Measured> {
     let target = SqlTarget::connect(&SqlConfig::new(url))?;
     terra_projector::sql::migrate(&target).await?;
     let mut config = ProjectorConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
@@ -269,7 +132,7 @@ async fn measure(
     let mut sink = SqlSink::new(target.clone());
     let (_stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let stats = terra_projector::run(
+    terra_projector::run(
         &config,
         log,
         &mut sink,
@@ -297,17 +160,6 @@ async fn measure(
         terra_projector::sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
     let raw_s = started.elapsed().as_secs_f64();
     target.close().await;
-    if rows
-        != stats
-            .payloads
-            .saturating_sub(stats.superseded.min(stats.payloads))
-        && rows > stats.payloads
-    {
-        eprintln!(
-            "note: raw load wrote {rows} rows, the projector {}",
-            stats.payloads
-        );
-    }
     Ok(Measured {
         rows,
         projector_s,

@@ -2,6 +2,7 @@
 //! the operator tools (`migrate`, `rebuild`, `send`, `verify`, `bench`).
 
 mod bench;
+mod bench_load;
 mod bench_objects;
 mod bench_query;
 mod bench_sql;

@@ -74,23 +74,44 @@ pub(crate) fn spawn_sql(
     let mut config = ProjectorConfig::new(terra_projector::SQL_GROUP);
     config.batch_size = sql.batch_size;
     config.batch_wait = sql.batch_wait;
-    tokio::spawn(async move {
-        tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
-        let mut sink = SqlSink::new(target);
-        let result =
-            terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await;
-        match result {
-            Ok(totals) => {
-                tracing::info!(records = totals.records, "sql projector stopped");
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "sql projector failed");
-                let _ = failed.send(true);
-                Err(anyhow::anyhow!("sql projector failed: {err}"))
-            }
+    tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
+    tokio::spawn(supervise(
+        "sql",
+        config,
+        log,
+        SqlSink::new(target),
+        metrics,
+        stopped,
+        failed,
+    ))
+}
+
+/// Runs a projector until `stopped`, logs how it ended, and sets `failed` when it stopped on
+/// its own (the process then shuts down, so the failure is seen).
+async fn supervise<S: terra_projector::Sink>(
+    name: &'static str,
+    config: ProjectorConfig,
+    log: EventLog,
+    mut sink: S,
+    metrics: ProjectorMetrics,
+    stopped: watch::Receiver<bool>,
+    failed: watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    match terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await {
+        Ok(totals) => {
+            tracing::info!(
+                projector = name,
+                records = totals.records,
+                "projector stopped"
+            );
+            Ok(())
         }
-    })
+        Err(err) => {
+            tracing::error!(projector = name, error = %err, "projector failed");
+            let _ = failed.send(true);
+            Err(anyhow::anyhow!("{name} projector failed: {err}"))
+        }
+    }
 }
 
 /// Runs the object projector until `stopped`; sets `failed` when it stops on its own. It
@@ -111,22 +132,11 @@ pub(crate) async fn spawn_objects(
     let mut config = ProjectorConfig::new(terra_objects::OBJECTS_GROUP);
     config.batch_size = batches.batch_size;
     config.batch_wait = batches.batch_wait;
-    let sink_config = objects.sink.clone();
-    Ok(tokio::spawn(async move {
-        tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
-        let mut sink = terra_objects::ObjectSink::new(store, sink_config, pinger);
-        match terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await {
-            Ok(totals) => {
-                tracing::info!(records = totals.records, "object projector stopped");
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "object projector failed");
-                let _ = failed.send(true);
-                Err(anyhow::anyhow!("object projector failed: {err}"))
-            }
-        }
-    }))
+    tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
+    let sink = terra_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
+    Ok(tokio::spawn(supervise(
+        "object", config, log, sink, metrics, stopped, failed,
+    )))
 }
 
 /// `terra-ingest project objects`.
@@ -155,28 +165,17 @@ pub(crate) async fn project_objects(
     let (stop, stopped) = watch::channel(false);
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "projector http listening");
     let store = terra_objects::Store::open(&objects.store)?;
-    let http = tokio::spawn(serve_health(
-        listener,
-        Arc::new(registry),
+    let http = start_health(
+        settings.http_addr,
+        registry,
         Readiness::Objects(store),
         stopped.clone(),
-    ));
-    let (failed, mut projector_failed) = watch::channel(false);
+    )
+    .await?;
+    let (failed, projector_failed) = watch::channel(false);
     let projector = spawn_objects(&objects, &settings.sql, log, metrics, stopped, failed).await?;
-    tokio::select! {
-        () = serve::shutdown_signal() => {}
-        _ = projector_failed.changed() => {}
-    }
-    let _ = stop.send(true);
-    let result = projector.await.context("projector task panicked")?;
-    let _ = http.await;
-    result?;
-    Ok(ExitCode::SUCCESS)
+    until_stopped(projector, http, stop, projector_failed).await
 }
 
 /// `terra-ingest project sql`.
@@ -195,18 +194,44 @@ pub(crate) async fn project_sql(
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
     let target = open_sql(&settings.sql, settings.migrate, stopped.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "projector http listening");
-    let http = tokio::spawn(serve_health(
-        listener,
-        Arc::new(registry),
+    let http = start_health(
+        settings.http_addr,
+        registry,
         Readiness::Sql(target.clone()),
         stopped.clone(),
-    ));
-    let (failed, mut projector_failed) = watch::channel(false);
+    )
+    .await?;
+    let (failed, projector_failed) = watch::channel(false);
     let projector = spawn_sql(&settings.sql, target, log, metrics, stopped, failed);
+    until_stopped(projector, http, stop, projector_failed).await
+}
+
+/// Serves `/healthz`, `/readyz`, `/metrics` of a projector on `addr` until `stopped`.
+async fn start_health(
+    addr: std::net::SocketAddr,
+    registry: Registry,
+    readiness: Readiness,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr} (--http-addr)"))?;
+    tracing::info!(addr = %listener.local_addr()?, "projector http listening");
+    Ok(tokio::spawn(serve_health(
+        listener,
+        Arc::new(registry),
+        readiness,
+        stopped,
+    )))
+}
+
+/// Waits for SIGTERM/Ctrl-C (or the projector failing), then stops and drains.
+async fn until_stopped(
+    projector: JoinHandle<anyhow::Result<()>>,
+    http: JoinHandle<std::io::Result<()>>,
+    stop: watch::Sender<bool>,
+    mut projector_failed: watch::Receiver<bool>,
+) -> anyhow::Result<ExitCode> {
     tokio::select! {
         () = serve::shutdown_signal() => {}
         _ = projector_failed.changed() => {}

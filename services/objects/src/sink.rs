@@ -94,15 +94,9 @@ impl ObjectSink {
                         "offset": planned.position.offset,
                         "body_sha256": planned.body_sha256,
                     });
-                    dead.push((
-                        terra_core::keys::object_key(&self.store.prefix, &stem),
-                        Bytes::from(meta.to_string()),
-                    ));
-                    let body_key = format!(
-                        "{}.body",
-                        terra_core::keys::object_key(&self.store.prefix, &stem)
-                            .trim_end_matches(".json")
-                    );
+                    let meta_key = terra_core::keys::object_key(&self.store.prefix, &stem);
+                    let body_key = format!("{}.body", meta_key.trim_end_matches(".json"));
+                    dead.push((meta_key, Bytes::from(meta.to_string())));
                     dead.push((body_key, planned.body.clone()));
                 }
                 Plan::Event(event) => {
@@ -288,19 +282,16 @@ async fn put(
     version: Option<Version>,
 ) -> Result<(), SinkError> {
     let path = object_path(key)?;
+    // a local folder keeps no attributes (its versions live in the sidecar tree)
     let mut attributes = Attributes::new();
-    attributes.insert(Attribute::ContentType, "application/json".into());
-    if let Some(version) = version
-        && store.root.is_none()
-    {
-        attributes.insert(
-            Attribute::Metadata(VERSION_ATTRIBUTE.into()),
-            encode_version(version).into(),
-        );
-    }
-    if store.root.is_some() {
-        // a local folder keeps no attributes
-        attributes = Attributes::new();
+    if store.root.is_none() {
+        attributes.insert(Attribute::ContentType, "application/json".into());
+        if let Some(version) = version {
+            attributes.insert(
+                Attribute::Metadata(VERSION_ATTRIBUTE.into()),
+                encode_version(version).into(),
+            );
+        }
     }
     let options = PutOptions {
         attributes,

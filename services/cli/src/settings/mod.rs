@@ -13,11 +13,13 @@ use terra_core::{SigningSecret, Verifier};
 use terra_eventlog::LogUrl;
 use terra_ingress::{AllowEntry, DEFAULT_SOURCE, IngressConfig, Source};
 
-use terra_projector::sql::{Dialect, SqlConfig, Variant};
+use crate::cli::{LogFormat, ServeArgs};
 
-use terra_objects::{ObjectSinkConfig, SqsConfig, StoreConfig};
+mod projections;
 
-use crate::cli::{LogFormat, ObjectArgs, ProjectArgs, ServeArgs, SqlArgs};
+pub use projections::{
+    ObjectSettings, ProjectorSettings, SqlSettings, resolve_objects, resolve_projector, resolve_sql,
+};
 
 pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
@@ -85,201 +87,6 @@ pub struct FileSource {
     pub allow: Vec<String>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
-}
-
-/// The SQL projection's settings, validated.
-#[derive(Debug, Clone)]
-pub struct SqlSettings {
-    pub config: SqlConfig,
-    pub batch_size: usize,
-    pub batch_wait: Duration,
-}
-
-/// Everything `project`, `migrate` and `rebuild` need, validated.
-#[derive(Debug)]
-pub struct ProjectorSettings {
-    pub data_dir: PathBuf,
-    pub log: LogUrl,
-    pub kafka_properties: Vec<(String, String)>,
-    pub http_addr: SocketAddr,
-    pub sql: SqlSettings,
-    pub migrate: bool,
-    pub otlp_endpoint: Option<String>,
-    pub log_format: LogFormat,
-}
-
-/// Resolves the SQL settings (flags and env over the file over the defaults).
-pub fn resolve_sql(
-    file: &FileSettings,
-    args: SqlArgs,
-    data_dir: &Path,
-) -> anyhow::Result<SqlSettings> {
-    let url = args
-        .sql
-        .or_else(|| file.sql.clone())
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display()));
-    let dialect = Dialect::of_url(&url)
-        .map_err(|e| anyhow::anyhow!("setting sql (--sql, TERRA_INGEST_SQL): {e}"))?;
-    let mut config = SqlConfig::new(url);
-    if let Some(schema) = args.sql_schema.or_else(|| file.sql_schema.clone()) {
-        config.schema = schema;
-    }
-    if args.supabase.or(file.supabase).unwrap_or(false) {
-        if dialect != Dialect::Postgres {
-            bail!(
-                "setting supabase (--supabase, TERRA_INGEST_SUPABASE): needs a postgres:// --sql URL (Supabase is Postgres)"
-            );
-        }
-        config.variant = Variant::Supabase;
-    }
-    // validate names now, so the error names the setting (connecting is lazy)
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("setting sql / sql_schema: {e}"))?;
-    let batch_size = args.batch_size.or(file.batch_size).unwrap_or(1_000);
-    if !(1..=100_000).contains(&batch_size) {
-        bail!(
-            "setting batch_size (--batch-size, TERRA_INGEST_BATCH_SIZE): must be between 1 and 100000"
-        );
-    }
-    let batch_wait_ms = args.batch_wait_ms.or(file.batch_wait_ms).unwrap_or(50);
-    if batch_wait_ms == 0 || batch_wait_ms > 60_000 {
-        bail!(
-            "setting batch_wait_ms (--batch-wait-ms, TERRA_INGEST_BATCH_WAIT_MS): must be between 1 and 60000"
-        );
-    }
-    Ok(SqlSettings {
-        config,
-        batch_size,
-        batch_wait: Duration::from_millis(batch_wait_ms),
-    })
-}
-
-/// The object projection's settings, validated.
-#[derive(Debug, Clone)]
-pub struct ObjectSettings {
-    pub store: StoreConfig,
-    pub sqs: Option<SqsConfig>,
-    pub sink: ObjectSinkConfig,
-}
-
-/// Resolves the object projection's settings. `supabase` presets the bucket.
-pub fn resolve_objects(
-    file: &FileSettings,
-    args: ObjectArgs,
-    data_dir: &Path,
-    supabase: bool,
-) -> anyhow::Result<ObjectSettings> {
-    let default_url = if supabase {
-        format!("s3://{}", terra_objects::SUPABASE_BUCKET)
-    } else {
-        format!("file://{}", data_dir.join("objects").display())
-    };
-    let url = args
-        .objects
-        .or_else(|| file.objects.clone())
-        .unwrap_or(default_url);
-    let s3_endpoint = args.s3_endpoint.or_else(|| file.s3_endpoint.clone());
-    let allow_http = args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false);
-    let store = StoreConfig {
-        url,
-        prefix: args
-            .objects_prefix
-            .or_else(|| file.objects_prefix.clone())
-            .unwrap_or_default(),
-        s3_path_style: args
-            .s3_path_style
-            .or(file.s3_path_style)
-            .unwrap_or(supabase),
-        s3_region: args
-            .s3_region
-            .or_else(|| file.s3_region.clone())
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .or_else(|| Some("us-east-1".to_owned())),
-        s3_endpoint,
-        allow_http,
-    };
-    if let Some(endpoint) = &store.s3_endpoint
-        && endpoint.starts_with("http://")
-        && !allow_http
-    {
-        bail!(
-            "setting s3_endpoint (--s3-endpoint): {endpoint} is plain HTTP; set s3_allow_http (--s3-allow-http) for a local server"
-        );
-    }
-    // validate now, so the error names the setting (nothing connects yet)
-    terra_objects::Store::open(&store)
-        .map_err(|e| anyhow::anyhow!("setting objects (--objects, TERRA_INGEST_OBJECTS): {e}"))?;
-    let sqs = args
-        .sqs_queue_url
-        .or_else(|| file.sqs_queue_url.clone())
-        .map(|queue_url| SqsConfig {
-            queue_url,
-            endpoint: args
-                .sqs_endpoint
-                .clone()
-                .or_else(|| file.sqs_endpoint.clone()),
-            region: store.s3_region.clone(),
-        });
-    let expiry = args
-        .presign_expiry_secs
-        .or(file.presign_expiry_secs)
-        .unwrap_or(600);
-    if !(1..=7 * 24 * 3600).contains(&expiry) {
-        bail!(
-            "setting presign_expiry_secs (--presign-expiry-secs): must be between 1 and 604800 (7 days, S3's limit)"
-        );
-    }
-    Ok(ObjectSettings {
-        store,
-        sqs,
-        sink: ObjectSinkConfig {
-            expires_in: Duration::from_secs(expiry),
-        },
-    })
-}
-
-/// Resolves the settings of `project`, `migrate` and `rebuild`.
-pub fn resolve_projector(
-    file: FileSettings,
-    args: ProjectArgs,
-    cli_log_format: Option<LogFormat>,
-) -> anyhow::Result<ProjectorSettings> {
-    let data_dir = args
-        .data_dir
-        .or_else(|| file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let http_addr = parse_addr(
-        "http_addr (--http-addr, TERRA_INGEST_HTTP_ADDR)",
-        args.http_addr.or_else(|| file.http_addr.clone()),
-        DEFAULT_PROJECTOR_HTTP_ADDR,
-    )?;
-    let log_text = args
-        .log
-        .or_else(|| file.log.clone())
-        .unwrap_or_else(|| "embedded".to_owned());
-    let log = LogUrl::parse(&log_text, &data_dir.join("log"))
-        .map_err(|e| anyhow::anyhow!("setting log (--log, TERRA_INGEST_LOG): {e}"))?;
-    let sql = resolve_sql(&file, args.sql, &data_dir)?;
-    let kafka_properties = kafka_properties(file.kafka.clone(), std::env::vars())?;
-    let otlp_endpoint = args
-        .otlp_endpoint
-        .or_else(|| file.otlp_endpoint.clone())
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.trim().is_empty());
-    Ok(ProjectorSettings {
-        migrate: args.migrate.or(file.migrate).unwrap_or(false),
-        log_format: cli_log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text),
-        data_dir,
-        log,
-        kafka_properties,
-        http_addr,
-        sql,
-        otlp_endpoint,
-    })
 }
 
 /// Everything a service needs, validated.
@@ -415,7 +222,11 @@ pub fn resolve(
     })
 }
 
-fn parse_addr(setting: &str, value: Option<String>, default: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn parse_addr(
+    setting: &str,
+    value: Option<String>,
+    default: &str,
+) -> anyhow::Result<SocketAddr> {
     let text = value.unwrap_or_else(|| default.to_owned());
     text.parse().map_err(|_| {
         anyhow::anyhow!("setting {setting}: {text:?} is not an address like 0.0.0.0:8080")
@@ -527,7 +338,7 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
 /// librdkafka properties from the file's `[kafka]` table and `TERRA_INGEST_KAFKA_*`
 /// variables (`TERRA_INGEST_KAFKA_SASL_PASSWORD` → `sasl.password`; env wins). Values of the
 /// form `env:NAME` / `file:PATH` are read from there.
-fn kafka_properties(
+pub(crate) fn kafka_properties(
     file: BTreeMap<String, String>,
     env: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<Vec<(String, String)>> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cli::{ObjectArgs, SqlArgs};
 
 fn file(text: &str) -> FileSettings {
     toml::from_str(text).unwrap()

@@ -6,8 +6,10 @@
 mod dialect;
 mod error;
 mod migrate;
+mod payloads;
 mod rebuild;
 mod snapshot;
+mod users;
 mod write;
 
 use std::str::FromStr;
@@ -231,7 +233,7 @@ pub async fn raw_load(
     batch: &[crate::plan::Planned],
     records_per_tx: usize,
 ) -> Result<usize, SqlError> {
-    write::raw_load(target, batch, records_per_tx).await
+    payloads::raw_load(target, batch, records_per_tx).await
 }
 
 /// Schema names and prefixes go into SQL text, so only plain identifiers pass.
