@@ -27,11 +27,38 @@ chart=deploy/helm/terra-ingest
 "$HELM" lint "$chart"
 out=$(mktemp -d)
 "$HELM" template terra "$chart" > "$out/default.yaml"
-"$HELM" template terra "$chart" --set objectProjector.enabled=true --set objectProjector.sqsQueueUrl=https://sqs.eu-west-1.amazonaws.com/1/q > "$out/all.yaml"
+"$HELM" template terra "$chart" --set objectProjector.enabled=true --set objectProjector.sqsQueueUrl=https://sqs.eu-west-1.amazonaws.com/1/q \
+  --set queryService.enabled=true --set queryService.tokensSecret.name=terra-query-tokens > "$out/all.yaml"
 "$HELM" template terra "$chart" --set sqlProjector.enabled=false > "$out/ingress-only.yaml"
+# the query service with mutual TLS and no token, and explicitly unauthenticated
+"$HELM" template terra "$chart" --set queryService.enabled=true --set queryService.tls.secretName=terra-query-tls \
+  --set queryService.tls.clientCaKey=ca.crt > "$out/query-mtls.yaml"
+"$HELM" template terra "$chart" --set queryService.enabled=true --set queryService.insecureAllowUnauthenticated=true > "$out/query-insecure.yaml"
 for f in "$out"/*.yaml; do
   "$VENV/bin/kubernetes-validate" --strict "$f"
 done
 deployments=$(grep -c '^kind: Deployment' "$out/all.yaml")
-[ "$deployments" = 3 ] || { echo "expected 3 deployments (ingress, sql, objects), got $deployments"; exit 1; }
-echo "helm chart: lint, 3 renderings, schema validation passed"
+[ "$deployments" = 4 ] || { echo "expected 4 deployments (ingress, sql, objects, query), got $deployments"; exit 1; }
+services=$(grep -c '^kind: Service' "$out/all.yaml")
+[ "$services" = 2 ] || { echo "expected 2 services (ingress, query), got $services"; exit 1; }
+grep -q 'appProtocol: grpc' "$out/all.yaml" || { echo "the query Service has no appProtocol grpc"; exit 1; }
+grep -q 'grpc: { port: 50051, service: terra.ingest.v1.QueryService }' "$out/all.yaml" || { echo "the query deployment has no gRPC readiness probe"; exit 1; }
+grep -q TERRA_INGEST_GRPC_TOKEN_FILE "$out/all.yaml" || { echo "the query deployment reads no token file"; exit 1; }
+grep -q TERRA_INGEST_GRPC_TLS_CLIENT_CA "$out/query-mtls.yaml" || { echo "mutual TLS not configured"; exit 1; }
+if grep -q 'component: query' "$out/default.yaml"; then echo "the query service is rendered although disabled"; exit 1; fi
+# enabled with no token, no mutual TLS and no explicit opt-out: rendering must fail
+must_fail() {
+  local expect=$1; shift
+  local err
+  if err=$("$HELM" template terra "$chart" "$@" 2>&1 >/dev/null); then
+    echo "helm template $* rendered; it must fail"; exit 1
+  fi
+  grep -qF "$expect" <<<"$err" || { echo "helm template $* failed without naming $expect: $err"; exit 1; }
+}
+must_fail "refuses to serve without authentication" --set queryService.enabled=true
+must_fail "refuses to serve without authentication" --set queryService.enabled=true --set queryService.tls.secretName=terra-query-tls
+must_fail "tls.clientCaKey (mutual TLS) needs tls.secretName" --set queryService.enabled=true \
+  --set queryService.tokensSecret.name=terra-query-tokens --set queryService.tls.clientCaKey=ca.crt
+must_fail "queryService.pageTokenSecret.name" --set queryService.enabled=true \
+  --set queryService.tokensSecret.name=terra-query-tokens --set queryService.pageTokenSecret.name=
+echo "helm chart: lint, 5 renderings, schema validation, 4 refused renderings passed"

@@ -158,3 +158,33 @@ pub(crate) async fn fill(log: &EventLog, args: &LoadShape) -> anyhow::Result<Fil
 fn civil(days: i64) -> String {
     terra_core::keys::unix_ms_to_utc_seconds(days * 86_400_000)[..10].to_owned()
 }
+
+/// `server` (a database URL) pointing at database `name` instead, options kept
+/// (`postgres://h/postgres?sslmode=disable` → `postgres://h/NAME?sslmode=disable`).
+pub(crate) fn database_url(server: &str, name: &str) -> String {
+    let (path, options) = server
+        .split_once('?')
+        .map_or((server, None), |(p, o)| (p, Some(o)));
+    let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+    match options {
+        Some(o) => format!("{base}/{name}?{o}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn database_urls_keep_their_options() {
+        assert_eq!(
+            database_url("postgres://u@h:5432/postgres?sslmode=disable", "b1"),
+            "postgres://u@h:5432/b1?sslmode=disable"
+        );
+        assert_eq!(
+            database_url("mysql://root@h/test", "b2"),
+            "mysql://root@h/b2"
+        );
+    }
+}

@@ -25,8 +25,12 @@ use crate::bench_load::{LoadShape, fill};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchQueryArgs {
-    /// Postgres server (a fresh database is created and dropped).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    /// Postgres server (a fresh database is created and dropped). Plain TCP by default: on
+    /// loopback, TLS would only measure the encryption.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    )]
     pub postgres: String,
     /// Data records (= payload rows) to load.
     #[arg(long, default_value_t = 1_000_000)]
@@ -43,6 +47,11 @@ pub struct BenchQueryArgs {
     /// ListPayloads page size.
     #[arg(long, default_value_t = 50)]
     pub page_size: u32,
+    /// Keep the loaded data for later runs: the database's name and the object folder go into
+    /// this directory, and a later run with the same `--keep` measures again without loading
+    /// (drop the database yourself when done: its name is in DIR/database).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
@@ -50,28 +59,48 @@ pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
         bail!("--records, --users and --concurrency must be at least 1");
     }
     sqlx::any::install_default_drivers();
-    let name = format!("bench_query_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::AnyPool::connect(&args.postgres)
         .await
         .context("failed to connect to Postgres")?;
+    let kept = match &args.keep {
+        Some(dir) => std::fs::read_to_string(dir.join("database"))
+            .ok()
+            .map(|n| n.trim().to_owned()),
+        None => None,
+    };
+    if let Some(name) = kept {
+        let url = crate::bench_load::database_url(&args.postgres, &name);
+        let objects = args.keep.as_ref().expect("kept").join("objects");
+        return measure(&args, &url, &objects, false)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
+    let name = format!("bench_query_{}", uuid::Uuid::new_v4().simple());
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
-    let base = args
-        .postgres
-        .rsplit_once('/')
-        .map_or(args.postgres.as_str(), |(b, _)| b);
-    let result = measure(&args, &format!("{base}/{name}")).await;
-    let _ = admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await;
+    let url = crate::bench_load::database_url(&args.postgres, &name);
+    let temp = tempfile::tempdir()?;
+    let result = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join("database"), &name)?;
+            measure(&args, &url, &dir.join("objects"), true).await
+        }
+        None => measure(&args, &url, &temp.path().join("objects"), true).await,
+    };
+    if args.keep.is_none() {
+        let _ = admin
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
+    }
     result?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn measure(args: &BenchQueryArgs, url: &str) -> anyhow::Result<()> {
+/// Loads the SQL projection and the object folder from a generated log.
+async fn load_data(args: &BenchQueryArgs, sql: &SqlTarget, store: &Store) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let started = Instant::now();
     let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(
         &dir.path().join("log"),
         4,
@@ -82,14 +111,7 @@ async fn measure(args: &BenchQueryArgs, url: &str) -> anyhow::Result<()> {
         users: args.users,
     };
     fill(&log, &fill_args).await?;
-    let mut sql_config = SqlConfig::new(url);
-    sql_config.max_connections = 16;
-    let sql = SqlTarget::connect(&sql_config)?;
-    terra_projector::sql::migrate(&sql).await?;
-    let store = Store::open(&StoreConfig {
-        url: dir.path().join("objects").display().to_string(),
-        ..StoreConfig::default()
-    })?;
+    terra_projector::sql::migrate(sql).await?;
     let (_stop, stopped) = watch::channel(false);
     let mut config = ProjectorConfig::new("sql");
     config.batch_size = 500;
@@ -117,6 +139,26 @@ async fn measure(args: &BenchQueryArgs, url: &str) -> anyhow::Result<()> {
     )
     .await?;
     sql.pool().execute("ANALYZE").await?;
+    Ok(())
+}
+
+async fn measure(
+    args: &BenchQueryArgs,
+    url: &str,
+    objects: &std::path::Path,
+    fresh: bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut sql_config = SqlConfig::new(url);
+    sql_config.max_connections = 16;
+    let sql = SqlTarget::connect(&sql_config)?;
+    let store = Store::open(&StoreConfig {
+        url: objects.display().to_string(),
+        ..StoreConfig::default()
+    })?;
+    if fresh {
+        load_data(args, &sql, &store).await?;
+    }
     let rows = terra_projector::sql::rows(
         &sql,
         &format!("SELECT COUNT(*) FROM {}", sql.table("ingest_payloads")),

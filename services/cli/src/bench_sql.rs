@@ -179,8 +179,7 @@ async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
     admin.close().await;
-    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
-    Ok((format!("{base}/{name}"), name))
+    Ok((crate::bench_load::database_url(server, &name), name))
 }
 
 async fn drop_database(server: &str, name: &str) {

@@ -2,130 +2,18 @@
 //! private cluster (initdb + pg_ctl from the machine's PostgreSQL install) on a free port, so
 //! stopping it disturbs no other test.
 
+#[path = "support/private_postgres.rs"]
+mod private_postgres;
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use private_postgres::PrivatePostgres;
 use prometheus_client::registry::Registry;
 use support::*;
 use terra_projector::sql::{SqlConfig, SqlTarget};
 use terra_projector::{Backoff, ProjectorConfig, ProjectorMetrics, SqlSink};
 use tokio::sync::watch;
-
-struct PrivatePostgres {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|p| p.join("initdb").exists())
-            .expect("initdb");
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Self { bin, dir, port };
-        // initdb refuses to run as root: run the server as the postgres user when we are root
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(pg.dir.path())
-            .status()
-            .unwrap();
-        let data = pg.data();
-        assert!(
-            pg.as_postgres(
-                "initdb",
-                &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]
-            )
-            .success(),
-            "initdb failed"
-        );
-        pg.up();
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn as_postgres(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
-        let exe = self.bin.join(tool);
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout.starts_with(b"0"))
-            .unwrap_or(false);
-        let mut command = if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        command
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap()
-    }
-
-    fn up(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        assert!(
-            self.as_postgres(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &self.data(),
-                    "-o",
-                    &options,
-                    "-l",
-                    &log,
-                    "-w",
-                    "start"
-                ]
-            )
-            .success(),
-            "pg_ctl start failed"
-        );
-    }
-
-    fn down(&self) {
-        assert!(
-            self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
-                .success(),
-            "pg_ctl stop failed"
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self.as_postgres(
-            "pg_ctl",
-            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
-        );
-    }
-}
 
 fn metric(registry: &Registry, name: &str) -> f64 {
     let mut text = String::new();

@@ -92,27 +92,44 @@ pub(crate) const ROW_KEY: usize = 15;
 pub(crate) const RECORD_INDEX: usize = 16;
 
 pub(crate) fn payload(row: &Row) -> Payload {
+    into_payload(row.clone())
+}
+
+/// [`payload`] moving the row's strings (a page of rows is not copied twice).
+pub(crate) fn into_payload(mut row: Row) -> Payload {
+    let number = |row: &Row, i: usize| -> i64 {
+        row.get(i)
+            .and_then(|v| v.as_deref())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut take = |i: usize| row.get_mut(i).and_then(Option::take);
+    let (payload_id, kind, event_type, user_id, natural_key) =
+        (take(0), take(1), take(2), take(3), take(4));
+    let (start_time, end_time, start_utc, envelope_id) = (take(5), take(6), take(7), take(8));
+    let body_sha256 = take(14);
     Payload {
-        payload_id: text(row, 0),
-        kind: text(row, 1),
-        event_type: text(row, 2),
-        user_id: opt(row, 3),
-        natural_key: text(row, 4),
-        start_time: opt(row, 5),
-        end_time: opt(row, 6),
-        start_utc: opt(row, 7),
-        envelope_id: text(row, 8),
-        log_partition: int(row, 9) as u32,
-        log_offset: int(row, 10) as u64,
-        generated_at: Some(timestamp(int(row, 11))),
-        received_at: Some(timestamp(int(row, 12))),
-        body_size: int(row, 13) as u64,
-        body_sha256: text(row, 14),
+        payload_id: payload_id.unwrap_or_default(),
+        kind: kind.unwrap_or_default(),
+        event_type: event_type.unwrap_or_default(),
+        user_id,
+        natural_key: natural_key.unwrap_or_default(),
+        start_time,
+        end_time,
+        start_utc,
+        envelope_id: envelope_id.unwrap_or_default(),
+        log_partition: number(&row, 9) as u32,
+        log_offset: number(&row, 10) as u64,
+        generated_at: Some(timestamp(number(&row, 11))),
+        received_at: Some(timestamp(number(&row, 12))),
+        body_size: number(&row, 13) as u64,
+        body_sha256: body_sha256.unwrap_or_default(),
     }
 }
 
-pub(crate) fn row_key(row: &Row) -> String {
-    text(row, ROW_KEY)
+/// The page cursor of a payload row: its `start_utc` and `row_key`.
+pub(crate) fn payload_cursor(row: &Row) -> Vec<String> {
+    vec![text(row, 7), text(row, ROW_KEY)]
 }
 
 pub(crate) fn record_index(row: &Row) -> i64 {

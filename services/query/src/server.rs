@@ -150,6 +150,11 @@ pub async fn run(
     health_reporter
         .set_serving::<QueryServiceServer<Query>>()
         .await;
+    tokio::spawn(watch_database(
+        query.sql.clone(),
+        health_reporter,
+        query.stopping.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -192,6 +197,42 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// How often the health service re-checks the database.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `grpc.health.v1` true: the query service (`terra.ingest.v1.QueryService`) is
+/// SERVING while its database answers and NOT_SERVING while it does not (a readiness probe);
+/// the server as a whole (`""`) stays SERVING as long as the process runs (a liveness probe).
+async fn watch_database(
+    sql: terra_projector::sql::SqlTarget,
+    reporter: tonic_health::server::HealthReporter,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+        let up = matches!(
+            tokio::time::timeout(HEALTH_INTERVAL * 2, sql.ping()).await,
+            Ok(Ok(_))
+        );
+        if up != serving {
+            serving = up;
+            if up {
+                tracing::info!("database reachable again: query service SERVING");
+                reporter.set_serving::<QueryServiceServer<Query>>().await;
+            } else {
+                tracing::warn!("database unreachable: query service NOT_SERVING");
+                reporter
+                    .set_not_serving::<QueryServiceServer<Query>>()
+                    .await;
+            }
+        }
+    }
 }
 
 /// How long shutdown waits for gRPC connections to close after in-flight calls finished.

@@ -44,10 +44,11 @@ pub struct Query {
 }
 
 impl Query {
+    /// The service over `sql` (read through [`SqlTarget::reader`]'s native pool on Postgres).
     pub fn new(sql: SqlTarget, objects: Store, tokens: TokenKey) -> Self {
         let (_, stopping) = tokio::sync::watch::channel(false);
         Self {
-            sql,
+            sql: sql.reader(),
             objects,
             tokens,
             stopping,
@@ -286,16 +287,12 @@ impl QueryService for Query {
         let next_page_token = if rows.len() > size {
             rows.truncate(size);
             let last = rows.last().expect("a full page");
-            let payload = db::payload(last);
-            self.seal_page(
-                &filters,
-                vec![payload.start_utc.unwrap_or_default(), db::row_key(last)],
-            )
+            self.seal_page(&filters, db::payload_cursor(last))
         } else {
             String::new()
         };
         Ok(Response::new(ListPayloadsResponse {
-            payloads: rows.iter().map(db::payload).collect(),
+            payloads: rows.into_iter().map(db::into_payload).collect(),
             next_page_token,
         }))
     }

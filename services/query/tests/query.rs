@@ -2,6 +2,9 @@
 //! projection on the machine's Postgres and MariaDB (a fresh database per test) and SQLite,
 //! with bodies from a local object store, all fed through a real embedded log.
 
+#[path = "../../projector/tests/support/private_postgres.rs"]
+mod private_postgres;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -96,6 +99,16 @@ async fn database(dialect: Dialect, dir: &std::path::Path) -> (String, Option<(S
 async fn env(dialect: Dialect, config: QueryServerConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (url, db) = database(dialect, dir.path()).await;
+    env_on(url, db, dir, config).await
+}
+
+/// The service over the database at `url` (dropped at the end when `db` names it).
+async fn env_on(
+    url: String,
+    db: Option<(String, String)>,
+    dir: tempfile::TempDir,
+    config: QueryServerConfig,
+) -> Env {
     let sql = SqlTarget::connect(&SqlConfig::new(url)).unwrap();
     terra_projector::sql::migrate(&sql).await.unwrap();
     let store = Store::open(&StoreConfig {
@@ -677,7 +690,7 @@ async fn tokens_are_required_when_configured_and_health_answers() {
         Code::NotFound,
         "authenticated; no such user yet"
     );
-    let mut health = tonic_health::pb::health_client::HealthClient::new(e.channel.clone());
+    let health = tonic_health::pb::health_client::HealthClient::new(e.channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "terra.ingest.v1.QueryService".into(),
@@ -733,6 +746,108 @@ async fn a_database_outage_is_unavailable_then_healthy_again() {
         USER
     );
     e.done().await;
+}
+
+/// A real database server stopped under the service (a private Postgres cluster, so no other
+/// test is disturbed): calls answer UNAVAILABLE and health turns NOT_SERVING; once the server
+/// is back, the same service (no restart) answers and reports SERVING again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_server_is_unavailable_then_served_again_without_restart() {
+    let pg = private_postgres::PrivatePostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let e = env_on(pg.url(), None, dir, QueryServerConfig::default()).await;
+    e.feed(
+        fixtures()
+            .iter()
+            .map(|(_, b)| record(b, T0 * 1000))
+            .collect(),
+    )
+    .await;
+    let mut client = e.client.clone();
+    let get_user = || {
+        let mut client = e.client.clone();
+        async move {
+            client
+                .get_user(GetUserRequest {
+                    user_id: USER.into(),
+                })
+                .await
+        }
+    };
+    let list = || {
+        let mut client = e.client.clone();
+        async move {
+            client
+                .list_payloads(ListPayloadsRequest {
+                    user_id: USER.into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let served = list().await.unwrap().into_inner().payloads.len();
+    assert!(served > 0);
+    let health = tonic_health::pb::health_client::HealthClient::new(e.channel.clone());
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    const SERVICE: &str = "terra.ingest.v1.QueryService";
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(status(SERVICE).await, ServingStatus::Serving as i32);
+
+    pg.down();
+    for call in [get_user().await.map(|_| ()), list().await.map(|_| ())] {
+        let err = call.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(!err.message().contains("127.0.0.1"), "{err:?}");
+    }
+    let err = client
+        .get_payload(GetPayloadRequest {
+            payload_id: "x.json".into(),
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    wait_until("health NOT_SERVING", || async {
+        status(SERVICE).await == ServingStatus::NotServing as i32
+    })
+    .await;
+    // the process itself stays alive (a liveness probe must not restart it for an outage)
+    assert_eq!(status("").await, ServingStatus::Serving as i32);
+
+    pg.up();
+    wait_until("calls served again", || async { get_user().await.is_ok() }).await;
+    assert_eq!(list().await.unwrap().into_inner().payloads.len(), served);
+    wait_until("health SERVING", || async {
+        status(SERVICE).await == ServingStatus::Serving as i32
+    })
+    .await;
+    drop(pg);
+}
+
+async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// PEM files for a CA, a server certificate for 127.0.0.1 and a client certificate, made with

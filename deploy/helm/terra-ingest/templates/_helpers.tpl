@@ -8,3 +8,8 @@ app.kubernetes.io/name: terra-ingest
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: ingress
 {{- end }}
+{{- define "terra-ingest.query.selector" -}}
+app.kubernetes.io/name: terra-ingest
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: query
+{{- end }}

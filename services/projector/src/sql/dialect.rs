@@ -217,6 +217,19 @@ impl Stmt {
         }
         sqlx::query_with(&self.sql, args)
     }
+
+    /// The same statement for a native Postgres connection (see `SqlTarget::reader`).
+    pub fn query_pg(&self) -> Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let mut query = sqlx::query(&self.sql);
+        for value in &self.values {
+            query = match value {
+                Val::Text(v) => query.bind(v.as_deref()),
+                Val::Int(v) => query.bind(*v),
+                Val::Blob(v) => query.bind(v.as_slice()),
+            };
+        }
+        query
+    }
 }
 
 /// `INSERT INTO table (columns) VALUES (...), (...)` for `rows`, chunked so no statement

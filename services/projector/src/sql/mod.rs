@@ -88,6 +88,10 @@ impl SqlConfig {
 #[derive(Clone)]
 pub struct SqlTarget {
     pub(crate) pool: AnyPool,
+    /// Postgres only: how to open a native pool for reads (see [`SqlTarget::reader`]).
+    pg_options: Option<(sqlx::postgres::PgConnectOptions, u32)>,
+    /// The native pool reads go through once [`SqlTarget::reader`] made one.
+    pub(crate) pg_reads: Option<sqlx::PgPool>,
     pub(crate) dialect: Dialect,
     pub(crate) schema: String,
     pub(crate) prefix: String,
@@ -149,13 +153,60 @@ impl SqlTarget {
                 })
             })
             .connect_lazy_with(options);
+        let pg_options = match dialect {
+            Dialect::Postgres => Some((
+                sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .map_err(|e| {
+                        SqlError::Config(format!(
+                            "invalid database URL: {}",
+                            redact(&e.to_string())
+                        ))
+                    })?
+                    .disable_statement_logging(),
+                max,
+            )),
+            _ => None,
+        };
         Ok(Self {
             pool,
+            pg_options,
+            pg_reads: None,
             dialect,
             schema: config.schema.clone(),
             prefix: config.prefix.clone(),
             variant: config.variant,
         })
+    }
+
+    /// The same target for a read-heavy user (the query service): on Postgres, [`fetch_rows`]
+    /// and [`SqlTarget::ping`] then go through a native pool of their own (same URL and size,
+    /// connecting lazily), which skips the `Any` driver's per-row conversion. Writes still go
+    /// through [`SqlTarget::pool`].
+    pub fn reader(&self) -> Self {
+        let mut reader = self.clone();
+        if let Some((options, max)) = &self.pg_options
+            && reader.pg_reads.is_none()
+        {
+            reader.pg_reads = Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(*max)
+                    .acquire_timeout(Duration::from_secs(3))
+                    // no ping round trip before every query: a connection the server dropped
+                    // fails its next query (UNAVAILABLE, retried by the caller) and is replaced
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options.clone()),
+            );
+        }
+        reader
+    }
+
+    /// One round trip to the database (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), SqlError> {
+        match &self.pg_reads {
+            Some(pg) => pg.execute("SELECT 1").await.map(|_| ())?,
+            None => self.pool.execute("SELECT 1").await.map(|_| ())?,
+        }
+        Ok(())
     }
 
     /// A statement for this target's dialect.
@@ -202,8 +253,11 @@ impl SqlTarget {
         }
     }
 
-    /// Closes the pool's connections.
+    /// Closes the pools' connections.
     pub async fn close(&self) {
+        if let Some(pg) = &self.pg_reads {
+            pg.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -2,7 +2,7 @@
 //! to compare two projections of the same log: a rebuild with the live tables, a run that
 //! was killed and restarted with a clean one.
 
-use sqlx::{Executor, Row};
+use sqlx::{Column, Executor, Row};
 
 use super::{Dialect, SqlError, SqlTarget};
 
@@ -75,6 +75,29 @@ pub async fn fetch_rows(
     } else {
         stmt
     };
+    if let Some(pg) = &target.pg_reads {
+        let fetched = pg.fetch_all(stmt.query_pg()).await?;
+        let Some(first) = fetched.first() else {
+            return Ok(Vec::new());
+        };
+        // the columns' types once per result, not per cell
+        let kinds: Vec<PgKind> = first
+            .columns()
+            .iter()
+            .map(|c| PgKind::of(c.type_info()))
+            .collect();
+        return fetched
+            .iter()
+            .map(|row| {
+                kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, kind)| kind.text(row, i))
+                    .collect()
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(SqlError::from);
+    }
     let fetched = target.pool.fetch_all(stmt.query()).await?;
     let mut out = Vec::with_capacity(fetched.len());
     for row in &fetched {
@@ -109,4 +132,62 @@ pub async fn fetch_rows(
         out.push(values);
     }
     Ok(out)
+}
+
+/// How a Postgres column is read as text.
+#[derive(Clone, Copy)]
+enum PgKind {
+    Int2,
+    Int4,
+    Int8,
+    Bool,
+    Float4,
+    Float8,
+    Bytes,
+    /// TEXT, VARCHAR, CHAR, NAME: what every other column is read as (`CAST(x AS TEXT)`)
+    Text,
+}
+
+impl PgKind {
+    fn of(ty: &sqlx::postgres::PgTypeInfo) -> Self {
+        use sqlx::TypeInfo;
+        match ty.name() {
+            "INT2" => Self::Int2,
+            "INT4" => Self::Int4,
+            "INT8" => Self::Int8,
+            "BOOL" => Self::Bool,
+            "FLOAT4" => Self::Float4,
+            "FLOAT8" => Self::Float8,
+            "BYTEA" => Self::Bytes,
+            _ => Self::Text,
+        }
+    }
+
+    /// Column `i` of `row` (whose type is this kind: checked once per result) as text.
+    fn text(self, row: &sqlx::postgres::PgRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+        Ok(match self {
+            Self::Int2 => row
+                .try_get_unchecked::<Option<i16>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Int4 => row
+                .try_get_unchecked::<Option<i32>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Int8 => row
+                .try_get_unchecked::<Option<i64>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Bool => row
+                .try_get_unchecked::<Option<bool>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Float4 => row
+                .try_get_unchecked::<Option<f32>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Float8 => row
+                .try_get_unchecked::<Option<f64>, _>(i)?
+                .map(|v| v.to_string()),
+            Self::Bytes => row
+                .try_get_unchecked::<Option<Vec<u8>>, _>(i)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Self::Text => row.try_get_unchecked::<Option<String>, _>(i)?,
+        })
+    }
 }
