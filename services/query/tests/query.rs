@@ -690,7 +690,7 @@ async fn tokens_are_required_when_configured_and_health_answers() {
         Code::NotFound,
         "authenticated; no such user yet"
     );
-    let health = tonic_health::pb::health_client::HealthClient::new(e.channel.clone());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(e.channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "terra.ingest.v1.QueryService".into(),
