@@ -9,8 +9,9 @@
 //! ```
 //! One file for all partitions, so a group commit costs one `fdatasync` however many
 //! partitions it touches (four files cost four journal flushes here). Partitions are kept
-//! apart by an in-memory index rebuilt on open. Appends go through a writer and a syncer
-//! thread (`writer`) and are answered only after the sync that covers them. On open, a
+//! apart by an in-memory index rebuilt on open. Appends go through one appender thread
+//! (`writer`: write a group, `fdatasync` it, publish, answer) and are answered only after the
+//! sync that covers them. On open, a
 //! torn tail left by a crash (never acknowledged) is cut off at the last intact frame.
 
 mod codec;
@@ -23,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 pub use consumer::EmbeddedConsumer;
 
@@ -33,7 +34,7 @@ use crate::{LogError, Position, Record};
 #[derive(Clone)]
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
-    requests: mpsc::UnboundedSender<writer::AppendRequest>,
+    requests: std::sync::mpsc::Sender<writer::AppendRequest>,
 }
 
 /// Where one record's frame sits in `records.log`.
