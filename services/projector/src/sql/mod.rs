@@ -89,7 +89,7 @@ impl SqlConfig {
 pub struct SqlTarget {
     pub(crate) pool: AnyPool,
     /// Postgres only: how to open a native pool for reads (see [`SqlTarget::reader`]).
-    pg_options: Option<(sqlx::postgres::PgConnectOptions, u32)>,
+    pg_options: Option<std::sync::Arc<(sqlx::postgres::PgConnectOptions, u32)>>,
     /// The native pool reads go through once [`SqlTarget::reader`] made one.
     pub(crate) pg_reads: Option<sqlx::PgPool>,
     pub(crate) dialect: Dialect,
@@ -154,7 +154,7 @@ impl SqlTarget {
             })
             .connect_lazy_with(options);
         let pg_options = match dialect {
-            Dialect::Postgres => Some((
+            Dialect::Postgres => Some(std::sync::Arc::new((
                 sqlx::postgres::PgConnectOptions::from_str(&url)
                     .map_err(|e| {
                         SqlError::Config(format!(
@@ -164,7 +164,7 @@ impl SqlTarget {
                     })?
                     .disable_statement_logging(),
                 max,
-            )),
+            ))),
             _ => None,
         };
         Ok(Self {
@@ -184,9 +184,10 @@ impl SqlTarget {
     /// through [`SqlTarget::pool`].
     pub fn reader(&self) -> Self {
         let mut reader = self.clone();
-        if let Some((options, max)) = &self.pg_options
+        if let Some(pg) = &self.pg_options
             && reader.pg_reads.is_none()
         {
+            let (options, max) = &**pg;
             reader.pg_reads = Some(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(*max)
