@@ -186,8 +186,16 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     let mut kills = 0;
     let mut progress = Vec::new();
     for _ in 0..6 {
+        // kill once the projector got past a random point of what is left (polled every few
+        // ms, so the kill lands mid-batch or between batches), not after a fixed time: a
+        // faster projector must not finish before the first kill
+        let before = projected(&crash).await;
+        let target = before + 1 + next(((total - before) / 2).max(1));
         let mut child = spawn_projector(&log_dir, &crash_url, &[]);
-        std::thread::sleep(Duration::from_millis(150 + next(600)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while projected(&crash).await < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1 + next(5))).await;
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
