@@ -1,0 +1,210 @@
+//! Test support for the query API: fixtures as log records, and an environment with the
+//! service on port 0 over a fresh database (Postgres or MariaDB on the machine, or SQLite),
+//! a local object store and an embedded log, with a real tonic client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use prost::Message;
+use sqlx::Executor;
+use terra_core::envelope::Envelope;
+use terra_eventlog::{EventLog, Record};
+use terra_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
+use terra_projector::sql::{Dialect, SqlConfig, SqlTarget};
+use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use terra_query::proto::query_service_client::QueryServiceClient;
+use terra_query::{Query, QueryServerConfig, TokenKey};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub const USER: &str = "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3";
+pub const T0: i64 = 1_780_000_000;
+
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/webhooks");
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn record(body: &[u8], ordering_ms: i64) -> Record {
+    let c = terra_core::classify(body).ok();
+    let user_id = c.as_ref().and_then(|c| c.user_id.clone());
+    let envelope = Envelope {
+        envelope_id: uuid::Uuid::now_v7().to_string(),
+        received_at: Some(prost_types::Timestamp {
+            seconds: T0,
+            nanos: 0,
+        }),
+        event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
+        user_id: user_id.clone(),
+        ordering_timestamp_ms: Some(ordering_ms),
+        body_is_json: c.is_some(),
+        body: body.to_vec().into(),
+        ..Default::default()
+    };
+    Record {
+        key: user_id.map(|u| u.into_bytes().into()),
+        headers: vec![],
+        value: envelope.encode_to_vec().into(),
+    }
+}
+
+pub struct Env {
+    pub log: EventLog,
+    pub sql: SqlTarget,
+    pub store: Store,
+    pub client: QueryServiceClient<Channel>,
+    pub channel: Channel,
+    pub _stop: watch::Sender<bool>,
+    pub _dir: tempfile::TempDir,
+    pub db: Option<(String, String)>,
+}
+
+pub async fn database(
+    dialect: Dialect,
+    dir: &std::path::Path,
+) -> (String, Option<(String, String)>) {
+    sqlx::any::install_default_drivers();
+    let name = format!("q_{}", uuid::Uuid::new_v4().simple());
+    let admin = match dialect {
+        Dialect::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
+        Dialect::MySql => "mysql://root@127.0.0.1:3306/test",
+        Dialect::Sqlite => return (format!("sqlite://{}", dir.join("t.db").display()), None),
+    };
+    let pool = sqlx::AnyPool::connect(admin).await.unwrap();
+    pool.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    (format!("{base}/{name}"), Some((admin.to_owned(), name)))
+}
+
+pub async fn env(dialect: Dialect, config: QueryServerConfig) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, db) = database(dialect, dir.path()).await;
+    env_on(url, db, dir, config).await
+}
+
+/// The service over the database at `url` (dropped at the end when `db` names it).
+pub async fn env_on(
+    url: String,
+    db: Option<(String, String)>,
+    dir: tempfile::TempDir,
+    config: QueryServerConfig,
+) -> Env {
+    let sql = SqlTarget::connect(&SqlConfig::new(url)).unwrap();
+    terra_projector::sql::migrate(&sql).await.unwrap();
+    let store = Store::open(&StoreConfig {
+        url: dir.path().join("objects").display().to_string(),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    let log = EventLog::Embedded(
+        terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = watch::channel(false);
+    let query = Query::new(sql.clone(), store.clone(), TokenKey::new("test-key"));
+    tokio::spawn(async move {
+        terra_query::run(query, config, listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+        .unwrap()
+    });
+    let channel = loop {
+        match Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    Env {
+        log,
+        sql,
+        store,
+        client: QueryServiceClient::new(channel.clone()),
+        channel,
+        _stop: stop,
+        _dir: dir,
+        db,
+    }
+}
+
+impl Env {
+    pub async fn feed(&self, records: Vec<Record>) {
+        self.log.append(records).await.unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let mut config = ProjectorConfig::new("sql");
+        config.stop_at_end = true;
+        config.batch_wait = Duration::from_millis(10);
+        terra_projector::run(
+            &config,
+            &self.log,
+            &mut SqlSink::new(self.sql.clone()),
+            &ProjectorMetrics::unregistered(),
+            rx.clone(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let mut config = ProjectorConfig::new("objects");
+        config.stop_at_end = true;
+        config.batch_wait = Duration::from_millis(10);
+        let mut sink = ObjectSink::new(self.store.clone(), ObjectSinkConfig::default(), None);
+        terra_projector::run(
+            &config,
+            &self.log,
+            &mut sink,
+            &ProjectorMetrics::unregistered(),
+            rx,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn done(self) {
+        if let Some((admin, name)) = self.db {
+            let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+            let force = if admin.starts_with("postgres") {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            let _ = pool
+                .execute(format!("DROP DATABASE IF EXISTS {name}{force}").as_str())
+                .await;
+        }
+    }
+}
+
+pub fn payload_count(body: &[u8]) -> usize {
+    let c = terra_core::classify(body).unwrap();
+    if c.group == terra_core::EventGroup::Data {
+        c.records.len()
+    } else {
+        1
+    }
+}
+
+pub fn fixture_named(all: &[(String, Vec<u8>)], name: &str) -> Vec<u8> {
+    all.iter().find(|(n, _)| n == name).unwrap().1.clone()
+}
