@@ -5,11 +5,13 @@
 //!
 //! - [`service`]: the methods.
 //! - [`server`]: auth (bearer tokens), TLS/mTLS, health, reflection, the secure default.
+//! - `tail`: the live tail behind `WatchPayloads`.
 //! - [`token`]: tamper-evident page tokens and resume positions.
 
 mod db;
 pub mod server;
 pub mod service;
+mod tail;
 pub mod token;
 
 /// Types and client/server stubs generated from `query.proto` by `build.rs`.
