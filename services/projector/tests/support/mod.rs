@@ -1,7 +1,7 @@
 //! Test support: a fresh database per test on the machine's real Postgres and MariaDB (or a
 //! SQLite file), an embedded log fed with fixture envelopes, and table snapshots.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,15 @@ use terra_eventlog::{EventLog, Position, Record};
 use terra_projector::sql::{Dialect, SqlConfig, SqlTarget, Variant};
 use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink, WriteStats};
 use tokio::sync::watch;
+
+/// Runs each named `async fn(Dialect)` as a test on Postgres, MySQL and SQLite.
+macro_rules! on_every_dialect {
+    ($($name:ident),* $(,)?) => {
+        mod postgres { $( #[tokio::test] async fn $name() { super::$name(super::Dialect::Postgres).await } )* }
+        mod mysql { $( #[tokio::test] async fn $name() { super::$name(super::Dialect::MySql).await } )* }
+        mod sqlite { $( #[tokio::test] async fn $name() { super::$name(super::Dialect::Sqlite).await } )* }
+    };
+}
 
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const MYSQL_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
