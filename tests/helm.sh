@@ -28,7 +28,8 @@ chart=deploy/helm/terra-ingest
 out=$(mktemp -d)
 "$HELM" template terra "$chart" > "$out/default.yaml"
 "$HELM" template terra "$chart" --set objectProjector.enabled=true --set objectProjector.sqsQueueUrl=https://sqs.eu-west-1.amazonaws.com/1/q \
-  --set queryService.enabled=true --set queryService.tokensSecret.name=terra-query-tokens > "$out/all.yaml"
+  --set queryService.enabled=true --set queryService.tokensSecret.name=terra-query-tokens \
+  --set queryService.insecureAllowPlaintextTokens=true > "$out/all.yaml"
 "$HELM" template terra "$chart" --set sqlProjector.enabled=false > "$out/ingress-only.yaml"
 # the query service with mutual TLS and no token, and explicitly unauthenticated
 "$HELM" template terra "$chart" --set queryService.enabled=true --set queryService.tls.secretName=terra-query-tls \
@@ -57,8 +58,14 @@ must_fail() {
 }
 must_fail "refuses to serve without authentication" --set queryService.enabled=true
 must_fail "refuses to serve without authentication" --set queryService.enabled=true --set queryService.tls.secretName=terra-query-tls
+# bearer tokens in plaintext: refused, unless the explicit opt-in (a service mesh; all.yaml)
+must_fail "without TLS would cross the network in plaintext" --set queryService.enabled=true \
+  --set queryService.tokensSecret.name=terra-query-tokens
+grep -q TERRA_INGEST_GRPC_INSECURE_ALLOW_PLAINTEXT_TOKENS "$out/all.yaml" || { echo "the plaintext-token opt-in is not passed"; exit 1; }
+grep -q TERRA_INGEST_GRPC_MAX_WATCHERS "$out/all.yaml" || { echo "the query limits are not passed"; exit 1; }
 must_fail "tls.clientCaKey (mutual TLS) needs tls.secretName" --set queryService.enabled=true \
   --set queryService.tokensSecret.name=terra-query-tokens --set queryService.tls.clientCaKey=ca.crt
 must_fail "queryService.pageTokenSecret.name" --set queryService.enabled=true \
-  --set queryService.tokensSecret.name=terra-query-tokens --set queryService.pageTokenSecret.name=
-echo "helm chart: lint, 5 renderings, schema validation, 4 refused renderings passed"
+  --set queryService.tokensSecret.name=terra-query-tokens --set queryService.insecureAllowPlaintextTokens=true \
+  --set queryService.pageTokenSecret.name=
+echo "helm chart: lint, 5 renderings, schema validation, 5 refused renderings passed"

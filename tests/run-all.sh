@@ -9,6 +9,9 @@
 #                             then skipped; the mock-cluster ones still run)
 #   TERRA_TEST_SKIP_MOTO=1    do not install/start moto (the S3/SQS tests are then skipped;
 #                             the local-folder object tests still run)
+#   PROPTEST_CASES=N          cases of the fuzz runs in services/core/src/fuzz (default
+#                             100,000 each; they print executions and time, see
+#                             .config/nextest.toml) and of every other proptest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -11,6 +11,7 @@ use prost::Message;
 use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, LogUrl};
 
+mod at_rest;
 mod objects;
 mod projector;
 mod query;
@@ -152,12 +153,21 @@ async fn standalone_on_zero_config_takes_every_fixture_from_send() {
         assert!(text(&out.stdout).starts_with("200\n"));
         sent.push(std::fs::read(&path).unwrap());
     }
+    // the loop sent user_reauth too: signed a minute earlier, this is another delivery
+    let earlier = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60)
+        .to_string();
     let by_name = terra_ingest(
         cwd.path(),
         &[
             "send",
             "--url",
             &url,
+            "--at",
+            &earlier,
             "--fixture",
             "user_reauth",
             "-H",
@@ -243,12 +253,18 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook() {
     let body = std::fs::read(format!("{}/webhooks/activity.json", fixtures_dir())).unwrap();
     let signer = terra_core::SigningSecret::new(secret).unwrap();
     let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (url, body, signer) = (url.clone(), body.clone(), signer.clone());
+    for task in 0..16 {
+        let (url, template, signer) = (url.clone(), body.clone(), signer.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut acked = Vec::new();
-            loop {
+            for n in 0u64.. {
+                // distinct deliveries: the same signed body again would be a replay
+                let body = [
+                    format!("{{\"seq\": \"{task}-{n}\", ").as_bytes(),
+                    &template[1..],
+                ]
+                .concat();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
@@ -268,6 +284,7 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook() {
                 };
                 acked.push(json["envelope_id"].as_str().unwrap().to_owned());
             }
+            acked
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -328,4 +345,83 @@ async fn ingress_runs_on_the_kafka_mock_log() {
         .unwrap();
     assert_eq!(ready.status(), 200);
     assert!(terminate(&mut server).success());
+}
+
+/// The reproduction of a replay attack on last-writer-wins: a captured `auth` delivery sent
+/// again within the tolerance window, after the user deauthorised, with a far-future
+/// `X-Terra-Ordering-Timestamp`. It is answered with its first 200, is not stored again, and
+/// the user stays deauthorised.
+#[tokio::test]
+async fn a_replayed_auth_cannot_reactivate_a_deauthorised_user() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = start(cwd.path(), &["standalone", "--grpc-addr", "127.0.0.1:0"]);
+    let secret = std::fs::read_to_string(cwd.path().join("data/signing-secret")).unwrap();
+    let signer = terra_core::SigningSecret::new(secret).unwrap();
+    let url = format!("http://{}/webhook", server.addr);
+    let user = "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3";
+    let auth = std::fs::read(format!("{}/webhooks/auth.json", fixtures_dir())).unwrap();
+    let deauth = std::fs::read_to_string(format!("{}/webhooks/deauth.json", fixtures_dir()))
+        .unwrap()
+        .replace("7b1e44d0-3c2a-4f5e-8d9b-61a0c2e8f4b7", user)
+        .into_bytes();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let client = reqwest::Client::new();
+    let post = |body: &[u8], signature: &str, ordering: String| {
+        client
+            .post(&url)
+            .header("terra-signature", signature)
+            .header("X-Terra-Ordering-Timestamp", ordering)
+            .body(body.to_vec())
+            .send()
+    };
+    let captured = signer.sign(now - 20, &auth);
+    let first = post(&auth, &captured, ((now - 20) * 1000).to_string())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let deauthed = post(
+        &deauth,
+        &signer.sign(now - 10, &deauth),
+        ((now - 10) * 1000).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(deauthed.status(), 200);
+    let replay = post(&auth, &captured, "9999999999999".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.status(),
+        200,
+        "answered as before, so Terra would stop"
+    );
+    let replay: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(replay, first);
+
+    let db = format!("sqlite://{}", cwd.path().join("data/terra.db").display());
+    let target =
+        terra_projector::sql::SqlTarget::connect(&terra_projector::sql::SqlConfig::new(db))
+            .unwrap();
+    let state = || async {
+        terra_projector::sql::rows(
+            &target,
+            &format!("SELECT state FROM terra_users WHERE user_id = '{user}'"),
+        )
+        .await
+        .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while state().await != vec![vec![Some("deauth".to_owned())]] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", state().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state().await, vec![vec![Some("deauth".to_owned())]]);
+    assert!(terminate(&mut server).success());
+    let stored = read_envelopes(&cwd.path().join("data/log")).await;
+    assert_eq!(stored.len(), 2, "the replay was not stored");
 }

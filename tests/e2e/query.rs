@@ -12,7 +12,7 @@ use terra_query::proto::{
     GetPayloadRequest, ListPayloadsRequest, WatchPayloadsRequest, get_payload_chunk,
 };
 
-use super::{fixtures_dir, start, terminate, terra_ingest, text};
+use super::{fixtures_dir, start, start_with_env, terminate, terra_ingest, text};
 
 const ORDERING_MS: i64 = 1_780_000_000_000;
 
@@ -287,4 +287,116 @@ fn the_query_service_refuses_a_public_address_without_authentication() {
         stderr.contains("setting grpc_token") && !stderr.contains("short-secret"),
         "{stderr}"
     );
+}
+
+#[test]
+fn hostile_bearer_tokens_in_plaintext_on_a_public_address_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "a-long-enough-token-for-e2e";
+    // it must refuse at start: a process still running after 20 s has started serving
+    let mut child = std::process::Command::new(super::BIN)
+        .args([
+            "standalone",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--grpc-token",
+            token,
+        ])
+        .current_dir(dir.path())
+        .env_remove("TERRA_INGEST_SIGNING_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("standalone served bearer tokens in plaintext on 0.0.0.0");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("in plaintext")
+            && stderr.contains("--grpc-tls-cert")
+            && stderr.contains("--grpc-insecure-allow-plaintext-tokens")
+            && !stderr.contains(token),
+        "{stderr}"
+    );
+    // the explicit opt-in (here through its environment twin) starts
+    let mut server = start_with_env(
+        dir.path(),
+        &[
+            "standalone",
+            "--grpc-addr",
+            &format!("0.0.0.0:{}", free_port()),
+            "--grpc-token",
+            token,
+        ],
+        &[("TERRA_INGEST_GRPC_INSECURE_ALLOW_PLAINTEXT_TOKENS", "true")],
+    );
+    assert!(terminate(&mut server).success());
+}
+
+#[tokio::test]
+async fn limits_standalone_applies_the_query_limit_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_addr = format!("127.0.0.1:{}", free_port());
+    let mut server = start_with_env(
+        dir.path(),
+        &[
+            "standalone",
+            "--grpc-addr",
+            &grpc_addr,
+            "--grpc-max-watchers",
+            "1",
+            "--query-pool-size",
+            "2",
+        ],
+        &[("TERRA_INGEST_GRPC_TIMEOUT_SECS", "5")],
+    );
+    let mut client = loop {
+        match tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break QueryServiceClient::new(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let _watching = client
+        .watch_payloads(WatchPayloadsRequest::default())
+        .await
+        .unwrap();
+    let err = client
+        .watch_payloads(WatchPayloadsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--grpc-max-watchers"), "{err:?}");
+    // a bad value is refused by name before anything starts
+    let out = terra_ingest(
+        dir.path(),
+        &[
+            "standalone",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--query-pool-size",
+            "0",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("setting query_pool_size (--query-pool-size"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(terminate(&mut server).success());
 }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -64,7 +65,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let exe = std::env::current_exe().context("failed to find the terra-ingest binary")?;
     let secret = "whsec_bench_0123456789";
-    let requests = signed_requests(secret);
+    let requests = Deliveries::new(secret);
 
     let bare_addr = free_addr()?;
     let bare = ChildGuard(
@@ -115,7 +116,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     drop(server);
 
     println!(
-        "terra-ingest bench ingress: log={} concurrency={} seconds={} bodies={} (every fixture, signed)",
+        "terra-ingest bench ingress: log={} concurrency={} seconds={} fixtures={} (distinct deliveries, each signed when sent)",
         args.log,
         args.concurrency,
         args.seconds,
@@ -144,16 +145,49 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every fixture, signed now (valid for the 300 s replay window, longer than any run).
-pub(crate) fn signed_requests(secret: &str) -> Vec<(Bytes, String)> {
-    let secret = SigningSecret::new(secret).expect("non-empty");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    fixtures::ALL
-        .iter()
-        .map(|(_, body)| (Bytes::from_static(body), secret.sign(now, body)))
-        .collect()
+/// Distinct deliveries made from the fixtures. The ingress answers a delivery it accepted
+/// before from its replay cache without appending it again, so a benchmark that re-sent the
+/// same signed bodies would measure the cache: each delivery here carries its own
+/// `"bench_seq"` field at the start of the JSON object and is signed when it is sent, as
+/// Terra signs each delivery.
+#[derive(Clone)]
+pub(crate) struct Deliveries {
+    secret: SigningSecret,
+    templates: Arc<Vec<&'static [u8]>>,
+}
+
+impl Deliveries {
+    pub(crate) fn new(secret: &str) -> Self {
+        Self {
+            secret: SigningSecret::new(secret).expect("non-empty"),
+            templates: Arc::new(fixtures::ALL.iter().map(|(_, body)| *body).collect()),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// Delivery number `seq` (fixture `seq % len`) and its signature header, signed now.
+    pub(crate) fn get(&self, seq: u64) -> (Bytes, String) {
+        let template = self.templates[(seq % self.templates.len() as u64) as usize];
+        let mut body = Vec::with_capacity(template.len() + 32);
+        match template.strip_prefix(b"{") {
+            Some(rest) => {
+                body.extend_from_slice(format!("{{\"bench_seq\": {seq}, ").as_bytes());
+                body.extend_from_slice(rest);
+            }
+            None => {
+                body.extend_from_slice(template);
+                body.extend_from_slice(format!(" {seq}").as_bytes());
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signature = self.secret.sign(now, &body);
+        (Bytes::from(body), signature)
+    }
 }
 
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -188,7 +222,7 @@ async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<bool> {
 async fn load(
     addr: SocketAddr,
     path: &str,
-    requests: &[(Bytes, String)],
+    requests: &Deliveries,
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<Measured> {
@@ -196,7 +230,7 @@ async fn load(
     let end = warmup_end + Duration::from_secs(seconds);
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
-        let requests = requests.to_vec();
+        let requests = requests.clone();
         let path = path.to_owned();
         tasks.push(tokio::spawn(async move {
             connection(addr, path, requests, worker, warmup_end, end).await
@@ -221,7 +255,7 @@ async fn load(
 async fn connection(
     addr: SocketAddr,
     path: String,
-    requests: Vec<(Bytes, String)>,
+    requests: Deliveries,
     worker: usize,
     warmup_end: Instant,
     end: Instant,
@@ -236,19 +270,20 @@ async fn connection(
         seconds: 0.0,
         latencies_us: Vec::with_capacity(1 << 14),
     };
-    let mut i = worker;
+    // distinct across connections: the worker in the high bits
+    let mut seq = (worker as u64) << 40;
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
-        let (body, signature) = &requests[i % requests.len()];
-        i += 1;
+        let (body, signature) = requests.get(seq);
+        seq += 1;
         let request = Request::post(path.as_str())
             .header("host", "bench")
             .header("content-type", "application/json")
             .header("terra-signature", signature.as_str())
-            .body(Full::new(body.clone()))?;
+            .body(Full::new(body))?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let ok = response.status().is_success();

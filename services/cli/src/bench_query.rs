@@ -23,7 +23,8 @@ use tonic::transport::Channel;
 
 use crate::bench_load::{LoadShape, fill};
 
-#[derive(Debug, clap::Args)]
+/// `Debug` shows the server URL without its password.
+#[derive(clap::Args)]
 pub struct BenchQueryArgs {
     /// Postgres server (a fresh database is created and dropped). Plain TCP by default: on
     /// loopback, TLS would only measure the encryption.
@@ -52,6 +53,15 @@ pub struct BenchQueryArgs {
     /// (drop the database yourself when done: its name is in DIR/database).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for BenchQueryArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchQueryArgs")
+            .field("postgres", &terra_projector::sql::redact(&self.postgres))
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {

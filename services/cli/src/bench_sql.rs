@@ -25,10 +25,11 @@ use terra_projector::sql::{SqlConfig, SqlTarget};
 use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
 use tokio::sync::watch;
 
-use crate::bench::{ChildGuard, free_addr, signed_requests, wait_until_up};
+use crate::bench::{ChildGuard, Deliveries, free_addr, wait_until_up};
 use crate::bench_load::{LoadShape, fill};
 
-#[derive(Debug, clap::Args)]
+/// `Debug` shows the server URLs without passwords.
+#[derive(clap::Args)]
 pub struct BenchSqlArgs {
     /// Postgres server to benchmark (a fresh database is created and dropped); "" skips it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
@@ -54,6 +55,16 @@ pub struct BenchSqlArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+}
+
+impl std::fmt::Debug for BenchSqlArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchSqlArgs")
+            .field("postgres", &terra_projector::sql::redact(&self.postgres))
+            .field("mysql", &terra_projector::sql::redact(&self.mysql))
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
@@ -251,7 +262,7 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
     );
     wait_until_up(addr, "/readyz").await?;
     let target = SqlTarget::connect(&SqlConfig::new(url))?;
-    let requests = Arc::new(signed_requests(secret));
+    let requests = Deliveries::new(secret);
     // (partition, offset, time of the 2xx) of every acknowledged webhook
     let acked: Arc<Mutex<Vec<(u32, u64, Instant)>>> = Arc::default();
     let failed = Arc::new(Mutex::new(0usize));
@@ -300,7 +311,7 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
     let mut workers = Vec::new();
     for _ in 0..32 {
         let (requests, acked, failed, issued, pace) = (
-            Arc::clone(&requests),
+            requests.clone(),
             Arc::clone(&acked),
             Arc::clone(&failed),
             Arc::clone(&issued),
@@ -318,12 +329,12 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
                 if i >= total {
                     break;
                 }
-                let (body, signature) = &requests[i % requests.len()];
+                let (body, signature) = requests.get(i as u64);
                 let request = Request::post("/webhook")
                     .header("host", "bench")
                     .header("content-type", "application/json")
                     .header("terra-signature", signature.as_str())
-                    .body(Full::new(body.clone()))?;
+                    .body(Full::new(body))?;
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();

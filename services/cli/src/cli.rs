@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,14 +35,14 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Every service in one process on the embedded defaults (log and SQLite under ./data).
-    Standalone(StandaloneArgs),
+    Standalone(Box<StandaloneArgs>),
     /// The ingress service alone: verify webhooks and append them to the log.
     Ingress(ServeArgs),
     /// Run a projector alone: consume the log and write a projection.
     #[command(subcommand)]
     Project(ProjectCommand),
     /// The gRPC query service alone (reads the SQL tables and the object store).
-    Query(QueryCommandArgs),
+    Query(Box<QueryCommandArgs>),
     /// Create or update the SQL tables (Terra's and terra-ingest's own), then exit.
     Migrate(ProjectArgs),
     /// Replay the log from the start into fresh tables, then swap them in atomically.
@@ -65,8 +66,7 @@ pub struct ServeArgs {
     /// Address the HTTP ingress listens on.
     #[arg(long, env = "TERRA_INGEST_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// Address the gRPC query service listens on (used once the query service is part of
-    /// this binary; validated now so deployments can set it).
+    /// Address the gRPC query service listens on (`standalone` and `query`).
     #[arg(long, env = "TERRA_INGEST_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
     /// Event log: `embedded`, `embedded:PATH`, `kafka://HOST:PORT/TOPIC[?partitions=N&replication=N]`
@@ -75,7 +75,7 @@ pub struct ServeArgs {
     pub log: Option<String>,
     /// Signing secret of the default source (the value Terra's dashboard shows).
     #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET", hide_env_values = true)]
-    pub signing_secret: Option<String>,
+    pub signing_secret: Option<SecretString>,
     /// File holding the default source's signing secret(s), one per line (rotation).
     #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET_FILE")]
     pub signing_secret_file: Option<PathBuf>,
@@ -92,6 +92,36 @@ pub struct ServeArgs {
     /// Largest accepted webhook body, bytes.
     #[arg(long, env = "TERRA_INGEST_BODY_LIMIT")]
     pub body_limit: Option<usize>,
+    /// Serve `/readyz` and `/metrics` on this address instead of the webhook port.
+    #[arg(long, env = "TERRA_INGEST_OPS_ADDR")]
+    pub ops_addr: Option<String>,
+    /// Longest wait for the log to confirm an append before answering 503, ms.
+    #[arg(long, env = "TERRA_INGEST_APPEND_TIMEOUT_MS")]
+    pub append_timeout_ms: Option<u64>,
+    /// A request's headers must arrive within this time (also the idle keep-alive time), ms.
+    #[arg(long, env = "TERRA_INGEST_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// The body must arrive within this time after the headers (408 otherwise), ms.
+    #[arg(long, env = "TERRA_INGEST_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// A webhook is answered within this time after its headers (503 otherwise), ms.
+    #[arg(long, env = "TERRA_INGEST_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Open connections at most; one more is answered 503.
+    #[arg(long, env = "TERRA_INGEST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Webhook requests handled at once at most; one more is answered 503.
+    #[arg(long, env = "TERRA_INGEST_MAX_IN_FLIGHT_REQUESTS")]
+    pub max_in_flight_requests: Option<usize>,
+    /// Body bytes held by requests in flight at most; a body that does not fit gets 503.
+    #[arg(long, env = "TERRA_INGEST_MAX_IN_FLIGHT_BYTES")]
+    pub max_in_flight_bytes: Option<usize>,
+    /// Deliveries the replay cache remembers over the tolerance window (0: off).
+    #[arg(long, env = "TERRA_INGEST_REPLAY_CACHE_ENTRIES")]
+    pub replay_cache_entries: Option<usize>,
+    /// Refused requests logged per second at most (the metrics count every one).
+    #[arg(long, env = "TERRA_INGEST_REJECTION_LOGS_PER_SEC")]
+    pub rejection_logs_per_sec: Option<u32>,
     /// OTLP/gRPC endpoint for traces (for example http://otel-collector:4317); also read
     /// from OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, env = "TERRA_INGEST_OTLP_ENDPOINT")]
@@ -121,7 +151,7 @@ pub struct QueryArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub grpc_tokens: Vec<String>,
+    pub grpc_tokens: Vec<SecretString>,
     /// File with bearer tokens, one per line (a mounted Kubernetes secret).
     #[arg(long, env = "TERRA_INGEST_GRPC_TOKEN_FILE")]
     pub grpc_token_file: Option<PathBuf>,
@@ -143,7 +173,42 @@ pub struct QueryArgs {
     pub insecure_allow_unauthenticated: bool,
     /// Key sealing page tokens and watch positions (default: generated into the data dir).
     #[arg(long, env = "TERRA_INGEST_QUERY_TOKEN_SECRET", hide_env_values = true)]
-    pub query_token_secret: Option<String>,
+    pub query_token_secret: Option<SecretString>,
+    /// File holding the token-sealing key (a mounted secret).
+    #[arg(long, env = "TERRA_INGEST_QUERY_TOKEN_SECRET_FILE")]
+    pub query_token_secret_file: Option<PathBuf>,
+    /// Accept bearer tokens in plaintext on a non-loopback --grpc-addr (only where the
+    /// network encrypts by itself, such as a service mesh).
+    #[arg(long, env = "TERRA_INGEST_GRPC_INSECURE_ALLOW_PLAINTEXT_TOKENS")]
+    pub grpc_insecure_allow_plaintext_tokens: bool,
+    /// Longest a query call may take, seconds (default 30); a client's shorter deadline wins.
+    #[arg(long, env = "TERRA_INGEST_GRPC_TIMEOUT_SECS")]
+    pub grpc_timeout_secs: Option<u64>,
+    /// Query calls served at once (default 256); one more fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TERRA_INGEST_GRPC_MAX_IN_FLIGHT")]
+    pub grpc_max_in_flight: Option<usize>,
+    /// Live tails (WatchPayloads) served at once (default 256); one more fails with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TERRA_INGEST_GRPC_MAX_WATCHERS")]
+    pub grpc_max_watchers: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once (default 100).
+    #[arg(long, env = "TERRA_INGEST_GRPC_MAX_CONCURRENT_STREAMS")]
+    pub grpc_max_concurrent_streams: Option<u32>,
+    /// Idle seconds before the server pings a client (HTTP/2 PING and TCP keepalive;
+    /// default 30).
+    #[arg(long, env = "TERRA_INGEST_GRPC_KEEPALIVE_SECS")]
+    pub grpc_keepalive_secs: Option<u64>,
+    /// Seconds a ping may go unanswered before the connection is closed (default 10).
+    #[arg(long, env = "TERRA_INGEST_GRPC_KEEPALIVE_TIMEOUT_SECS")]
+    pub grpc_keepalive_timeout_secs: Option<u64>,
+    /// Age in seconds at which a connection is asked to reconnect (GOAWAY), so clients
+    /// spread over replicas; calls in progress finish (default 0: never).
+    #[arg(long, env = "TERRA_INGEST_GRPC_MAX_CONNECTION_AGE_SECS")]
+    pub grpc_max_connection_age_secs: Option<u64>,
+    /// Connections of the query service's own read pool (default 8); in `standalone` it is
+    /// apart from the projector's, so long queries cannot stall it.
+    #[arg(long, env = "TERRA_INGEST_QUERY_POOL_SIZE")]
+    pub query_pool_size: Option<u32>,
 }
 
 /// `terra-ingest query`: the gRPC service alone.
@@ -199,7 +264,10 @@ pub struct SqlArgs {
     /// Database for Terra's tables: postgres://…, mysql://… (MariaDB too) or sqlite://PATH.
     /// Default: sqlite://<data-dir>/terra.db.
     #[arg(long, env = "TERRA_INGEST_SQL", hide_env_values = true)]
-    pub sql: Option<String>,
+    pub sql: Option<SecretString>,
+    /// File holding the --sql URL (it may carry the database password; a mounted secret).
+    #[arg(long, env = "TERRA_INGEST_SQL_FILE")]
+    pub sql_file: Option<PathBuf>,
     /// Postgres schema of the tables (default `terra`, as Terra uses).
     #[arg(long, env = "TERRA_INGEST_SQL_SCHEMA")]
     pub sql_schema: Option<String>,
@@ -277,7 +345,10 @@ pub struct SendArgs {
     pub url: String,
     /// Signing secret. Default: the one standalone generated in --data-dir.
     #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
+    pub secret: Option<SecretString>,
+    /// File holding the signing secret (its first line).
+    #[arg(long, env = "TERRA_INGEST_SIGNING_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
     /// Data folder of a standalone instance, to read its generated secret from.
     #[arg(long, env = "TERRA_INGEST_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -290,13 +361,20 @@ pub struct SendArgs {
     /// Extra request headers, `Name: value` (e.g. X-Terra-Ordering-Timestamp).
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
+    /// Sign as of this unix time (seconds) instead of now. The same body signed at the same
+    /// second is the same delivery: the ingress answers it again without storing it twice.
+    #[arg(long)]
+    pub at: Option<i64>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The signing secret (several flags for several secrets).
-    #[arg(long, required = true)]
-    pub secret: Vec<String>,
+    #[arg(long, required_unless_present = "secret_file")]
+    pub secret: Vec<SecretString>,
+    /// File holding the signing secret(s), one per line.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
     /// The captured terra-signature header value.
     #[arg(long)]
     pub header: String,
@@ -334,6 +412,7 @@ pub enum BenchCommand {
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Standalone(args) => {
+            let args = *args;
             crate::serve::run(
                 cli.config,
                 cli.log_format,
@@ -349,7 +428,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(ProjectCommand::Objects(args)) => {
             crate::project::project_objects(cli.config, cli.log_format, args).await
         }
-        Command::Query(args) => crate::query::run(cli.config, cli.log_format, args).await,
+        Command::Query(args) => crate::query::run(cli.config, cli.log_format, *args).await,
         Command::Migrate(args) => crate::project::migrate(cli.config, cli.log_format, args).await,
         Command::Rebuild(RebuildCommand::Sql(args)) => {
             crate::project::rebuild_sql(cli.config, cli.log_format, args).await

@@ -286,7 +286,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
                 .execute("SELECT 1")
                 .await
                 .map(|_| ())
-                .map_err(|e| terra_projector::sql::redact(&e.to_string())),
+                .map_err(|e| terra_projector::sql::describe_error(&e)),
             Readiness::Objects(store) => {
                 // any answer from the store but a failure to reach it will do
                 let probe = object_store::path::Path::from("_readyz-probe");

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
 use terra_core::SigningSecret;
 
 use crate::cli::SendArgs;
@@ -23,9 +24,20 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             .to_vec(),
         (None, None) => bail!("give --file or --fixture"),
     };
-    let secret = match args.secret {
-        Some(secret) => SigningSecret::new(secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
-        None => {
+    if args.secret.is_some() && args.secret_file.is_some() {
+        bail!(
+            "give --secret (TERRA_INGEST_SIGNING_SECRET) or --secret-file (TERRA_INGEST_SIGNING_SECRET_FILE), not both"
+        );
+    }
+    let secret = match (args.secret, &args.secret_file) {
+        (Some(secret), _) => SigningSecret::new(secret.expose_secret())
+            .map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+        (None, Some(path)) => settings::read_secret_file(path)
+            .with_context(|| format!("--secret-file {}", path.display()))?
+            .into_iter()
+            .next()
+            .expect("read_secret_file returns at least one"),
+        (None, None) => {
             let path = args.data_dir.join(settings::GENERATED_SECRET_FILE);
             let secrets = settings::read_secret_file(&path).with_context(|| {
                 format!("no --secret given and no generated secret at {} (start `terra-ingest standalone` first, or pass --secret)", path.display())
@@ -36,10 +48,13 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                 .expect("read_secret_file returns at least one")
         }
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock before 1970")?
-        .as_secs() as i64;
+    let now = match args.at {
+        Some(at) => at,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("system clock before 1970")?
+            .as_secs() as i64,
+    };
     let mut request = reqwest::Client::new()
         .post(&args.url)
         .header("terra-signature", secret.sign(now, &body))

@@ -33,14 +33,19 @@ pub(crate) async fn run(
             let sql = settings::resolve_sql(&file, sql, &data_dir)?;
             let supabase = sql.config.variant == terra_projector::sql::Variant::Supabase;
             let objects = settings::resolve_objects(&file, objects, &data_dir, supabase)?;
-            let server = query::server_config(&query_args)?;
+            let server = query::server_config(&query_args, &file)?;
+            let pool_size = query::pool_size(&query_args, &file)?;
             let key = query::token_key(&query_args, &data_dir)?;
-            Some((sql, objects, server, key))
+            Some((sql, objects, server, key, pool_size))
         }
         None => None,
     };
     let settings = settings::resolve(file, args, log_format, standalone)?;
     let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
+    if standalone {
+        // standalone keeps everything in the data dir: 0700, made so or tightened
+        settings::private_data_dir(&settings.data_dir, true)?;
+    }
     if let Some(path) = &settings.generated_secret {
         tracing::info!(path = %path.display(), "the default source's signing secret is in this file: paste its value into Terra's dashboard, or sign test deliveries with `terra-ingest send`");
     }
@@ -50,6 +55,14 @@ pub(crate) async fn run(
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("failed to listen on {} (--http-addr)", settings.http_addr))?;
+    let ops_listener = match settings.ops_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr} (--ops-addr)"))?,
+        ),
+        None => None,
+    };
     let mut projector_metrics = None;
     let metrics = Metrics::with_extra(|registry| {
         projector_metrics = Some(ProjectorMetrics::register(registry));
@@ -65,10 +78,11 @@ pub(crate) async fn run(
     let (stop, stopped) = watch::channel(false);
     let (failed, mut projector_failed) = watch::channel(false);
     let mut projectors = Vec::new();
-    if let Some((sql, objects, server, key)) = projection_settings {
+    if let Some((sql, objects, server, key, pool_size)) = projection_settings {
         let target = project::open_sql(&sql, true, stopped.clone()).await?;
         let store = terra_objects::Store::open(&objects.store)?;
-        let service = query::for_standalone(target.clone(), store, key);
+        // its own read pool: long queries cannot hold the projector's connections
+        let service = query::for_standalone(&sql, pool_size, store, key)?;
         let grpc = query::spawn(settings.grpc_addr, server, service, stopped.clone()).await?;
         projectors.push(grpc);
         projectors.push(project::spawn_sql(
@@ -103,6 +117,7 @@ pub(crate) async fn run(
         log.clone(),
         metrics,
         listener,
+        ops_listener,
         async move {
             shutdown.await;
             let _ = stop.send(true);

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use secrecy::ExposeSecret;
 use terra_core::{SigningSecret, Verifier};
 
 use crate::cli::VerifyArgs;
@@ -20,10 +21,23 @@ pub(crate) fn run(args: &VerifyArgs) -> ExitCode {
     };
     let mut secrets = Vec::new();
     for secret in &args.secret {
-        match SigningSecret::new(secret.as_str()) {
+        match SigningSecret::new(secret.expose_secret()) {
             Ok(secret) => secrets.push(secret),
             Err(err) => {
                 eprintln!("error: --secret: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(path) = &args.secret_file {
+        if !args.secret.is_empty() {
+            eprintln!("error: give --secret or --secret-file, not both");
+            return ExitCode::from(2);
+        }
+        match crate::settings::read_secret_file(path) {
+            Ok(read) => secrets = read,
+            Err(err) => {
+                eprintln!("error: --secret-file {}: {err:#}", path.display());
                 return ExitCode::from(2);
             }
         }

@@ -8,5 +8,8 @@ pub mod envelope;
 pub mod keys;
 pub mod signature;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use classify::{Classification, DataRecord, EventGroup, classify};
 pub use signature::{SignatureError, SignatureHeader, SigningSecret, Verifier};

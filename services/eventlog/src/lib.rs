@@ -12,6 +12,7 @@
 pub mod embedded;
 mod error;
 pub mod kafka;
+pub mod private_fs;
 mod record;
 mod url;
 

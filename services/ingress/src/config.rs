@@ -102,17 +102,93 @@ pub struct IngressConfig {
     /// Longest wait for the log to confirm an append before answering 503 (kept below
     /// Terra's ~8 s delivery timeout).
     pub append_timeout: Duration,
+    /// Limits that keep hostile or broken clients from holding the ingress.
+    pub limits: Limits,
+    /// Most deliveries the replay cache remembers (0: no replay cache).
+    pub replay_cache_entries: usize,
+    /// Most rejected requests logged per second; the metrics count every one.
+    pub rejection_logs_per_sec: u32,
 }
 
 impl IngressConfig {
     pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
     pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(6);
+    /// About 140 bytes each (the table is sized at start): 70 MB once full.
+    pub const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 500_000;
+    pub const DEFAULT_REJECTION_LOGS_PER_SEC: u32 = 10;
 
     pub fn new(sources: impl IntoIterator<Item = Source>) -> Self {
         Self {
             sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             append_timeout: Self::DEFAULT_APPEND_TIMEOUT,
+            limits: Limits::default(),
+            replay_cache_entries: Self::DEFAULT_REPLAY_CACHE_ENTRIES,
+            rejection_logs_per_sec: Self::DEFAULT_REJECTION_LOGS_PER_SEC,
+        }
+    }
+
+    /// Checks the settings against each other; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let limits = &self.limits;
+        for (name, value) in [
+            ("header_read_timeout_ms", limits.header_read_timeout),
+            ("body_read_timeout_ms", limits.body_read_timeout),
+            ("request_timeout_ms", limits.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("setting {name}: must be at least 1 ms"));
+            }
+        }
+        if limits.max_connections == 0 {
+            return Err("setting max_connections: must be at least 1".to_owned());
+        }
+        if limits.max_in_flight_requests == 0 {
+            return Err("setting max_in_flight_requests: must be at least 1".to_owned());
+        }
+        if limits.max_in_flight_bytes < self.body_limit {
+            return Err(format!(
+                "setting max_in_flight_bytes: {} is below body_limit ({}), so a body at the limit could never be accepted",
+                limits.max_in_flight_bytes, self.body_limit
+            ));
+        }
+        if u32::try_from(self.body_limit).is_err() {
+            return Err("setting body_limit: must be below 4 GiB".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Timeouts and caps of the HTTP server. Beyond a cap the ingress answers 503 with
+/// `Retry-After` at once, so Terra retries and memory stays bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A request's headers must arrive within this time (also how long an idle keep-alive
+    /// connection is kept); past it the connection is closed.
+    pub header_read_timeout: Duration,
+    /// The whole body must arrive within this time after the headers (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// A webhook is answered within this time after its headers, body and append included
+    /// (503 with `Retry-After` otherwise).
+    pub request_timeout: Duration,
+    /// Open connections; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Webhook requests being handled at once; one more is answered 503.
+    pub max_in_flight_requests: usize,
+    /// Body bytes held at once by requests being read or appended; a body that does not
+    /// fit is answered 503 (its declared length is reserved before it is read).
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_in_flight_requests: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -24,6 +24,14 @@ pub enum IngressError {
     Signature(#[from] SignatureError),
     #[error("the event log cannot accept the webhook right now; retry later")]
     LogUnavailable { retry_after: Duration },
+    #[error("the ingress is at its limit of {0}; retry later")]
+    Overloaded(&'static str),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("the webhook could not be handled within {0:?}; retry later")]
+    RequestTimeout(Duration),
+    #[error("the same delivery was being accepted by another request and was not; retry later")]
+    ConcurrentCopyFailed,
 }
 
 impl IngressError {
@@ -35,7 +43,11 @@ impl IngressError {
             Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::Signature(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::LogUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::LogUnavailable { .. }
+            | Self::Overloaded(_)
+            | Self::RequestTimeout(_)
+            | Self::ConcurrentCopyFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -48,6 +60,20 @@ impl IngressError {
             Self::BodyRead => "body_read_failed",
             Self::Signature(err) => err.code(),
             Self::LogUnavailable { .. } => "log_unavailable",
+            Self::Overloaded(_) => "overloaded",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::ConcurrentCopyFailed => "concurrent_copy_failed",
+        }
+    }
+
+    /// How long a client should wait before retrying, for the 503 answers.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::LogUnavailable { retry_after } => Some(*retry_after),
+            Self::Overloaded(_) | Self::ConcurrentCopyFailed => Some(Duration::from_secs(1)),
+            Self::RequestTimeout(_) => Some(Duration::from_secs(5)),
+            _ => None,
         }
     }
 }
@@ -56,7 +82,7 @@ impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let Self::LogUnavailable { retry_after } = self {
+        if let Some(retry_after) = self.retry_after() {
             let secs = retry_after.as_secs().max(1).to_string();
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -4,15 +4,22 @@
 //! Per request, in this order: resolve the source (404), client address against the
 //! source's allowlist (403), body size (413), `terra-signature` over the raw bytes (400/401),
 //! classification, append (503 when the log cannot take it), answer 200 with the envelope id.
+//! A delivery accepted before (the replay cache) is answered with its first 200 again.
+//!
+//! Every request is bounded: headers within a timeout, the body within a deadline, the whole
+//! request within another; connections, requests in flight and body bytes in flight are
+//! capped, and beyond a cap the answer is 503 with `Retry-After` at once.
 
 mod client_addr;
 mod config;
 mod error;
+mod log_limit;
 mod metrics;
+mod replay;
+mod serve;
 mod webhook;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +30,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use terra_eventlog::EventLog;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use config::{
-    AllowEntry, DEFAULT_SOURCE, IngressConfig, Source, SourceError, TERRA_EGRESS_IPS,
+    AllowEntry, DEFAULT_SOURCE, IngressConfig, Limits, Source, SourceError, TERRA_EGRESS_IPS,
 };
 pub use error::IngressError;
 pub use metrics::Metrics;
@@ -40,63 +48,139 @@ struct Inner {
     config: IngressConfig,
     log: EventLog,
     metrics: Metrics,
+    /// Webhook requests being handled.
+    in_flight: Arc<Semaphore>,
+    /// Body bytes held by requests being read or appended.
+    in_flight_bytes: Arc<Semaphore>,
+    replay: Option<Arc<replay::ReplayCache>>,
+    rejection_logs: log_limit::LogLimiter,
 }
 
 impl AppState {
     pub fn new(config: IngressConfig, log: EventLog, metrics: Metrics) -> Self {
+        let limits = &config.limits;
+        let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_requests));
+        let in_flight_bytes = Arc::new(Semaphore::new(
+            limits.max_in_flight_bytes.min(Semaphore::MAX_PERMITS),
+        ));
+        let replay = (config.replay_cache_entries > 0)
+            .then(|| Arc::new(replay::ReplayCache::new(config.replay_cache_entries)));
+        let rejection_logs = log_limit::LogLimiter::new(config.rejection_logs_per_sec);
         Self {
             inner: Arc::new(Inner {
                 config,
                 log,
                 metrics,
+                in_flight,
+                in_flight_bytes,
+                replay,
+                rejection_logs,
             }),
         }
     }
 }
 
+/// Where `/readyz` is served decides how much it says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The webhook port, reachable by anyone who can send a webhook: no internals.
+    Public,
+    /// The operations port (`--ops-addr`): the reason the log is not ready.
+    Ops,
+}
+
 /// The ingress routes: `POST /webhook`, `POST /webhooks/{source}`, `GET /healthz`,
-/// `GET /readyz`, `GET /metrics`.
+/// `GET /readyz`, `GET /metrics` (all on one port).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    public_router(state.clone(), true)
+}
+
+/// The webhook port; with `ops` also `/readyz` (without internals) and `/metrics`.
+fn public_router(state: AppState, ops: bool) -> Router {
+    let mut router = Router::new()
         .route("/webhook", post(webhook::default_source))
         .route("/webhooks/{source}", post(webhook::named_source))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(|| async { "ok\n" }));
+    if ops {
+        router = router
+            .route("/readyz", get(|s: State<AppState>| readyz(s, Port::Public)))
+            .route("/metrics", get(metrics::render));
+    }
+    router
         // the body is read by the webhook handler itself, against the configured limit
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(3), state.inner.log.check_ready()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(err)) => (
+/// The operations port: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|s: State<AppState>| readyz(s, Port::Ops)))
+        .route("/metrics", get(metrics::render))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>, port: Port) -> impl IntoResponse {
+    let problem =
+        match tokio::time::timeout(Duration::from_secs(3), state.inner.log.check_ready()).await {
+            Ok(Ok(())) => return (StatusCode::OK, "ready\n".to_owned()),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "event log check timed out".to_owned(),
+        };
+    if port == Port::Ops {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {err}\n"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: event log check timed out\n".to_owned(),
-        ),
+            format!("not ready: {problem}\n"),
+        );
     }
+    if let Some(suppressed) = state.inner.rejection_logs.admit() {
+        tracing::warn!(problem = %problem, suppressed, "not ready");
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready: the event log cannot take appends (details in the service log and on the operations port)\n"
+            .to_owned(),
+    )
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish (each gets its answer) and returns.
+/// in-flight requests finish (each gets its answer) and returns. With `ops_listener`,
+/// `/readyz` and `/metrics` are served there instead of on the webhook port.
 pub async fn run(
     config: IngressConfig,
     log: EventLog,
     metrics: Metrics,
     listener: TcpListener,
+    ops_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(AppState::new(config, log, metrics));
+    let limits = config.limits.clone();
+    let state = AppState::new(config, log, metrics.clone());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let public = public_router(state.clone(), ops_listener.is_none());
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let ops = match ops_listener {
+        Some(ops_listener) => {
+            tracing::info!(addr = %ops_listener.local_addr()?, "ingress operations endpoint listening");
+            let server = serve::Server::new(&limits, metrics.clone());
+            Some(tokio::spawn(server.serve(
+                ops_listener,
+                ops_router(state),
+                stopping.clone(),
+            )))
+        }
+        None => None,
+    };
+    let served = serve::Server::new(&limits, metrics)
+        .serve(listener, public, stopping)
+        .await;
+    if let Some(ops) = ops {
+        ops.await.map_err(std::io::Error::other)??;
+    }
+    served
 }

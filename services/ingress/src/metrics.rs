@@ -27,6 +27,13 @@ pub struct Metrics {
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) append_seconds: Histogram,
     pub(crate) body_bytes: Histogram,
+    /// Connections answered 503 because the connection cap was reached.
+    pub(crate) connections_refused: Counter,
+    /// Replay-cache entries evicted before their tolerance window ended (the cache was full).
+    pub(crate) replay_cache_evictions: Counter,
+    /// Deliveries whose `X-Terra-Ordering-Timestamp` was later than their signature and was
+    /// capped to it.
+    pub(crate) ordering_timestamps_capped: Counter,
 }
 
 impl Metrics {
@@ -57,11 +64,32 @@ impl Metrics {
             "Size of accepted webhook bodies",
             body_bytes.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 because the connection cap was reached",
+            connections_refused.clone(),
+        );
+        let replay_cache_evictions = Counter::default();
+        registry.register(
+            "replay_cache_evictions",
+            "Replay-cache entries evicted before their tolerance window ended",
+            replay_cache_evictions.clone(),
+        );
+        let ordering_timestamps_capped = Counter::default();
+        registry.register(
+            "ordering_timestamps_capped",
+            "Deliveries whose X-Terra-Ordering-Timestamp was later than their signature",
+            ordering_timestamps_capped.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
             append_seconds,
             body_bytes,
+            connections_refused,
+            replay_cache_evictions,
+            ordering_timestamps_capped,
         }
     }
 

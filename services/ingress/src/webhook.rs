@@ -1,15 +1,16 @@
 //! The webhook handler: allowlist, size limit, signature, classification, durable append.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -17,12 +18,15 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use terra_core::envelope::{self, Envelope, ProtoEventGroup};
 use terra_core::{EventGroup, classify, signature};
-use terra_eventlog::{Position, Record};
+use terra_eventlog::Record;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::DEFAULT_SOURCE;
-use crate::{AppState, IngressError, client_addr};
+use crate::replay::{self, Answer, Lookup};
+use crate::{AppState, IngressError, Source, client_addr};
 
 /// Longest value kept from a Terra delivery header (they are ids and timestamps).
 const MAX_HEADER_VALUE: usize = 512;
@@ -48,8 +52,8 @@ pub(crate) async fn named_source(
 
 /// The 200 answer.
 #[derive(serde::Serialize)]
-struct AcceptedBody<'a> {
-    envelope_id: &'a str,
+struct AcceptedBody {
+    envelope_id: String,
     partition: u32,
     offset: u64,
     body_is_json: bool,
@@ -71,12 +75,6 @@ async fn traced(
         .await
 }
 
-struct Accepted {
-    envelope_id: String,
-    position: Position,
-    body_is_json: bool,
-}
-
 async fn handle(
     state: AppState,
     source: String,
@@ -84,47 +82,73 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = accept(&state, &source, peer, &headers, body).await;
-    let metrics = &state.inner.metrics;
+    let inner = &state.inner;
+    let result = match Arc::clone(&inner.in_flight).try_acquire_owned() {
+        Ok(_permit) => {
+            let deadline = inner.config.limits.request_timeout;
+            tokio::time::timeout(deadline, accept(&state, &source, peer, &headers, body))
+                .await
+                .unwrap_or(Err(IngressError::RequestTimeout(deadline)))
+        }
+        Err(_) => Err(IngressError::Overloaded("requests in flight")),
+    };
+    let metrics = &inner.metrics;
     // arbitrary path segments must not become metric label values
-    let label = if state.inner.config.sources.contains_key(&source) {
+    let label = if inner.config.sources.contains_key(&source) {
         source.as_str()
     } else {
         "unknown"
     };
     match result {
         Ok(accepted) => {
-            let outcome = if accepted.body_is_json {
-                "accepted"
-            } else {
-                "accepted_not_json"
+            let outcome = match (accepted.replayed, accepted.answer.body_is_json) {
+                (true, _) => "replayed",
+                (false, true) => "accepted",
+                (false, false) => "accepted_not_json",
             };
             metrics.outcome(label, outcome);
             Span::current().record("outcome", outcome);
-            tracing::info!(
-                partition = accepted.position.partition,
-                offset = accepted.position.offset,
-                "webhook accepted"
-            );
+            if accepted.replayed {
+                tracing::info!(
+                    partition = accepted.answer.partition,
+                    offset = accepted.answer.offset,
+                    "webhook accepted before: answered again without appending"
+                );
+            } else {
+                tracing::info!(
+                    partition = accepted.answer.partition,
+                    offset = accepted.answer.offset,
+                    "webhook accepted"
+                );
+            }
             let body = AcceptedBody {
-                envelope_id: &accepted.envelope_id,
-                partition: accepted.position.partition,
-                offset: accepted.position.offset,
-                body_is_json: accepted.body_is_json,
+                envelope_id: accepted.answer.envelope_id.to_string(),
+                partition: accepted.answer.partition,
+                offset: accepted.answer.offset,
+                body_is_json: accepted.answer.body_is_json,
             };
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(err) => {
             metrics.outcome(label, err.code());
             Span::current().record("outcome", err.code());
-            if err.status().is_server_error() {
-                tracing::warn!(error = %err, "webhook not accepted");
-            } else {
-                tracing::info!(error = %err, "webhook rejected");
+            // anyone can send refused requests: their log lines are rate limited
+            if let Some(suppressed) = inner.rejection_logs.admit() {
+                if err.status().is_server_error() {
+                    tracing::warn!(error = %err, suppressed, "webhook not accepted");
+                } else {
+                    tracing::info!(error = %err, suppressed, "webhook rejected");
+                }
             }
             err.into_response()
         }
     }
+}
+
+struct Accepted {
+    answer: Answer,
+    /// Accepted before: answered from the replay cache, not appended again.
+    replayed: bool,
 }
 
 async fn accept(
@@ -135,11 +159,18 @@ async fn accept(
     body: Body,
 ) -> Result<Accepted, IngressError> {
     let inner = &state.inner;
-    let source = inner
-        .config
-        .sources
-        .get(source_name)
-        .ok_or_else(|| IngressError::UnknownSource(source_name.to_owned()))?;
+    let Some(source) = inner.config.sources.get(source_name) else {
+        // after the allowlists, so a client outside them cannot tell which names exist
+        if !inner
+            .config
+            .sources
+            .values()
+            .any(|s| admits(s, peer, headers))
+        {
+            return Err(IngressError::Forbidden(peer.ip().to_string()));
+        }
+        return Err(IngressError::UnknownSource(source_name.to_owned()));
+    };
 
     let client = client_addr::resolve(peer, headers, &source.trusted_proxies);
     if let Some(allowlist) = &source.allowlist {
@@ -150,22 +181,82 @@ async fn accept(
     }
     let remote_addr = client.unwrap_or_else(|| peer.ip());
 
-    let body = read_body(headers, body, inner.config.body_limit).await?;
+    let limits = &inner.config.limits;
+    let read = read_body(
+        headers,
+        body,
+        inner.config.body_limit,
+        &inner.in_flight_bytes,
+    );
+    // held until the answer: the bytes stay in memory until the log has them
+    let (body, _bytes_permit) = tokio::time::timeout(limits.body_read_timeout, read)
+        .await
+        .map_err(|_| IngressError::BodyTimeout(limits.body_read_timeout))??;
 
-    let signature_header = signature::HEADER_NAMES
+    let signature_headers: Vec<String> = signature::HEADER_NAMES
         .iter()
-        .find_map(|name| headers.get(*name))
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        .flat_map(|name| headers.get_all(*name))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let signature_timestamp = source
-        .verifier
-        .verify(signature_header.as_deref(), &body, now)?;
+    let signature_timestamp =
+        source
+            .verifier
+            .verify_any(signature_headers.iter().map(String::as_str), &body, now)?;
     inner.metrics.body_bytes.observe(body.len() as f64);
+    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
 
-    let (record, envelope_id, body_is_json) =
-        build_record(source_name, headers, remote_addr, signature_timestamp, body);
+    let claim = match &inner.replay {
+        None => None,
+        Some(cache) => {
+            let trace_id = headers.get("x-terra-trace-id").map(|v| v.as_bytes());
+            let trace_id = trace_id.map(String::from_utf8_lossy);
+            let delivery = replay::Delivery {
+                source: source_name,
+                signature_timestamp,
+                trace_id: trace_id.as_deref(),
+                body_sha256: &body_sha256,
+                tolerance: Duration::from_secs(source.verifier.tolerance_secs()),
+            };
+            let (lookup, evicted) = cache.lookup(&delivery);
+            inner.metrics.replay_cache_evictions.inc_by(evicted);
+            match lookup {
+                Lookup::Seen(answer) => {
+                    return Ok(Accepted {
+                        answer,
+                        replayed: true,
+                    });
+                }
+                Lookup::InFlight(keys) => {
+                    let answer = cache
+                        .wait(&keys)
+                        .await
+                        .ok_or(IngressError::ConcurrentCopyFailed)?;
+                    return Ok(Accepted {
+                        answer,
+                        replayed: true,
+                    });
+                }
+                Lookup::New(claim) => Some(claim),
+            }
+        }
+    };
+
+    let ordering = ordering_timestamp(headers, signature_timestamp);
+    if ordering.capped {
+        inner.metrics.ordering_timestamps_capped.inc();
+    }
+    let (record, envelope_id, body_is_json) = build_record(
+        source_name,
+        headers,
+        remote_addr,
+        signature_timestamp,
+        ordering.value,
+        body_sha256,
+        body,
+    );
     let started = Instant::now();
     let appended =
         tokio::time::timeout(inner.config.append_timeout, inner.log.append(vec![record])).await;
@@ -191,15 +282,67 @@ async fn accept(
             });
         }
     };
-    Ok(Accepted {
+    let answer = Answer {
         envelope_id,
-        position,
+        partition: position.partition,
+        offset: position.offset,
         body_is_json,
+    };
+    if let Some(claim) = claim {
+        claim.accepted(answer);
+    }
+    Ok(Accepted {
+        answer,
+        replayed: false,
     })
 }
 
-/// Reads the whole body, refusing early on a declared length over the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
+/// Whether `source`'s allowlist admits this client.
+fn admits(source: &Source, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    let Some(allowlist) = &source.allowlist else {
+        return true;
+    };
+    client_addr::resolve(peer, headers, &source.trusted_proxies)
+        .is_some_and(|client| allowlist.iter().any(|net| net.contains(&client)))
+}
+
+/// `X-Terra-Ordering-Timestamp` bounded by the signature: the header is not signed, so a
+/// replayed delivery could otherwise carry a far-future value and win last-writer-wins for
+/// ever. Terra emits a payload before it signs the delivery, so a genuine value is never
+/// later than the signed second `t`: the value kept is at most `t·1000 + 999` ms.
+struct Ordering {
+    value: Option<i64>,
+    capped: bool,
+}
+
+fn ordering_timestamp(headers: &HeaderMap, signature_timestamp: i64) -> Ordering {
+    let sent = headers
+        .get("x-terra-ordering-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let bound = signature_timestamp.saturating_mul(1000).saturating_add(999);
+    match sent {
+        Some(ms) if ms > bound => Ordering {
+            value: Some(bound),
+            capped: true,
+        },
+        value => Ordering {
+            value,
+            capped: false,
+        },
+    }
+}
+
+/// Reads the whole body within the body limit and the in-flight byte budget: a declared
+/// length is checked and reserved before anything is read, a chunked body reserves as it
+/// arrives. Returns the body and its reservation.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, OwnedSemaphorePermit), IngressError> {
+    const NO_ROOM: IngressError = IngressError::Overloaded("body bytes in flight");
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -207,13 +350,44 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(IngressError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(IngressError::TooLarge { limit })
+    // the limit fits in u32 (validated), so does a declared length under it
+    let reserved = declared.unwrap_or(0) as u32;
+    let mut permit = Arc::clone(budget)
+        .try_acquire_many_owned(reserved)
+        .map_err(|_| NO_ROOM)?;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| IngressError::BodyRead)?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        len += chunk.len();
+        if len > limit {
+            return Err(IngressError::TooLarge { limit });
         }
-        Err(_) => Err(IngressError::BodyRead),
+        if len > permit.num_permits() {
+            let more = (len - permit.num_permits()) as u32;
+            permit.merge(
+                Arc::clone(budget)
+                    .try_acquire_many_owned(more)
+                    .map_err(|_| NO_ROOM)?,
+            );
+        }
+        chunks.push(chunk);
     }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut all = BytesMut::with_capacity(len);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    };
+    Ok((body, permit))
 }
 
 fn build_record(
@@ -221,9 +395,12 @@ fn build_record(
     headers: &HeaderMap,
     remote_addr: IpAddr,
     signature_timestamp: i64,
+    ordering_timestamp_ms: Option<i64>,
+    body_sha256: [u8; 32],
     body: Bytes,
-) -> (Record, String, bool) {
-    let envelope_id = uuid::Uuid::now_v7().to_string();
+) -> (Record, uuid::Uuid, bool) {
+    let id = uuid::Uuid::now_v7();
+    let envelope_id = id.to_string();
     let classification = classify(&body).ok();
     let header_text = |name: &str| {
         headers.get(name).map(|v| {
@@ -235,8 +412,6 @@ fn build_record(
             text[..end].to_owned()
         })
     };
-    let ordering_timestamp_ms =
-        header_text("x-terra-ordering-timestamp").and_then(|v| v.trim().parse::<i64>().ok());
     let span = Span::current();
     let (event_type, group, user_id, old_user_id, version) = match &classification {
         Some(c) => (
@@ -263,7 +438,7 @@ fn build_record(
         ordering_timestamp_ms,
         signature_timestamp,
         remote_addr: remote_addr.to_string(),
-        body_sha256: Bytes::copy_from_slice(&Sha256::digest(&body)),
+        body_sha256: Bytes::copy_from_slice(&body_sha256),
         body_is_json: classification.is_some(),
         content_type: header_text("content-type"),
         payload_version: version,
@@ -285,7 +460,7 @@ fn build_record(
         headers: record_headers,
         value: Bytes::from(envelope.encode_to_vec()),
     };
-    (record, envelope_id, classification.is_some())
+    (record, id, classification.is_some())
 }
 
 /// Writes the W3C trace context of this request into the record headers: the span's, when

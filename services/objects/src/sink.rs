@@ -2,17 +2,20 @@
 //! library derives (so SQL `payload_id`s and keys agree), last writer wins by version
 //! (ordering timestamp, then log position, then record index). The version of what is stored
 //! is kept with it: user metadata `terra-ingest-version` on S3/GCS/Azure, a sidecar file
-//! beside a local folder (`.<folder>-versions/`). A bounded cache saves the lookup for keys
+//! beside a local folder (`.<folder>-versions/`; a local folder's files are 0600 in 0700
+//! folders, see `terra_eventlog::private_fs`). A bounded cache saves the lookup for keys
 //! this process wrote. Writes are idempotent, so at-least-once consumption (the log's
 //! committed positions) gives exactly-once state. Poison goes to `_dead-letters/`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, PutOptions, PutPayload};
+use terra_eventlog::private_fs;
 use terra_projector::plan::{PayloadKind, Plan, Planned, Version};
 use terra_projector::{Sink, SinkError, WriteStats};
 use tokio::task::JoinSet;
@@ -293,27 +296,82 @@ async fn put(
             );
         }
     }
-    let options = PutOptions {
-        attributes,
-        ..PutOptions::default()
-    };
-    store
-        .store
-        .put_opts(&path, PutPayload::from_bytes(bytes), options)
-        .await
-        .map_err(store_error)?;
+    match &store.local {
+        Some(local) => {
+            let file = local.path_to_filesystem(&path).map_err(store_error)?;
+            blocking(move || write_private_object(&file, &bytes))
+                .await
+                .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")))?;
+        }
+        None => {
+            let options = PutOptions {
+                attributes,
+                ..PutOptions::default()
+            };
+            store
+                .store
+                .put_opts(&path, PutPayload::from_bytes(bytes), options)
+                .await
+                .map_err(store_error)?;
+        }
+    }
     if let (Some(version), Some(root)) = (version, &store.root) {
         let sidecar = sidecar_path(root, key);
-        if let Some(parent) = sidecar.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| SinkError::Outage(format!("cannot write version file: {e}")))?;
-        }
-        tokio::fs::write(&sidecar, encode_version(version))
-            .await
-            .map_err(|e| SinkError::Outage(format!("cannot write version file: {e}")))?;
+        blocking(move || {
+            if let Some(parent) = sidecar.parent() {
+                private_fs::create_dir_all(parent)?;
+            }
+            private_fs::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&sidecar)?
+                .write_all(encode_version(version).as_bytes())
+        })
+        .await
+        .map_err(|e| SinkError::Outage(format!("cannot write version file: {e}")))?;
     }
     Ok(())
+}
+
+async fn blocking(
+    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// Writes one object of a local folder as `LocalFileSystem` would (a staged `<file>#<n>`,
+/// which listings skip, renamed into place, so readers never see half an object), but the
+/// staged file is made 0600 and missing folders 0700.
+fn write_private_object(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut attempt = 1u32;
+    let (mut staged, staged_path) = loop {
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!("#{attempt}"));
+        let staged_path = PathBuf::from(name);
+        match private_fs::options()
+            .write(true)
+            .create_new(true)
+            .open(&staged_path)
+        {
+            Ok(staged) => break (staged, staged_path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = file.parent().ok_or(e)?;
+                private_fs::create_dir_all(parent)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let written = staged
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&staged_path, file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged_path);
+    }
+    written
 }
 
 async fn stored_version(store: &Store, key: &str) -> Result<Option<Version>, SinkError> {
@@ -346,12 +404,16 @@ pub(crate) fn object_path(key: &str) -> Result<ObjectPath, SinkError> {
 
 /// The versions folder beside a local objects folder (outside it, so the bucket layout is
 /// only Terra's).
-fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
+pub(crate) fn versions_dir(root: &std::path::Path) -> PathBuf {
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    root.with_file_name(format!(".{name}-versions")).join(key)
+    root.with_file_name(format!(".{name}-versions"))
+}
+
+fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
+    versions_dir(root).join(key)
 }
 
 pub(crate) fn encode_version(v: Version) -> String {

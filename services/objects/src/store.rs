@@ -14,6 +14,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use terra_eventlog::private_fs;
 
 /// The Supabase Storage bucket Terra's Supabase destination writes to.
 pub const SUPABASE_BUCKET: &str = "terra-payloads";
@@ -48,6 +49,9 @@ pub struct Store {
     pub(crate) signer: Option<Arc<dyn Signer>>,
     /// The folder, for a local store.
     pub(crate) root: Option<PathBuf>,
+    /// A local store as itself: it maps keys to file names, and the sink writes the files
+    /// (0600, in 0700 folders) rather than `LocalFileSystem`, which leaves both to the umask.
+    pub(crate) local: Option<Arc<LocalFileSystem>>,
     pub(crate) prefix: String,
     pub(crate) kind: &'static str,
 }
@@ -100,7 +104,7 @@ impl Store {
                     return Err(StoreError::Config("objects URL names no folder".into()));
                 }
                 let root = PathBuf::from(rest);
-                std::fs::create_dir_all(&root).map_err(|e| {
+                private_fs::create_dir_all(&root).map_err(|e| {
                     StoreError::Config(format!(
                         "cannot create the objects folder {}: {e}",
                         root.display()
@@ -109,10 +113,14 @@ impl Store {
                 let root = root.canonicalize().map_err(|e| {
                     StoreError::Config(format!("objects folder {}: {e}", root.display()))
                 })?;
-                let store = LocalFileSystem::new_with_prefix(&root).map_err(bad)?;
+                // a folder made by an earlier version: closing it closes everything in it
+                private_fs::tighten_and_warn(&root);
+                private_fs::tighten_and_warn(&crate::sink::versions_dir(&root));
+                let store = Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(bad)?);
                 Ok(Self {
-                    store: Arc::new(store),
+                    store: store.clone(),
                     signer: None,
+                    local: Some(store),
                     root: Some(root),
                     prefix,
                     kind: "file",
@@ -136,6 +144,7 @@ impl Store {
                     store: s3.clone(),
                     signer: Some(s3),
                     root: None,
+                    local: None,
                     prefix,
                     kind: "s3",
                 })
@@ -154,6 +163,7 @@ impl Store {
                     store: gcs.clone(),
                     signer: Some(gcs),
                     root: None,
+                    local: None,
                     prefix,
                     kind: "gcs",
                 })
@@ -172,6 +182,7 @@ impl Store {
                     store: azure.clone(),
                     signer: Some(azure),
                     root: None,
+                    local: None,
                     prefix,
                     kind: "azure",
                 })

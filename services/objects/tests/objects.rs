@@ -472,3 +472,93 @@ async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
     }
     assert_eq!(downloaded, records);
 }
+
+/// Every file under `dir` (mode), every folder (mode), recursively.
+fn modes_under(dir: &Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        out.push((
+            path.clone(),
+            meta.is_dir(),
+            meta.permissions().mode() & 0o777,
+        ));
+        if meta.is_dir() {
+            out.extend(modes_under(&path));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn local_folder_objects_dead_letters_and_versions_are_private_under_umask_022() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let dir = tempfile::tempdir().unwrap();
+    // the folder and its parent do not exist yet: the store makes them
+    let root = dir.path().join("data/objects");
+    let store = Store::open(&StoreConfig {
+        url: format!("file://{}", root.display()),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    let (log, _log_dir) = log();
+    let mut records: Vec<Record> = all_fixtures()
+        .iter()
+        .map(|(_, b)| record(b, Some(T0 * 1000)))
+        .collect();
+    records.push(record(b"\xff not json", None));
+    // a newer copy rewrites an object and its version file
+    records.push(record(&fixture("sleep"), Some(T0 * 1000 + 1)));
+    log.append(records).await.unwrap();
+    let mut sink = ObjectSink::new(store.clone(), ObjectSinkConfig::default(), None);
+    let stats = project(&log, &mut sink, "objects").await;
+    assert_eq!(stats.dead, 1);
+    let modes = modes_under(&dir.path().join("data"));
+    let files = modes.iter().filter(|(_, is_dir, _)| !is_dir).count();
+    assert!(
+        files > 2 * all_fixtures().len(),
+        "objects, versions and dead letters: {files}"
+    );
+    for (path, is_dir, mode) in &modes {
+        let want = if *is_dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+        assert!(
+            !path.to_string_lossy().contains('#'),
+            "staged file left: {}",
+            path.display()
+        );
+    }
+    assert!(
+        modes
+            .iter()
+            .any(|(p, _, _)| p.ends_with(".objects-versions"))
+    );
+    assert!(
+        modes
+            .iter()
+            .any(|(p, _, _)| p.to_string_lossy().contains("_dead-letters"))
+    );
+}
+
+#[test]
+fn an_objects_folder_left_readable_by_an_earlier_version_is_tightened_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let versions = dir.path().join(".objects-versions");
+    for folder in [&root, &versions] {
+        std::fs::create_dir(folder).unwrap();
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Store::open(&StoreConfig {
+        url: root.display().to_string(),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    for folder in [&root, &versions] {
+        let mode = std::fs::metadata(folder).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", folder.display());
+    }
+}

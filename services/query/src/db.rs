@@ -136,6 +136,10 @@ pub(crate) fn record_index(row: &Row) -> i64 {
     int(row, RECORD_INDEX)
 }
 
+pub(crate) fn log_offset(row: &Row) -> i64 {
+    int(row, 10)
+}
+
 /// ` AND column IN (?, ...)` when `values` is not empty.
 pub(crate) fn push_in(stmt: &mut Stmt, column: &str, values: &[String]) {
     if values.is_empty() {

@@ -3,12 +3,17 @@
 //! bodies from the object store, and a resumable live tail. It reads the SQL projection
 //! (Postgres, MySQL or SQLite) and the object store the object projector writes.
 //!
-//! - [`service`]: the methods.
-//! - [`server`]: auth (bearer tokens), TLS/mTLS, health, reflection, the secure default.
-//! - `tail`: the live tail behind `WatchPayloads`.
+//! - [`service`]: the methods; `body`: `GetPayload`'s body streamed from the store.
+//! - [`server`]: TLS/mTLS, health, reflection, connection limits, the secure defaults.
+//! - [`auth`]: bearer tokens, compared as digests in constant time.
+//! - [`limits`]: deadlines and caps on calls, live tails and streams per connection.
+//! - `tail`: the one shared live tail behind every `WatchPayloads`.
 //! - [`token`]: tamper-evident page tokens and resume positions.
 
+pub mod auth;
+mod body;
 mod db;
+pub mod limits;
 pub mod server;
 pub mod service;
 mod tail;
@@ -20,6 +25,9 @@ pub mod proto {
     tonic::include_proto!("terra.ingest.v1");
 }
 
-pub use server::{BearerAuth, QueryServerConfig, ServeError, TlsFiles, run};
+pub use auth::BearerAuth;
+pub use limits::Limits;
+pub use server::{QueryServerConfig, ServeError, TlsFiles, run};
 pub use service::Query;
+pub use tail::TailStats;
 pub use token::TokenKey;

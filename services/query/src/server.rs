@@ -1,17 +1,17 @@
-//! Serving the query API: bearer-token auth in a tower layer (tonic interceptor), optional
-//! TLS and mutual TLS, `grpc.health.v1` and server reflection (v1 and v1alpha), and the
-//! secure default: with no token and no client CA the service binds only to loopback.
+//! Serving the query API: bearer-token auth (tonic interceptor, [`crate::auth`]), optional
+//! TLS and mutual TLS, `grpc.health.v1` and server reflection (v1 and v1alpha), the
+//! connection limits of [`Limits`] (keepalive, streams per connection, connection age), and
+//! the secure defaults: with no token and no client CA the service binds only to loopback,
+//! and bearer tokens cross a non-loopback address only inside TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Status};
 
+use crate::auth::BearerAuth;
+use crate::limits::{Gates, Limits};
 use crate::proto::query_service_server::QueryServiceServer;
 use crate::service::Query;
 
@@ -19,13 +19,23 @@ use crate::service::Query;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/query_descriptor.bin"));
 
-/// PEM files for TLS.
-#[derive(Debug, Clone)]
+/// PEM files for TLS. `Debug` never shows the private key.
+#[derive(Clone)]
 pub struct TlsFiles {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
     /// Clients must present a certificate signed by this CA (mutual TLS).
     pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert_bytes", &self.cert.len())
+            .field("key", &"[redacted]")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish()
+    }
 }
 
 /// How the query service authenticates and listens.
@@ -36,6 +46,11 @@ pub struct QueryServerConfig {
     pub tls: Option<TlsFiles>,
     /// Serve a non-loopback address without any authentication (explicit opt-in).
     pub insecure_allow_unauthenticated: bool,
+    /// Accept bearer tokens over plaintext on a non-loopback address (explicit opt-in, for a
+    /// network that encrypts by itself, such as a service mesh).
+    pub insecure_allow_plaintext_tokens: bool,
+    /// Timeouts, caps and connection keepalive.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for QueryServerConfig {
@@ -43,6 +58,7 @@ impl std::fmt::Debug for QueryServerConfig {
         f.debug_struct("QueryServerConfig")
             .field("tokens", &self.tokens.len())
             .field("tls", &self.tls.is_some())
+            .field("limits", &self.limits)
             .field(
                 "mtls",
                 &self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
@@ -57,6 +73,10 @@ pub enum ServeError {
         "refusing to serve the gRPC query API on {0} without authentication: set a bearer token (--grpc-token), or mutual TLS (--grpc-tls-client-ca), or bind a loopback address (--grpc-addr 127.0.0.1:50051), or pass --insecure-allow-unauthenticated"
     )]
     Unauthenticated(SocketAddr),
+    #[error(
+        "refusing to accept bearer tokens (--grpc-token, --grpc-token-file) in plaintext on {0}: anyone on the network path could read them; turn on TLS (--grpc-tls-cert and --grpc-tls-key), or bind a loopback address (--grpc-addr 127.0.0.1:50051), or pass --grpc-insecure-allow-plaintext-tokens when the network encrypts by itself (a service mesh)"
+    )]
+    PlaintextTokens(SocketAddr),
     #[error("TLS settings are invalid: {0}")]
     Tls(String),
     #[error("gRPC server failed: {0}")]
@@ -64,57 +84,21 @@ pub enum ServeError {
 }
 
 impl QueryServerConfig {
-    /// The secure default: no authentication means loopback only.
+    /// The secure defaults: no authentication means loopback only, and bearer tokens leave
+    /// the host only inside TLS.
     pub fn check_bind(&self, addr: SocketAddr) -> Result<(), ServeError> {
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
         let authenticated =
             !self.tokens.is_empty() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        if authenticated || self.insecure_allow_unauthenticated || addr.ip().is_loopback() {
-            Ok(())
-        } else {
-            Err(ServeError::Unauthenticated(addr))
+        if !authenticated && !self.insecure_allow_unauthenticated {
+            return Err(ServeError::Unauthenticated(addr));
         }
-    }
-}
-
-/// Checks `authorization: Bearer <token>` against the configured tokens in constant time.
-#[derive(Clone)]
-pub struct BearerAuth {
-    tokens: Arc<Vec<Vec<u8>>>,
-}
-
-impl BearerAuth {
-    pub fn new(tokens: &[String]) -> Self {
-        Self {
-            tokens: Arc::new(tokens.iter().map(|t| t.as_bytes().to_vec()).collect()),
+        if !self.tokens.is_empty() && self.tls.is_none() && !self.insecure_allow_plaintext_tokens {
+            return Err(ServeError::PlaintextTokens(addr));
         }
-    }
-}
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if self.tokens.is_empty() {
-            return Ok(request);
-        }
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
-            })?;
-        let mut ok = subtle::Choice::from(0);
-        for token in self.tokens.iter() {
-            ok |= token.as_slice().ct_eq(presented.as_bytes());
-        }
-        if bool::from(ok) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("invalid bearer token"))
-        }
+        Ok(())
     }
 }
 
@@ -132,6 +116,7 @@ pub async fn run(
     // live tails end at shutdown, so in-flight streams finish and the server drains
     let (stop, stopping) = tokio::sync::watch::channel(false);
     query.stopping = stopping.clone();
+    query.gates = Gates::new(&config.limits);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -165,7 +150,16 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
-    let mut server = Server::builder();
+    let limits = &config.limits;
+    let mut server = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+    if let Some(age) = limits.max_connection_age {
+        // no `max_connection_age_grace`: with it tonic 0.14 closes the connection at age +
+        // grace without any GOAWAY, cutting calls instead of letting them finish
+        server = server.max_connection_age(age);
+    }
     if let Some(tls) = &config.tls {
         // both ring (tonic) and aws-lc-rs (the AWS SDK) are linked: name the provider, once
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -178,9 +172,21 @@ pub async fn run(
             .tls_config(tls_config)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
-    tracing::info!(addr = %addr, tokens = config.tokens.len(), tls = config.tls.is_some(), "query service listening");
+    tracing::info!(
+        addr = %addr,
+        tokens = config.tokens.len(),
+        tls = config.tls.is_some(),
+        timeout_ms = limits.timeout.as_millis() as u64,
+        max_in_flight = limits.max_in_flight,
+        max_watchers = limits.max_watchers,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        "query service listening"
+    );
     // no Nagle: a streamed answer is several small writes, and delayed ACKs would add ~40 ms
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // TCP keepalive too: a peer gone without a FIN is noticed even by an idle connection
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.keepalive_interval));
     let serve = server
         .add_service(QueryServiceServer::with_interceptor(
             query,
@@ -255,8 +261,10 @@ mod tests {
             err.contains("without authentication") && err.contains("--grpc-token"),
             "{err}"
         );
+        // tokens count as authentication (inside TLS: see the plaintext test below)
         let tokens = QueryServerConfig {
             tokens: vec!["t".into()],
+            tls: Some(tls(None)),
             ..QueryServerConfig::default()
         };
         assert!(tokens.check_bind("0.0.0.0:50051".parse().unwrap()).is_ok());
@@ -271,32 +279,65 @@ mod tests {
         );
     }
 
+    fn tls(client_ca: Option<Vec<u8>>) -> TlsFiles {
+        TlsFiles {
+            cert: b"cert".to_vec(),
+            key: b"key".to_vec(),
+            client_ca,
+        }
+    }
+
     #[test]
-    fn bearer_tokens_are_checked() {
-        let mut auth = BearerAuth::new(&["old".into(), "new".into()]);
-        let with = |value: Option<&str>| {
-            let mut request = Request::new(());
-            if let Some(v) = value {
-                request
-                    .metadata_mut()
-                    .insert("authorization", v.parse().unwrap());
-            }
-            request
+    fn hostile_bearer_tokens_in_plaintext_on_a_public_address_are_refused() {
+        let plaintext = QueryServerConfig {
+            tokens: vec!["a-long-enough-token-1".into()],
+            ..QueryServerConfig::default()
         };
-        assert!(auth.call(with(Some("Bearer new"))).is_ok());
-        assert!(auth.call(with(Some("Bearer old"))).is_ok());
-        assert_eq!(
-            auth.call(with(Some("Bearer nope"))).unwrap_err().code(),
-            tonic::Code::Unauthenticated
+        for public in ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"] {
+            let err = plaintext
+                .check_bind(public.parse().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("in plaintext")
+                    && err.contains("--grpc-tls-cert")
+                    && err.contains("--grpc-insecure-allow-plaintext-tokens"),
+                "{err}"
+            );
+        }
+        // loopback never leaves the host
+        assert!(
+            plaintext
+                .check_bind("127.0.0.1:50051".parse().unwrap())
+                .is_ok()
         );
-        assert_eq!(
-            auth.call(with(None)).unwrap_err().code(),
-            tonic::Code::Unauthenticated
+        assert!(plaintext.check_bind("[::1]:50051".parse().unwrap()).is_ok());
+        // TLS (with or without client certificates), or the explicit opt-in
+        for config in [
+            QueryServerConfig {
+                tls: Some(tls(None)),
+                ..plaintext.clone()
+            },
+            QueryServerConfig {
+                tls: Some(tls(Some(b"ca".to_vec()))),
+                ..plaintext.clone()
+            },
+            QueryServerConfig {
+                insecure_allow_plaintext_tokens: true,
+                ..plaintext.clone()
+            },
+        ] {
+            assert!(config.check_bind("0.0.0.0:50051".parse().unwrap()).is_ok());
+        }
+        // the opt-in is about tokens only: it does not open an unauthenticated server
+        let no_auth = QueryServerConfig {
+            insecure_allow_plaintext_tokens: true,
+            ..QueryServerConfig::default()
+        };
+        assert!(
+            no_auth
+                .check_bind("0.0.0.0:50051".parse().unwrap())
+                .is_err()
         );
-        assert_eq!(
-            auth.call(with(Some("Basic new"))).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
-        assert!(BearerAuth::new(&[]).call(with(None)).is_ok());
     }
 }

@@ -1,11 +1,12 @@
 //! The `QueryService` methods: argument checks (INVALID_ARGUMENT naming the field), keyset
-//! pagination with sealed page tokens, payload bodies streamed from the object store, and the
-//! live tail polling the payload index by log position.
+//! pagination with sealed page tokens, payload bodies streamed from the object store chunk by
+//! chunk, and the live tail (shared, see `tail`). Every call but the live tail runs under the
+//! server's deadline and in-flight cap; live tails under their own cap.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use terra_objects::Store;
@@ -15,19 +16,23 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::db::{self, Row};
+use crate::limits::{Gates, Limits};
 use crate::proto::query_service_server::QueryService;
 use crate::proto::{
     GetPayloadChunk, GetPayloadRequest, GetUserRequest, ListPayloadsRequest, ListPayloadsResponse,
     ListUserEventsRequest, ListUserEventsResponse, ListUsersRequest, ListUsersResponse, Order,
     PayloadEvent, User, WatchPayloadsRequest, get_payload_chunk,
 };
-use crate::tail::Cursor;
+use crate::tail::{Cursor, Tail, TailStats, Watch};
 use crate::token::TokenKey;
 
 /// Most items a page may hold; the default when the request says 0.
 pub const MAX_PAGE_SIZE: u32 = 1_000;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
-const CHUNK: usize = 64 * 1024;
+/// Largest data message of `GetPayload`.
+pub const CHUNK: usize = 64 * 1024;
+/// Events a live tail holds for a client that reads slower than they come.
+const WATCHER_QUEUE: usize = 32;
 
 /// The service's state.
 #[derive(Clone)]
@@ -37,6 +42,10 @@ pub struct Query {
     pub(crate) tokens: TokenKey,
     /// Turns true when the server shuts down: live tails end so it can drain.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The caps and deadline (set by `run` from its [`Limits`]).
+    pub(crate) gates: Gates,
+    /// The one live tail every watcher follows.
+    pub(crate) tail: Arc<Tail>,
 }
 
 impl Query {
@@ -48,7 +57,26 @@ impl Query {
             objects,
             tokens,
             stopping,
+            gates: Gates::new(&Limits::default()),
+            tail: Arc::new(Tail::new()),
         }
+    }
+
+    /// Rows the shared live tail keeps for watchers that are momentarily behind (default
+    /// 1024); a watcher further behind catches up from the database.
+    pub fn with_tail_buffer(self, rows: usize) -> Self {
+        self.tail.set_buffer(rows);
+        self
+    }
+
+    /// How the shared live tail is doing (pollers, watchers, queries, lagging watchers).
+    pub fn tail_stats(&self) -> TailStats {
+        self.tail.stats()
+    }
+
+    /// The database this service reads.
+    pub fn sql(&self) -> &SqlTarget {
+        &self.sql
     }
 }
 
@@ -98,196 +126,244 @@ impl Query {
             after,
         })
     }
+
+    /// The newest index row of a payload and its object, opened for streaming (nothing of
+    /// the body is read yet).
+    async fn open_payload(
+        &self,
+        payload_id: &str,
+    ) -> Result<(crate::proto::Payload, object_store::GetResult), Status> {
+        let mut stmt = self.sql.statement(format!(
+            "SELECT {} FROM {} WHERE payload_id = ",
+            db::PAYLOAD_COLUMNS,
+            self.sql.table("ingest_payloads")
+        ));
+        stmt.bind(payload_id)
+            .push(" ORDER BY version_ts_ms DESC, log_partition DESC, log_offset DESC");
+        db::push_limit(&mut stmt, 1);
+        let rows = db::fetch(&self.sql, &stmt).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Status::not_found("no such payload"))?;
+        let metadata = db::payload(row);
+        let key = self.objects.key(payload_id);
+        let path = object_store::path::Path::parse(&key)
+            .map_err(|_| Status::invalid_argument("payload_id is not a valid key"))?;
+        match self.objects.object_store().get(&path).await {
+            Ok(object) => Ok((metadata, object)),
+            Err(object_store::Error::NotFound { .. }) => Err(Status::unavailable(
+                "the payload's body is not in the object store yet; retry",
+            )),
+            Err(_) => Err(Status::unavailable("object store unavailable; retry")),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl QueryService for Query {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        let request = request.into_inner();
-        let id = user_id(&request.user_id)?;
-        let mut stmt = self.sql.statement(format!(
-            "SELECT {} FROM {} WHERE u.user_id = ",
-            db::USER_COLUMNS,
-            db::users_from(&self.sql)
-        ));
-        stmt.bind(id);
-        let rows = db::fetch(&self.sql, &stmt).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Status::not_found("no such user"))?;
-        Ok(Response::new(db::user(row)))
+        self.gates
+            .call(async move {
+                let request = request.into_inner();
+                let id = user_id(&request.user_id)?;
+                let mut stmt = self.sql.statement(format!(
+                    "SELECT {} FROM {} WHERE u.user_id = ",
+                    db::USER_COLUMNS,
+                    db::users_from(&self.sql)
+                ));
+                stmt.bind(id);
+                let rows = db::fetch(&self.sql, &stmt).await?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| Status::not_found("no such user"))?;
+                Ok(Response::new(db::user(row)))
+            })
+            .await
     }
 
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let r = request.into_inner();
-        let size = page_size(r.page_size)?;
-        let filters =
-            serde_json::to_string(&(&r.provider, &r.reference_id, &r.state)).expect("serialises");
-        let after = self.open_page(&r.page_token, &filters)?;
-        let mut stmt = self.sql.statement(format!(
-            "SELECT {} FROM {} WHERE 1 = 1",
-            db::USER_COLUMNS,
-            db::users_from(&self.sql)
-        ));
-        for (column, value) in [
-            ("u.provider", &r.provider),
-            ("u.reference_id", &r.reference_id),
-            ("u.state", &r.state),
-        ] {
-            if let Some(value) = value {
-                stmt.push(&format!(" AND {column} = ")).bind(value);
-            }
-        }
-        if let Some(after) = after.as_ref().and_then(|a| a.first()) {
-            stmt.push(" AND u.user_id > ").bind(after);
-        }
-        stmt.push(" ORDER BY u.user_id");
-        db::push_limit(&mut stmt, size + 1);
-        let mut rows = db::fetch(&self.sql, &stmt).await?;
-        let next_page_token = if rows.len() > size {
-            rows.truncate(size);
-            let last = db::user(rows.last().expect("a full page"));
-            self.seal_page(&filters, vec![last.user_id])
-        } else {
-            String::new()
-        };
-        Ok(Response::new(ListUsersResponse {
-            users: rows.iter().map(db::user).collect(),
-            next_page_token,
-        }))
+        self.gates
+            .call(async move {
+                let r = request.into_inner();
+                let size = page_size(r.page_size)?;
+                let filters = serde_json::to_string(&(&r.provider, &r.reference_id, &r.state))
+                    .expect("serialises");
+                let after = self.open_page(&r.page_token, &filters)?;
+                let mut stmt = self.sql.statement(format!(
+                    "SELECT {} FROM {} WHERE 1 = 1",
+                    db::USER_COLUMNS,
+                    db::users_from(&self.sql)
+                ));
+                for (column, value) in [
+                    ("u.provider", &r.provider),
+                    ("u.reference_id", &r.reference_id),
+                    ("u.state", &r.state),
+                ] {
+                    if let Some(value) = value {
+                        stmt.push(&format!(" AND {column} = ")).bind(value);
+                    }
+                }
+                if let Some(after) = after.as_ref().and_then(|a| a.first()) {
+                    stmt.push(" AND u.user_id > ").bind(after);
+                }
+                stmt.push(" ORDER BY u.user_id");
+                db::push_limit(&mut stmt, size + 1);
+                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let next_page_token = if rows.len() > size {
+                    rows.truncate(size);
+                    let last = db::user(rows.last().expect("a full page"));
+                    self.seal_page(&filters, vec![last.user_id])
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(ListUsersResponse {
+                    users: rows.iter().map(db::user).collect(),
+                    next_page_token,
+                }))
+            })
+            .await
     }
 
     async fn list_user_events(
         &self,
         request: Request<ListUserEventsRequest>,
     ) -> Result<Response<ListUserEventsResponse>, Status> {
-        let r = request.into_inner();
-        let id = user_id(&r.user_id)?.to_owned();
-        let size = page_size(r.page_size)?;
-        let filters = serde_json::to_string(&id).expect("serialises");
-        let after = self.open_page(&r.page_token, &filters)?;
-        let mut stmt = self.sql.statement(format!(
-            "SELECT {} FROM {} WHERE user_id = ",
-            db::EVENT_COLUMNS,
-            self.sql.table("ingest_user_events")
-        ));
-        stmt.bind(&id);
-        if let Some(after) = &after {
-            if after.len() != 4 {
-                return Err(Status::invalid_argument("page_token is invalid"));
-            }
-            let n = |i: usize| {
-                after[i]
-                    .parse::<i64>()
-                    .map_err(|_| Status::invalid_argument("page_token is invalid"))
-            };
-            stmt.push(" AND (version_ts_ms, log_partition, log_offset, event_id) > (")
-                .bind(n(0)?)
-                .push(", ")
-                .bind(n(1)?)
-                .push(", ")
-                .bind(n(2)?)
-                .push(", ")
-                .bind(&after[3])
-                .push(")");
-        }
-        stmt.push(" ORDER BY version_ts_ms, log_partition, log_offset, event_id");
-        db::push_limit(&mut stmt, size + 1);
-        let mut rows = db::fetch(&self.sql, &stmt).await?;
-        let next_page_token = if rows.len() > size {
-            rows.truncate(size);
-            let last: &Row = rows.last().expect("a full page");
-            let cell = |i: usize| last.get(i).cloned().flatten().unwrap_or_default();
-            self.seal_page(&filters, vec![cell(9), cell(11), cell(12), cell(13)])
-        } else {
-            String::new()
-        };
-        Ok(Response::new(ListUserEventsResponse {
-            events: rows.iter().map(db::user_event).collect(),
-            next_page_token,
-        }))
+        self.gates
+            .call(async move {
+                let r = request.into_inner();
+                let id = user_id(&r.user_id)?.to_owned();
+                let size = page_size(r.page_size)?;
+                let filters = serde_json::to_string(&id).expect("serialises");
+                let after = self.open_page(&r.page_token, &filters)?;
+                let mut stmt = self.sql.statement(format!(
+                    "SELECT {} FROM {} WHERE user_id = ",
+                    db::EVENT_COLUMNS,
+                    self.sql.table("ingest_user_events")
+                ));
+                stmt.bind(&id);
+                if let Some(after) = &after {
+                    if after.len() != 4 {
+                        return Err(Status::invalid_argument("page_token is invalid"));
+                    }
+                    let n = |i: usize| {
+                        after[i]
+                            .parse::<i64>()
+                            .map_err(|_| Status::invalid_argument("page_token is invalid"))
+                    };
+                    stmt.push(" AND (version_ts_ms, log_partition, log_offset, event_id) > (")
+                        .bind(n(0)?)
+                        .push(", ")
+                        .bind(n(1)?)
+                        .push(", ")
+                        .bind(n(2)?)
+                        .push(", ")
+                        .bind(&after[3])
+                        .push(")");
+                }
+                stmt.push(" ORDER BY version_ts_ms, log_partition, log_offset, event_id");
+                db::push_limit(&mut stmt, size + 1);
+                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let next_page_token = if rows.len() > size {
+                    rows.truncate(size);
+                    let last: &Row = rows.last().expect("a full page");
+                    let cell = |i: usize| last.get(i).cloned().flatten().unwrap_or_default();
+                    self.seal_page(&filters, vec![cell(9), cell(11), cell(12), cell(13)])
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(ListUserEventsResponse {
+                    events: rows.iter().map(db::user_event).collect(),
+                    next_page_token,
+                }))
+            })
+            .await
     }
 
     async fn list_payloads(
         &self,
         request: Request<ListPayloadsRequest>,
     ) -> Result<Response<ListPayloadsResponse>, Status> {
-        let r = request.into_inner();
-        let id = user_id(&r.user_id)?.to_owned();
-        let size = page_size(r.page_size)?;
-        let normalise = |field: &str, value: &Option<String>| -> Result<Option<String>, Status> {
-            value
-                .as_deref()
-                .map(|v| {
-                    terra_core::keys::iso_to_utc_seconds(v).ok_or_else(|| {
-                        Status::invalid_argument(format!(
-                            "{field} {v:?} is not an RFC 3339 date-time with an offset"
-                        ))
-                    })
-                })
-                .transpose()
-        };
-        let from = normalise("start_time_from", &r.start_time_from)?;
-        let to = normalise("start_time_to", &r.start_time_to)?;
-        if let (Some(from), Some(to)) = (&from, &to)
-            && from > to
-        {
-            return Err(Status::invalid_argument(
-                "the time range is inverted: start_time_from is after start_time_to",
-            ));
-        }
-        let oldest_first = r.order() == Order::OldestFirst;
-        let mut types = r.types.clone();
-        types.sort();
-        types.dedup();
-        let filters =
-            serde_json::to_string(&(&id, &types, &from, &to, oldest_first)).expect("serialises");
-        let after = self.open_page(&r.page_token, &filters)?;
-        let mut stmt = self.sql.statement(format!(
-            "SELECT {} FROM {} WHERE user_id = ",
-            db::PAYLOAD_COLUMNS,
-            self.sql.table("ingest_payloads")
-        ));
-        stmt.bind(&id);
-        db::push_in(&mut stmt, "event_type", &types);
-        if let Some(from) = &from {
-            stmt.push(" AND start_utc >= ").bind(from);
-        }
-        if let Some(to) = &to {
-            stmt.push(" AND start_utc < ").bind(to);
-        }
-        let (cmp, dir) = if oldest_first {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        if let Some(after) = &after {
-            let [start, key] = after.as_slice() else {
-                return Err(Status::invalid_argument("page_token is invalid"));
-            };
-            stmt.push(&format!(" AND (start_utc, row_key) {cmp} ("))
-                .bind(start)
-                .push(", ")
-                .bind(key)
-                .push(")");
-        }
-        stmt.push(&format!(" ORDER BY start_utc {dir}, row_key {dir}"));
-        db::push_limit(&mut stmt, size + 1);
-        let mut rows = db::fetch(&self.sql, &stmt).await?;
-        let next_page_token = if rows.len() > size {
-            rows.truncate(size);
-            let last = rows.last().expect("a full page");
-            self.seal_page(&filters, db::payload_cursor(last))
-        } else {
-            String::new()
-        };
-        Ok(Response::new(ListPayloadsResponse {
-            payloads: rows.into_iter().map(db::into_payload).collect(),
-            next_page_token,
-        }))
+        self.gates
+            .call(async move {
+                let r = request.into_inner();
+                let id = user_id(&r.user_id)?.to_owned();
+                let size = page_size(r.page_size)?;
+                let normalise =
+                    |field: &str, value: &Option<String>| -> Result<Option<String>, Status> {
+                        value
+                            .as_deref()
+                            .map(|v| {
+                                terra_core::keys::iso_to_utc_seconds(v).ok_or_else(|| {
+                                    Status::invalid_argument(format!(
+                                        "{field} {v:?} is not an RFC 3339 date-time with an offset"
+                                    ))
+                                })
+                            })
+                            .transpose()
+                    };
+                let from = normalise("start_time_from", &r.start_time_from)?;
+                let to = normalise("start_time_to", &r.start_time_to)?;
+                if let (Some(from), Some(to)) = (&from, &to)
+                    && from > to
+                {
+                    return Err(Status::invalid_argument(
+                        "the time range is inverted: start_time_from is after start_time_to",
+                    ));
+                }
+                let oldest_first = r.order() == Order::OldestFirst;
+                let mut types = r.types.clone();
+                types.sort();
+                types.dedup();
+                let filters = serde_json::to_string(&(&id, &types, &from, &to, oldest_first))
+                    .expect("serialises");
+                let after = self.open_page(&r.page_token, &filters)?;
+                let mut stmt = self.sql.statement(format!(
+                    "SELECT {} FROM {} WHERE user_id = ",
+                    db::PAYLOAD_COLUMNS,
+                    self.sql.table("ingest_payloads")
+                ));
+                stmt.bind(&id);
+                db::push_in(&mut stmt, "event_type", &types);
+                if let Some(from) = &from {
+                    stmt.push(" AND start_utc >= ").bind(from);
+                }
+                if let Some(to) = &to {
+                    stmt.push(" AND start_utc < ").bind(to);
+                }
+                let (cmp, dir) = if oldest_first {
+                    (">", "ASC")
+                } else {
+                    ("<", "DESC")
+                };
+                if let Some(after) = &after {
+                    let [start, key] = after.as_slice() else {
+                        return Err(Status::invalid_argument("page_token is invalid"));
+                    };
+                    stmt.push(&format!(" AND (start_utc, row_key) {cmp} ("))
+                        .bind(start)
+                        .push(", ")
+                        .bind(key)
+                        .push(")");
+                }
+                stmt.push(&format!(" ORDER BY start_utc {dir}, row_key {dir}"));
+                db::push_limit(&mut stmt, size + 1);
+                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let next_page_token = if rows.len() > size {
+                    rows.truncate(size);
+                    let last = rows.last().expect("a full page");
+                    self.seal_page(&filters, db::payload_cursor(last))
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(ListPayloadsResponse {
+                    payloads: rows.into_iter().map(db::into_payload).collect(),
+                    next_page_token,
+                }))
+            })
+            .await
     }
 
     type GetPayloadStream = Pin<Box<dyn Stream<Item = Result<GetPayloadChunk, Status>> + Send>>;
@@ -302,46 +378,19 @@ impl QueryService for Query {
                 "payload_id must be 1-263 characters",
             ));
         }
-        let mut stmt = self.sql.statement(format!(
-            "SELECT {} FROM {} WHERE payload_id = ",
-            db::PAYLOAD_COLUMNS,
-            self.sql.table("ingest_payloads")
-        ));
-        stmt.bind(&payload_id)
-            .push(" ORDER BY version_ts_ms DESC, log_partition DESC, log_offset DESC");
-        db::push_limit(&mut stmt, 1);
-        let rows = db::fetch(&self.sql, &stmt).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Status::not_found("no such payload"))?;
-        let metadata = db::payload(row);
-        let key = self.objects.key(&payload_id);
-        let path = object_store::path::Path::parse(&key)
-            .map_err(|_| Status::invalid_argument("payload_id is not a valid key"))?;
-        let body: Bytes = match self.objects.object_store().get(&path).await {
-            Ok(result) => result
-                .bytes()
-                .await
-                .map_err(|_| Status::unavailable("object store unavailable; retry"))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Status::unavailable(
-                    "the payload's body is not in the object store yet; retry",
-                ));
-            }
-            Err(_) => return Err(Status::unavailable("object store unavailable; retry")),
-        };
-        let mut chunks = vec![Ok(GetPayloadChunk {
+        // the permit and the deadline cover the body too: it is part of the answer
+        let permit = self.gates.call_permit()?;
+        let deadline = tokio::time::Instant::now() + self.gates.timeout;
+        let (metadata, object) = tokio::time::timeout_at(deadline, self.open_payload(&payload_id))
+            .await
+            .unwrap_or_else(|_| Err(self.gates.deadline_exceeded()))?;
+        let metadata = GetPayloadChunk {
             chunk: Some(get_payload_chunk::Chunk::Metadata(metadata)),
-        })];
-        let mut at = 0;
-        while at < body.len() {
-            let end = (at + CHUNK).min(body.len());
-            chunks.push(Ok(GetPayloadChunk {
-                chunk: Some(get_payload_chunk::Chunk::Data(body.slice(at..end))),
-            }));
-            at = end;
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        };
+        let body = crate::body::chunks(object, deadline, self.gates.clone(), permit);
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(metadata) }).chain(body),
+        )))
     }
 
     type WatchPayloadsStream = Pin<Box<dyn Stream<Item = Result<PayloadEvent, Status>> + Send>>;
@@ -354,13 +403,8 @@ impl QueryService for Query {
         if let Some(id) = &r.user_id {
             user_id(id)?;
         }
-        let cursor: Cursor = if r.resume_from.is_empty() {
-            // from now on: everything the projection already holds is behind the cursor
-            db::positions(&self.sql)
-                .await?
-                .into_iter()
-                .map(|(p, next)| (p, (next - 1, i64::MAX)))
-                .collect()
+        let resumed: Option<Cursor> = if r.resume_from.is_empty() {
+            None
         } else {
             let saved: Vec<(u32, i64, i64)> =
                 self.tokens.open(&r.resume_from).ok_or_else(|| {
@@ -368,14 +412,36 @@ impl QueryService for Query {
                         "resume_from is invalid (changed, or not from this service)",
                     )
                 })?;
-            saved.into_iter().map(|(p, o, i)| (p, (o, i))).collect()
+            Some(saved.into_iter().map(|(p, o, i)| (p, (o, i))).collect())
         };
-        let (tx, rx) = mpsc::channel(256);
-        let query = self.clone();
+        // a live tail is long by design: it has its own cap, not the calls' cap and deadline
+        let permit = self.gates.watcher_permit()?;
+        let cursor = match resumed {
+            Some(cursor) => cursor,
+            // from now on: everything the projection already holds is behind the cursor
+            None => tokio::time::timeout(self.gates.timeout, db::positions(&self.sql))
+                .await
+                .unwrap_or_else(|_| Err(self.gates.deadline_exceeded()))?
+                .into_iter()
+                .map(|(p, next)| (p, (next - 1, i64::MAX)))
+                .collect(),
+        };
         let mut types = r.types.clone();
         types.sort();
         types.dedup();
-        tokio::spawn(async move { query.tail(cursor, r.user_id, types, tx).await });
+        let watcher = Watch {
+            cursor,
+            user: r.user_id,
+            types,
+        };
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let tail = self.tail.clone();
+        let (sql, tokens, stopping) =
+            (self.sql.clone(), self.tokens.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            tail.serve(sql, tokens, watcher, tx, stopping).await;
+            drop(permit);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

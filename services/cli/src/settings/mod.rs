@@ -8,18 +8,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use terra_core::{SigningSecret, Verifier};
-use terra_eventlog::LogUrl;
+use terra_eventlog::{LogUrl, private_fs};
 use terra_ingress::{AllowEntry, DEFAULT_SOURCE, IngressConfig, Source};
 
 use crate::cli::{LogFormat, ServeArgs};
 
 mod projections;
+mod secrets;
 
 pub use projections::{
     ObjectSettings, ProjectorSettings, SqlSettings, resolve_objects, resolve_projector, resolve_sql,
 };
+pub use secrets::{KafkaProperties, KafkaTable};
+pub(crate) use secrets::{lines_of, value_or_file};
 
 pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
@@ -43,10 +47,21 @@ pub struct FileSettings {
     pub log_format: Option<LogFormat>,
     pub body_limit: Option<usize>,
     pub append_timeout_ms: Option<u64>,
+    pub ops_addr: Option<String>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_in_flight_requests: Option<usize>,
+    pub max_in_flight_bytes: Option<usize>,
+    pub replay_cache_entries: Option<usize>,
+    pub rejection_logs_per_sec: Option<u32>,
     pub otlp_endpoint: Option<String>,
     /// SQL projection: database URL (`sql`), Postgres schema, Supabase variant, batches,
     /// migrations at start-up.
-    pub sql: Option<String>,
+    pub sql: Option<SecretString>,
+    /// A file holding the `sql` URL (it may carry the password).
+    pub sql_file: Option<PathBuf>,
     pub sql_schema: Option<String>,
     pub supabase: Option<bool>,
     pub batch_size: Option<usize>,
@@ -62,10 +77,20 @@ pub struct FileSettings {
     pub sqs_queue_url: Option<String>,
     pub sqs_endpoint: Option<String>,
     pub presign_expiry_secs: Option<u64>,
+    /// Query service limits (see `query::limits`): call deadline, caps, keepalive,
+    /// connection age, its own read pool.
+    pub grpc_timeout_secs: Option<u64>,
+    pub grpc_max_in_flight: Option<usize>,
+    pub grpc_max_watchers: Option<usize>,
+    pub grpc_max_concurrent_streams: Option<u32>,
+    pub grpc_keepalive_secs: Option<u64>,
+    pub grpc_keepalive_timeout_secs: Option<u64>,
+    pub grpc_max_connection_age_secs: Option<u64>,
+    pub query_pool_size: Option<u32>,
     /// librdkafka client properties, passed through (values may be `env:NAME` or
     /// `file:PATH`).
     #[serde(default)]
-    pub kafka: BTreeMap<String, String>,
+    pub kafka: KafkaTable,
     #[serde(default)]
     pub sources: BTreeMap<String, FileSource>,
 }
@@ -75,7 +100,7 @@ pub struct FileSettings {
 pub struct FileSource {
     /// Inline secrets (prefer secret_env or secret_files).
     #[serde(default)]
-    pub secrets: Vec<String>,
+    pub secrets: Vec<SecretString>,
     /// Environment variables holding secrets.
     #[serde(default)]
     pub secret_env: Vec<String>,
@@ -94,9 +119,11 @@ pub struct FileSource {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
+    /// Where `/readyz` and `/metrics` are served when not on the webhook port.
+    pub ops_addr: Option<SocketAddr>,
     pub grpc_addr: SocketAddr,
     pub log: LogUrl,
-    pub kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: KafkaProperties,
     pub ingress: IngressConfig,
     pub otlp_endpoint: Option<String>,
     pub log_format: LogFormat,
@@ -140,7 +167,7 @@ pub fn resolve(
         .unwrap_or_else(|| "embedded".to_owned());
     let log = LogUrl::parse(&log_text, &data_dir.join("log"))
         .map_err(|e| anyhow::anyhow!("setting log (--log, TERRA_INGEST_LOG): {e}"))?;
-    let kafka_properties = kafka_properties(file.kafka, std::env::vars())?;
+    let kafka_properties = KafkaProperties(kafka_properties(file.kafka.0, std::env::vars())?);
 
     let mut sources = BTreeMap::new();
     let mut file_sources = file.sources;
@@ -153,6 +180,11 @@ pub fn resolve(
     }
 
     let mut default = file_default;
+    if args.signing_secret.is_some() && args.signing_secret_file.is_some() {
+        bail!(
+            "setting signing_secret: give --signing-secret (TERRA_INGEST_SIGNING_SECRET) or --signing-secret-file (TERRA_INGEST_SIGNING_SECRET_FILE), not both"
+        );
+    }
     if args.signing_secret.is_some() || args.signing_secret_file.is_some() {
         default.secrets = args.signing_secret.into_iter().collect();
         default.secret_env.clear();
@@ -195,12 +227,70 @@ pub fn resolve(
         }
         ingress.body_limit = limit;
     }
-    if let Some(ms) = file.append_timeout_ms {
+    if let Some(ms) = args.append_timeout_ms.or(file.append_timeout_ms) {
         if ms == 0 {
-            bail!("setting append_timeout_ms: must be at least 1");
+            bail!(
+                "setting append_timeout_ms (--append-timeout-ms, TERRA_INGEST_APPEND_TIMEOUT_MS): must be at least 1"
+            );
         }
         ingress.append_timeout = Duration::from_millis(ms);
     }
+    let limits = &mut ingress.limits;
+    for (value, slot) in [
+        (
+            args.header_read_timeout_ms.or(file.header_read_timeout_ms),
+            &mut limits.header_read_timeout,
+        ),
+        (
+            args.body_read_timeout_ms.or(file.body_read_timeout_ms),
+            &mut limits.body_read_timeout,
+        ),
+        (
+            args.request_timeout_ms.or(file.request_timeout_ms),
+            &mut limits.request_timeout,
+        ),
+    ] {
+        if let Some(ms) = value {
+            *slot = Duration::from_millis(ms);
+        }
+    }
+    for (value, slot) in [
+        (
+            args.max_connections.or(file.max_connections),
+            &mut limits.max_connections,
+        ),
+        (
+            args.max_in_flight_requests.or(file.max_in_flight_requests),
+            &mut limits.max_in_flight_requests,
+        ),
+        (
+            args.max_in_flight_bytes.or(file.max_in_flight_bytes),
+            &mut limits.max_in_flight_bytes,
+        ),
+        (
+            args.replay_cache_entries.or(file.replay_cache_entries),
+            &mut ingress.replay_cache_entries,
+        ),
+    ] {
+        if let Some(value) = value {
+            *slot = value;
+        }
+    }
+    if let Some(per_sec) = args.rejection_logs_per_sec.or(file.rejection_logs_per_sec) {
+        ingress.rejection_logs_per_sec = per_sec;
+    }
+    // the setting names in the message are the file keys; flags and env are their twins
+    ingress.validate().map_err(|e| {
+        anyhow::anyhow!("{e} (the flag and TERRA_INGEST_* variable of the same name)")
+    })?;
+    let ops_addr = match args.ops_addr.or(file.ops_addr) {
+        Some(text) => Some(parse_addr(
+            "ops_addr (--ops-addr, TERRA_INGEST_OPS_ADDR)",
+            Some(text),
+            "",
+        )?),
+        None => None,
+    };
     let otlp_endpoint = args
         .otlp_endpoint
         .or(file.otlp_endpoint)
@@ -212,6 +302,7 @@ pub fn resolve(
     Ok(Settings {
         data_dir,
         http_addr,
+        ops_addr,
         grpc_addr,
         log,
         kafka_properties,
@@ -236,9 +327,9 @@ pub(crate) fn parse_addr(
 /// Builds a source; `Ok(None)` when it has no secret at all.
 fn build_source(name: &str, source: FileSource, setting: &str) -> anyhow::Result<Option<Source>> {
     let mut secrets = Vec::new();
-    for (i, secret) in source.secrets.into_iter().enumerate() {
+    for (i, secret) in source.secrets.iter().enumerate() {
         secrets.push(
-            SigningSecret::new(secret)
+            SigningSecret::new(secret.expose_secret())
                 .map_err(|e| anyhow::anyhow!("setting {setting} secrets[{i}]: {e}"))?,
         );
     }
@@ -314,13 +405,23 @@ pub fn generated_default_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("failed to create the data dir {}", data_dir.display()))?;
+    private_data_dir(data_dir, true)?;
     let mut raw = [0u8; 24];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("failed to generate a secret: {e}"))?;
     write_private(&path, &format!("whsec_{}\n", hex::encode(raw)))
         .with_context(|| format!("failed to write {}", path.display()))?;
     Ok(path)
+}
+
+/// Health data at rest: the data dir is 0700 (made so when `create`, tightened when it
+/// exists looser; see `terra_eventlog::private_fs`).
+pub(crate) fn private_data_dir(data_dir: &Path, create: bool) -> anyhow::Result<()> {
+    if create {
+        private_fs::create_dir_all(data_dir)
+            .with_context(|| format!("failed to create the data dir {}", data_dir.display()))?;
+    }
+    private_fs::tighten_and_warn(data_dir);
+    Ok(())
 }
 
 pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
+use secrecy::ExposeSecret;
 use terra_eventlog::LogUrl;
 use terra_objects::{ObjectSinkConfig, SqsConfig, StoreConfig};
 use terra_projector::sql::{Dialect, SqlConfig, Variant};
 
 use super::{
     DEFAULT_DATA_DIR, DEFAULT_PROJECTOR_HTTP_ADDR, DEFAULT_SQLITE_FILE, FileSettings,
-    kafka_properties, parse_addr,
+    KafkaProperties, kafka_properties, parse_addr, value_or_file,
 };
 use crate::cli::{LogFormat, ObjectArgs, ProjectArgs, SqlArgs};
 
@@ -29,7 +30,7 @@ pub struct SqlSettings {
 pub struct ProjectorSettings {
     pub data_dir: PathBuf,
     pub log: LogUrl,
-    pub kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: KafkaProperties,
     pub http_addr: SocketAddr,
     pub sql: SqlSettings,
     pub migrate: bool,
@@ -43,10 +44,26 @@ pub fn resolve_sql(
     args: SqlArgs,
     data_dir: &Path,
 ) -> anyhow::Result<SqlSettings> {
-    let url = args
-        .sql
-        .or_else(|| file.sql.clone())
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display()));
+    // flags and env over the file; each may give the URL or a file holding it, not both
+    let flags = value_or_file(
+        args.sql,
+        args.sql_file.as_deref(),
+        ("sql", "--sql", "TERRA_INGEST_SQL"),
+        ("sql_file", "--sql-file", "TERRA_INGEST_SQL_FILE"),
+    )?;
+    let url = match flags {
+        Some(url) => Some(url),
+        None => value_or_file(
+            file.sql.clone(),
+            file.sql_file.as_deref(),
+            ("sql", "sql", "in the config file"),
+            ("sql_file", "sql_file", "in the config file"),
+        )?,
+    };
+    let url = url.map_or_else(
+        || format!("sqlite://{}", data_dir.join(DEFAULT_SQLITE_FILE).display()),
+        |url| url.expose_secret().to_owned(),
+    );
     let dialect = Dialect::of_url(&url)
         .map_err(|e| anyhow::anyhow!("setting sql (--sql, TERRA_INGEST_SQL): {e}"))?;
     let mut config = SqlConfig::new(url);
@@ -191,7 +208,8 @@ pub fn resolve_projector(
     let log = LogUrl::parse(&log_text, &data_dir.join("log"))
         .map_err(|e| anyhow::anyhow!("setting log (--log, TERRA_INGEST_LOG): {e}"))?;
     let sql = resolve_sql(&file, args.sql, &data_dir)?;
-    let kafka_properties = kafka_properties(file.kafka.clone(), std::env::vars())?;
+    let kafka_properties =
+        KafkaProperties(kafka_properties(file.kafka.0.clone(), std::env::vars())?);
     let otlp_endpoint = args
         .otlp_endpoint
         .or_else(|| file.otlp_endpoint.clone())

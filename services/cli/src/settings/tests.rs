@@ -267,3 +267,34 @@ fn object_settings_default_to_a_folder_and_supabase_presets_the_bucket() {
         assert!(err.contains(setting), "{err}");
     }
 }
+
+#[test]
+fn ingress_limits_from_file_and_flags_and_bad_ones_named() {
+    let f = file(
+        "ops_addr = \"127.0.0.1:9091\"\nheader_read_timeout_ms = 2500\nmax_connections = 10\nreplay_cache_entries = 0\nrejection_logs_per_sec = 3\n",
+    );
+    let mut a = args();
+    a.max_connections = Some(20);
+    a.request_timeout_ms = Some(900);
+    let s = resolve(f, a, None, false).unwrap();
+    assert_eq!(s.ops_addr.unwrap().to_string(), "127.0.0.1:9091");
+    let limits = &s.ingress.limits;
+    assert_eq!(limits.header_read_timeout, Duration::from_millis(2500));
+    assert_eq!(limits.request_timeout, Duration::from_millis(900));
+    assert_eq!(limits.max_connections, 20, "the flag wins");
+    assert_eq!(s.ingress.replay_cache_entries, 0);
+    assert_eq!(s.ingress.rejection_logs_per_sec, 3);
+
+    for (text, named) in [
+        ("max_in_flight_bytes = 1000\n", "max_in_flight_bytes"),
+        ("max_connections = 0\n", "max_connections"),
+        ("body_read_timeout_ms = 0\n", "body_read_timeout_ms"),
+        ("ops_addr = \"nope\"\n", "ops_addr"),
+    ] {
+        let err = format!(
+            "{:#}",
+            resolve(file(text), args(), None, false).unwrap_err()
+        );
+        assert!(err.contains(named), "{text}: {err}");
+    }
+}

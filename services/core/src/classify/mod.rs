@@ -101,6 +101,12 @@ pub fn classify(body: &[u8]) -> Result<Classification, NotJson> {
     classify_slow(body)
 }
 
+/// Both paths apart (the fast one may decline), for the agreement fuzzing in `crate::fuzz`.
+#[cfg(test)]
+pub(crate) fn both_paths(body: &[u8]) -> (Option<Classification>, Result<Classification, NotJson>) {
+    (fast::classify(body), classify_slow(body))
+}
+
 /// The `Value` path alone.
 fn classify_slow(body: &[u8]) -> Result<Classification, NotJson> {
     let value: Value = match serde_json::from_slice(body) {

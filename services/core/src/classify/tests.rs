@@ -330,6 +330,32 @@ proptest! {
 }
 
 #[test]
+fn invalid_utf8_in_a_field_the_fast_path_skips_is_not_json() {
+    // found by fuzz::bodies: a byte 0x80 inside `user.created_at`, which the fast path does
+    // not read, made it classify a body the `Value` path refuses
+    let body = b"{\"type\": \"deauth\", \"user\": {\"user_id\": \"u\", \"created_at\": \"\x80\"}}";
+    assert_eq!(fast::classify(body), None);
+    assert_eq!(classify(body), Err(NotJson));
+}
+
+#[test]
+fn a_number_beyond_f64_in_a_field_the_fast_path_skips_is_not_json() {
+    // found by fuzz::bodies: serde_json skips `-1e309` in an ignored field, `Value` refuses it
+    for number in [
+        "-10000000000e0000299",
+        "1e400",
+        &format!("1{}", "0".repeat(400)),
+    ] {
+        let body = format!(r#"{{"type": "deauth", "x": {number}}}"#);
+        assert_eq!(fast::classify(body.as_bytes()), None, "{number}");
+        assert_eq!(classify(body.as_bytes()), Err(NotJson), "{number}");
+    }
+    // ordinary numbers, and tiny ones, keep the fast path
+    let body = br#"{"type": "deauth", "x": [1.5e300, 2e-400, 12345678901234567890]}"#;
+    assert!(fast::classify(body).is_some());
+}
+
+#[test]
 fn arrays_are_never_read_as_objects() {
     // serde's derived structs accept arrays as positional fields; the Value path does not
     for body in [

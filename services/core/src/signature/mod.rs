@@ -17,6 +17,10 @@ pub const HEADER_NAMES: [&str; 2] = ["x-terra-signature", "terra-signature"];
 /// Default replay window.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
+/// Most signature header values [`Verifier::verify_any`] tries; more are refused, so a
+/// request cannot make the ingress compute an HMAC over its body once per header.
+pub const MAX_SIGNATURE_HEADERS: usize = 8;
+
 /// Why a delivery did not verify. The `code()` strings are stable and appear in HTTP
 /// responses and metrics; they never contain the header, the body or a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +37,8 @@ pub enum SignatureError {
     TimestampOutsideTolerance { tolerance_secs: u64 },
     #[error("terra-signature does not match the body with any active secret")]
     SignatureMismatch,
+    #[error("more than {max} terra-signature headers")]
+    TooManyHeaders { max: usize },
 }
 
 impl SignatureError {
@@ -45,6 +51,7 @@ impl SignatureError {
             Self::NoV1Signature => "no_v1_signature",
             Self::TimestampOutsideTolerance { .. } => "timestamp_outside_tolerance",
             Self::SignatureMismatch => "signature_mismatch",
+            Self::TooManyHeaders { .. } => "too_many_signatures",
         }
     }
 
@@ -53,7 +60,11 @@ impl SignatureError {
     pub fn is_malformed(&self) -> bool {
         matches!(
             self,
-            Self::MissingHeader | Self::NoTimestamp | Self::BadTimestamp | Self::NoV1Signature
+            Self::MissingHeader
+                | Self::NoTimestamp
+                | Self::BadTimestamp
+                | Self::NoV1Signature
+                | Self::TooManyHeaders { .. }
         )
     }
 }
@@ -211,6 +222,40 @@ impl Verifier {
             });
         }
         Ok(header.timestamp)
+    }
+
+    /// Verifies every header value a delivery carried (`X-Terra-Signature` and
+    /// `terra-signature`, each possibly repeated) and accepts the delivery when any one of
+    /// them is valid, so a malformed or stale value cannot hide a valid one. When none is
+    /// valid, the most telling refusal is returned: a value that was well formed but did
+    /// not authenticate (401) before one that was malformed (400).
+    pub fn verify_any<'a>(
+        &self,
+        headers: impl IntoIterator<Item = &'a str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<i64, SignatureError> {
+        let mut refusal: Option<SignatureError> = None;
+        for (tried, header) in headers.into_iter().enumerate() {
+            if tried == MAX_SIGNATURE_HEADERS {
+                return Err(SignatureError::TooManyHeaders {
+                    max: MAX_SIGNATURE_HEADERS,
+                });
+            }
+            match self.verify(Some(header), body, now) {
+                Ok(timestamp) => return Ok(timestamp),
+                Err(err) => {
+                    let better = match &refusal {
+                        None => true,
+                        Some(previous) => previous.is_malformed() && !err.is_malformed(),
+                    };
+                    if better {
+                        refusal = Some(err);
+                    }
+                }
+            }
+        }
+        Err(refusal.unwrap_or(SignatureError::MissingHeader))
     }
 }
 

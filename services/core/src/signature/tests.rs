@@ -150,3 +150,53 @@ proptest! {
         prop_assert!(verifier.verify(Some(&header), &body, t).is_err());
     }
 }
+
+#[test]
+fn verify_any_finds_the_valid_value_among_malformed_and_stale_ones() {
+    let secret = SigningSecret::new("whsec_any").unwrap();
+    let verifier = Verifier::new(vec![secret.clone()], 300);
+    let body = br#"{"type":"sleep"}"#;
+    let good = secret.sign(1_800_000_000, body);
+    let stale = secret.sign(1_700_000_000, body);
+    let other = SigningSecret::new("whsec_other")
+        .unwrap()
+        .sign(1_800_000_000, body);
+    let now = 1_800_000_010;
+    // whichever position the valid value takes
+    for headers in [
+        vec!["garbage", good.as_str()],
+        vec![good.as_str(), "garbage"],
+        vec![
+            "t=1800000000",
+            stale.as_str(),
+            other.as_str(),
+            good.as_str(),
+        ],
+    ] {
+        assert_eq!(verifier.verify_any(headers, body, now), Ok(1_800_000_000));
+    }
+    // none valid: a well-formed refusal (401) wins over a malformed one (400)
+    assert_eq!(
+        verifier.verify_any(["garbage", other.as_str()], body, now),
+        Err(SignatureError::SignatureMismatch)
+    );
+    assert_eq!(
+        verifier.verify_any([stale.as_str(), "t=1"], body, now),
+        Err(SignatureError::TimestampOutsideTolerance {
+            tolerance_secs: 300
+        })
+    );
+    assert_eq!(
+        verifier.verify_any(["v1=00"], body, now),
+        Err(SignatureError::NoTimestamp)
+    );
+    assert_eq!(
+        verifier.verify_any(std::iter::empty(), body, now),
+        Err(SignatureError::MissingHeader)
+    );
+    // a bounded number of values, so one request cannot buy unbounded HMAC work
+    let many = vec!["garbage"; MAX_SIGNATURE_HEADERS + 1];
+    let err = verifier.verify_any(many, body, now).unwrap_err();
+    assert_eq!(err.code(), "too_many_signatures");
+    assert!(err.is_malformed());
+}

@@ -7,7 +7,7 @@
 //!           value (the rest)
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -102,7 +102,7 @@ pub(super) fn decode(frame: Bytes) -> Result<(i64, Record), LogError> {
 /// crash, which was never acknowledged) is cut off.
 pub(super) fn recover(path: &Path, partitions: u32) -> Result<(File, Vec<Vec<Span>>), LogError> {
     let context = || format!("failed to open {}", path.display());
-    let file = OpenOptions::new()
+    let file = crate::private_fs::options()
         .create(true)
         .read(true)
         .append(true)

@@ -7,6 +7,7 @@
 //! records.log          every partition's framed records, interleaved (see `codec`)
 //! groups/<group>.json  committed positions of a consumer group, replaced atomically
 //! ```
+//! The folders are 0700 and the files 0600 (see [`crate::private_fs`]).
 //! One file for all partitions, so a group commit costs one `fdatasync` however many
 //! partitions it touches (four files cost four journal flushes here). Partitions are kept
 //! apart by an in-memory index rebuilt on open. Appends go through one appender thread
@@ -19,8 +20,7 @@ mod consumer;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use consumer::EmbeddedConsumer;
 
-use crate::{LogError, Position, Record};
+use crate::{LogError, Position, Record, private_fs};
 
 /// A handle to an open embedded log; clones share it.
 #[derive(Clone)]
@@ -59,9 +59,14 @@ impl EmbeddedLog {
     /// Opens (creating when missing) the log in `dir`. `partitions` applies to a new log; an
     /// existing log keeps the count it was created with.
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
-        fs::create_dir_all(dir.join("groups"))
+        private_fs::create_dir_all(&dir.join("groups"))
             .map_err(LogError::io(format!("failed to create {}", dir.display())))?;
-        let lock = OpenOptions::new()
+        // a log made by an earlier version: its folder (which closes everything in it) and
+        // its files
+        for path in [dir.to_owned(), dir.join("groups")] {
+            private_fs::tighten_and_warn(&path);
+        }
+        let lock = private_fs::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -73,6 +78,9 @@ impl EmbeddedLog {
                 dir.display()
             ))
         })?;
+        for name in ["LOCK", "meta.json", "records.log"] {
+            private_fs::tighten_and_warn(&dir.join(name));
+        }
         let partitions = read_or_create_meta(dir, partitions)?;
         let (file, index) = codec::recover(&records_path(dir), partitions)?;
         let shared = Arc::new(Shared {
@@ -189,20 +197,11 @@ fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, LogError> {
     }
 }
 
-/// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file
+/// (private, see [`private_fs::write_atomically`]).
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LogError> {
-    let tmp = path.with_extension("tmp");
-    let context = || format!("failed to write {}", path.display());
-    let mut file = File::create(&tmp).map_err(LogError::io(context()))?;
-    file.write_all(contents).map_err(LogError::io(context()))?;
-    file.sync_all().map_err(LogError::io(context()))?;
-    fs::rename(&tmp, path).map_err(LogError::io(context()))?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(LogError::io(context()))?;
-    }
-    Ok(())
+    private_fs::write_atomically(path, contents)
+        .map_err(LogError::io(format!("failed to write {}", path.display())))
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,6 +44,48 @@ async fn a_torn_tail_is_cut_and_intact_records_stay() {
     let got = consumer.poll(10, Duration::from_secs(1)).await.unwrap();
     let values: Vec<_> = got.iter().map(|c| c.record.value.as_ref()).collect();
     assert_eq!(values, [&b"one"[..], b"two", b"three"]);
+}
+
+#[tokio::test]
+async fn embedded_log_folders_are_0700_and_files_0600_under_umask_022() {
+    use crate::private_fs::testing::{mode, umask_022};
+    umask_022();
+    let root = tempfile::tempdir().unwrap();
+    // the data dir does not exist yet: the log makes it, and its own folders
+    let dir = root.path().join("data/log");
+    let log = EmbeddedLog::open(&dir, 2).unwrap();
+    let positions = log.append(vec![record("health data")]).await.unwrap();
+    let mut consumer = log.consumer("g").unwrap();
+    consumer.commit(&positions).unwrap();
+    for folder in ["data", "data/log", "data/log/groups"] {
+        assert_eq!(mode(&root.path().join(folder)), 0o700, "{folder}");
+    }
+    for file in ["LOCK", "meta.json", "records.log", "groups/g.json"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+}
+
+#[tokio::test]
+async fn a_log_left_readable_by_an_earlier_version_is_tightened_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::private_fs::testing::mode;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    let log = EmbeddedLog::open(&dir, 1).unwrap();
+    log.append(vec![record("one")]).await.unwrap();
+    drop(log);
+    let loosen = |path: &Path, m: u32| fs::set_permissions(path, fs::Permissions::from_mode(m));
+    loosen(&dir, 0o755).unwrap();
+    loosen(&dir.join("groups"), 0o755).unwrap();
+    loosen(&records_path(&dir), 0o644).unwrap();
+    loosen(&dir.join("meta.json"), 0o644).unwrap();
+    let log = EmbeddedLog::open(&dir, 1).unwrap();
+    assert_eq!(log.end_offsets(), vec![1]);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("groups")), 0o700);
+    assert_eq!(mode(&records_path(&dir)), 0o600);
+    assert_eq!(mode(&dir.join("meta.json")), 0o600);
 }
 
 #[tokio::test]

@@ -122,6 +122,8 @@ pub fn captured_logs() -> String {
 
 pub struct App {
     pub addr: SocketAddr,
+    /// The operations port, when the app was spawned with one.
+    pub ops_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub log: EventLog,
     reader: tokio::sync::Mutex<Consumer>,
@@ -150,16 +152,40 @@ pub async fn spawn_kafka_mock(config: IngressConfig) -> App {
     start(config, log, None).await
 }
 
+/// An ingress over an embedded log whose `/readyz` and `/metrics` are on a second port.
+pub async fn spawn_with_ops(config: IngressConfig) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let url = LogUrl::parse("embedded", &dir.path().join("log")).unwrap();
+    let log = EventLog::open(&url, &[]).await.unwrap();
+    start_with(config, log, Some(dir), true).await
+}
+
 async fn start(config: IngressConfig, log: EventLog, dir: Option<tempfile::TempDir>) -> App {
+    start_with(config, log, dir, false).await
+}
+
+async fn start_with(
+    config: IngressConfig,
+    log: EventLog,
+    dir: Option<tempfile::TempDir>,
+    ops: bool,
+) -> App {
     init_tracing();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let ops_listener = if ops {
+        Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    } else {
+        None
+    };
+    let ops_addr = ops_listener.as_ref().map(|l| l.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(terra_ingress::run(
         config,
         log.clone(),
         Metrics::new(),
         listener,
+        ops_listener,
         async move {
             let _ = stopped.await;
         },
@@ -167,6 +193,7 @@ async fn start(config: IngressConfig, log: EventLog, dir: Option<tempfile::TempD
     let reader = log.consumer("test-reader").unwrap();
     App {
         addr,
+        ops_addr,
         client: reqwest::Client::new(),
         log,
         reader: tokio::sync::Mutex::new(reader),
@@ -227,6 +254,19 @@ impl App {
             out.extend(batch);
         }
         out.into_iter().map(|c| c.record).collect()
+    }
+
+    /// Every record the log has left for this reader.
+    pub async fn drain_log(&self) -> Vec<Record> {
+        let mut reader = self.reader.lock().await;
+        let mut out = Vec::new();
+        loop {
+            let batch = reader.poll(100, Duration::from_millis(500)).await.unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch.into_iter().map(|c| c.record));
+        }
     }
 
     pub async fn assert_log_empty(&self) {

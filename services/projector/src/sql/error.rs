@@ -37,21 +37,21 @@ impl From<SqlError> for SinkError {
     }
 }
 
-/// Sorts a sqlx error. Database messages are kept (they name columns and constraints, not
-/// payload bodies); connection errors are redacted of any URL password.
+/// Sorts a sqlx error. The text kept is [`super::describe_error`]'s: the database's wording,
+/// code and the names of the constraint, table and column, never a value (database messages
+/// can quote the row) and never a URL password.
 pub(crate) fn classify(err: &sqlx::Error) -> SqlError {
+    let text = super::describe_error(err);
     match err {
         sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let message = format!("{} (code {code})", db.message());
-            if is_data_error(&code) {
-                SqlError::Rejected(message)
+            if is_data_error(&db.code().unwrap_or_default()) {
+                SqlError::Rejected(text)
             } else {
-                SqlError::Unavailable(message)
+                SqlError::Unavailable(text)
             }
         }
-        sqlx::Error::Configuration(e) => SqlError::Config(super::redact(&e.to_string())),
-        other => SqlError::Unavailable(super::redact(&other.to_string())),
+        sqlx::Error::Configuration(_) => SqlError::Config(text),
+        _ => SqlError::Unavailable(text),
     }
 }
 

@@ -8,7 +8,9 @@ mod error;
 mod migrate;
 mod payloads;
 mod rebuild;
+mod redact;
 mod snapshot;
+mod sqlite_file;
 mod users;
 mod write;
 
@@ -22,6 +24,7 @@ pub use dialect::{Dialect, Stmt, Val};
 pub use error::SqlError;
 pub use migrate::{MIGRATIONS_TABLE, MigrationReport, Variant, migrate, pending};
 pub use rebuild::{RebuildError, RebuildOptions, RebuildReport, drop_tables, rebuild};
+pub use redact::{describe_db_error, describe_error, redact};
 pub use snapshot::{Snapshot, fetch_rows, rows, snapshot};
 
 /// Every table (and the view) of one projection, by base name. A rebuild creates them all
@@ -41,8 +44,8 @@ pub const VIEW: &str = "terra_other_payloads";
 /// Postgres schema Terra's destination uses today.
 pub const DEFAULT_SCHEMA: &str = "terra";
 
-/// Where and how to write.
-#[derive(Debug, Clone)]
+/// Where and how to write. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct SqlConfig {
     /// `postgres://…`, `mysql://…` or `sqlite://PATH` (`sqlite:PATH` too).
     pub url: String,
@@ -54,6 +57,18 @@ pub struct SqlConfig {
     /// Terra's Supabase variant of the tables (Postgres only).
     pub variant: Variant,
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlConfig")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("prefix", &self.prefix)
+            .field("variant", &self.variant)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl SqlConfig {
@@ -120,6 +135,9 @@ impl SqlTarget {
             Dialect::Sqlite if !config.url.contains('?') => format!("{}?mode=rwc", config.url),
             _ => config.url.clone(),
         };
+        if dialect == Dialect::Sqlite {
+            sqlite_file::make_private(&url)?;
+        }
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| {
                 SqlError::Config(format!("invalid database URL: {}", redact(&e.to_string())))
@@ -199,6 +217,40 @@ impl SqlTarget {
             );
         }
         reader
+    }
+
+    /// A target with a pool of its own for a reader beside a writer (the query service in
+    /// `standalone`): `config.max_connections` connections, so long reads never hold the
+    /// connections the writer needs. On SQLite they are read-only connections (`mode=ro`,
+    /// `query_only`), several at once, which WAL lets read while the writer writes (the
+    /// writer made the file WAL); elsewhere it is [`SqlTarget::connect`].
+    pub fn connect_read_only(config: &SqlConfig) -> Result<Self, SqlError> {
+        let mut target = Self::connect(config)?;
+        if target.dialect != Dialect::Sqlite {
+            return Ok(target);
+        }
+        let url = if config.url.contains('?') {
+            config.url.clone()
+        } else {
+            format!("{}?mode=ro", config.url)
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| {
+                SqlError::Config(format!("invalid database URL: {}", redact(&e.to_string())))
+            })?
+            .disable_statement_logging();
+        target.pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA query_only = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(target)
     }
 
     /// One round trip to the database (`SELECT 1`).
@@ -306,35 +358,6 @@ fn validate_name(what: &str, name: &str) -> Result<(), SqlError> {
             "{what} {name:?} must be 1-40 characters of a-z 0-9 _ not starting with a digit"
         )))
     }
-}
-
-/// Removes a password from text that may quote a URL.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at_sign) => {
-                let userinfo = &authority[..at_sign];
-                let user = userinfo.split(':').next().unwrap_or("");
-                if userinfo.contains(':') {
-                    out.push_str(&format!("{user}:***@{}", &authority[at_sign + 1..]));
-                } else {
-                    out.push_str(authority);
-                }
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

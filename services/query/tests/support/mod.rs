@@ -63,6 +63,12 @@ pub fn record(body: &[u8], ordering_ms: i64) -> Record {
 
 pub struct Env {
     pub log: EventLog,
+    /// The database URL the service reads.
+    pub url: String,
+    /// Where the service listens.
+    pub addr: std::net::SocketAddr,
+    /// A clone of the served service (for its tail statistics).
+    pub query: Query,
     pub sql: SqlTarget,
     pub store: Store,
     pub client: QueryServiceClient<Channel>,
@@ -93,9 +99,18 @@ pub async fn database(
 }
 
 pub async fn env(dialect: Dialect, config: QueryServerConfig) -> Env {
+    env_with(dialect, config, |q| q).await
+}
+
+/// [`env`] with the service changed by `customise` before it is served.
+pub async fn env_with(
+    dialect: Dialect,
+    config: QueryServerConfig,
+    customise: impl FnOnce(Query) -> Query,
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (url, db) = database(dialect, dir.path()).await;
-    env_on(url, db, dir, config).await
+    env_on_with(url, db, dir, config, customise).await
 }
 
 /// The service over the database at `url` (dropped at the end when `db` names it).
@@ -105,7 +120,17 @@ pub async fn env_on(
     dir: tempfile::TempDir,
     config: QueryServerConfig,
 ) -> Env {
-    let sql = SqlTarget::connect(&SqlConfig::new(url)).unwrap();
+    env_on_with(url, db, dir, config, |q| q).await
+}
+
+pub async fn env_on_with(
+    url: String,
+    db: Option<(String, String)>,
+    dir: tempfile::TempDir,
+    config: QueryServerConfig,
+    customise: impl FnOnce(Query) -> Query,
+) -> Env {
+    let sql = SqlTarget::connect(&SqlConfig::new(url.clone())).unwrap();
     terra_projector::sql::migrate(&sql).await.unwrap();
     let store = Store::open(&StoreConfig {
         url: dir.path().join("objects").display().to_string(),
@@ -118,7 +143,12 @@ pub async fn env_on(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, mut stopped) = watch::channel(false);
-    let query = Query::new(sql.clone(), store.clone(), TokenKey::new("test-key"));
+    let query = customise(Query::new(
+        sql.clone(),
+        store.clone(),
+        TokenKey::new("test-key"),
+    ));
+    let served = query.clone();
     tokio::spawn(async move {
         terra_query::run(query, config, listener, async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -138,6 +168,9 @@ pub async fn env_on(
     };
     Env {
         log,
+        url,
+        addr,
+        query: served,
         sql,
         store,
         client: QueryServiceClient::new(channel.clone()),
