@@ -17,6 +17,7 @@ mod log_limit;
 mod metrics;
 mod replay;
 mod serve;
+mod trace;
 mod webhook;
 
 use std::future::Future;

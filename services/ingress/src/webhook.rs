@@ -11,8 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -26,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DEFAULT_SOURCE;
 use crate::replay::{self, Answer, Lookup};
+use crate::trace::{HeaderExtractor, trace_headers};
 use crate::{AppState, IngressError, Source, client_addr};
 
 /// Longest value kept from a Terra delivery header (they are ids and timestamps).
@@ -461,155 +461,4 @@ fn build_record(
         value: Bytes::from(envelope.encode_to_vec()),
     };
     (record, id, classification.is_some())
-}
-
-/// Writes the W3C trace context of this request into the record headers: the span's, when
-/// spans are exported (an OpenTelemetry layer is installed), else the caller's trace id with a
-/// new span id, else a new trace.
-fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(String, Bytes)>) {
-    let cx = span.context();
-    if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&cx, &mut RecordHeaders(out));
-        return;
-    }
-    let incoming = request
-        .get(envelope::HEADER_TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
-    let continued = incoming.is_some();
-    let (trace_id, flags) =
-        incoming.unwrap_or_else(|| (hex::encode(random_bytes::<16>()), "01".to_owned()));
-    let traceparent = format!("00-{trace_id}-{}-{flags}", hex::encode(random_bytes::<8>()));
-    out.push((
-        envelope::HEADER_TRACEPARENT.to_owned(),
-        Bytes::from(traceparent),
-    ));
-    if let Some(state) = request
-        .get(envelope::HEADER_TRACESTATE)
-        .filter(|_| continued)
-    {
-        out.push((
-            envelope::HEADER_TRACESTATE.to_owned(),
-            Bytes::copy_from_slice(state.as_bytes()),
-        ));
-    }
-}
-
-/// Trace id and flags of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`; later
-/// versions may append fields).
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace_id, 32)
-        && trace_id.bytes().any(|b| b != b'0')
-        && hex(parent_id, 16)
-        && parent_id.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then(|| (trace_id.to_owned(), flags.to_owned()))
-}
-
-/// Random ids for trace context, from a userspace generator (no system call per request).
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    for chunk in bytes.chunks_mut(16) {
-        let random = uuid::Uuid::new_v4().into_bytes();
-        chunk.copy_from_slice(&random[..chunk.len()]);
-    }
-    bytes
-}
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct RecordHeaders<'a>(&'a mut Vec<(String, Bytes)>);
-
-impl Injector for RecordHeaders<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_owned(), Bytes::from(value)));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_parsing() {
-        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            parse_traceparent(valid),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "01".into()))
-        );
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-        ] {
-            assert_eq!(parse_traceparent(bad), None, "{bad}");
-        }
-        assert!(
-            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future")
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn without_exported_spans_the_callers_trace_continues() {
-        // no OpenTelemetry layer in this test: the fallback path
-        let mut request = HeaderMap::new();
-        request.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                .parse()
-                .unwrap(),
-        );
-        request.insert("tracestate", "vendor=1".parse().unwrap());
-        let mut out = Vec::new();
-        trace_headers(&Span::none(), &request, &mut out);
-        let traceparent = std::str::from_utf8(&out[0].1).unwrap().to_owned();
-        let (trace_id, flags) = parse_traceparent(&traceparent).unwrap();
-        assert_eq!(
-            (trace_id.as_str(), flags.as_str()),
-            ("4bf92f3577b34da6a3ce929d0e0e4736", "01")
-        );
-        assert!(!traceparent.contains("00f067aa0ba902b7"), "a new span id");
-        assert_eq!(
-            out[1],
-            ("tracestate".to_owned(), Bytes::from_static(b"vendor=1"))
-        );
-
-        let mut fresh = Vec::new();
-        trace_headers(&Span::none(), &HeaderMap::new(), &mut fresh);
-        let mut other = Vec::new();
-        trace_headers(&Span::none(), &HeaderMap::new(), &mut other);
-        assert_eq!(fresh.len(), 1);
-        let a = parse_traceparent(std::str::from_utf8(&fresh[0].1).unwrap()).unwrap();
-        let b = parse_traceparent(std::str::from_utf8(&other[0].1).unwrap()).unwrap();
-        assert_ne!(
-            a.0, b.0,
-            "each request without context starts its own trace"
-        );
-    }
 }

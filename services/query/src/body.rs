@@ -22,6 +22,8 @@ struct Body {
     deadline: Instant,
     gates: Gates,
     done: bool,
+    /// The object is at most one message: its one read is the message.
+    whole: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -38,8 +40,17 @@ pub(crate) fn chunks(
     gates: Gates,
     permit: OwnedSemaphorePermit,
 ) -> Pin<Box<dyn Stream<Item = Result<GetPayloadChunk, Status>> + Send>> {
+    // an object of at most one message is read in one go, as before streaming (a chunked
+    // read costs a blocking-pool hop per read on a local folder)
+    let whole = object.meta.size <= CHUNK as u64;
+    let reads = if whole {
+        futures::stream::once(object.bytes()).boxed()
+    } else {
+        object.into_stream()
+    };
     let body = Body {
-        reads: object.into_stream(),
+        reads,
+        whole,
         pending: BytesMut::new(),
         deadline,
         gates,
@@ -57,7 +68,7 @@ pub(crate) fn chunks(
             }
             match tokio::time::timeout_at(body.deadline, body.reads.next()).await {
                 Ok(Some(Ok(read))) => {
-                    if body.pending.is_empty() && read.len() == CHUNK {
+                    if body.pending.is_empty() && (read.len() == CHUNK || body.whole) {
                         return Some((data(read), body)); // as it came, no copy
                     }
                     body.pending.extend_from_slice(&read);
