@@ -294,6 +294,13 @@ impl App {
     }
 }
 
+/// The head of a signed `POST /webhook` with a declared body length.
+pub fn head(body_len: usize, signature: &str) -> String {
+    format!(
+        "POST /webhook HTTP/1.1\r\nhost: x\r\nterra-signature: {signature}\r\ncontent-length: {body_len}\r\n\r\n"
+    )
+}
+
 pub async fn raw_finish(stream: &mut TcpStream, rest: &[u8]) -> String {
     stream.write_all(rest).await.unwrap();
     let mut response = Vec::new();
