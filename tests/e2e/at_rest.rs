@@ -2,41 +2,20 @@
 //! tree (log, SQLite database with its -wal/-shm, objects, version sidecars, dead letters,
 //! generated secrets) unreadable by other local users: folders 0700, files 0600.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{BIN, Server, terminate, terra_ingest, text};
+use super::{BIN, Server, serve, terminate, terra_ingest, text};
 
 /// `terra-ingest <args>` started by a shell that set umask 022 first.
 fn start_under_umask_022(cwd: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN])
-        .args(args)
-        .args(["--http-addr", "127.0.0.1:0"])
-        .current_dir(cwd)
-        .env("RUST_LOG", "info")
-        .env_remove("TERRA_INGEST_SIGNING_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap_or_default();
-            if let Some(addr) = line.split("ingress listening addr=").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server did not start");
-    Server { child, addr }
+        .args(args);
+    serve(command, cwd, &[])
 }
 
 /// (path, is a folder, mode) of everything under `dir`.

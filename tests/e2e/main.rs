@@ -42,8 +42,15 @@ fn start(cwd: &Path, args: &[&str]) -> Server {
 }
 
 fn start_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut command = Command::new(BIN);
+    command.args(args);
+    serve(command, cwd, env)
+}
+
+/// Runs `command` (the binary and its arguments) with `--http-addr 127.0.0.1:0` in `cwd`
+/// and `env`, and waits for its "ingress listening" line.
+fn serve(mut command: Command, cwd: &Path, env: &[(&str, &str)]) -> Server {
+    let mut child = command
         .args(["--http-addr", "127.0.0.1:0"])
         .current_dir(cwd)
         .env("RUST_LOG", "info")
