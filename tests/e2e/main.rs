@@ -410,11 +410,9 @@ async fn a_replayed_auth_cannot_reactivate_a_deauthorised_user() {
     assert_eq!(replay, first);
 
     let db = format!("sqlite://{}", cwd.path().join("data/terra.db").display());
-    let target =
-        terra_projector::sql::SqlTarget::connect(&terra_projector::sql::SqlConfig::new(db))
-            .unwrap();
+    let target = terra_schema::SqlTarget::connect(&terra_schema::SqlConfig::new(db)).unwrap();
     let state = || async {
-        terra_projector::sql::rows(
+        terra_schema::rows(
             &target,
             &format!("SELECT state FROM terra_users WHERE user_id = '{user}'"),
         )

@@ -6,71 +6,28 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prost::Message;
-use sqlx::Executor;
-use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, Record};
-use terra_projector::sql::{SqlConfig, SqlTarget};
+use terra_schema::{SqlConfig, SqlTarget};
 
-use super::{BIN, fixtures_dir, start, terminate, terra_ingest, text};
+use super::{BIN, start, terminate, terra_ingest, text};
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use terra_testkit::TestDb;
 
-async fn fresh_postgres() -> (String, String) {
-    sqlx::any::install_default_drivers();
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(PG_ADMIN)
-        .await
-        .expect("Postgres on 127.0.0.1:5432");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    admin.close().await;
-    (format!("postgres://postgres@127.0.0.1:5432/{name}"), name)
-}
-
-async fn drop_postgres(name: &str) {
-    if let Ok(admin) = sqlx::AnyPool::connect(PG_ADMIN).await {
-        let _ = admin
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await;
-        admin.close().await;
-    }
+/// A fresh database on the machine's Postgres.
+async fn fresh_postgres() -> TestDb {
+    TestDb::new(terra_schema::Dialect::Postgres).await
 }
 
 fn fixture_bodies() -> Vec<Vec<u8>> {
-    let mut out: Vec<_> = std::fs::read_dir(format!("{}/webhooks", fixtures_dir()))
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    out.sort();
-    out
+    terra_testkit::all_fixtures()
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect()
 }
 
 /// A log record as the ingress writes it.
 fn record(body: Vec<u8>, ordering_ms: i64) -> Record {
-    let c = terra_core::classify(&body).ok();
-    let user_id = c.as_ref().and_then(|c| c.user_id.clone());
-    let envelope = Envelope {
-        envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp {
-            seconds: 1_780_000_000,
-            nanos: 0,
-        }),
-        source: "default".into(),
-        event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
-        user_id: user_id.clone(),
-        ordering_timestamp_ms: Some(ordering_ms),
-        body_is_json: c.is_some(),
-        body: body.into(),
-        ..Default::default()
-    };
-    Record {
-        key: user_id.map(|u| u.into_bytes().into()),
-        headers: vec![],
-        value: envelope.encode_to_vec().into(),
-    }
+    terra_testkit::record(&body, Some(ordering_ms), terra_testkit::T0, None)
 }
 
 /// Realistic mixed load: every fixture for many users, re-deliveries, older copies arriving
@@ -157,7 +114,7 @@ fn spawn_projector_with(log_dir: &Path, url: &str, extra: &[&str], stdout: Stdio
 }
 
 async fn projected(target: &SqlTarget) -> u64 {
-    terra_projector::sql::stored_positions(target)
+    terra_schema::positions::stored(target)
         .await
         .map(|p| p.values().sum())
         .unwrap_or(0)
@@ -168,7 +125,8 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log_dir = dir.path().join("log");
     let total = fill_log(&log_dir, mixed_records(80)).await as u64;
-    let (crash_url, crash_db) = fresh_postgres().await;
+    let crash_db = fresh_postgres().await;
+    let crash_url = crash_db.url.clone();
     let crash = SqlTarget::connect(&SqlConfig::new(&crash_url)).unwrap();
 
     // a cheap, seeded generator: the seed is printed so a failure can be replayed
@@ -225,7 +183,8 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     assert!(child.wait().unwrap().success(), "a SIGTERM stop exits 0");
 
     // a clean, uninterrupted run of the same log
-    let (clean_url, clean_db) = fresh_postgres().await;
+    let clean_db = fresh_postgres().await;
+    let clean_url = clean_db.url.clone();
     let clean = SqlTarget::connect(&SqlConfig::new(&clean_url)).unwrap();
     let mut child = spawn_projector(&log_dir, &clean_url, &[]);
     while projected(&clean).await < total {
@@ -235,8 +194,8 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let crashed = terra_projector::sql::snapshot(&crash).await.unwrap();
-    let uninterrupted = terra_projector::sql::snapshot(&clean).await.unwrap();
+    let crashed = terra_schema::snapshot(&crash).await.unwrap();
+    let uninterrupted = terra_schema::snapshot(&clean).await.unwrap();
     assert!(
         uninterrupted[1].len() > 400,
         "a real load: {} data rows",
@@ -253,8 +212,8 @@ async fn kill_9_of_the_sql_projector_at_random_points_changes_nothing() {
     }
     crash.close().await;
     clean.close().await;
-    drop_postgres(&crash_db).await;
-    drop_postgres(&clean_db).await;
+    crash_db.drop_now().await;
+    clean_db.drop_now().await;
 }
 
 #[tokio::test]
@@ -310,7 +269,7 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let live = terra_projector::sql::snapshot(&target).await.unwrap();
+    let live = terra_schema::snapshot(&target).await.unwrap();
 
     let out = terra_ingest(
         cwd,
@@ -337,7 +296,7 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
         "progress bar: {stderr}"
     );
     assert_eq!(
-        terra_projector::sql::snapshot(&target).await.unwrap(),
+        terra_schema::snapshot(&target).await.unwrap(),
         live,
         "rebuilt tables equal the live ones"
     );
@@ -354,7 +313,8 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
 
 #[tokio::test]
 async fn standalone_projects_into_postgres_with_the_sql_flag() {
-    let (url, db) = fresh_postgres().await;
+    let db = fresh_postgres().await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(
         dir.path(),
@@ -375,7 +335,7 @@ async fn standalone_projects_into_postgres_with_the_sql_flag() {
         assert!(Instant::now() < deadline, "rows did not appear");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let users = terra_projector::sql::rows(
+    let users = terra_schema::rows(
         &target,
         "SELECT user_id, state FROM terra.terra_users ORDER BY user_id",
     )
@@ -400,5 +360,5 @@ async fn standalone_projects_into_postgres_with_the_sql_flag() {
     );
     assert!(terminate(&mut server).success());
     target.close().await;
-    drop_postgres(&db).await;
+    db.drop_now().await;
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use terra_eventlog::EventLog;
-use terra_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use tokio::sync::watch;
 
 use crate::bench_load::{LoadShape, fill};

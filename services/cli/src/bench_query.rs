@@ -12,12 +12,13 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use sqlx::Executor;
 use terra_eventlog::EventLog;
-use terra_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
-use terra_projector::sql::{SqlConfig, SqlTarget};
-use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::proto::{GetPayloadRequest, ListPayloadsRequest};
 use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_schema::{SqlConfig, SqlTarget};
+use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
+use terra_sink_sql::SqlSink;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -58,7 +59,7 @@ pub struct BenchQueryArgs {
 impl std::fmt::Debug for BenchQueryArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BenchQueryArgs")
-            .field("postgres", &terra_projector::sql::redact(&self.postgres))
+            .field("postgres", &terra_schema::redact(&self.postgres))
             .field("records", &self.records)
             .finish_non_exhaustive()
     }
@@ -121,7 +122,7 @@ async fn load_data(args: &BenchQueryArgs, sql: &SqlTarget, store: &Store) -> any
         users: args.users,
     };
     fill(&log, &fill_args).await?;
-    terra_projector::sql::migrate(sql).await?;
+    terra_schema::migrate(sql).await?;
     let (_stop, stopped) = watch::channel(false);
     let mut config = ProjectorConfig::new("sql");
     config.batch_size = 500;
@@ -169,7 +170,7 @@ async fn measure(
     if fresh {
         load_data(args, &sql, &store).await?;
     }
-    let rows = terra_projector::sql::rows(
+    let rows = terra_schema::rows(
         &sql,
         &format!("SELECT COUNT(*) FROM {}", sql.table("ingest_payloads")),
     )
@@ -182,7 +183,7 @@ async fn measure(
         args.concurrency,
         args.seconds
     );
-    let ids: Vec<String> = terra_projector::sql::rows(
+    let ids: Vec<String> = terra_schema::rows(
         &sql,
         &format!(
             "SELECT payload_id FROM {} ORDER BY row_key LIMIT 5000",

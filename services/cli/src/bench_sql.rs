@@ -21,8 +21,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sqlx::Executor;
 use terra_eventlog::EventLog;
-use terra_projector::sql::{SqlConfig, SqlTarget};
-use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_schema::{SqlConfig, SqlTarget};
+use terra_sink_sql::SqlSink;
 use tokio::sync::watch;
 
 use crate::bench::{ChildGuard, Deliveries, free_addr, wait_until_up};
@@ -60,8 +61,8 @@ pub struct BenchSqlArgs {
 impl std::fmt::Debug for BenchSqlArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BenchSqlArgs")
-            .field("postgres", &terra_projector::sql::redact(&self.postgres))
-            .field("mysql", &terra_projector::sql::redact(&self.mysql))
+            .field("postgres", &terra_schema::redact(&self.postgres))
+            .field("mysql", &terra_schema::redact(&self.mysql))
             .field("records", &self.records)
             .finish_non_exhaustive()
     }
@@ -135,7 +136,7 @@ struct Measured {
 
 async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Result<Measured> {
     let target = SqlTarget::connect(&SqlConfig::new(url))?;
-    terra_projector::sql::migrate(&target).await?;
+    terra_schema::migrate(&target).await?;
     let mut config = ProjectorConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
     config.batch_size = args.batch_size;
     config.stop_at_end = true;
@@ -156,7 +157,7 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Resu
 
     // the same rows, planned up front (not timed), bulk-inserted into fresh tables
     let raw = target.with_prefix("raw_")?;
-    terra_projector::sql::migrate(&raw).await?;
+    terra_schema::migrate(&raw).await?;
     let mut consumer = log.consumer(&format!("bench-raw-{}", uuid::Uuid::new_v4().simple()))?;
     let mut planned = Vec::new();
     loop {
@@ -167,8 +168,7 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Resu
         planned.extend(batch.iter().map(terra_projector::plan::plan));
     }
     let started = Instant::now();
-    let rows =
-        terra_projector::sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
+    let rows = terra_sink_sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
     let raw_s = started.elapsed().as_secs_f64();
     target.close().await;
     Ok(Measured {
@@ -180,12 +180,9 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Resu
 
 async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::AnyPool::connect(server).await.with_context(|| {
-        format!(
-            "failed to connect to {}",
-            terra_projector::sql::redact(server)
-        )
-    })?;
+    let admin = sqlx::AnyPool::connect(server)
+        .await
+        .with_context(|| format!("failed to connect to {}", terra_schema::redact(server)))?;
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
@@ -278,7 +275,7 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
             let mut seen: Vec<bool> = Vec::new();
             let mut next = 0usize;
             loop {
-                let positions = terra_projector::sql::stored_positions(&target)
+                let positions = terra_schema::positions::stored(&target)
                     .await
                     .unwrap_or_default();
                 let now = Instant::now();

@@ -12,8 +12,10 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use sqlx::Executor;
 use terra_eventlog::EventLog;
-use terra_projector::sql::{RebuildOptions, SqlError, SqlTarget};
-use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use terra_projector::RebuildOptions;
+use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_schema::{SqlError, SqlTarget};
+use terra_sink_sql::SqlSink;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,13 +35,13 @@ pub(crate) async fn open_sql(
     let mut delay = Duration::from_millis(500);
     loop {
         let result = if migrate {
-            terra_projector::sql::migrate(&target).await.map(|report| {
+            terra_schema::migrate(&target).await.map(|report| {
                 if !report.applied.is_empty() {
                     tracing::info!(applied = ?report.applied, "applied migrations");
                 }
             })
         } else {
-            match terra_projector::sql::pending(&target).await {
+            match terra_schema::pending(&target).await {
                 Ok(pending) if pending.is_empty() => Ok(()),
                 Ok(pending) => bail!(
                     "the SQL tables are missing migrations {pending:?}: run `terra-ingest migrate` or pass --migrate"
@@ -71,7 +73,7 @@ pub(crate) fn spawn_sql(
     stopped: watch::Receiver<bool>,
     failed: watch::Sender<bool>,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let mut config = ProjectorConfig::new(terra_projector::SQL_GROUP);
+    let mut config = ProjectorConfig::new(terra_sink_sql::SQL_GROUP);
     config.batch_size = sql.batch_size;
     config.batch_wait = sql.batch_wait;
     tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
@@ -124,16 +126,16 @@ pub(crate) async fn spawn_objects(
     stopped: watch::Receiver<bool>,
     failed: watch::Sender<bool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let store = terra_objects::Store::open(&objects.store).context("setting objects")?;
+    let store = terra_sink_objects::Store::open(&objects.store).context("setting objects")?;
     let pinger = match &objects.sqs {
-        Some(sqs) => Some(terra_objects::Pinger::connect(sqs).await),
+        Some(sqs) => Some(terra_sink_objects::Pinger::connect(sqs).await),
         None => None,
     };
-    let mut config = ProjectorConfig::new(terra_objects::OBJECTS_GROUP);
+    let mut config = ProjectorConfig::new(terra_sink_objects::OBJECTS_GROUP);
     config.batch_size = batches.batch_size;
     config.batch_wait = batches.batch_wait;
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
-    let sink = terra_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
+    let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(
         "object", config, log, sink, metrics, stopped, failed,
     )))
@@ -165,7 +167,7 @@ pub(crate) async fn project_objects(
     let (stop, stopped) = watch::channel(false);
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
-    let store = terra_objects::Store::open(&objects.store)?;
+    let store = terra_sink_objects::Store::open(&objects.store)?;
     let http = start_health(
         settings.http_addr,
         registry,
@@ -253,7 +255,7 @@ struct Health {
 #[derive(Clone)]
 enum Readiness {
     Sql(SqlTarget),
-    Objects(terra_objects::Store),
+    Objects(terra_sink_objects::Store),
 }
 
 /// `/healthz` (alive), `/readyz` (database reachable), `/metrics` (Prometheus text).
@@ -286,7 +288,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
                 .execute("SELECT 1")
                 .await
                 .map(|_| ())
-                .map_err(|e| terra_projector::sql::describe_error(&e)),
+                .map_err(|e| terra_schema::describe_error(&e)),
             Readiness::Objects(store) => {
                 // any answer from the store but a failure to reach it will do
                 let probe = object_store::path::Path::from("_readyz-probe");
@@ -334,7 +336,7 @@ pub(crate) async fn migrate(
     let settings = settings::resolve_projector(file, args, log_format)?;
     let _telemetry = telemetry::init(settings.log_format, None)?;
     let target = SqlTarget::connect(&settings.sql.config)?;
-    let report = terra_projector::sql::migrate(&target)
+    let report = terra_schema::migrate(&target)
         .await
         .context("migration failed")?;
     for name in &report.applied {
@@ -372,8 +374,8 @@ pub(crate) async fn rebuild_sql(
         keep_old: args.keep_old,
         show_progress: !args.quiet,
     };
-    let report = terra_projector::sql::rebuild(
-        &target,
+    let report = terra_projector::rebuild(
+        &SqlSink::new(target.clone()),
         &log,
         &options,
         &ProjectorMetrics::unregistered(),

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use terra_objects::Store;
-use terra_projector::sql::SqlTarget;
 use terra_query::{Limits, Query, QueryServerConfig, TlsFiles, TokenKey};
+use terra_schema::SqlTarget;
+use terra_sink_objects::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -313,10 +313,10 @@ pub(crate) fn for_standalone(
 mod tests {
     use std::time::Duration;
 
-    use prost::Message;
     use sqlx::Executor;
     use terra_eventlog::{EventLog, Record};
-    use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+    use terra_projector::{ProjectorConfig, ProjectorMetrics};
+    use terra_sink_sql::SqlSink;
 
     use super::*;
     use crate::cli::SqlArgs;
@@ -407,26 +407,7 @@ mod tests {
     }
 
     fn record(body: &[u8], ordering_ms: i64) -> Record {
-        let c = terra_core::classify(body).ok();
-        let user_id = c.as_ref().and_then(|c| c.user_id.clone());
-        let envelope = terra_core::envelope::Envelope {
-            envelope_id: uuid::Uuid::now_v7().to_string(),
-            received_at: Some(prost_types::Timestamp {
-                seconds: ordering_ms / 1000,
-                nanos: 0,
-            }),
-            event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
-            user_id: user_id.clone(),
-            ordering_timestamp_ms: Some(ordering_ms),
-            body_is_json: c.is_some(),
-            body: body.to_vec().into(),
-            ..Default::default()
-        };
-        Record {
-            key: user_id.map(|u| u.into_bytes().into()),
-            headers: vec![],
-            value: envelope.encode_to_vec().into(),
-        }
+        terra_testkit::record(body, Some(ordering_ms), ordering_ms / 1000, None)
     }
 
     /// Every connection of the query service's pool held, one inside a read transaction (a
@@ -446,9 +427,9 @@ mod tests {
         let writer = project::open_sql(&sql, true, stopped.clone())
             .await
             .unwrap();
-        let store = Store::open(&terra_objects::StoreConfig {
+        let store = Store::open(&terra_sink_objects::StoreConfig {
             url: dir.join("objects").display().to_string(),
-            ..terra_objects::StoreConfig::default()
+            ..terra_sink_objects::StoreConfig::default()
         })
         .unwrap();
         let query = for_standalone(&sql, 2, store, TokenKey::new("k")).unwrap();
@@ -479,7 +460,7 @@ mod tests {
             .map(|(i, (_, body))| record(body, 1_780_000_000_000 + i as i64))
             .collect();
         log.append(records).await.unwrap();
-        let mut config = ProjectorConfig::new(terra_projector::SQL_GROUP);
+        let mut config = ProjectorConfig::new(terra_sink_sql::SQL_GROUP);
         config.stop_at_end = true;
         config.batch_wait = Duration::from_millis(5);
         let projected = tokio::time::timeout(
@@ -503,7 +484,7 @@ mod tests {
             .unwrap();
         assert!(rows > 0);
         (&mut *held[0]).execute("ROLLBACK").await.unwrap();
-        if writer.dialect() == terra_projector::sql::Dialect::Sqlite {
+        if writer.dialect() == terra_schema::Dialect::Sqlite {
             let err = (&mut *held[1])
                 .execute(format!("DELETE FROM {table}").as_str())
                 .await

@@ -31,7 +31,7 @@ pub(crate) async fn run(
                 .or_else(|| file.data_dir.clone())
                 .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
             let sql = settings::resolve_sql(&file, sql, &data_dir)?;
-            let supabase = sql.config.variant == terra_projector::sql::Variant::Supabase;
+            let supabase = sql.config.variant == terra_schema::Variant::Supabase;
             let objects = settings::resolve_objects(&file, objects, &data_dir, supabase)?;
             let server = query::server_config(&query_args, &file)?;
             let pool_size = query::pool_size(&query_args, &file)?;
@@ -80,7 +80,7 @@ pub(crate) async fn run(
     let mut projectors = Vec::new();
     if let Some((sql, objects, server, key, pool_size)) = projection_settings {
         let target = project::open_sql(&sql, true, stopped.clone()).await?;
-        let store = terra_objects::Store::open(&objects.store)?;
+        let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
         let service = query::for_standalone(&sql, pool_size, store, key)?;
         let grpc = query::spawn(settings.grpc_addr, server, service, stopped.clone()).await?;

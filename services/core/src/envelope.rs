@@ -30,3 +30,97 @@ impl From<crate::EventGroup> for ProtoEventGroup {
         }
     }
 }
+
+/// Everything the ingress knows about one delivery besides its body: the input of
+/// [`Envelope::of_delivery`], the one place an envelope is built (the ingress, the benches and
+/// every test build theirs here).
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    /// The envelope id (a UUIDv7 in the ingress); empty: one is generated.
+    pub envelope_id: String,
+    /// When the ingress received it (Unix ms); `None`: now.
+    pub received_at_ms: Option<i64>,
+    /// The configured source that verified it.
+    pub source: String,
+    pub remote_addr: String,
+    /// The signed `t` of the signature header (Unix seconds).
+    pub signature_timestamp: i64,
+    /// `X-Terra-Ordering-Timestamp` (Unix ms), when sent and believable.
+    pub ordering_timestamp_ms: Option<i64>,
+    /// `terra-reference`, `X-Terra-Trace-Id` and `Content-Type` as received.
+    pub terra_reference: Option<String>,
+    pub terra_trace_id: Option<String>,
+    pub content_type: Option<String>,
+    /// SHA-256 of the body when the caller has it already (the ingress hashed it while
+    /// verifying); `None`: hashed here.
+    pub body_sha256: Option<[u8; 32]>,
+}
+
+impl Envelope {
+    /// The envelope of one delivery. The body is classified once, here; the classification
+    /// comes back too (`None` when the body is not JSON), for callers that need more of it.
+    pub fn of_delivery(
+        delivery: Delivery,
+        body: bytes::Bytes,
+    ) -> (Self, Option<crate::Classification>) {
+        use sha2::Digest;
+        let classification = crate::classify(&body).ok();
+        let received_at = match delivery.received_at_ms {
+            Some(ms) => prost_types::Timestamp {
+                seconds: ms.div_euclid(1000),
+                nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+            },
+            None => prost_types::Timestamp::from(std::time::SystemTime::now()),
+        };
+        let envelope_id = match delivery.envelope_id.is_empty() {
+            true => uuid::Uuid::now_v7().to_string(),
+            false => delivery.envelope_id,
+        };
+        let body_sha256 = delivery
+            .body_sha256
+            .unwrap_or_else(|| sha2::Sha256::digest(&body).into());
+        let c = classification.as_ref();
+        let envelope = Self {
+            envelope_id,
+            received_at: Some(received_at),
+            source: delivery.source,
+            event_type: c.map(|c| c.event_type.clone()).unwrap_or_default(),
+            event_group: ProtoEventGroup::from(c.map_or(crate::EventGroup::Other, |c| c.group))
+                as i32,
+            user_id: c.and_then(|c| c.user_id.clone()),
+            old_user_id: c.and_then(|c| c.old_user_id.clone()),
+            terra_reference: delivery.terra_reference,
+            terra_trace_id: delivery.terra_trace_id,
+            ordering_timestamp_ms: delivery.ordering_timestamp_ms,
+            signature_timestamp: delivery.signature_timestamp,
+            remote_addr: delivery.remote_addr,
+            body_sha256: bytes::Bytes::copy_from_slice(&body_sha256),
+            body_is_json: classification.is_some(),
+            content_type: delivery.content_type,
+            payload_version: c.and_then(|c| c.version.clone()),
+            body,
+        };
+        (envelope, classification)
+    }
+
+    /// The headers of this envelope's log record: its content type and id (consumers can
+    /// route and log without decoding).
+    pub fn record_headers(&self) -> Vec<(String, bytes::Bytes)> {
+        vec![
+            (
+                HEADER_CONTENT_TYPE.to_owned(),
+                bytes::Bytes::from_static(ENVELOPE_CONTENT_TYPE.as_bytes()),
+            ),
+            (
+                HEADER_ENVELOPE_ID.to_owned(),
+                bytes::Bytes::from(self.envelope_id.clone()),
+            ),
+        ]
+    }
+
+    /// The key of this envelope's log record: the user id (one user's events stay in order
+    /// in one partition).
+    pub fn record_key(&self) -> Option<bytes::Bytes> {
+        self.user_id.clone().map(bytes::Bytes::from)
+    }
+}

@@ -1,15 +1,18 @@
 //! The Terra wire format, shared by every terra-ingest service: `terra-signature`
-//! verification ([`signature`]), event classification and natural keys ([`classify`]),
-//! payload ids and object keys ([`keys`]) and the log envelope generated from
-//! `proto/terra/ingest/v1/envelope.proto` ([`envelope`]).
+//! verification ([`signature`]), the typed view of a body parsed once, with natural keys
+//! ([`classify`]), payload ids and object keys ([`keys`]), ids as Terra's tables hold them
+//! ([`ids`]) and the log envelope generated from `proto/terra/ingest/v1/envelope.proto`,
+//! built in one place ([`envelope`]).
 
 pub mod classify;
 pub mod envelope;
+pub mod ids;
 pub mod keys;
 pub mod signature;
 
 #[cfg(test)]
 mod fuzz;
 
-pub use classify::{Classification, DataRecord, EventGroup, classify};
+pub use classify::{Classification, DataRecord, EventGroup, UserFields, classify};
+pub use ids::{IdError, PayloadId, UserId};
 pub use signature::{SignatureError, SignatureHeader, SigningSecret, Verifier};

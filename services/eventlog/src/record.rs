@@ -12,6 +12,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of an envelope as the ingress appends it: keyed by the user id, with the
+    /// envelope's headers (content type, envelope id) and then `extra` (trace context).
+    pub fn of_envelope(
+        envelope: &terra_core::envelope::Envelope,
+        extra: impl IntoIterator<Item = (String, Bytes)>,
+    ) -> Self {
+        use prost::Message;
+        let mut headers = envelope.record_headers();
+        headers.extend(extra);
+        Self {
+            key: envelope.record_key(),
+            headers,
+            value: Bytes::from(envelope.encode_to_vec()),
+        }
+    }
+
     /// The value of header `name`, if present.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

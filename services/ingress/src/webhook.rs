@@ -13,10 +13,9 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use prost::Message;
 use sha2::{Digest, Sha256};
-use terra_core::envelope::{self, Envelope, ProtoEventGroup};
-use terra_core::{EventGroup, classify, signature};
+use terra_core::envelope::{Delivery, Envelope};
+use terra_core::signature;
 use terra_eventlog::Record;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -400,8 +399,6 @@ fn build_record(
     body: Bytes,
 ) -> (Record, uuid::Uuid, bool) {
     let id = uuid::Uuid::now_v7();
-    let envelope_id = id.to_string();
-    let classification = classify(&body).ok();
     let header_text = |name: &str| {
         headers.get(name).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
@@ -412,53 +409,27 @@ fn build_record(
             text[..end].to_owned()
         })
     };
-    let span = Span::current();
-    let (event_type, group, user_id, old_user_id, version) = match &classification {
-        Some(c) => (
-            c.event_type.clone(),
-            c.group,
-            c.user_id.clone(),
-            c.old_user_id.clone(),
-            c.version.clone(),
-        ),
-        None => (String::new(), EventGroup::Other, None, None, None),
-    };
-    span.record("envelope_id", envelope_id.as_str());
-    span.record("event_type", event_type.as_str());
-    let envelope = Envelope {
-        envelope_id: envelope_id.clone(),
-        received_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+    let delivery = Delivery {
+        envelope_id: id.to_string(),
+        received_at_ms: None,
         source: source.to_owned(),
-        event_type,
-        event_group: ProtoEventGroup::from(group) as i32,
-        user_id: user_id.clone(),
-        old_user_id,
+        remote_addr: remote_addr.to_string(),
+        signature_timestamp,
+        ordering_timestamp_ms,
         terra_reference: header_text("terra-reference"),
         terra_trace_id: header_text("x-terra-trace-id"),
-        ordering_timestamp_ms,
-        signature_timestamp,
-        remote_addr: remote_addr.to_string(),
-        body_sha256: Bytes::copy_from_slice(&body_sha256),
-        body_is_json: classification.is_some(),
         content_type: header_text("content-type"),
-        payload_version: version,
-        body,
+        body_sha256: Some(body_sha256),
     };
-    let mut record_headers = vec![
-        (
-            envelope::HEADER_CONTENT_TYPE.to_owned(),
-            Bytes::from_static(envelope::ENVELOPE_CONTENT_TYPE.as_bytes()),
-        ),
-        (
-            envelope::HEADER_ENVELOPE_ID.to_owned(),
-            Bytes::from(envelope_id.clone()),
-        ),
-    ];
-    trace_headers(&span, headers, &mut record_headers);
-    let record = Record {
-        key: user_id.map(Bytes::from),
-        headers: record_headers,
-        value: Bytes::from(envelope.encode_to_vec()),
-    };
-    (record, id, classification.is_some())
+    let (envelope, _) = Envelope::of_delivery(delivery, body);
+    let span = Span::current();
+    span.record("envelope_id", envelope.envelope_id.as_str());
+    span.record("event_type", envelope.event_type.as_str());
+    let mut trace = Vec::new();
+    trace_headers(&span, headers, &mut trace);
+    (
+        Record::of_envelope(&envelope, trace),
+        id,
+        envelope.body_is_json,
+    )
 }

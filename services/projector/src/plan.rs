@@ -4,14 +4,12 @@
 //! poison. Pure and sink-independent; the SQL sink (and later the object sink) write it.
 
 use prost::Message;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use terra_core::classify::UserFields;
 use terra_core::envelope::Envelope;
 use terra_core::{EventGroup, keys};
 use terra_eventlog::{Consumed, Position};
 
-/// Longest `user_id` Terra's tables can hold (`VARCHAR(36)`).
-pub const MAX_USER_ID: usize = 36;
 /// Longest text field written to a `TEXT` column (MySQL's TEXT holds 64 KiB; real values are
 /// far shorter, so anything longer is not Terra data).
 pub const MAX_FIELD: usize = 4096;
@@ -125,7 +123,11 @@ pub struct PayloadRow {
     pub terra_reference: Option<String>,
 }
 
-/// Last-writer-wins order (terra-wire-format §5, design "idempotent projections").
+/// Last-writer-wins order (terra-wire-format §5, design "idempotent projections"): the
+/// ordering timestamp (or receipt time), then the log position, then the record index. The
+/// one definition every sink compares by; its text form (`ts:partition:offset:index`, what
+/// object metadata keeps) is [`std::fmt::Display`] / [`std::str::FromStr`], its columns in
+/// SQL `terra_schema::tables::PAYLOAD_VERSION_COLUMNS`, in the same order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
     pub ts_ms: i64,
@@ -134,24 +136,45 @@ pub struct Version {
     pub index: i64,
 }
 
-/// The `user`-ish fields of a body that classification does not keep.
-#[derive(Deserialize, Default)]
-struct Head {
-    user: Option<UserObject>,
-    new_user: Option<UserObject>,
-    old_user: Option<UserObject>,
-    scopes_added: Option<String>,
-    scopes_removed: Option<String>,
-    data_type: Option<String>,
+impl Version {
+    /// From its four parts in significance order (as stored in SQL).
+    pub fn from_parts([ts_ms, partition, offset, index]: [i64; 4]) -> Self {
+        Self {
+            ts_ms,
+            partition,
+            offset,
+            index,
+        }
+    }
 }
 
-#[derive(Deserialize)]
-struct UserObject {
-    user_id: Option<serde_json::Value>,
-    provider: Option<String>,
-    reference_id: Option<String>,
-    scopes: Option<String>,
-    created_at: Option<String>,
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.ts_ms, self.partition, self.offset, self.index
+        )
+    }
+}
+
+/// A text that is not `ts:partition:offset:index`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a version (ts:partition:offset:index)")]
+pub struct BadVersion;
+
+impl std::str::FromStr for Version {
+    type Err = BadVersion;
+
+    fn from_str(text: &str) -> Result<Self, BadVersion> {
+        let mut parts = text.trim().split(':').map(|p| p.parse::<i64>());
+        let mut next = || parts.next().and_then(Result::ok).ok_or(BadVersion);
+        let version = Self::from_parts([next()?, next()?, next()?, next()?]);
+        match parts.next() {
+            None => Ok(version),
+            Some(_) => Err(BadVersion),
+        }
+    }
 }
 
 /// Decodes and plans one consumed record. Never fails: what cannot be projected is a
@@ -184,7 +207,11 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         .received_at
         .as_ref()
         .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-    let body_sha256 = hex::encode(Sha256::digest(&envelope.body));
+    // the ingress hashed the body it verified; older or hand-made records may lack it
+    let body_sha256 = match envelope.body_sha256.len() {
+        32 => hex::encode(&envelope.body_sha256),
+        _ => hex::encode(Sha256::digest(&envelope.body)),
+    };
     let dead = |reason: String| Plan::Dead(DeadLetter { reason });
     let plan = match event_plan(position, envelope, received_at_ms, &body_sha256) {
         Ok(plan) => match check_fields(&plan) {
@@ -214,9 +241,9 @@ fn event_plan(
     if !envelope.body_is_json {
         return Err("body is not JSON (kept as received)".to_owned());
     }
+    // the one parse of the body
     let classification =
         terra_core::classify(&envelope.body).map_err(|_| "body is not JSON".to_owned())?;
-    let head: Head = serde_json::from_slice(&envelope.body).unwrap_or_default();
     let generated_ms = envelope.ordering_timestamp_ms.unwrap_or(received_at_ms);
     let generated_iso = keys::unix_ms_to_utc(generated_ms);
     let version_of = |index: i64| Version {
@@ -225,15 +252,10 @@ fn event_plan(
         offset: position.offset as i64,
         index,
     };
-    let user_info = |object: &Option<UserObject>| -> Option<UserInfo> {
+    let user_info = |object: &Option<UserFields>| -> Option<UserInfo> {
         let object = object.as_ref()?;
-        let user_id = match object.user_id.as_ref()? {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
         Some(UserInfo {
-            user_id,
+            user_id: object.user_id.clone()?,
             provider: object
                 .provider
                 .clone()
@@ -249,7 +271,7 @@ fn event_plan(
     let event_type = classification.event_type.as_str();
     let version = classification.version.as_deref();
     let mut plan = EventPlan::default();
-    for object in [&head.user, &head.new_user] {
+    for object in [&classification.user, &classification.new_user] {
         if let Some(user) = user_info(object) {
             plan.seen_users.push(user);
             break;
@@ -313,7 +335,7 @@ fn event_plan(
         ),
         payload_id: misc_payload_id.clone(),
         user_id: classification.user_id.clone(),
-        data_type: head.data_type.clone(),
+        data_type: classification.data_type.clone(),
         event_type: event_type.to_owned(),
         natural_key: natural_key.clone(),
         record_index: 0,
@@ -341,22 +363,22 @@ fn event_plan(
             };
         match event_type {
             "user_reauth" => {
-                if let Some(old) = user_info(&head.old_user) {
+                if let Some(old) = user_info(&classification.old_user) {
                     plan.lifecycle
                         .push(change(old, "old_user", Some("user_reauth")));
                 }
-                if let Some(new) = user_info(&head.new_user) {
+                if let Some(new) = user_info(&classification.new_user) {
                     plan.lifecycle.push(change(new, "new_user", Some("active")));
                 }
             }
             _ => {
-                if let Some(mut user) = user_info(&head.user) {
+                if let Some(mut user) = user_info(&classification.user) {
                     let state = lifecycle_state(event_type, status.as_deref());
                     if event_type == "permission_change" {
                         user.scopes = Some(apply_scope_change(
                             user.scopes.as_deref().unwrap_or(""),
-                            head.scopes_added.as_deref().unwrap_or(""),
-                            head.scopes_removed.as_deref().unwrap_or(""),
+                            classification.scopes_added.as_deref().unwrap_or(""),
+                            classification.scopes_removed.as_deref().unwrap_or(""),
                         ));
                     }
                     plan.lifecycle.push(change(user, "user", state));
@@ -421,13 +443,11 @@ pub fn identity(kind: PayloadKind, user_id: Option<&str>, event_type: &str, key:
 /// What Terra's columns cannot hold is poison, named, rather than a database error later.
 fn check_fields(plan: &EventPlan) -> Result<(), String> {
     let user_ok = |user_id: &str| -> Result<(), String> {
-        if user_id.chars().count() > MAX_USER_ID {
-            return Err(format!(
-                "user_id is {} characters long; Terra's tables hold at most {MAX_USER_ID}",
-                user_id.chars().count()
-            ));
+        match terra_core::UserId::parse(user_id) {
+            // an empty id is Terra's to send; only what the column cannot hold is poison
+            Ok(_) | Err(terra_core::IdError::Empty { .. }) => Ok(()),
+            Err(err) => Err(err.to_string()),
         }
-        Ok(())
     };
     let mut texts: Vec<(&str, &str)> = Vec::new();
     for user in plan

@@ -212,7 +212,7 @@ const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// SERVING while its database answers and NOT_SERVING while it does not (a readiness probe);
 /// the server as a whole (`""`) stays SERVING as long as the process runs (a liveness probe).
 async fn watch_database(
-    sql: terra_projector::sql::SqlTarget,
+    sql: terra_schema::SqlTarget,
     reporter: tonic_health::server::HealthReporter,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {

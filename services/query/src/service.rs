@@ -9,13 +9,16 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
-use terra_objects::Store;
-use terra_projector::sql::SqlTarget;
+use terra_schema::SqlTarget;
+use terra_sink_objects::Store;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::db::{self, Row};
+use terra_schema::read::{FromRow, PayloadIndexRow, UserEventRow, UserRow};
+use terra_schema::tables::PAYLOAD_VERSION_COLUMNS;
+
+use crate::db;
 use crate::limits::{Gates, Limits};
 use crate::proto::query_service_server::QueryService;
 use crate::proto::{
@@ -91,10 +94,10 @@ fn page_size(requested: u32) -> Result<usize, Status> {
 }
 
 fn user_id(value: &str) -> Result<&str, Status> {
-    if value.is_empty() || value.chars().count() > terra_projector::plan::MAX_USER_ID {
-        return Err(Status::invalid_argument("user_id must be 1-36 characters"));
+    match terra_core::UserId::parse(value) {
+        Ok(_) => Ok(value),
+        Err(_) => Err(Status::invalid_argument("user_id must be 1-36 characters")),
     }
-    Ok(value)
 }
 
 /// A page token: where the previous page ended, and a fingerprint of the filters it was for.
@@ -135,15 +138,19 @@ impl Query {
     ) -> Result<(crate::proto::Payload, object_store::GetResult), Status> {
         let mut stmt = self.sql.statement(format!(
             "SELECT {} FROM {} WHERE payload_id = ",
-            db::PAYLOAD_COLUMNS,
-            self.sql.table("ingest_payloads")
+            PayloadIndexRow::COLUMNS,
+            PayloadIndexRow::table(&self.sql)
         ));
-        stmt.bind(payload_id)
-            .push(" ORDER BY version_ts_ms DESC, log_partition DESC, log_offset DESC");
+        // the newest copy: last writer wins
+        stmt.bind(payload_id).push(&format!(
+            " ORDER BY {} DESC",
+            PAYLOAD_VERSION_COLUMNS.join(" DESC, ")
+        ));
         db::push_limit(&mut stmt, 1);
-        let rows = db::fetch(&self.sql, &stmt).await?;
+        let rows = db::fetch::<PayloadIndexRow>(&self.sql, &stmt).await?;
         let row = rows
-            .first()
+            .into_iter()
+            .next()
             .ok_or_else(|| Status::not_found("no such payload"))?;
         let metadata = db::payload(row);
         let key = self.objects.key(payload_id);
@@ -168,13 +175,14 @@ impl QueryService for Query {
                 let id = user_id(&request.user_id)?;
                 let mut stmt = self.sql.statement(format!(
                     "SELECT {} FROM {} WHERE u.user_id = ",
-                    db::USER_COLUMNS,
-                    db::users_from(&self.sql)
+                    UserRow::COLUMNS,
+                    UserRow::from_clause(&self.sql)
                 ));
                 stmt.bind(id);
-                let rows = db::fetch(&self.sql, &stmt).await?;
+                let rows = db::fetch::<UserRow>(&self.sql, &stmt).await?;
                 let row = rows
-                    .first()
+                    .into_iter()
+                    .next()
                     .ok_or_else(|| Status::not_found("no such user"))?;
                 Ok(Response::new(db::user(row)))
             })
@@ -194,8 +202,8 @@ impl QueryService for Query {
                 let after = self.open_page(&r.page_token, &filters)?;
                 let mut stmt = self.sql.statement(format!(
                     "SELECT {} FROM {} WHERE 1 = 1",
-                    db::USER_COLUMNS,
-                    db::users_from(&self.sql)
+                    UserRow::COLUMNS,
+                    UserRow::from_clause(&self.sql)
                 ));
                 for (column, value) in [
                     ("u.provider", &r.provider),
@@ -211,16 +219,16 @@ impl QueryService for Query {
                 }
                 stmt.push(" ORDER BY u.user_id");
                 db::push_limit(&mut stmt, size + 1);
-                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let mut rows = db::fetch::<UserRow>(&self.sql, &stmt).await?;
                 let next_page_token = if rows.len() > size {
                     rows.truncate(size);
-                    let last = db::user(rows.last().expect("a full page"));
-                    self.seal_page(&filters, vec![last.user_id])
+                    let last = rows.last().expect("a full page");
+                    self.seal_page(&filters, vec![last.user_id.clone()])
                 } else {
                     String::new()
                 };
                 Ok(Response::new(ListUsersResponse {
-                    users: rows.iter().map(db::user).collect(),
+                    users: rows.into_iter().map(db::user).collect(),
                     next_page_token,
                 }))
             })
@@ -240,8 +248,8 @@ impl QueryService for Query {
                 let after = self.open_page(&r.page_token, &filters)?;
                 let mut stmt = self.sql.statement(format!(
                     "SELECT {} FROM {} WHERE user_id = ",
-                    db::EVENT_COLUMNS,
-                    self.sql.table("ingest_user_events")
+                    UserEventRow::COLUMNS,
+                    UserEventRow::table(&self.sql)
                 ));
                 stmt.bind(&id);
                 if let Some(after) = &after {
@@ -265,17 +273,24 @@ impl QueryService for Query {
                 }
                 stmt.push(" ORDER BY version_ts_ms, log_partition, log_offset, event_id");
                 db::push_limit(&mut stmt, size + 1);
-                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let mut rows = db::fetch::<UserEventRow>(&self.sql, &stmt).await?;
                 let next_page_token = if rows.len() > size {
                     rows.truncate(size);
-                    let last: &Row = rows.last().expect("a full page");
-                    let cell = |i: usize| last.get(i).cloned().flatten().unwrap_or_default();
-                    self.seal_page(&filters, vec![cell(9), cell(11), cell(12), cell(13)])
+                    let last = rows.last().expect("a full page");
+                    self.seal_page(
+                        &filters,
+                        vec![
+                            last.version_ts_ms.to_string(),
+                            last.log_partition.to_string(),
+                            last.log_offset.to_string(),
+                            last.event_id.clone(),
+                        ],
+                    )
                 } else {
                     String::new()
                 };
                 Ok(Response::new(ListUserEventsResponse {
-                    events: rows.iter().map(db::user_event).collect(),
+                    events: rows.into_iter().map(db::user_event).collect(),
                     next_page_token,
                 }))
             })
@@ -322,8 +337,8 @@ impl QueryService for Query {
                 let after = self.open_page(&r.page_token, &filters)?;
                 let mut stmt = self.sql.statement(format!(
                     "SELECT {} FROM {} WHERE user_id = ",
-                    db::PAYLOAD_COLUMNS,
-                    self.sql.table("ingest_payloads")
+                    PayloadIndexRow::COLUMNS,
+                    PayloadIndexRow::table(&self.sql)
                 ));
                 stmt.bind(&id);
                 db::push_in(&mut stmt, "event_type", &types);
@@ -350,7 +365,7 @@ impl QueryService for Query {
                 }
                 stmt.push(&format!(" ORDER BY start_utc {dir}, row_key {dir}"));
                 db::push_limit(&mut stmt, size + 1);
-                let mut rows = db::fetch(&self.sql, &stmt).await?;
+                let mut rows = db::fetch::<PayloadIndexRow>(&self.sql, &stmt).await?;
                 let next_page_token = if rows.len() > size {
                     rows.truncate(size);
                     let last = rows.last().expect("a full page");
@@ -359,7 +374,7 @@ impl QueryService for Query {
                     String::new()
                 };
                 Ok(Response::new(ListPayloadsResponse {
-                    payloads: rows.into_iter().map(db::into_payload).collect(),
+                    payloads: rows.into_iter().map(db::payload).collect(),
                     next_page_token,
                 }))
             })
@@ -373,10 +388,11 @@ impl QueryService for Query {
         request: Request<GetPayloadRequest>,
     ) -> Result<Response<Self::GetPayloadStream>, Status> {
         let payload_id = request.into_inner().payload_id;
-        if payload_id.is_empty() || payload_id.len() > terra_core::keys::MAX_PAYLOAD_ID_LEN {
-            return Err(Status::invalid_argument(
-                "payload_id must be 1-263 characters",
-            ));
+        if terra_core::PayloadId::parse(payload_id.as_str()).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "payload_id must be 1-{} characters",
+                terra_core::PayloadId::MAX_LEN
+            )));
         }
         // the permit and the deadline cover the body too: it is part of the answer
         let permit = self.gates.call_permit()?;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use terra_projector::sql::SqlTarget;
+use terra_schema::SqlTarget;
+use terra_schema::read::{FromRow, PayloadIndexRow};
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tonic::Status;
 
@@ -431,8 +432,8 @@ async fn read_new(
         }
         let mut stmt = sql.statement(format!(
             "SELECT {} FROM {} WHERE log_partition = ",
-            db::PAYLOAD_COLUMNS,
-            sql.table("ingest_payloads")
+            PayloadIndexRow::COLUMNS,
+            PayloadIndexRow::table(sql)
         ));
         stmt.bind(i64::from(partition))
             .push(" AND log_offset < ")
@@ -451,11 +452,11 @@ async fn read_new(
         stmt.push(" ORDER BY log_offset, record_index");
         db::push_limit(&mut stmt, WATCH_BATCH);
         queries.fetch_add(1, Ordering::Relaxed);
-        let rows = db::fetch(sql, &stmt).await?;
+        let rows = db::fetch::<PayloadIndexRow>(sql, &stmt).await?;
         let full = rows.len() == WATCH_BATCH;
         for row in rows {
-            let at = (db::log_offset(&row), db::record_index(&row));
-            found.push((partition, at, Some(db::into_payload(row))));
+            let at = (row.log_offset, row.record_index);
+            found.push((partition, at, Some(db::payload(row))));
         }
         if full {
             complete = false;

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use sqlx::Executor;
 use support::*;
-use terra_projector::sql::Dialect;
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::proto::{
     GetPayloadRequest, GetUserRequest, ListPayloadsRequest, WatchPayloadsRequest, get_payload_chunk,
 };
 use terra_query::{Limits, QueryServerConfig};
+use terra_schema::Dialect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;

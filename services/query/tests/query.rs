@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::*;
-use terra_projector::sql::Dialect;
 use terra_query::QueryServerConfig;
 use terra_query::proto::{
     GetPayloadRequest, GetUserRequest, ListPayloadsRequest, ListUserEventsRequest,
     ListUsersRequest, Order, WatchPayloadsRequest, get_payload_chunk,
 };
+use terra_schema::Dialect;
 use tonic::Code;
 
 macro_rules! on_every_dialect {

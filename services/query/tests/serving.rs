@@ -1,19 +1,17 @@
 //! How the query service is served: bearer tokens, health, database outages (a SQLite table
 //! taken away, a real Postgres server stopped) and mutual TLS, through real tonic clients.
 
-#[path = "../../projector/tests/support/private_postgres.rs"]
-mod private_postgres;
 mod support;
 
 use std::time::Duration;
 
 use sqlx::Executor;
 use support::*;
-use terra_objects::{Store, StoreConfig};
-use terra_projector::sql::{Dialect, SqlConfig, SqlTarget};
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::proto::{GetPayloadRequest, GetUserRequest, ListPayloadsRequest};
 use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_schema::{Dialect, SqlConfig, SqlTarget};
+use terra_sink_objects::{Store, StoreConfig};
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -108,7 +106,7 @@ async fn a_database_outage_is_unavailable_then_healthy_again() {
 /// is back, the same service (no restart) answers and reports SERVING again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_server_is_unavailable_then_served_again_without_restart() {
-    let pg = private_postgres::PrivatePostgres::start();
+    let pg = terra_testkit::PrivatePostgres::start();
     let dir = tempfile::tempdir().unwrap();
     let e = env_on(pg.url(), None, dir, QueryServerConfig::default()).await;
     e.feed(
@@ -304,7 +302,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
         dir.path().join("t.db").display()
     )))
     .unwrap();
-    terra_projector::sql::migrate(&sql).await.unwrap();
+    terra_schema::migrate(&sql).await.unwrap();
     let store = Store::open(&StoreConfig {
         url: dir.path().join("objects").display().to_string(),
         ..StoreConfig::default()

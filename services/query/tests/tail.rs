@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use support::*;
-use terra_projector::sql::Dialect;
 use terra_query::QueryServerConfig;
 use terra_query::proto::WatchPayloadsRequest;
 use terra_query::proto::query_service_client::QueryServiceClient;
+use terra_schema::Dialect;
 use tonic::transport::Channel;
 
 /// The sleep fixture for another user: each call gives payloads no other call gives.

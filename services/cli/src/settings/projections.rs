@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::bail;
 use secrecy::ExposeSecret;
 use terra_eventlog::LogUrl;
-use terra_objects::{ObjectSinkConfig, SqsConfig, StoreConfig};
-use terra_projector::sql::{Dialect, SqlConfig, Variant};
+use terra_schema::{Dialect, SqlConfig, Variant};
+use terra_sink_objects::{ObjectSinkConfig, SqsConfig, StoreConfig};
 
 use super::{
     DEFAULT_DATA_DIR, DEFAULT_PROJECTOR_HTTP_ADDR, DEFAULT_SQLITE_FILE, FileSettings,
@@ -117,7 +117,7 @@ pub fn resolve_objects(
     supabase: bool,
 ) -> anyhow::Result<ObjectSettings> {
     let default_url = if supabase {
-        format!("s3://{}", terra_objects::SUPABASE_BUCKET)
+        format!("s3://{}", terra_sink_objects::SUPABASE_BUCKET)
     } else {
         format!("file://{}", data_dir.join("objects").display())
     };
@@ -155,7 +155,7 @@ pub fn resolve_objects(
         );
     }
     // validate now, so the error names the setting (nothing connects yet)
-    terra_objects::Store::open(&store)
+    terra_sink_objects::Store::open(&store)
         .map_err(|e| anyhow::anyhow!("setting objects (--objects, TERRA_INGEST_OBJECTS): {e}"))?;
     let sqs = args
         .sqs_queue_url

@@ -178,7 +178,7 @@ fn sql_settings_default_to_sqlite_in_the_data_dir_and_name_bad_values() {
     );
     let s = resolve_sql(&f, SqlArgs::default(), Path::new("d")).unwrap();
     assert_eq!(s.config.schema, "ours");
-    assert_eq!(s.config.variant, terra_projector::sql::Variant::Supabase);
+    assert_eq!(s.config.variant, terra_schema::Variant::Supabase);
     assert_eq!(s.batch_size, 50);
     for (text, setting) in [
         ("sql = \"oracle://u:pw@h/db\"\n", "setting sql"),

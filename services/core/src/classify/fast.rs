@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Classification, DataRecord, EventGroup, key_without_hash};
+use super::{Classification, DataRecord, EventGroup, UserFields, key_without_hash};
 
 #[derive(Deserialize)]
 struct Top<'a> {
@@ -27,6 +27,12 @@ struct Top<'a> {
     #[serde(borrow)]
     reference: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    scopes_added: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    scopes_removed: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     data: Option<Vec<MapOnly<Item<'a>>>>,
     athlete: Option<IgnoredAny>,
 }
@@ -35,6 +41,27 @@ struct Top<'a> {
 struct User<'a> {
     #[serde(borrow)]
     user_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    provider: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reference_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    scopes: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    created_at: Option<Cow<'a, str>>,
+}
+
+impl User<'_> {
+    fn fields(&self) -> UserFields {
+        let owned = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
+        UserFields {
+            user_id: text(&self.user_id),
+            provider: owned(&self.provider),
+            reference_id: owned(&self.reference_id),
+            scopes: owned(&self.scopes),
+            created_at: owned(&self.created_at),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -192,10 +219,16 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
     let MapOnly(top) = serde_json::from_str::<MapOnly<Top<'_>>>(utf8).ok()?;
     let event_type = top.event_type.map(Cow::into_owned).unwrap_or_default();
     let group = EventGroup::of(&event_type);
-    let user_of = |user: &Option<MapOnly<User<'_>>>| user.as_ref().and_then(|u| text(&u.0.user_id));
-    let (user_id, old_user_id) = match user_of(&top.user) {
+    let fields = |user: &Option<MapOnly<User<'_>>>| user.as_ref().map(|u| u.0.fields());
+    let (user, new_user, old_user) = (
+        fields(&top.user),
+        fields(&top.new_user),
+        fields(&top.old_user),
+    );
+    let user_of = |fields: &Option<UserFields>| fields.as_ref().and_then(|u| u.user_id.clone());
+    let (user_id, old_user_id) = match user_of(&user) {
         Some(user) => (Some(user), None),
-        None => (user_of(&top.new_user), user_of(&top.old_user)),
+        None => (user_of(&new_user), user_of(&old_user)),
     };
     let mut records = Vec::new();
     if group == EventGroup::Data {
@@ -243,5 +276,11 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         status: top.status.map(Cow::into_owned),
         reference: top.reference.map(Cow::into_owned),
         records,
+        user,
+        new_user,
+        old_user,
+        scopes_added: top.scopes_added.map(Cow::into_owned),
+        scopes_removed: top.scopes_removed.map(Cow::into_owned),
+        data_type: top.data_type.map(Cow::into_owned),
     })
 }

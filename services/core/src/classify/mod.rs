@@ -1,7 +1,8 @@
-//! Classification of a webhook body (terra-wire-format §4-5): event type and group, the
-//! user(s) it is about, and for data events one [`DataRecord`] per record with its natural
-//! key and period. Any JSON classifies; an unknown `type` is [`EventGroup::Other`], never an
-//! error. Only a body that is not JSON at all is an error ([`NotJson`]).
+//! Classification of a webhook body (terra-wire-format §4-5): the typed view of a body that
+//! every service reads, parsed once: event type and group, the user(s) it is about with the
+//! fields Terra's tables keep, and for data events one [`DataRecord`] per record with its
+//! natural key and period. Any JSON classifies; an unknown `type` is [`EventGroup::Other`],
+//! never an error. Only a body that is not JSON at all is an error ([`NotJson`]).
 //!
 //! Two paths give the same answer: a typed, borrowing parse that skips everything it does
 //! not need (`fast`, the ingress's hot path) and a `serde_json::Value` walk that copes with
@@ -80,6 +81,26 @@ pub struct Classification {
     pub reference: Option<String>,
     /// Data records of a data event, in body order (empty otherwise, or for empty `data`).
     pub records: Vec<DataRecord>,
+    /// The `user`, `new_user` and `old_user` objects (`None` when absent or not objects).
+    pub user: Option<UserFields>,
+    pub new_user: Option<UserFields>,
+    pub old_user: Option<UserFields>,
+    /// `permission_change`'s scope lists (comma separated).
+    pub scopes_added: Option<String>,
+    pub scopes_removed: Option<String>,
+    /// The body's `data_type` (misc events that carry one).
+    pub data_type: Option<String>,
+}
+
+/// The fields of one Terra `user` object the tables keep. Untrusted text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFields {
+    /// A string, or a number as its JSON text.
+    pub user_id: Option<String>,
+    pub provider: Option<String>,
+    pub reference_id: Option<String>,
+    pub scopes: Option<String>,
+    pub created_at: Option<String>,
 }
 
 /// One record of a data event.
@@ -158,14 +179,26 @@ fn classify_value(value: &Value) -> Classification {
     let text = |key: &str| top.get(key).and_then(Value::as_str).map(str::to_owned);
     let event_type = text("type").unwrap_or_default();
     let group = EventGroup::of(&event_type);
-    let user_of = |key: &str| {
-        top.get(key)
-            .and_then(|user| user.get("user_id"))
-            .and_then(scalar_text)
+    let user_fields = |key: &str| {
+        let user = top.get(key)?.as_object()?;
+        let text = |key: &str| user.get(key).and_then(Value::as_str).map(str::to_owned);
+        Some(UserFields {
+            user_id: user.get("user_id").and_then(scalar_text),
+            provider: text("provider"),
+            reference_id: text("reference_id"),
+            scopes: text("scopes"),
+            created_at: text("created_at"),
+        })
     };
-    let (user_id, old_user_id) = match user_of("user") {
+    let (user, new_user, old_user) = (
+        user_fields("user"),
+        user_fields("new_user"),
+        user_fields("old_user"),
+    );
+    let user_of = |fields: &Option<UserFields>| fields.as_ref().and_then(|u| u.user_id.clone());
+    let (user_id, old_user_id) = match user_of(&user) {
         Some(user) => (Some(user), None),
-        None => (user_of("new_user"), user_of("old_user")),
+        None => (user_of(&new_user), user_of(&old_user)),
     };
     let records = if group == EventGroup::Data {
         data_records(&event_type, top)
@@ -181,6 +214,12 @@ fn classify_value(value: &Value) -> Classification {
         status: text("status"),
         reference: text("reference"),
         records,
+        user,
+        new_user,
+        old_user,
+        scopes_added: text("scopes_added"),
+        scopes_removed: text("scopes_removed"),
+        data_type: text("data_type"),
     }
 }
 

@@ -149,6 +149,13 @@ pub fn iso_to_utc_seconds(text: &str) -> Option<String> {
 }
 
 /// Unix milliseconds as ISO-8601 UTC with milliseconds: `2026-10-03T21:12:00.125Z`.
+/// Now, as Unix milliseconds (0 on a clock before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn unix_ms_to_utc(ms: i64) -> String {
     format_utc(ms.div_euclid(1000), Some(ms.rem_euclid(1000)))
 }

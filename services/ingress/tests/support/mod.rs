@@ -1,7 +1,7 @@
 //! Test harness: an ingress on port 0 over a real log, HTTP helpers, signing, fixtures and a
 //! captured log stream (with the OpenTelemetry layer installed, as the binary does).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,36 +18,7 @@ use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "whsec_test_0123456789abcdef";
 
-pub fn fixtures_dir() -> String {
-    format!(
-        "{}/../../tests/fixtures/webhooks",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{name}.json", fixtures_dir())).unwrap()
-}
-
-/// Every fixture, sorted by name.
-pub fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let mut names: Vec<_> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .path()
-                .file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| (n.clone(), fixture(&n)))
-        .collect()
-}
+pub use terra_testkit::{all_fixtures as fixtures, fixture};
 
 pub fn unix_now() -> i64 {
     SystemTime::now()

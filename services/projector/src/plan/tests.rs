@@ -1,36 +1,14 @@
-use std::path::Path;
-
 use terra_core::envelope::Envelope;
 use terra_eventlog::{Consumed, Position, Record};
 
+use terra_testkit::fixture;
+
 use super::*;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/webhooks")
-        .join(format!("{name}.json"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn envelope(body: &[u8], ordering: Option<i64>) -> Envelope {
-    let classification = terra_core::classify(body).ok();
-    Envelope {
-        envelope_id: "0190b2c4-0000-7000-8000-000000000001".into(),
-        received_at: Some(prost_types::Timestamp {
-            seconds: 1_780_000_000,
-            nanos: 0,
-        }),
-        source: "default".into(),
-        event_type: classification
-            .as_ref()
-            .map(|c| c.event_type.clone())
-            .unwrap_or_default(),
-        user_id: classification.as_ref().and_then(|c| c.user_id.clone()),
-        ordering_timestamp_ms: ordering,
-        body_is_json: classification.is_some(),
-        body: body.to_vec().into(),
-        ..Default::default()
-    }
+    let mut envelope = terra_testkit::envelope(body, ordering, 1_780_000_000, None);
+    envelope.envelope_id = "0190b2c4-0000-7000-8000-000000000001".into();
+    envelope
 }
 
 fn at(offset: u64) -> Position {
@@ -49,9 +27,8 @@ fn event(planned: &Planned) -> &EventPlan {
 
 #[test]
 fn every_fixture_plans_without_poison() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/webhooks");
     let mut count = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    for entry in std::fs::read_dir(terra_testkit::fixtures_dir()).unwrap() {
         let path = entry.unwrap().path();
         let body = std::fs::read(&path).unwrap();
         let planned = plan_envelope(at(0), &envelope(&body, Some(1_780_000_000_123)));

@@ -6,59 +6,27 @@
 
 use std::time::Duration;
 
-use prost::Message;
 use sqlx::Executor;
-use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, Record};
-use terra_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
-use terra_projector::sql::{Dialect, SqlConfig, SqlTarget};
-use terra_projector::{ProjectorConfig, ProjectorMetrics, SqlSink};
+use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_schema::{Dialect, SqlConfig, SqlTarget};
+use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
+use terra_sink_sql::SqlSink;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-pub const USER: &str = "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3";
-pub const T0: i64 = 1_780_000_000;
+pub use terra_testkit::{FIXTURE_USER as USER, T0};
 
+/// Every fixture, by name, sorted.
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/webhooks");
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            (
-                p.file_stem().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    terra_testkit::all_fixtures()
 }
 
+/// A record as the ingress writes it, received at [`T0`].
 pub fn record(body: &[u8], ordering_ms: i64) -> Record {
-    let c = terra_core::classify(body).ok();
-    let user_id = c.as_ref().and_then(|c| c.user_id.clone());
-    let envelope = Envelope {
-        envelope_id: uuid::Uuid::now_v7().to_string(),
-        received_at: Some(prost_types::Timestamp {
-            seconds: T0,
-            nanos: 0,
-        }),
-        event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
-        user_id: user_id.clone(),
-        ordering_timestamp_ms: Some(ordering_ms),
-        body_is_json: c.is_some(),
-        body: body.to_vec().into(),
-        ..Default::default()
-    };
-    Record {
-        key: user_id.map(|u| u.into_bytes().into()),
-        headers: vec![],
-        value: envelope.encode_to_vec().into(),
-    }
+    terra_testkit::record(body, Some(ordering_ms), T0, None)
 }
 
 pub struct Env {
@@ -78,24 +46,23 @@ pub struct Env {
     pub db: Option<(String, String)>,
 }
 
+/// A fresh database (its URL, and what [`Env::done`] drops), or a SQLite file in `dir`.
 pub async fn database(
     dialect: Dialect,
     dir: &std::path::Path,
 ) -> (String, Option<(String, String)>) {
-    sqlx::any::install_default_drivers();
-    let name = format!("q_{}", uuid::Uuid::new_v4().simple());
+    if dialect == Dialect::Sqlite {
+        return (format!("sqlite://{}", dir.join("t.db").display()), None);
+    }
+    let db = terra_testkit::TestDb::new(dialect).await;
     let admin = match dialect {
-        Dialect::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
-        Dialect::MySql => "mysql://root@127.0.0.1:3306/test",
-        Dialect::Sqlite => return (format!("sqlite://{}", dir.join("t.db").display()), None),
+        Dialect::Postgres => terra_testkit::PG_ADMIN,
+        _ => terra_testkit::MYSQL_ADMIN,
     };
-    let pool = sqlx::AnyPool::connect(admin).await.unwrap();
-    pool.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').unwrap().0;
-    (format!("{base}/{name}"), Some((admin.to_owned(), name)))
+    (
+        db.url.clone(),
+        Some((admin.to_owned(), db.name().to_owned())),
+    )
 }
 
 pub async fn env(dialect: Dialect, config: QueryServerConfig) -> Env {
@@ -131,7 +98,7 @@ pub async fn env_on_with(
     customise: impl FnOnce(Query) -> Query,
 ) -> Env {
     let sql = SqlTarget::connect(&SqlConfig::new(url.clone())).unwrap();
-    terra_projector::sql::migrate(&sql).await.unwrap();
+    terra_schema::migrate(&sql).await.unwrap();
     let store = Store::open(&StoreConfig {
         url: dir.path().join("objects").display().to_string(),
         ..StoreConfig::default()

@@ -1,0 +1,258 @@
+//! Migrations: the SQL files under `migrations/<dialect>/`, compiled in, applied in order and
+//! recorded in `ingest_migrations` (see `migrations/README.md` for the template syntax).
+
+use sqlx::{Executor, Row};
+
+use crate::tables::{INGEST_MIGRATIONS, VIEW};
+use crate::{Dialect, SqlError, SqlTarget};
+
+/// Which shape Terra's three tables take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Terra's SQL destination: text columns (Postgres, MySQL, SQLite).
+    Terra,
+    /// Terra's Supabase destination: TIMESTAMPTZ, `payload_id` primary keys, foreign keys.
+    Supabase,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terra => "terra",
+            Self::Supabase => "supabase",
+        }
+    }
+}
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+macro_rules! migration {
+    ($dir:literal, $version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!(
+                "../../../migrations/",
+                $dir,
+                "/",
+                stringify!($version),
+                "_",
+                $name,
+                ".sql"
+            )),
+        }
+    };
+}
+
+fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
+    match (dialect, variant) {
+        (Dialect::Postgres, Variant::Terra) => vec![
+            migration!("postgres", 20261124000100, "terra_tables"),
+            migration!("postgres", 20261124000200, "ingest_tables"),
+            migration!("postgres", 20261124000300, "payload_position_index"),
+            migration!("postgres", 20261124000400, "payload_user_order_index"),
+        ],
+        (Dialect::Postgres, Variant::Supabase) => vec![
+            migration!("supabase", 20261124000100, "terra_tables"),
+            migration!("postgres", 20261124000200, "ingest_tables"),
+            migration!("postgres", 20261124000300, "payload_position_index"),
+            migration!("postgres", 20261124000400, "payload_user_order_index"),
+        ],
+        (Dialect::MySql, _) => vec![
+            migration!("mysql", 20261124000100, "terra_tables"),
+            migration!("mysql", 20261124000200, "ingest_tables"),
+            migration!("mysql", 20261124000300, "payload_position_index"),
+            migration!("mysql", 20261124000400, "payload_user_order_index"),
+        ],
+        (Dialect::Sqlite, _) => vec![
+            migration!("sqlite", 20261124000100, "terra_tables"),
+            migration!("sqlite", 20261124000200, "ingest_tables"),
+            migration!("sqlite", 20261124000300, "payload_position_index"),
+            migration!("sqlite", 20261124000400, "payload_user_order_index"),
+        ],
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<String>,
+    pub already: usize,
+}
+
+/// Applies every migration the target's tables do not have yet. Safe to run concurrently on
+/// Postgres (an advisory lock serialises runners) and to run again.
+pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
+    let mut conn = target.pool.acquire().await?;
+    let table = target.table(INGEST_MIGRATIONS);
+    if target.dialect == Dialect::Postgres {
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", target.schema).as_str())
+            .await?;
+        conn.execute("SELECT pg_advisory_lock(7120118)").await?;
+    }
+    let result = async {
+        conn.execute(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, variant VARCHAR(16) NOT NULL, applied_at_ms BIGINT NOT NULL)"
+            )
+            .as_str(),
+        )
+        .await?;
+        let rows = conn
+            .fetch_all(format!("SELECT version, variant FROM {table}").as_str())
+            .await?;
+        let mut applied_versions = Vec::new();
+        for row in rows {
+            let version: i64 = row.try_get(0)?;
+            let variant: String = row.try_get(1)?;
+            if variant != target.variant.as_str() {
+                return Err(SqlError::Schema(format!(
+                    "the tables were created as the {variant:?} variant; this projector is set up for {:?} (check --supabase)",
+                    target.variant.as_str()
+                )));
+            }
+            applied_versions.push(version);
+        }
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            already: 0,
+        };
+        for migration in migrations(target.dialect, target.variant) {
+            if applied_versions.contains(&migration.version) {
+                report.already += 1;
+                continue;
+            }
+            let sql = render(target, migration.sql);
+            // Postgres and SQLite apply a migration atomically; MySQL commits each DDL
+            // statement, so a failure there leaves a partial migration to clean up by hand
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for statement in statements(&sql) {
+                tx.execute(statement).await.map_err(|e| {
+                    SqlError::Schema(format!(
+                        "migration {}_{} failed: {}",
+                        migration.version,
+                        migration.name,
+                        crate::error::classify(&e)
+                    ))
+                })?;
+            }
+            let mut record = crate::Stmt::new(
+                target.dialect,
+                format!("INSERT INTO {table} (version, name, variant, applied_at_ms) VALUES ("),
+            );
+            record
+                .bind(migration.version)
+                .push(", ")
+                .bind(migration.name)
+                .push(", ")
+                .bind(target.variant.as_str())
+                .push(", ")
+                .bind(terra_core::keys::now_ms())
+                .push(")");
+            tx.execute(record.query()).await?;
+            tx.commit().await?;
+            report
+                .applied
+                .push(format!("{}_{}", migration.version, migration.name));
+        }
+        Ok(report)
+    }
+    .await;
+    if target.dialect == Dialect::Postgres {
+        let _ = conn.execute("SELECT pg_advisory_unlock(7120118)").await;
+    }
+    result
+}
+
+/// Migrations not applied yet to the target's tables (all of them when there are none).
+pub async fn pending(target: &SqlTarget) -> Result<Vec<String>, SqlError> {
+    let all = migrations(target.dialect, target.variant);
+    if !crate::swap::table_exists(target, INGEST_MIGRATIONS).await? {
+        return Ok(all
+            .iter()
+            .map(|m| format!("{}_{}", m.version, m.name))
+            .collect());
+    }
+    let rows = target
+        .pool
+        .fetch_all(format!("SELECT version FROM {}", target.table(INGEST_MIGRATIONS)).as_str())
+        .await?;
+    let applied: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(all
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{}_{}", m.version, m.name))
+        .collect())
+}
+
+/// The `CREATE VIEW` statement of the migrations (the view is defined there, once), for the
+/// target's names: a swap recreates the view over the swapped-in tables with it.
+pub(crate) fn view_statement(target: &SqlTarget) -> Result<String, SqlError> {
+    let create = format!("CREATE VIEW {{schema}}{{prefix}}{VIEW} ");
+    migrations(target.dialect, target.variant)
+        .iter()
+        .flat_map(|m| statements(m.sql))
+        .map(|s| {
+            let lines: Vec<&str> = s.lines().filter(|l| !l.trim().starts_with("--")).collect();
+            lines.join("\n")
+        })
+        .find(|s| s.starts_with(&create))
+        .map(|s| render(target, &s))
+        .ok_or_else(|| SqlError::Schema(format!("no migration creates the view {VIEW}")))
+}
+
+/// The template with `{schema}` and `{prefix}` filled in.
+fn render(target: &SqlTarget, template: &str) -> String {
+    template
+        .replace("{schema}", &target.schema_qualifier())
+        .replace("{prefix}", &target.prefix)
+}
+
+/// Statements of a migration file: split at `;` ending a line; comment lines dropped.
+fn statements(sql: &str) -> Vec<&str> {
+    sql.split(";\n")
+        .map(str::trim)
+        .map(|s| s.trim_end_matches(';'))
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_splits_into_statements_without_leftover_templates() {
+        for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+            for variant in [Variant::Terra, Variant::Supabase] {
+                if variant == Variant::Supabase && dialect != Dialect::Postgres {
+                    continue;
+                }
+                for migration in migrations(dialect, variant) {
+                    let parts = statements(migration.sql);
+                    assert!(!parts.is_empty(), "{}", migration.name);
+                    for part in parts {
+                        assert!(!part.trim_end().ends_with(';'), "{part}");
+                        let upper = part.to_uppercase();
+                        assert!(
+                            upper.contains("CREATE TABLE")
+                                || upper.contains("CREATE INDEX")
+                                || upper.contains("CREATE VIEW"),
+                            "{part}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Payload rows in one batch's transaction, set-wise: the newest copy per identity, one
+//! lookup in the payload index, losers dropped, superseded Terra rows deleted, winners
+//! inserted and the index upserted. Also the benchmark's raw bulk load of the same rows.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{Executor, Row};
+
+use terra_projector::WriteStats;
+use terra_projector::plan::{EventPlan, PayloadKind, PayloadRow, Plan, Planned, Version};
+use terra_schema::positions::Tx;
+use terra_schema::tables::{
+    INGEST_PAYLOADS, INGEST_PAYLOADS_COLUMNS, PAYLOAD_VERSION_COLUMNS, TERRA_DATA_PAYLOADS,
+    TERRA_DATA_PAYLOADS_COLUMNS, TERRA_MISC_PAYLOADS, TERRA_MISC_PAYLOADS_COLUMNS,
+};
+use terra_schema::{SqlError, SqlTarget, Stmt, Val, Variant, insert_rows};
+
+use crate::write::timestamp_cast;
+
+const LOOKUP_CHUNK: usize = 1_000;
+
+struct Existing {
+    payload_id: String,
+    kind: String,
+    version: Version,
+}
+
+pub(crate) async fn write_payloads(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    events: &[(&Planned, &EventPlan)],
+    stats: &mut WriteStats,
+) -> Result<(), SqlError> {
+    // the newest copy of each identity within the batch
+    let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
+    let mut candidates = 0;
+    for (planned, event) in events {
+        for row in &event.payloads {
+            candidates += 1;
+            match newest.get(row.identity.as_str()) {
+                Some((_, kept)) if kept.version > row.version => {}
+                _ => {
+                    newest.insert(&row.identity, (planned, row));
+                }
+            }
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let existing = lookup_existing(target, tx, newest.keys().copied().collect()).await?;
+    let mut winners: Vec<(&Planned, &PayloadRow)> = Vec::with_capacity(newest.len());
+    let (mut old_data, mut old_misc) = (Vec::new(), Vec::new());
+    for (identity, (planned, row)) in &newest {
+        match existing.get(*identity) {
+            Some(stored) if stored.version > row.version => continue,
+            Some(stored) => {
+                if stored.kind == PayloadKind::Data.as_str() {
+                    old_data.push(stored.payload_id.clone());
+                } else {
+                    old_misc.push(stored.payload_id.clone());
+                }
+            }
+            None => {}
+        }
+        winners.push((planned, row));
+    }
+    stats.superseded += candidates - winners.len();
+    stats.payloads += winners.len();
+    winners.sort_by_key(|(_, row)| row.version);
+
+    for (base, ids) in [
+        (TERRA_DATA_PAYLOADS, old_data),
+        (TERRA_MISC_PAYLOADS, old_misc),
+    ] {
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let mut delete = Stmt::new(
+                target.dialect(),
+                format!("DELETE FROM {} WHERE payload_id IN ", target.table(base)),
+            );
+            delete.bind_list(chunk.iter());
+            tx.execute(delete.query()).await?;
+        }
+    }
+
+    // one Terra row per payload id (two identities with the same id: the newer)
+    let mut by_payload_id: HashMap<&str, &PayloadRow> = HashMap::new();
+    for (_, row) in &winners {
+        by_payload_id.insert(&row.payload_id, row);
+    }
+    let mut terra_rows: Vec<&PayloadRow> = by_payload_id.into_values().collect();
+    terra_rows.sort_by_key(|row| row.version);
+    let supabase = target.variant() == Variant::Supabase;
+    let data_suffix = if supabase {
+        target.dialect().on_conflict_update(
+            &["payload_id"],
+            &[
+                "user_id",
+                "data_type",
+                "created_at",
+                "start_time",
+                "end_time",
+            ],
+        )
+    } else {
+        String::new()
+    };
+    let misc_suffix = if supabase {
+        target.dialect().on_conflict_update(
+            &["payload_id"],
+            &["user_id", "data_type", "payload_type", "created_at"],
+        )
+    } else {
+        String::new()
+    };
+    let index_suffix = target
+        .dialect()
+        .on_conflict_update(&["row_key"], &INGEST_PAYLOADS_COLUMNS[1..]);
+    for stmt in payload_statements(
+        target,
+        &terra_rows,
+        &winners,
+        &data_suffix,
+        &misc_suffix,
+        &index_suffix,
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    Ok(())
+}
+
+/// INSERTs of Terra's payload rows and of the payload index.
+fn payload_statements(
+    target: &SqlTarget,
+    terra_rows: &[&PayloadRow],
+    index_rows: &[(&Planned, &PayloadRow)],
+    data_suffix: &str,
+    misc_suffix: &str,
+    index_suffix: &str,
+) -> Vec<Stmt> {
+    let ts = timestamp_cast(target);
+    let mut statements = Vec::new();
+    let data: Vec<Vec<Val>> = terra_rows
+        .iter()
+        .filter(|r| r.kind == PayloadKind::Data)
+        .map(|r| {
+            vec![
+                Val::from(r.user_id.clone()),
+                Val::from(r.data_type.clone()),
+                Val::from(&r.created_at),
+                Val::from(&r.payload_id),
+                Val::from(r.start_time.clone()),
+                Val::from(r.end_time.clone()),
+            ]
+        })
+        .collect();
+    statements.extend(insert_rows(
+        target.dialect(),
+        &target.table(TERRA_DATA_PAYLOADS),
+        &TERRA_DATA_PAYLOADS_COLUMNS,
+        &[None, None, ts, None, ts, ts],
+        data,
+        data_suffix,
+    ));
+    let misc: Vec<Vec<Val>> = terra_rows
+        .iter()
+        .filter(|r| r.kind == PayloadKind::Misc)
+        .map(|r| {
+            vec![
+                Val::from(r.user_id.clone()),
+                Val::from(r.data_type.clone()),
+                Val::from(&r.event_type),
+                Val::from(&r.created_at),
+                Val::from(&r.payload_id),
+            ]
+        })
+        .collect();
+    statements.extend(insert_rows(
+        target.dialect(),
+        &target.table(TERRA_MISC_PAYLOADS),
+        &TERRA_MISC_PAYLOADS_COLUMNS,
+        &[None, None, None, ts, None],
+        misc,
+        misc_suffix,
+    ));
+
+    let index: Vec<Vec<Val>> = index_rows
+        .iter()
+        .map(|(planned, r)| {
+            vec![
+                Val::from(&r.identity),
+                Val::from(r.kind.as_str()),
+                Val::from(&r.payload_id),
+                Val::from(r.user_id.clone()),
+                Val::from(r.data_type.clone()),
+                Val::from(&r.event_type),
+                Val::from(&r.natural_key),
+                Val::from(r.record_index),
+                Val::from(r.start_time.clone()),
+                Val::from(r.end_time.clone()),
+                Val::from(r.start_utc.clone()),
+                Val::from(&planned.envelope_id),
+                Val::from(r.version.partition),
+                Val::from(r.version.offset),
+                Val::from(r.version.ts_ms),
+                Val::from(r.ordering_ts_ms),
+                Val::from(planned.received_at_ms),
+                Val::from(planned.body_size),
+                Val::from(&r.body_sha256),
+                Val::from(r.terra_trace_id.clone()),
+                Val::from(r.terra_reference.clone()),
+            ]
+        })
+        .collect();
+    statements.extend(insert_rows(
+        target.dialect(),
+        &target.table(INGEST_PAYLOADS),
+        &INGEST_PAYLOADS_COLUMNS,
+        &[],
+        index,
+        index_suffix,
+    ));
+    statements
+}
+
+/// The benchmark's baseline: the same payload rows as the projector writes, bulk-inserted
+/// (multi-row INSERTs, `rows_per_tx` records per transaction) with no positions, no
+/// last-writer-wins lookups and no deletes. Returns the rows written.
+pub(crate) async fn raw_load(
+    target: &SqlTarget,
+    batch: &[Planned],
+    rows_per_tx: usize,
+) -> Result<usize, SqlError> {
+    // the newest copy of each identity, as the projector would keep (in log order)
+    let mut order: Vec<&str> = Vec::new();
+    let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
+    for planned in batch {
+        if let Plan::Event(event) = &planned.plan {
+            for row in &event.payloads {
+                if newest.insert(&row.identity, (planned, row)).is_none() {
+                    order.push(&row.identity);
+                }
+            }
+        }
+    }
+    let rows: Vec<(&Planned, &PayloadRow)> = order.iter().map(|id| newest[id]).collect();
+    let mut seen = HashSet::new();
+    for chunk in rows.chunks(rows_per_tx.max(1)) {
+        let terra_rows: Vec<&PayloadRow> = chunk
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| seen.insert(r.payload_id.as_str()))
+            .collect();
+        let mut tx = target.pool().begin().await?;
+        for stmt in payload_statements(target, &terra_rows, chunk, "", "", "") {
+            tx.execute(stmt.query()).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(rows.len())
+}
+
+async fn lookup_existing(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    identities: Vec<&str>,
+) -> Result<HashMap<String, Existing>, SqlError> {
+    let mut out = HashMap::new();
+    for chunk in identities.chunks(LOOKUP_CHUNK) {
+        let mut select = Stmt::new(
+            target.dialect(),
+            format!(
+                "SELECT row_key, payload_id, kind, {} FROM {} WHERE row_key IN ",
+                PAYLOAD_VERSION_COLUMNS.join(", "),
+                target.table(INGEST_PAYLOADS)
+            ),
+        );
+        select.bind_list(chunk.iter().copied());
+        for row in tx.fetch_all(select.query()).await? {
+            let key: String = row.try_get(0)?;
+            out.insert(
+                key,
+                Existing {
+                    payload_id: row.try_get(1)?,
+                    kind: row.try_get(2)?,
+                    version: Version::from_parts([
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                        row.try_get(6)?,
+                    ]),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
