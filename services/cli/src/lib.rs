@@ -1,5 +1,6 @@
-//! `terra-ingest`: one binary with every service (`standalone`, `ingress`, `project sql`) and
-//! the operator tools (`migrate`, `rebuild`, `send`, `verify`, `bench`).
+//! `terra-ingest`: one binary with every service (`standalone`, `ingress`, `project sql`,
+//! `project objects`, `query`) and the operator tools (`migrate`, `rebuild`, `send`, `verify`,
+//! `bench`).
 
 mod bench;
 mod bench_load;
