@@ -12,7 +12,6 @@ use anyhow::{Context, bail};
 use terra_eventlog::EventLog;
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
-use tokio::sync::watch;
 
 use crate::bench_load::{LoadShape, fill};
 
@@ -94,7 +93,7 @@ async fn measure(
     config.batch_wait = Duration::from_millis(10);
     config.stop_at_end = true;
     let mut sink = ObjectSink::new(store, ObjectSinkConfig::default(), None);
-    let (_stop, stopped) = watch::channel(false);
+    let stopped = terra_projector::CancellationToken::new();
     // the peak resident memory while projecting, sampled every 20 ms
     let peak = Arc::new(AtomicU64::new(rss_kb()));
     let sampling = {

@@ -19,7 +19,6 @@ use terra_query::{Query, QueryServerConfig, TokenKey};
 use terra_schema::{SqlConfig, SqlTarget};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_sink_sql::SqlSink;
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::bench_load::{LoadShape, fill};
@@ -123,7 +122,7 @@ async fn load_data(args: &BenchQueryArgs, sql: &SqlTarget, store: &Store) -> any
     };
     fill(&log, &fill_args).await?;
     terra_schema::migrate(sql).await?;
-    let (_stop, stopped) = watch::channel(false);
+    let stopped = terra_projector::CancellationToken::new();
     let mut config = ProjectorConfig::new("sql");
     config.batch_size = 500;
     config.stop_at_end = true;
@@ -197,14 +196,14 @@ async fn measure(
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (stop, mut stopping) = watch::channel(false);
+    let stop = terra_projector::CancellationToken::new();
     let query = Query::new(sql.clone(), store, TokenKey::new("bench"));
-    let server = tokio::spawn(async move {
-        terra_query::run(query, QueryServerConfig::default(), listener, async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let server = tokio::spawn(terra_query::run(
+        query,
+        QueryServerConfig::default(),
+        listener,
+        stop.clone(),
+    ));
     let channels: Vec<Channel> = {
         let mut out = Vec::new();
         for _ in 0..4 {
@@ -259,7 +258,7 @@ async fn measure(
     })
     .await;
     report("GetPayload", &get, args.seconds);
-    let _ = stop.send(true);
+    stop.cancel();
     let _ = server.await;
     sql.close().await;
     Ok(())

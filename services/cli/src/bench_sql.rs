@@ -142,7 +142,7 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Resu
     config.stop_at_end = true;
     config.batch_wait = Duration::from_millis(10);
     let mut sink = SqlSink::new(target.clone());
-    let (_stop, stopped) = watch::channel(false);
+    let stopped = terra_projector::CancellationToken::new();
     let started = Instant::now();
     terra_projector::run(
         &config,

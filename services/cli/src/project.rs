@@ -5,23 +5,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use anyhow::{Context, bail};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use prometheus_client::registry::Registry;
 use sqlx::Executor;
 use terra_eventlog::EventLog;
 use terra_projector::RebuildOptions;
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_runtime::{Backoff, CancellationToken, Readiness, Retry};
 use terra_schema::{SqlError, SqlTarget};
 use terra_sink_sql::SqlSink;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cli::{LogFormat, ProjectArgs, ProjectObjectsArgs, RebuildArgs};
 use crate::settings::{self, ObjectSettings, SqlSettings};
-use crate::{serve, telemetry};
+use crate::telemetry;
 
 /// Connects to the SQL database and makes sure the tables are there: applies migrations when
 /// `migrate`, else checks none is pending. A database that is not reachable yet is waited
@@ -29,10 +29,12 @@ use crate::{serve, telemetry};
 pub(crate) async fn open_sql(
     sql: &SqlSettings,
     migrate: bool,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<SqlTarget> {
     let target = SqlTarget::connect(&sql.config).context("setting sql")?;
-    let mut delay = Duration::from_millis(500);
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let what = format!("{} database at start-up", target.dialect().as_str());
+    let mut retry = Retry::new(backoff, shutdown, &what);
     loop {
         let result = if migrate {
             terra_schema::migrate(&target).await.map(|report| {
@@ -50,28 +52,25 @@ pub(crate) async fn open_sql(
             }
         };
         match result {
-            Ok(()) => return Ok(target),
+            Ok(()) => return Ok(retry.done(target)),
             Err(SqlError::Unavailable(why)) => {
-                tracing::warn!(dialect = target.dialect().as_str(), error = %why, retry_in_ms = delay.as_millis() as u64, "database unavailable at start-up; waiting");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => bail!("stopped while waiting for the database"),
+                if !retry.wait(&why).await {
+                    bail!("stopped while waiting for the database");
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(err) => return Err(err).context("failed to prepare the SQL tables"),
         }
     }
 }
 
-/// Runs the SQL projector until `stopped`; sets `failed` when it stops on its own.
+/// Runs the SQL projector until `shutdown` is cancelled; cancels it when the projector
+/// stops on its own.
 pub(crate) fn spawn_sql(
     sql: &SqlSettings,
     target: SqlTarget,
     log: EventLog,
     metrics: ProjectorMetrics,
-    stopped: watch::Receiver<bool>,
-    failed: watch::Sender<bool>,
+    shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
     let mut config = ProjectorConfig::new(terra_sink_sql::SQL_GROUP);
     config.batch_size = sql.batch_size;
@@ -83,23 +82,22 @@ pub(crate) fn spawn_sql(
         log,
         SqlSink::new(target),
         metrics,
-        stopped,
-        failed,
+        shutdown,
     ))
 }
 
-/// Runs a projector until `stopped`, logs how it ended, and sets `failed` when it stopped on
-/// its own (the process then shuts down, so the failure is seen).
+/// Runs a projector until `shutdown` is cancelled, logs how it ended, and cancels `shutdown`
+/// when it stopped on its own (the process then shuts down, so the failure is seen).
 async fn supervise<S: terra_projector::Sink>(
     name: &'static str,
     config: ProjectorConfig,
     log: EventLog,
     mut sink: S,
     metrics: ProjectorMetrics,
-    stopped: watch::Receiver<bool>,
-    failed: watch::Sender<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    match terra_projector::run(&config, &log, &mut sink, &metrics, stopped, |_| {}).await {
+    let run = terra_projector::run(&config, &log, &mut sink, &metrics, shutdown.clone(), |_| {});
+    match run.await {
         Ok(totals) => {
             tracing::info!(
                 projector = name,
@@ -110,21 +108,20 @@ async fn supervise<S: terra_projector::Sink>(
         }
         Err(err) => {
             tracing::error!(projector = name, error = %err, "projector failed");
-            let _ = failed.send(true);
+            shutdown.cancel();
             Err(anyhow::anyhow!("{name} projector failed: {err}"))
         }
     }
 }
 
-/// Runs the object projector until `stopped`; sets `failed` when it stops on its own. It
-/// shares the SQL projector's batch settings.
+/// Runs the object projector until `shutdown` is cancelled; cancels it when the projector
+/// stops on its own. It shares the SQL projector's batch settings.
 pub(crate) async fn spawn_objects(
     objects: &ObjectSettings,
     batches: &SqlSettings,
     log: EventLog,
     metrics: ProjectorMetrics,
-    stopped: watch::Receiver<bool>,
-    failed: watch::Sender<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let store = terra_sink_objects::Store::open(&objects.store).context("setting objects")?;
     let pinger = match &objects.sqs {
@@ -137,7 +134,7 @@ pub(crate) async fn spawn_objects(
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
     let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(
-        "object", config, log, sink, metrics, stopped, failed,
+        "object", config, log, sink, metrics, shutdown,
     )))
 }
 
@@ -164,20 +161,20 @@ pub(crate) async fn project_objects(
     let log = EventLog::open(&settings.log, &settings.kafka_properties)
         .await
         .context("failed to open the event log")?;
-    let (stop, stopped) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
     let store = terra_sink_objects::Store::open(&objects.store)?;
-    let http = start_health(
+    let http = start_ops(
         settings.http_addr,
         registry,
-        Readiness::Objects(store),
-        stopped.clone(),
+        Arc::new(StoreReadiness(store)),
+        shutdown.clone(),
     )
     .await?;
-    let (failed, projector_failed) = watch::channel(false);
-    let projector = spawn_objects(&objects, &settings.sql, log, metrics, stopped, failed).await?;
-    until_stopped(projector, http, stop, projector_failed).await
+    let projector = spawn_objects(&objects, &settings.sql, log, metrics, shutdown.clone()).await?;
+    until_stopped(projector, http, shutdown).await
 }
 
 /// `terra-ingest project sql`.
@@ -192,138 +189,83 @@ pub(crate) async fn project_sql(
     let log = EventLog::open(&settings.log, &settings.kafka_properties)
         .await
         .context("failed to open the event log")?;
-    let (stop, stopped) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
-    let target = open_sql(&settings.sql, settings.migrate, stopped.clone()).await?;
-    let http = start_health(
+    let target = open_sql(&settings.sql, settings.migrate, &shutdown).await?;
+    let http = start_ops(
         settings.http_addr,
         registry,
-        Readiness::Sql(target.clone()),
-        stopped.clone(),
+        Arc::new(SqlReadiness(target.clone())),
+        shutdown.clone(),
     )
     .await?;
-    let (failed, projector_failed) = watch::channel(false);
-    let projector = spawn_sql(&settings.sql, target, log, metrics, stopped, failed);
-    until_stopped(projector, http, stop, projector_failed).await
+    let projector = spawn_sql(&settings.sql, target, log, metrics, shutdown.clone());
+    until_stopped(projector, http, shutdown).await
 }
 
-/// Serves `/healthz`, `/readyz`, `/metrics` of a projector on `addr` until `stopped`.
-async fn start_health(
+/// Serves a projector's operations router (`/healthz`, `/readyz`, `/metrics`) on `addr`
+/// until `shutdown` is cancelled.
+async fn start_ops(
     addr: std::net::SocketAddr,
     registry: Registry,
-    readiness: Readiness,
-    stopped: watch::Receiver<bool>,
+    readiness: Arc<dyn Readiness>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr} (--http-addr)"))?;
     tracing::info!(addr = %listener.local_addr()?, "projector http listening");
-    Ok(tokio::spawn(serve_health(
-        listener,
-        Arc::new(registry),
-        readiness,
-        stopped,
+    let router = terra_runtime::ops::router(Arc::new(registry), readiness);
+    Ok(tokio::spawn(terra_runtime::ops::serve(
+        listener, router, shutdown,
     )))
 }
 
-/// Waits for SIGTERM/Ctrl-C (or the projector failing), then stops and drains.
+/// Waits for SIGTERM/Ctrl-C or the projector failing (both cancel `shutdown`), then drains.
 async fn until_stopped(
     projector: JoinHandle<anyhow::Result<()>>,
     http: JoinHandle<std::io::Result<()>>,
-    stop: watch::Sender<bool>,
-    mut projector_failed: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    tokio::select! {
-        () = serve::shutdown_signal() => {}
-        _ = projector_failed.changed() => {}
-    }
-    let _ = stop.send(true);
+    shutdown.cancelled().await;
     let result = projector.await.context("projector task panicked")?;
     let _ = http.await;
     result?;
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Clone)]
-struct Health {
-    registry: Arc<Registry>,
-    readiness: Readiness,
-}
+/// `/readyz` of the SQL projector: the database answers.
+struct SqlReadiness(SqlTarget);
 
-/// What `/readyz` checks.
-#[derive(Clone)]
-enum Readiness {
-    Sql(SqlTarget),
-    Objects(terra_sink_objects::Store),
-}
-
-/// `/healthz` (alive), `/readyz` (database reachable), `/metrics` (Prometheus text).
-async fn serve_health(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-    readiness: Readiness,
-    mut stopped: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Health {
-            registry,
-            readiness,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await
-}
-
-async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
-    let check = async {
-        match &health.readiness {
-            Readiness::Sql(target) => target
+impl Readiness for SqlReadiness {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.0
                 .pool()
                 .execute("SELECT 1")
                 .await
                 .map(|_| ())
-                .map_err(|e| terra_schema::describe_error(&e)),
-            Readiness::Objects(store) => {
-                // any answer from the store but a failure to reach it will do
-                let probe = object_store::path::Path::from("_readyz-probe");
-                match store.object_store().head(&probe).await {
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
-        Ok(Err(err)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {err}\n"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: check timed out\n".into(),
-        ),
+                .map_err(|e| terra_schema::describe_error(&e))
+        })
     }
 }
 
-async fn metrics(
-    State(health): State<Health>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &health.registry);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
+/// `/readyz` of the object projector: the store answers (any answer but a failure to reach
+/// it will do).
+struct StoreReadiness(terra_sink_objects::Store);
+
+impl Readiness for StoreReadiness {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let probe = object_store::path::Path::from("_readyz-probe");
+            match self.0.object_store().head(&probe).await {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
 }
 
 /// `terra-ingest migrate`.
@@ -364,11 +306,8 @@ pub(crate) async fn rebuild_sql(
         .await
         .context("failed to open the event log (an embedded log must not be open in a running terra-ingest)")?;
     let target = SqlTarget::connect(&settings.sql.config)?;
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        serve::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let shutdown = CancellationToken::new();
+    terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let options = RebuildOptions {
         batch_size: settings.sql.batch_size.max(500),
         keep_old: args.keep_old,
@@ -379,7 +318,7 @@ pub(crate) async fn rebuild_sql(
         &log,
         &options,
         &ProjectorMetrics::unregistered(),
-        stopped,
+        shutdown,
     )
     .await
     .context("rebuild failed")?;

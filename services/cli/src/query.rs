@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use terra_query::{Limits, Query, QueryServerConfig, TlsFiles, TokenKey};
+use terra_runtime::CancellationToken;
 use terra_schema::SqlTarget;
 use terra_sink_objects::Store;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cli::{LogFormat, QueryArgs, QueryCommandArgs};
 use crate::settings::{FileSettings, SqlSettings};
-use crate::{project, serve, settings, telemetry};
+use crate::{project, settings, telemetry};
 
 /// File in the data dir holding the key that seals page tokens and watch positions.
 pub(crate) const TOKEN_KEY_FILE: &str = "query-token-key";
@@ -238,23 +238,21 @@ pub(crate) fn token_key(args: &QueryArgs, data_dir: &Path) -> anyhow::Result<Tok
     Ok(TokenKey::new(key.trim()))
 }
 
-/// Binds and serves the query API until `stopped`.
+/// Binds and serves the query API until `shutdown` is cancelled.
 pub(crate) async fn spawn(
     addr: std::net::SocketAddr,
     config: QueryServerConfig,
     query: Query,
-    mut stopped: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     config.check_bind(addr)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr} (--grpc-addr)"))?;
     Ok(tokio::spawn(async move {
-        terra_query::run(query, config, listener, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await
-        .context("query service failed")
+        terra_query::run(query, config, listener, shutdown)
+            .await
+            .context("query service failed")
     }))
 }
 
@@ -285,15 +283,14 @@ pub(crate) async fn run(
     let key = token_key(&args.query, &data_dir)?;
     let settings = settings::resolve_projector(file, args.project, log_format)?;
     let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
-    let (stop, stopped) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    terra_runtime::shutdown::cancel_on_signal(&shutdown);
     // the tables are checked (or migrated) through a writer; queries read through their pool
-    let writer = project::open_sql(&settings.sql, settings.migrate, stopped.clone()).await?;
+    let writer = project::open_sql(&settings.sql, settings.migrate, &shutdown).await?;
     writer.close().await;
     let sql = read_pool(&settings.sql, pool_size)?;
     let store = Store::open(&objects.store)?;
-    let handle = spawn(grpc_addr, server, Query::new(sql, store, key), stopped).await?;
-    serve::shutdown_signal().await;
-    let _ = stop.send(true);
+    let handle = spawn(grpc_addr, server, Query::new(sql, store, key), shutdown).await?;
     handle.await.context("query task panicked")??;
     Ok(ExitCode::SUCCESS)
 }
@@ -423,10 +420,8 @@ mod tests {
             dir,
         )
         .unwrap();
-        let (_stop, stopped) = watch::channel(false);
-        let writer = project::open_sql(&sql, true, stopped.clone())
-            .await
-            .unwrap();
+        let stopped = CancellationToken::new();
+        let writer = project::open_sql(&sql, true, &stopped).await.unwrap();
         let store = Store::open(&terra_sink_objects::StoreConfig {
             url: dir.join("objects").display().to_string(),
             ..terra_sink_objects::StoreConfig::default()

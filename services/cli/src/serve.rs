@@ -9,7 +9,7 @@ use anyhow::Context;
 use terra_eventlog::EventLog;
 use terra_ingress::Metrics;
 use terra_projector::ProjectorMetrics;
-use tokio::sync::watch;
+use terra_runtime::CancellationToken;
 
 use crate::cli::{LogFormat, ObjectArgs, QueryArgs, ServeArgs, SqlArgs};
 use crate::{project, query, settings, telemetry};
@@ -75,23 +75,24 @@ pub(crate) async fn run(
         data_dir = %settings.data_dir.display(),
         "starting"
     );
-    let (stop, stopped) = watch::channel(false);
-    let (failed, mut projector_failed) = watch::channel(false);
+    // one token for the process: SIGTERM/Ctrl-C cancels it, and so does a projector that
+    // stopped on its own (it has failed: the process stops so it is seen)
+    let shutdown = CancellationToken::new();
+    terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut projectors = Vec::new();
     if let Some((sql, objects, server, key, pool_size)) = projection_settings {
-        let target = project::open_sql(&sql, true, stopped.clone()).await?;
+        let target = project::open_sql(&sql, true, &shutdown).await?;
         let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
         let service = query::for_standalone(&sql, pool_size, store, key)?;
-        let grpc = query::spawn(settings.grpc_addr, server, service, stopped.clone()).await?;
+        let grpc = query::spawn(settings.grpc_addr, server, service, shutdown.clone()).await?;
         projectors.push(grpc);
         projectors.push(project::spawn_sql(
             &sql,
             target,
             log.clone(),
             projector_metrics.clone(),
-            stopped.clone(),
-            failed.clone(),
+            shutdown.clone(),
         ));
         projectors.push(
             project::spawn_objects(
@@ -99,29 +100,18 @@ pub(crate) async fn run(
                 &sql,
                 log.clone(),
                 projector_metrics,
-                stopped.clone(),
-                failed,
+                shutdown.clone(),
             )
             .await?,
         );
     }
-    let shutdown = async move {
-        tokio::select! {
-            () = shutdown_signal() => {}
-            // a projector that stopped on its own has failed: stop the process so it is seen
-            _ = projector_failed.changed() => {}
-        }
-    };
     let ingress = terra_ingress::run(
         settings.ingress,
         log.clone(),
         metrics,
         listener,
         ops_listener,
-        async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        },
+        shutdown,
     );
     let served = ingress.await.context("ingress server failed");
     let mut projected = Ok(());
@@ -138,21 +128,4 @@ pub(crate) async fn run(
     projected?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use terra_core::SignatureError;
+use terra_runtime::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -35,20 +36,24 @@ pub enum IngressError {
 }
 
 impl IngressError {
-    pub fn status(&self) -> StatusCode {
+    /// The kind of failure; the HTTP status follows from it (`terra_runtime::ErrorCode`).
+    pub fn kind(&self) -> ErrorCode {
         match self {
-            Self::UnknownSource(_) => StatusCode::NOT_FOUND,
-            Self::Forbidden(_) | Self::UnknownClient => StatusCode::FORBIDDEN,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead => StatusCode::BAD_REQUEST,
-            Self::Signature(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
-            Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::LogUnavailable { .. }
-            | Self::Overloaded(_)
-            | Self::RequestTimeout(_)
-            | Self::ConcurrentCopyFailed => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnknownSource(_) => ErrorCode::NotFound,
+            Self::Forbidden(_) | Self::UnknownClient => ErrorCode::Forbidden,
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::BodyRead => ErrorCode::BadRequest,
+            Self::Signature(err) if err.is_malformed() => ErrorCode::BadRequest,
+            Self::Signature(_) => ErrorCode::Unauthenticated,
+            Self::BodyTimeout(_) => ErrorCode::ClientTimeout,
+            Self::LogUnavailable { .. } | Self::ConcurrentCopyFailed => ErrorCode::Unavailable,
+            Self::Overloaded(_) => ErrorCode::Overloaded,
+            Self::RequestTimeout(_) => ErrorCode::DeadlineExceeded,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind().http_status()
     }
 
     /// Stable code, also the `outcome` label of the request metric.

@@ -21,8 +21,8 @@ mod trace;
 mod webhook;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,6 +30,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use terra_eventlog::EventLog;
+use terra_runtime::{CancellationToken, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -81,15 +82,6 @@ impl AppState {
     }
 }
 
-/// Where `/readyz` is served decides how much it says.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Port {
-    /// The webhook port, reachable by anyone who can send a webhook: no internals.
-    Public,
-    /// The operations port (`--ops-addr`): the reason the log is not ready.
-    Ops,
-}
-
 /// The ingress routes: `POST /webhook`, `POST /webhooks/{source}`, `GET /healthz`,
 /// `GET /readyz`, `GET /metrics` (all on one port).
 pub fn router(state: AppState) -> Router {
@@ -104,7 +96,7 @@ fn public_router(state: AppState, ops: bool) -> Router {
         .route("/healthz", get(|| async { "ok\n" }));
     if ops {
         router = router
-            .route("/readyz", get(|s: State<AppState>| readyz(s, Port::Public)))
+            .route("/readyz", get(public_readyz))
             .route("/metrics", get(metrics::render));
     }
     router
@@ -113,39 +105,42 @@ fn public_router(state: AppState, ops: bool) -> Router {
         .with_state(state)
 }
 
-/// The operations port: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+/// The operations port: `GET /healthz`, `GET /readyz`, `GET /metrics` (the shared
+/// operations router over the log's readiness).
 fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|s: State<AppState>| readyz(s, Port::Ops)))
-        .route("/metrics", get(metrics::render))
-        .with_state(state)
+    terra_runtime::ops::router(
+        state.inner.metrics.registry(),
+        Arc::new(LogReadiness(state.inner.log.clone())),
+    )
 }
 
-async fn readyz(State(state): State<AppState>, port: Port) -> impl IntoResponse {
-    let problem =
-        match tokio::time::timeout(Duration::from_secs(3), state.inner.log.check_ready()).await {
-            Ok(Ok(())) => return (StatusCode::OK, "ready\n".to_owned()),
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => "event log check timed out".to_owned(),
-        };
-    if port == Port::Ops {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {problem}\n"),
-        );
+/// `/readyz`: the event log can take appends.
+struct LogReadiness(EventLog);
+
+impl Readiness for LogReadiness {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.check_ready().await.map_err(|e| e.to_string()) })
     }
+}
+
+/// The webhook port's `/readyz`: the same check as the operations port's, but its reason
+/// goes to the service log only: anyone who can send a webhook can read this answer.
+async fn public_readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let readiness = LogReadiness(state.inner.log.clone());
+    let problem = match terra_runtime::ops::check_ready(&readiness).await {
+        Ok(()) => return (StatusCode::OK, "ready\n"),
+        Err(problem) => problem,
+    };
     if let Some(suppressed) = state.inner.rejection_logs.admit() {
         tracing::warn!(problem = %problem, suppressed, "not ready");
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        "not ready: the event log cannot take appends (details in the service log and on the operations port)\n"
-            .to_owned(),
+        "not ready: the event log cannot take appends (details in the service log and on the operations port)\n",
     )
 }
 
-/// Serves the ingress on `listener` until `shutdown` resolves, then stops accepting, lets
+/// Serves the ingress on `listener` until `shutdown` is cancelled, then stops accepting, lets
 /// in-flight requests finish (each gets its answer) and returns. With `ops_listener`,
 /// `/readyz` and `/metrics` are served there instead of on the webhook port.
 pub async fn run(
@@ -154,15 +149,11 @@ pub async fn run(
     metrics: Metrics,
     listener: TcpListener,
     ops_listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limits = config.limits.clone();
     let state = AppState::new(config, log, metrics.clone());
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
+    let stopping = shutdown;
     let public = public_router(state.clone(), ops_listener.is_none());
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
     let ops = match ops_listener {

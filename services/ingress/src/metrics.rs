@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -102,12 +101,9 @@ impl Metrics {
             .inc();
     }
 
-    /// The registry in Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+    /// The registry the ingress's metrics (and the `extra` ones) are in.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 }
 
@@ -117,12 +113,7 @@ impl Default for Metrics {
     }
 }
 
+/// `GET /metrics` on the webhook port (when there is no operations port).
 pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.inner.metrics.encode(),
-    )
+    terra_runtime::ops::metrics(&state.inner.metrics.registry)
 }

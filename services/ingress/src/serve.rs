@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use terra_runtime::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::Limits;
@@ -46,18 +47,16 @@ impl Server {
         }
     }
 
-    /// Serves `app` on `listener` until `stopping` turns true, then waits for the open
+    /// Serves `app` on `listener` until `stopping` is cancelled, then waits for the open
     /// connections to finish.
     pub(crate) async fn serve(
         self,
         listener: TcpListener,
         app: Router,
-        mut stopping: watch::Receiver<bool>,
+        stopping: CancellationToken,
     ) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
-        let stop = async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
+        let stop = stopping.cancelled();
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {

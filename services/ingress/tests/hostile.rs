@@ -425,4 +425,8 @@ async fn public_readiness_does_not_echo_internals() {
         "not ready: the event log cannot take appends (details in the service log and on the operations port)\n"
     );
     app.kafka_broker_up(true);
+    // end only once the log is healthy again: the readiness check's metadata request (on a
+    // blocking thread, outliving the handler's 3 s timeout) must not still be in flight
+    // while the mock cluster is destroyed (a CI run hung there for an hour)
+    app.wait_ready().await;
 }

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use terra_eventlog::EventLog;
-use tokio::sync::watch;
+use terra_runtime::CancellationToken;
 
 use crate::{ProjectorConfig, ProjectorError, ProjectorMetrics, Sink, SinkError, WriteStats};
 
@@ -95,7 +95,7 @@ pub async fn rebuild<S: Rebuild>(
     log: &EventLog,
     options: &RebuildOptions,
     metrics: &ProjectorMetrics,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<RebuildReport, RebuildError> {
     let started = Instant::now();
     // milliseconds: two rebuilds in one second still get distinct names
@@ -120,7 +120,7 @@ pub async fn rebuild<S: Rebuild>(
         })
         .await?;
         totals.records += stats.records;
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             progress.finish();
             return Err(RebuildError::Interrupted(built));
         }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use terra_eventlog::{EventLog, LogError, Position};
-use tokio::sync::watch;
+use terra_runtime::{Backoff, CancellationToken, Retry};
 use tracing::Instrument;
 
 use crate::metrics::ProjectorMetrics;
@@ -79,20 +79,10 @@ pub trait Sink: Send {
     ) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
 }
 
-/// Capped exponential backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (0-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(20));
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
+/// Most records per batch, unless configured.
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+/// Longest wait for a batch to fill, unless configured.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(100);
 
 /// Settings of one projector.
 #[derive(Debug, Clone)]
@@ -112,12 +102,9 @@ impl ProjectorConfig {
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
-            batch_size: 1_000,
-            batch_wait: Duration::from_millis(100),
-            backoff: Backoff {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(30),
-            },
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_wait: DEFAULT_BATCH_WAIT,
+            backoff: Backoff::DEFAULT,
             stop_at_end: false,
         }
     }
@@ -132,24 +119,22 @@ pub enum ProjectorError {
     Sink(SinkError),
 }
 
-/// Runs the projector until `shutdown` turns true (or the end of the log, with
+/// Runs the projector until `shutdown` is cancelled (or the end of the log, with
 /// `stop_at_end`). Returns the totals. A batch in progress at shutdown is finished first.
 pub async fn run<S: Sink>(
     config: &ProjectorConfig,
     log: &EventLog,
     sink: &mut S,
     metrics: &ProjectorMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     mut progress: impl FnMut(&WriteStats),
 ) -> Result<WriteStats, ProjectorError> {
     let mut consumer = log.consumer(&config.group)?;
     let mut totals = WriteStats::default();
     let name = sink.name().to_owned();
     let stored = retry!(
-        config,
+        Retry::new(config.backoff, &shutdown, &name),
         metrics,
-        &name,
-        shutdown,
         sink.stored_positions().await
     );
     // where reading stands per partition (for stop_at_end): the sink's positions, then
@@ -171,12 +156,12 @@ pub async fn run<S: Sink>(
     }
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         let consumed = tokio::select! {
             polled = consumer.poll(config.batch_size, config.batch_wait) => polled?,
-            _ = shutdown.changed() => continue,
+            () = shutdown.cancelled() => continue,
         };
         if last_lag.elapsed() >= Duration::from_secs(2) || consumed.is_empty() {
             if let Ok(lag) = consumer.lag().await {
@@ -214,7 +199,7 @@ pub async fn run<S: Sink>(
         let batch: Vec<Planned> = consumed.iter().map(plan::plan).collect();
         let positions: Vec<Position> = consumed.iter().map(|c| c.position).collect();
         let span = batch_span(&name, &consumed);
-        let written = write_resilient(config, metrics, sink, &batch, &mut shutdown)
+        let written = write_resilient(config, metrics, sink, &batch, &shutdown)
             .instrument(span)
             .await;
         match written {
@@ -287,30 +272,23 @@ async fn write_resilient<S: Sink>(
     metrics: &ProjectorMetrics,
     sink: &mut S,
     batch: &[Planned],
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Option<Result<WriteStats, SinkError>> {
     let name = sink.name().to_owned();
-    match retry!(config, metrics, &name, shutdown, sink.write(batch).await)? {
+    let mut retry = Retry::new(config.backoff, shutdown, &name);
+    match retry!(retry, metrics, sink.write(batch).await)? {
         Err(SinkError::Rejected(why)) => {
             tracing::warn!(sink = %name, records = batch.len(), reason = %why, "batch rejected; writing its records one by one to find the poison");
             let mut totals = WriteStats::default();
             for planned in batch {
                 let single = std::slice::from_ref(planned);
-                let stats = match retry!(
-                    config,
-                    metrics,
-                    &name,
-                    shutdown,
-                    sink.write(single).await
-                )? {
+                let stats = match retry!(retry, metrics, sink.write(single).await)? {
                     Err(SinkError::Rejected(why)) => {
                         let dead = as_dead_letter(planned, &why);
                         tracing::warn!(sink = %name, partition = planned.position.partition, offset = planned.position.offset, reason = %why, "record dead-lettered");
                         match retry!(
-                            config,
+                            retry,
                             metrics,
-                            &name,
-                            shutdown,
                             sink.write(std::slice::from_ref(&dead)).await
                         )? {
                             Ok(stats) => stats,
@@ -329,32 +307,21 @@ async fn write_resilient<S: Sink>(
 }
 
 /// Evaluates `$attempt` (an expression awaiting a sink call) until it is not an outage,
-/// backing off in between; `None` when shutdown came first. A macro rather than a function
-/// taking an async closure: the borrow of the sink inside must stay `Send`.
+/// waiting with `$retry` (a [`Retry`]) in between; `None` when shutdown came first. A macro
+/// rather than a function taking an async closure: the borrow of the sink inside must stay
+/// `Send`.
 macro_rules! retry {
-    ($config:expr, $metrics:expr, $sink:expr, $shutdown:expr, $attempt:expr) => {{
-        let mut failures = 0u32;
+    ($retry:expr, $metrics:expr, $attempt:expr) => {{
+        let retry: &mut Retry<'_> = &mut $retry;
         loop {
             match $attempt {
                 Err(SinkError::Outage(why)) => {
-                    $metrics.sink_error($sink);
-                    let delay = $config.backoff.delay(failures);
-                    failures += 1;
-                    tracing::warn!(sink = $sink, error = %why, retry_in_ms = delay.as_millis() as u64, attempt = failures, "sink unavailable; pausing");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = $shutdown.changed() => {}
-                    }
-                    if *$shutdown.borrow() {
+                    $metrics.sink_error(retry.what());
+                    if !retry.wait(&why).await {
                         break None;
                     }
                 }
-                other => {
-                    if failures > 0 {
-                        tracing::info!(sink = $sink, attempts = failures + 1, "sink available again; resuming");
-                    }
-                    break Some(other);
-                }
+                other => break Some(retry.done(other)),
             }
         }
     }};
@@ -368,21 +335,5 @@ fn as_dead_letter(planned: &Planned, why: &str) -> Planned {
             reason: format!("rejected by the sink: {why}"),
         }),
         ..planned.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        let delays: Vec<u64> = (0..8).map(|i| b.delay(i).as_millis() as u64).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(2));
     }
 }

@@ -1,20 +1,21 @@
 //! The queries the service runs against the SQL projection, with bound parameters only, and
 //! the mapping of the schema's typed rows (`terra_schema::read`) to the API's messages.
 
+use terra_runtime::ErrorCode;
 use terra_schema::read::{self, FromRow, PayloadIndexRow, UserEventRow, UserRow};
 use terra_schema::{SqlError, SqlTarget, Stmt};
 use tonic::Status;
 
 use crate::proto::{Payload, User, UserEvent};
 
-/// Database errors as gRPC statuses: an unreachable database is UNAVAILABLE (retry); the
-/// message never carries a URL or a value.
+/// Database errors as gRPC statuses (through the one table, `terra_runtime::ErrorCode`): an
+/// unreachable database is UNAVAILABLE (retry); the message never carries a URL or a value.
 pub(crate) fn status(err: SqlError) -> Status {
     match err {
-        SqlError::Unavailable(_) => Status::unavailable("database unavailable; retry"),
+        SqlError::Unavailable(_) => ErrorCode::Unavailable.status("database unavailable; retry"),
         other => {
             tracing::error!(error = %other, "query failed");
-            Status::internal("query failed")
+            ErrorCode::Internal.status("query failed")
         }
     }
 }

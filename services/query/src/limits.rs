@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use terra_runtime::ErrorCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
@@ -72,7 +73,7 @@ impl Gates {
     /// A place among the calls in flight, or RESOURCE_EXHAUSTED at once.
     pub(crate) fn call_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.calls.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
+            ErrorCode::Overloaded.status(format!(
                 "the query service is serving its limit of {} calls at once (--grpc-max-in-flight); retry with backoff",
                 self.max_in_flight
             ))
@@ -82,7 +83,7 @@ impl Gates {
     /// A place among the live tails, or RESOURCE_EXHAUSTED at once.
     pub(crate) fn watcher_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.watchers.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
+            ErrorCode::Overloaded.status(format!(
                 "the query service is serving its limit of {} live tails (WatchPayloads) at once (--grpc-max-watchers); retry with backoff, resuming from the last position",
                 self.max_watchers
             ))
@@ -90,7 +91,7 @@ impl Gates {
     }
 
     pub(crate) fn deadline_exceeded(&self) -> Status {
-        Status::deadline_exceeded(format!(
+        ErrorCode::DeadlineExceeded.status(format!(
             "the call took longer than the server's limit of {} ms (--grpc-timeout-secs)",
             self.timeout.as_millis()
         ))

@@ -4,9 +4,9 @@
 //! the secure defaults: with no token and no client CA the service binds only to loopback,
 //! and bearer tokens cross a non-loopback address only inside TLS.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
+use terra_runtime::CancellationToken;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -102,35 +102,27 @@ impl QueryServerConfig {
     }
 }
 
-/// Serves the query API, health and reflection on `listener` until `shutdown` resolves.
+/// Serves the query API, health and reflection on `listener` until `shutdown` is cancelled.
 pub async fn run(
     mut query: Query,
     config: QueryServerConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     config.check_bind(addr)?;
     // live tails end at shutdown, so in-flight streams finish and the server drains
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    query.stopping = stopping.clone();
+    query.stopping = shutdown.clone();
     query.gates = Gates::new(&config.limits);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
-    let mut drained = stopping.clone();
-    let shutdown = async move {
-        let _ = drained.wait_for(|s| *s).await;
-    };
+    let drained = shutdown.clone();
     // clients that keep idle connections open must not hold the process past its drain time
-    let mut deadline = stopping;
     let drain_deadline = async move {
-        let _ = deadline.wait_for(|s| *s).await;
+        shutdown.cancelled().await;
         tokio::time::sleep(DRAIN).await;
     };
+    let shutdown = async move { drained.cancelled().await };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<QueryServiceServer<Query>>()
@@ -214,12 +206,12 @@ const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 async fn watch_database(
     sql: terra_schema::SqlTarget,
     reporter: tonic_health::server::HealthReporter,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     let mut serving = true;
     loop {
         tokio::select! {
-            _ = stopping.wait_for(|s| *s) => return,
+            () = stopping.cancelled() => return,
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
         let up = matches!(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
+use terra_runtime::CancellationToken;
 use terra_schema::SqlTarget;
 use terra_sink_objects::Store;
 use tokio::sync::mpsc;
@@ -43,8 +44,8 @@ pub struct Query {
     pub(crate) sql: SqlTarget,
     pub(crate) objects: Store,
     pub(crate) tokens: TokenKey,
-    /// Turns true when the server shuts down: live tails end so it can drain.
-    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled when the server shuts down: live tails end so it can drain.
+    pub(crate) stopping: CancellationToken,
     /// The caps and deadline (set by `run` from its [`Limits`]).
     pub(crate) gates: Gates,
     /// The one live tail every watcher follows.
@@ -54,7 +55,7 @@ pub struct Query {
 impl Query {
     /// The service over `sql` (read through [`SqlTarget::reader`]'s native pool on Postgres).
     pub fn new(sql: SqlTarget, objects: Store, tokens: TokenKey) -> Self {
-        let (_, stopping) = tokio::sync::watch::channel(false);
+        let stopping = CancellationToken::new();
         Self {
             sql: sql.reader(),
             objects,

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use terra_runtime::{Backoff, CancellationToken, Retry};
 use terra_schema::SqlTarget;
 use terra_schema::read::{FromRow, PayloadIndexRow};
-use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::sync::{Mutex, broadcast, mpsc};
 use tonic::Status;
 
 use crate::db;
@@ -132,7 +133,7 @@ impl Tail {
     async fn subscribe(
         self: &Arc<Self>,
         sql: &SqlTarget,
-        stopping: &watch::Receiver<bool>,
+        stopping: &CancellationToken,
     ) -> Result<broadcast::Receiver<Arc<TailItem>>, Status> {
         let mut sender = self.sender.lock().await;
         if let Some(tx) = sender.as_ref() {
@@ -159,7 +160,7 @@ impl Tail {
         sql: SqlTarget,
         tx: broadcast::Sender<Arc<TailItem>>,
         mut head: Cursor,
-        mut stopping: watch::Receiver<bool>,
+        stopping: CancellationToken,
     ) {
         let mut failures = 0u32;
         loop {
@@ -167,7 +168,7 @@ impl Tail {
                 // under the lock `subscribe` takes: a watcher either finds this poller still
                 // running (and is counted) or starts the next one
                 let mut sender = self.sender.lock().await;
-                if tx.receiver_count() == 0 || *stopping.borrow() {
+                if tx.receiver_count() == 0 || stopping.is_cancelled() {
                     *sender = None;
                     self.polling.store(false, Ordering::Relaxed);
                     tracing::debug!("live tail poller stopping");
@@ -200,7 +201,7 @@ impl Tail {
             tokio::select! {
                 () = tokio::time::sleep(WATCH_INTERVAL) => {}
                 // no sender (a Query not served by `run`): only the timer wakes the poller
-                Ok(()) = stopping.changed() => {}
+                () = stopping.cancelled() => {}
             }
         }
     }
@@ -236,7 +237,7 @@ impl Tail {
         tokens: TokenKey,
         mut watcher: Watch,
         tx: mpsc::Sender<Result<PayloadEvent, Status>>,
-        mut stopping: watch::Receiver<bool>,
+        stopping: CancellationToken,
     ) {
         self.watchers.fetch_add(1, Ordering::Relaxed);
         let _counted = Counted(&self.watchers);
@@ -257,13 +258,13 @@ impl Tail {
             }
             // then follow the shared tail until it runs ahead of this watcher
             loop {
-                if *stopping.borrow() {
+                if stopping.is_cancelled() {
                     return;
                 }
                 let item = tokio::select! {
                     item = rx.recv() => item,
                     () = tx.closed() => return,
-                    Ok(()) = stopping.changed() => continue,
+                    () = stopping.cancelled() => continue,
                 };
                 match item {
                     Ok(item) => match &*item {
@@ -312,12 +313,16 @@ impl Tail {
         tokens: &TokenKey,
         watcher: &mut Watch,
         tx: &mpsc::Sender<Result<PayloadEvent, Status>>,
-        stopping: &watch::Receiver<bool>,
+        stopping: &CancellationToken,
     ) -> bool {
-        let mut failures = 0u32;
-        let mut stopping = stopping.clone();
+        // the database away: keep the stream and read again at the poll interval
+        let mut retry = Retry::new(
+            Backoff::new(WATCH_INTERVAL, WATCH_INTERVAL),
+            stopping,
+            "live tail catch-up",
+        );
         loop {
-            if tx.is_closed() || *stopping.borrow() {
+            if tx.is_closed() || stopping.is_cancelled() {
                 return false;
             }
             match read_new(
@@ -330,7 +335,7 @@ impl Tail {
             .await
             {
                 Ok((found, complete)) => {
-                    failures = 0;
+                    retry.done(());
                     for (partition, at, payload) in found {
                         advance(&mut watcher.cursor, partition, at);
                         // each event carries the position right after it
@@ -346,14 +351,10 @@ impl Tail {
                     }
                 }
                 Err(status)
-                    if status.code() == tonic::Code::Unavailable && failures < MAX_FAILURES =>
+                    if status.code() == tonic::Code::Unavailable
+                        && retry.failures() < MAX_FAILURES =>
                 {
-                    // the database is away: keep the stream, try again
-                    failures += 1;
-                    tokio::select! {
-                        () = tokio::time::sleep(WATCH_INTERVAL) => {}
-                        Ok(()) = stopping.changed() => {}
-                    }
+                    retry.wait(&status.message()).await;
                 }
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;

@@ -10,9 +10,9 @@ use support::*;
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::proto::{GetPayloadRequest, GetUserRequest, ListPayloadsRequest};
 use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_runtime::CancellationToken;
 use terra_schema::{Dialect, SqlConfig, SqlTarget};
 use terra_sink_objects::{Store, StoreConfig};
-use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -320,14 +320,13 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
     assert!(config.check_bind("0.0.0.0:1".parse().unwrap()).is_ok());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_stop, mut stopped) = watch::channel(false);
+    let stopped = CancellationToken::new();
+    let _stop = stopped.clone().drop_guard();
     tokio::spawn(terra_query::run(
         Query::new(sql, store, TokenKey::new("k")),
         config,
         listener,
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
+        stopped,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let endpoint = |tls: ClientTlsConfig| {

@@ -226,7 +226,7 @@ async fn limits_live_tails_end_at_shutdown() {
         .await
         .unwrap()
         .into_inner();
-    e._stop.send(true).unwrap();
+    e.stop.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .expect("the live tail ends at shutdown");

@@ -11,9 +11,9 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use terra_core::keys;
 use terra_eventlog::{EventLog, Record};
+use terra_projector::CancellationToken;
 use terra_projector::{ProjectorConfig, ProjectorMetrics, WriteStats};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Pinger, SqsConfig, Store, StoreConfig};
-use tokio::sync::watch;
 
 use terra_testkit::{T0, all_fixtures, fixture};
 
@@ -96,7 +96,7 @@ async fn project(log: &EventLog, sink: &mut ObjectSink, group: &str) -> WriteSta
     config.batch_size = 5;
     config.batch_wait = Duration::from_millis(20);
     config.stop_at_end = true;
-    let (_tx, rx) = watch::channel(false);
+    let rx = CancellationToken::new();
     terra_projector::run(
         &config,
         log,

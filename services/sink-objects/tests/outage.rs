@@ -10,9 +10,9 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use prometheus_client::registry::Registry;
 use terra_eventlog::{EventLog, Record};
+use terra_projector::CancellationToken;
 use terra_projector::{Backoff, ProjectorConfig, ProjectorMetrics};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
-use tokio::sync::watch;
 
 struct Moto(Child);
 
@@ -124,7 +124,8 @@ async fn a_store_outage_pauses_the_projector_and_skips_nothing() {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(300),
     };
-    let (stop, stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let projector = {
         let (log, store, metrics) = (log.clone(), store.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -178,7 +179,7 @@ async fn a_store_outage_pauses_the_projector_and_skips_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.send(true).unwrap();
+    stop.cancel();
     let totals = tokio::time::timeout(Duration::from_secs(10), projector)
         .await
         .unwrap()

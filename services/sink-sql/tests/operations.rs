@@ -32,7 +32,7 @@ async fn rebuild_equals_the_live_tables(dialect: Dialect) {
     log.append(records).await;
     project(&log.log, &target, "sql", 4).await;
     let live = snapshot(&target).await;
-    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let rx = terra_projector::CancellationToken::new();
     let options = RebuildOptions {
         batch_size: 3,
         keep_old: true,
@@ -77,7 +77,7 @@ async fn rebuild_equals_the_live_tables(dialect: Dialect) {
     let stats = project(&log.log, &target, "sql", 4).await;
     assert_eq!(stats.records, 1);
     // a second rebuild drops what it replaces
-    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let rx = terra_projector::CancellationToken::new();
     let options = RebuildOptions {
         batch_size: 100,
         keep_old: false,

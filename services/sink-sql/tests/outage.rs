@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use support::*;
+use terra_projector::CancellationToken;
 use terra_projector::{Backoff, ProjectorConfig, ProjectorMetrics};
 use terra_schema::{SqlConfig, SqlTarget};
 use terra_sink_sql::SqlSink;
 use terra_testkit::PrivatePostgres;
-use tokio::sync::watch;
 
 fn metric(registry: &Registry, name: &str) -> f64 {
     let mut text = String::new();
@@ -57,7 +57,8 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
         initial: Duration::from_millis(50),
         max: Duration::from_millis(400),
     };
-    let (stop, stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let projector = {
         let log = log.log.clone();
         let target = target.clone();
@@ -128,7 +129,7 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
     );
     assert!(metric(&registry, "projector_dead_lettered") >= 1.0);
 
-    stop.send(true).unwrap();
+    stop.cancel();
     let totals = tokio::time::timeout(Duration::from_secs(10), projector)
         .await
         .unwrap()

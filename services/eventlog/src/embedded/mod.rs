@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use terra_runtime::Backoff;
 
 use tokio::sync::{oneshot, watch};
 
@@ -142,10 +143,16 @@ impl EmbeddedLog {
 /// restarted pod, a handle dropped a moment ago) releases it within moments.
 fn lock_with_grace(lock: &File) -> Result<(), std::fs::TryLockError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let backoff = Backoff::new(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(100),
+    );
+    let mut attempt = 0;
     loop {
         match lock.try_lock() {
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(backoff.delay(attempt));
+                attempt += 1;
             }
             other => return other,
         }

@@ -8,6 +8,7 @@
 //! and admin client (TLS, SASL/SCRAM, SASL/PLAIN, OAUTHBEARER, ...).
 
 mod consumer;
+#[cfg(feature = "mock")]
 mod mock;
 
 use std::collections::BTreeMap;
@@ -80,6 +81,14 @@ impl KafkaLog {
                 producer_config.set("bootstrap.servers", servers);
                 producer_config.create().map_err(config_error)?
             }
+            #[cfg(not(feature = "mock"))]
+            None => {
+                return Err(LogError::Config(
+                    "kafka-mock:// is not in this build (the `kafka-mock` feature of terra-ingest)"
+                        .into(),
+                ));
+            }
+            #[cfg(feature = "mock")]
             None => {
                 let (producer, servers) = mock::start(&producer_config, &config)?;
                 base.set("bootstrap.servers", servers);
@@ -263,6 +272,7 @@ fn produce_error(err: KafkaError) -> LogError {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl KafkaLog {
     /// Takes the broker of a `kafka-mock://` log down or back up, to exercise outage paths
     /// (tests, chaos drills). Errors for a real cluster.

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use terra_core::{SigningSecret, Verifier};
 use terra_eventlog::{Consumer, EventLog, LogUrl, Record};
 use terra_ingress::{IngressConfig, Metrics, Source};
+use terra_runtime::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "whsec_test_0123456789abcdef";
@@ -98,7 +98,7 @@ pub struct App {
     pub client: reqwest::Client,
     pub log: EventLog,
     reader: tokio::sync::Mutex<Consumer>,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stop: CancellationToken,
     server: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -150,16 +150,14 @@ async fn start_with(
         None
     };
     let ops_addr = ops_listener.as_ref().map(|l| l.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let server = tokio::spawn(terra_ingress::run(
         config,
         log.clone(),
         Metrics::new(),
         listener,
         ops_listener,
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     let reader = log.consumer("test-reader").unwrap();
     App {
@@ -168,9 +166,16 @@ async fn start_with(
         client: reqwest::Client::new(),
         log,
         reader: tokio::sync::Mutex::new(reader),
-        stop: Mutex::new(Some(stop)),
+        stop,
         server: Mutex::new(Some(server)),
         _dir: dir,
+    }
+}
+
+impl Drop for App {
+    /// A test that ends stops its server, as SIGTERM would.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -253,8 +258,19 @@ impl App {
 
     /// Starts a graceful shutdown; the handle resolves when the server has stopped.
     pub fn shutdown(&self) -> JoinHandle<std::io::Result<()>> {
-        let _ = self.stop.lock().unwrap().take().unwrap().send(());
+        self.stop.cancel();
         self.server.lock().unwrap().take().unwrap()
+    }
+
+    /// Waits (at most 30 s) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if self.get("/readyz").await.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz did not turn 200 within 30 s");
     }
 
     pub fn kafka_broker_up(&self, up: bool) {

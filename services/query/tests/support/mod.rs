@@ -11,10 +11,11 @@ use terra_eventlog::{EventLog, Record};
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_runtime::CancellationToken;
+use terra_runtime::shutdown::DropGuard;
 use terra_schema::{Dialect, SqlConfig, SqlTarget};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_sink_sql::SqlSink;
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 pub use terra_testkit::{FIXTURE_USER as USER, T0};
@@ -41,7 +42,9 @@ pub struct Env {
     pub store: Store,
     pub client: QueryServiceClient<Channel>,
     pub channel: Channel,
-    pub _stop: watch::Sender<bool>,
+    /// Stops the server (as SIGTERM would); dropping the environment does too.
+    pub stop: CancellationToken,
+    _stop_on_drop: DropGuard,
     pub _dir: tempfile::TempDir,
     pub db: Option<(String, String)>,
 }
@@ -109,19 +112,18 @@ pub async fn env_on_with(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, mut stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
     let query = customise(Query::new(
         sql.clone(),
         store.clone(),
         TokenKey::new("test-key"),
     ));
     let served = query.clone();
+    let stopped = stop.clone();
     tokio::spawn(async move {
-        terra_query::run(query, config, listener, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await
-        .unwrap()
+        terra_query::run(query, config, listener, stopped)
+            .await
+            .unwrap()
     });
     let channel = loop {
         match Channel::from_shared(format!("http://{addr}"))
@@ -142,7 +144,8 @@ pub async fn env_on_with(
         store,
         client: QueryServiceClient::new(channel.clone()),
         channel,
-        _stop: stop,
+        stop: stop.clone(),
+        _stop_on_drop: stop.drop_guard(),
         _dir: dir,
         db,
     }
@@ -151,7 +154,7 @@ pub async fn env_on_with(
 impl Env {
     pub async fn feed(&self, records: Vec<Record>) {
         self.log.append(records).await.unwrap();
-        let (_tx, rx) = watch::channel(false);
+        let rx = CancellationToken::new();
         let mut config = ProjectorConfig::new("sql");
         config.stop_at_end = true;
         config.batch_wait = Duration::from_millis(10);

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use sqlx::{Executor, Row};
 use terra_eventlog::EventLog;
+use terra_projector::CancellationToken;
 use terra_projector::{ProjectorConfig, ProjectorMetrics, WriteStats};
 pub use terra_schema::Dialect;
 use terra_schema::SqlTarget;
 use terra_sink_sql::SqlSink;
-use tokio::sync::watch;
 
 /// Runs each named `async fn(Dialect)` as a test on Postgres, MySQL and SQLite.
 macro_rules! on_every_dialect {
@@ -39,7 +39,7 @@ pub async fn project(
     config.batch_wait = Duration::from_millis(20);
     config.stop_at_end = true;
     let mut sink = SqlSink::new(target.clone());
-    let (_tx, rx) = watch::channel(false);
+    let rx = CancellationToken::new();
     terra_projector::run(
         &config,
         log,
