@@ -422,3 +422,41 @@ async fn kafka_refuses_invalid_client_properties_by_name() {
         .to_string();
     assert!(err.contains("no.such.property"), "{err}");
 }
+
+/// A readiness probe waits 3 s (`terra_runtime::ops::READY_TIMEOUT`); the Kafka check must
+/// answer within it when the brokers are down, so its metadata request never outlives the
+/// probe (with the old 5 s request the probe timed out and the request ran on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_readiness_answers_within_the_probe_timeout_when_the_broker_is_down() {
+    let h = kafka_mock().await;
+    let EventLog::Kafka(kafka) = &h.log else {
+        unreachable!()
+    };
+    kafka.set_mock_broker_up(false).unwrap();
+    // the mock cluster takes the broker down asynchronously: the first checks may pass
+    let mut answer = None;
+    for _ in 0..20 {
+        let checked =
+            tokio::time::timeout(terra_runtime::ops::READY_TIMEOUT, h.log.check_ready()).await;
+        match checked {
+            Ok(Ok(())) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            other => {
+                answer = Some(other);
+                break;
+            }
+        }
+    }
+    let answer = answer.expect("the broker never went down");
+    assert!(
+        matches!(answer, Ok(Err(terra_eventlog::LogError::Unavailable(_)))),
+        "the check must answer, not be cut by the probe's timeout: {answer:?}"
+    );
+    kafka.set_mock_broker_up(true).unwrap();
+    // end with the log healthy: nothing in flight while the client is destroyed
+    for _ in 0..100 {
+        if h.log.check_ready().await.is_ok() {
+            return;
+        }
+    }
+    panic!("the log did not become ready again");
+}

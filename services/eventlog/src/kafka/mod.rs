@@ -35,8 +35,13 @@ const ENFORCED: [(&str, &str); 3] = [
     ("enable.auto.commit", "false"),
 ];
 
-/// How long metadata requests (readiness, start-up checks) may take.
+/// How long metadata requests (start-up checks, watermarks) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the readiness check's metadata request may take: less than the 3 s a `/readyz`
+/// handler waits (`terra_runtime::ops::READY_TIMEOUT`), so no request outlives the probe that
+/// made it (blocking threads would pile up under a prober, and a request still in flight
+/// when the client is destroyed once hung a test for an hour).
+const READY_METADATA_TIMEOUT: Duration = Duration::from_millis(2_500);
 
 #[derive(Clone)]
 pub struct KafkaLog {
@@ -108,7 +113,7 @@ impl KafkaLog {
                 topic: config.topic,
             }),
         };
-        log.check_ready().await?;
+        log.check_metadata(METADATA_TIMEOUT).await?;
         Ok(log)
     }
 
@@ -154,12 +159,17 @@ impl KafkaLog {
     }
 
     pub(crate) async fn check_ready(&self) -> Result<(), LogError> {
+        self.check_metadata(READY_METADATA_TIMEOUT).await
+    }
+
+    /// The brokers answer a metadata request for the topic within `timeout`, and it exists.
+    async fn check_metadata(&self, timeout: Duration) -> Result<(), LogError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let metadata = inner
                 .producer
                 .client()
-                .fetch_metadata(Some(&inner.topic), METADATA_TIMEOUT)
+                .fetch_metadata(Some(&inner.topic), timeout)
                 .map_err(|e| {
                     LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"))
                 })?;
