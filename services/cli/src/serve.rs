@@ -40,7 +40,11 @@ pub(crate) async fn run(
         }
         None => None,
     };
-    let settings = settings::resolve(file, args, log_format, standalone)?;
+    let mut settings = settings::resolve(file, args, log_format, standalone)?;
+    // every body the ingress accepts must fit in one log record
+    if let terra_eventlog::LogUrl::Kafka(kafka) = &mut settings.log {
+        kafka.max_body_bytes = settings.ingress.body_limit;
+    }
     let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
     if standalone {
         // standalone keeps everything in the data dir: 0700, made so or tightened

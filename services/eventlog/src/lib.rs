@@ -21,7 +21,9 @@ use std::time::Duration;
 
 pub use error::LogError;
 pub use record::{Consumed, Position, Record};
-pub use url::{DEFAULT_PARTITIONS, KafkaConfig, LogUrl};
+pub use url::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_PARTITIONS, KafkaConfig, LogUrl, RECORD_OVERHEAD_BYTES,
+};
 
 /// A handle to the log, cheap to clone.
 #[derive(Clone)]

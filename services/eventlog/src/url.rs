@@ -31,6 +31,24 @@ pub struct KafkaConfig {
     pub replication: u32,
     /// Create the topic when it does not exist (default true).
     pub create_topic: bool,
+    /// Largest webhook body the log must hold (the ingress's body limit). The producer's
+    /// `message.max.bytes`, the consumers' fetch sizes and the topic's `max.message.bytes`
+    /// are made to fit it plus [`RECORD_OVERHEAD_BYTES`]; a topic that cannot hold it is
+    /// refused at start.
+    pub max_body_bytes: usize,
+}
+
+/// The body limit the log holds unless told otherwise (the ingress's default body limit).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Room for what a record carries besides the body: the envelope's other fields, the key and
+/// the headers, and the Kafka record framing.
+pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
+impl KafkaConfig {
+    /// The largest record the log must take: the body limit plus the envelope around it.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_body_bytes.saturating_add(RECORD_OVERHEAD_BYTES)
+    }
 }
 
 impl LogUrl {
@@ -97,6 +115,7 @@ impl LogUrl {
                 partitions,
                 replication: replication.unwrap_or(1),
                 create_topic,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             }))
         };
         if let Some(topic) = base.strip_prefix("kafka-mock://") {

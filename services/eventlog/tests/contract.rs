@@ -460,3 +460,101 @@ async fn kafka_readiness_answers_within_the_probe_timeout_when_the_broker_is_dow
     }
     panic!("the log did not become ready again");
 }
+
+fn unique_topic(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn broker_admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP")
+        .expect("TERRA_TEST_KAFKA_BOOTSTRAP (tests/run-all.sh starts tansu and sets it)");
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap()
+}
+
+async fn topic_max_message_bytes(topic: &str) -> Option<u64> {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let described = broker_admin()
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = described.into_iter().next()?.ok()?;
+    resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 11 §1: the topic terra-ingest creates holds the largest body the ingress accepts
+/// (the broker's default is often 1 MB), and an existing topic that cannot is refused at
+/// start with the setting named, instead of a 503 for ever on every large delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+async fn kafka_broker_topics_hold_the_largest_body_or_are_refused_at_start() {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP").unwrap();
+    let created = unique_topic("sized");
+    let mut url = LogUrl::parse(
+        &format!("kafka://{bootstrap}/{created}?partitions=1"),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let LogUrl::Kafka(kafka) = &mut url else {
+        unreachable!()
+    };
+    kafka.max_body_bytes = 5 * 1024 * 1024;
+    let needed = kafka.max_record_bytes() as u64;
+    EventLog::open(&url, &[]).await.unwrap();
+    assert_eq!(topic_max_message_bytes(&created).await, Some(needed));
+
+    let small = unique_topic("small");
+    let topic =
+        NewTopic::new(&small, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1000000");
+    for result in broker_admin()
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let mut url = LogUrl::parse(
+        &format!("kafka://{bootstrap}/{small}?partitions=1"),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let LogUrl::Kafka(kafka) = &mut url else {
+        unreachable!()
+    };
+    kafka.max_body_bytes = 5 * 1024 * 1024;
+    let err = EventLog::open(&url, &[])
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("max.message.bytes") && err.contains(&small),
+        "{err}"
+    );
+}
+
+/// A client property set below what the body limit needs is refused by name.
+#[tokio::test]
+async fn kafka_a_producer_limit_below_the_body_limit_is_refused_by_name() {
+    let url = LogUrl::parse("kafka-mock://t", std::path::Path::new(".")).unwrap();
+    let props = [("message.max.bytes".to_owned(), "1000000".to_owned())];
+    let err = EventLog::open(&url, &props)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("kafka.message.max.bytes"), "{err}");
+}

@@ -9,7 +9,11 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{config_error, set_default};
+use super::{config_error, fit_size, set_default};
+
+/// librdkafka's defaults of `fetch.max.bytes` and `receive.message.max.bytes`.
+const DEFAULT_FETCH_MAX_BYTES: usize = 52_428_800;
+const DEFAULT_RECEIVE_MAX_BYTES: usize = 100_000_000;
 use crate::{Consumed, LogError, Position, Record};
 
 pub struct KafkaConsumer {
@@ -24,8 +28,23 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    pub(super) fn new(base: &ClientConfig, topic: &str, group: &str) -> Result<Self, LogError> {
+    pub(super) fn new(
+        base: &ClientConfig,
+        topic: &str,
+        group: &str,
+        record_bytes: usize,
+    ) -> Result<Self, LogError> {
         let mut config = base.clone();
+        // a fetch must be able to return the largest record: Kafka brokers return a record
+        // larger than the fetch size anyway (KIP-74), but not every Kafka-protocol broker
+        // does (tansu returns nothing, and the consumer would wait for ever)
+        fit_size(&mut config, "fetch.message.max.bytes", record_bytes)?;
+        if record_bytes > DEFAULT_FETCH_MAX_BYTES {
+            fit_size(&mut config, "fetch.max.bytes", record_bytes)?;
+        }
+        if record_bytes + 512 > DEFAULT_RECEIVE_MAX_BYTES {
+            fit_size(&mut config, "receive.message.max.bytes", record_bytes + 512)?;
+        }
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -50,6 +53,8 @@ pub struct KafkaLog {
 
 struct Inner {
     producer: FutureProducer,
+    /// The largest record the log must carry (body limit + envelope).
+    record_bytes: usize,
     /// Connection settings shared by consumers (bootstrap servers and passed-through
     /// properties).
     base: ClientConfig,
@@ -80,6 +85,10 @@ impl KafkaLog {
         set_default(&mut producer_config, "linger.ms", "0.5");
         // answer (503) before Terra's ~8 s delivery timeout rather than after it
         set_default(&mut producer_config, "message.timeout.ms", "5000");
+        // every body the ingress accepts must be storable: a record over the producer's
+        // limit would be refused on every retry (503 for ever, the delivery lost)
+        let record_bytes = config.max_record_bytes();
+        fit_size(&mut producer_config, "message.max.bytes", record_bytes)?;
         let producer: FutureProducer = match &config.bootstrap_servers {
             Some(servers) => {
                 base.set("bootstrap.servers", servers);
@@ -106,9 +115,13 @@ impl KafkaLog {
         if config.bootstrap_servers.is_some() && config.create_topic {
             create_topic(&base, &config).await?;
         }
+        if config.bootstrap_servers.is_some() {
+            check_topic_size(&base, &config).await?;
+        }
         let log = Self {
             inner: Arc::new(Inner {
                 producer,
+                record_bytes,
                 base,
                 topic: config.topic,
             }),
@@ -195,7 +208,12 @@ impl KafkaLog {
     }
 
     pub(crate) fn consumer(&self, group: &str) -> Result<KafkaConsumer, LogError> {
-        KafkaConsumer::new(&self.inner.base, &self.inner.topic, group)
+        KafkaConsumer::new(
+            &self.inner.base,
+            &self.inner.topic,
+            group,
+            self.inner.record_bytes,
+        )
     }
 
     /// Flushes queued messages (at shutdown).
@@ -206,11 +224,14 @@ impl KafkaLog {
 
 async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), LogError> {
     let admin: AdminClient<DefaultClientContext> = base.create().map_err(config_error)?;
+    let record_bytes = config.max_record_bytes().to_string();
     let topic = NewTopic::new(
         &config.topic,
         config.partitions as i32,
         TopicReplication::Fixed(config.replication as i32),
-    );
+    )
+    // the largest body the ingress accepts, whatever the broker's default (often 1 MB)
+    .set("max.message.bytes", &record_bytes);
     let options = AdminOptions::new()
         .operation_timeout(Some(METADATA_TIMEOUT))
         .request_timeout(Some(METADATA_TIMEOUT));
@@ -231,6 +252,61 @@ async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), L
         }
     }
     Ok(())
+}
+
+/// Refuses a topic whose `max.message.bytes` is below the largest record the log must
+/// carry: bodies the ingress accepts would be refused by the broker on every retry. A broker
+/// that does not describe topic configurations is warned about, not refused.
+async fn check_topic_size(base: &ClientConfig, config: &KafkaConfig) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = base.create().map_err(config_error)?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&config.topic)], &options)
+        .await;
+    let value = match described.as_deref() {
+        Ok([Ok(resource)])
+            if resource.specifier == OwnedResourceSpecifier::Topic(config.topic.clone()) =>
+        {
+            resource
+                .get("max.message.bytes")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|v| v.parse::<u64>().ok())
+        }
+        _ => None,
+    };
+    let needed = config.max_record_bytes();
+    match value {
+        Some(max) if max < needed as u64 => Err(LogError::Config(format!(
+            "Kafka topic {:?} holds records of at most {max} bytes (its max.message.bytes), but a body at the body limit ({} bytes) needs {needed}: raise the topic's max.message.bytes (kafka-configs --alter --add-config max.message.bytes={needed}) or lower body_limit",
+            config.topic, config.max_body_bytes
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(topic = %config.topic, needed, "could not read the topic's max.message.bytes; bodies near the body limit may be refused by the broker");
+            Ok(())
+        }
+    }
+}
+
+/// Sets client property `name` to hold `needed` bytes; one configured lower is an error
+/// naming it.
+pub(super) fn fit_size(
+    config: &mut ClientConfig,
+    name: &str,
+    needed: usize,
+) -> Result<(), LogError> {
+    match config.get(name).map(|v| v.parse::<usize>()) {
+        Some(Ok(set)) if set < needed => Err(LogError::Config(format!(
+            "kafka.{name} is {set}, below the {needed} bytes a body at the body limit needs: raise it or lower body_limit"
+        ))),
+        Some(Ok(_)) => Ok(()),
+        _ => {
+            config.set(name, needed.to_string());
+            Ok(())
+        }
+    }
 }
 
 /// Every partition of `topic` with its high watermark (blocking: call off the runtime).

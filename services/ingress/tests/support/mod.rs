@@ -123,6 +123,30 @@ pub async fn spawn_kafka_mock(config: IngressConfig) -> App {
     start(config, log, None).await
 }
 
+/// An ingress over a real Kafka-protocol broker (tansu, started by tests/run-all.sh), on a
+/// fresh topic.
+pub async fn spawn_kafka_broker(config: IngressConfig) -> App {
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP")
+        .expect("TERRA_TEST_KAFKA_BOOTSTRAP must name a Kafka-protocol broker (tests/run-all.sh starts tansu and sets it)");
+    let unique = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut url = LogUrl::parse(
+        &format!(
+            "kafka://{bootstrap}/ingress-{}-{unique}?partitions=2",
+            std::process::id()
+        ),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    if let LogUrl::Kafka(kafka) = &mut url {
+        kafka.max_body_bytes = config.body_limit;
+    }
+    let log = EventLog::open(&url, &[]).await.unwrap();
+    start(config, log, None).await
+}
+
 /// An ingress over an embedded log whose `/readyz` and `/metrics` are on a second port.
 pub async fn spawn_with_ops(config: IngressConfig) -> App {
     let dir = tempfile::tempdir().unwrap();
