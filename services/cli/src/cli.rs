@@ -52,9 +52,6 @@ pub enum Command {
     Send(SendArgs),
     /// Check a captured delivery offline; exit code 0 only when the signature is valid.
     Verify(VerifyArgs),
-    /// Benchmarks (load generators; they print numbers, they assert nothing).
-    #[command(subcommand)]
-    Bench(BenchCommand),
 }
 
 /// Settings of the long-running services.
@@ -389,26 +386,6 @@ pub struct VerifyArgs {
     pub tolerance_secs: u64,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Load the ingress with signed fixture bodies and compare with a bare HTTP server.
-    Ingress(crate::bench::BenchArgs),
-    /// Project a pre-filled log into Postgres and MySQL, against a raw bulk load of the same
-    /// rows; then the ingress-to-row latency of standalone at a fixed request rate.
-    Sql(crate::bench_sql::BenchSqlArgs),
-    /// Project a pre-filled log into a folder and an S3-compatible bucket: objects/s, MB/s,
-    /// peak memory.
-    Objects(crate::bench_objects::BenchObjectsArgs),
-    /// ListPayloads and GetPayload throughput and latency over 1M payload rows in Postgres.
-    Query(crate::bench_query::BenchQueryArgs),
-    /// (internal) The bare comparison server: reads each body and answers 200.
-    #[command(hide = true)]
-    BareServer {
-        #[arg(long)]
-        http_addr: String,
-    },
-}
-
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Standalone(args) => {
@@ -435,12 +412,5 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Send(args) => crate::send::run(args).await,
         Command::Verify(args) => Ok(crate::verify::run(&args)),
-        Command::Bench(BenchCommand::Ingress(args)) => crate::bench::run(args).await,
-        Command::Bench(BenchCommand::Sql(args)) => crate::bench_sql::run(args).await,
-        Command::Bench(BenchCommand::Objects(args)) => crate::bench_objects::run(args).await,
-        Command::Bench(BenchCommand::Query(args)) => crate::bench_query::run(args).await,
-        Command::Bench(BenchCommand::BareServer { http_addr }) => {
-            crate::bench::bare_server(&http_addr).await
-        }
     }
 }

@@ -1,14 +1,8 @@
 //! `terra-ingest`: one binary with every service (`standalone`, `ingress`, `project sql`,
-//! `project objects`, `query`) and the operator tools (`migrate`, `rebuild`, `send`, `verify`,
-//! `bench`).
+//! `project objects`, `query`) and the operator tools (`migrate`, `rebuild`, `send`,
+//! `verify`).
 
-mod bench;
-mod bench_load;
-mod bench_objects;
-mod bench_query;
-mod bench_sql;
 pub mod cli;
-mod fixtures;
 mod project;
 mod query;
 mod send;

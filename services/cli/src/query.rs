@@ -449,7 +449,7 @@ mod tests {
         let log = EventLog::Embedded(
             terra_eventlog::embedded::EmbeddedLog::open(&dir.join("log"), 2).unwrap(),
         );
-        let records: Vec<Record> = crate::fixtures::ALL
+        let records: Vec<Record> = terra_core::fixtures::ALL
             .iter()
             .enumerate()
             .map(|(i, (_, body))| record(body, 1_780_000_000_000 + i as i64))

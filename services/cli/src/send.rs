@@ -5,10 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
-use terra_core::SigningSecret;
+use terra_core::{SigningSecret, fixtures};
 
 use crate::cli::SendArgs;
-use crate::{fixtures, settings};
+use crate::settings;
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let body: Vec<u8> = match (&args.file, &args.fixture) {

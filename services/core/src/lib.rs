@@ -1,11 +1,12 @@
 //! The Terra wire format, shared by every terra-ingest service: `terra-signature`
 //! verification ([`signature`]), the typed view of a body parsed once, with natural keys
 //! ([`classify`]), payload ids and object keys ([`keys`]), ids as Terra's tables hold them
-//! ([`ids`]) and the log envelope generated from `proto/terra/ingest/v1/envelope.proto`,
-//! built in one place ([`envelope`]).
+//! ([`ids`]), the log envelope generated from `proto/terra/ingest/v1/envelope.proto`, built
+//! in one place ([`envelope`]), and Terra's sample webhook bodies, compiled in ([`fixtures`]).
 
 pub mod classify;
 pub mod envelope;
+pub mod fixtures;
 pub mod ids;
 pub mod keys;
 pub mod signature;

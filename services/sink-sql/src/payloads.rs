@@ -1,13 +1,13 @@
 //! Payload rows in one batch's transaction, set-wise: the newest copy per identity, one
 //! lookup in the payload index, losers dropped, superseded Terra rows deleted, winners
-//! inserted and the index upserted. Also the benchmark's raw bulk load of the same rows.
+//! inserted and the index upserted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::{Executor, Row};
 
 use terra_projector::WriteStats;
-use terra_projector::plan::{EventPlan, PayloadKind, PayloadRow, Plan, Planned, Version};
+use terra_projector::plan::{EventPlan, PayloadKind, PayloadRow, Planned, Version};
 use terra_schema::positions::Tx;
 use terra_schema::tables::{
     INGEST_PAYLOADS, INGEST_PAYLOADS_COLUMNS, PAYLOAD_VERSION_COLUMNS, TERRA_DATA_PAYLOADS,
@@ -129,6 +129,17 @@ pub(crate) async fn write_payloads(
     Ok(())
 }
 
+/// Plain multi-row INSERTs (no conflict handling) of Terra's rows for `terra_rows` and of the
+/// payload index for `index_rows`: what the sink writes once it has chosen the winners, for a
+/// caller that has chosen them itself (the benchmarks' raw bulk load, in `terra-bench`).
+pub fn payload_inserts(
+    target: &SqlTarget,
+    terra_rows: &[&PayloadRow],
+    index_rows: &[(&Planned, &PayloadRow)],
+) -> Vec<Stmt> {
+    payload_statements(target, terra_rows, index_rows, "", "", "")
+}
+
 /// INSERTs of Terra's payload rows and of the payload index.
 fn payload_statements(
     target: &SqlTarget,
@@ -221,43 +232,6 @@ fn payload_statements(
         index_suffix,
     ));
     statements
-}
-
-/// The benchmark's baseline: the same payload rows as the projector writes, bulk-inserted
-/// (multi-row INSERTs, `rows_per_tx` records per transaction) with no positions, no
-/// last-writer-wins lookups and no deletes. Returns the rows written.
-pub(crate) async fn raw_load(
-    target: &SqlTarget,
-    batch: &[Planned],
-    rows_per_tx: usize,
-) -> Result<usize, SqlError> {
-    // the newest copy of each identity, as the projector would keep (in log order)
-    let mut order: Vec<&str> = Vec::new();
-    let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
-    for planned in batch {
-        if let Plan::Event(event) = &planned.plan {
-            for row in &event.payloads {
-                if newest.insert(&row.identity, (planned, row)).is_none() {
-                    order.push(&row.identity);
-                }
-            }
-        }
-    }
-    let rows: Vec<(&Planned, &PayloadRow)> = order.iter().map(|id| newest[id]).collect();
-    let mut seen = HashSet::new();
-    for chunk in rows.chunks(rows_per_tx.max(1)) {
-        let terra_rows: Vec<&PayloadRow> = chunk
-            .iter()
-            .map(|(_, r)| *r)
-            .filter(|r| seen.insert(r.payload_id.as_str()))
-            .collect();
-        let mut tx = target.pool().begin().await?;
-        for stmt in payload_statements(target, &terra_rows, chunk, "", "", "") {
-            tx.execute(stmt.query()).await?;
-        }
-        tx.commit().await?;
-    }
-    Ok(rows.len())
 }
 
 async fn lookup_existing(

@@ -49,8 +49,6 @@ fn secret_settings_never_print_through_debug() {
             "--file",
             "f",
         ],
-        vec!["bench", "sql", "--postgres", &url, "--mysql", &url],
-        vec!["bench", "query", "--postgres", &url],
     ] {
         assert_hidden(&args.join(" "), format!("{:?}", cli(&args)));
     }

@@ -1,10 +1,11 @@
-//! The sample webhook bodies (tests/fixtures/webhooks), compiled in for `send --fixture` and
-//! the benchmark. Exact bytes, as Terra sends them.
+//! Terra's sample webhook bodies (`tests/fixtures/webhooks`), compiled in: the bodies of
+//! `terra-ingest send --fixture` and the templates of the benchmarks' load (`terra-bench`).
+//! Exact bytes, as Terra sends them. Tests read the same files through `terra-testkit`.
 
 macro_rules! fixtures {
     ($($name:literal),* $(,)?) => {
         /// `(name, body)` of every fixture.
-        pub(crate) const ALL: &[(&str, &[u8])] = &[
+        pub const ALL: &[(&str, &[u8])] = &[
             $(($name, include_bytes!(concat!("../../../tests/fixtures/webhooks/", $name, ".json")))),*
         ];
     };
@@ -36,11 +37,13 @@ fixtures!(
     "user_reauth",
 );
 
-pub(crate) fn get(name: &str) -> Option<&'static [u8]> {
+/// The body of fixture `name`, if there is one.
+pub fn get(name: &str) -> Option<&'static [u8]> {
     ALL.iter().find(|(n, _)| *n == name).map(|(_, body)| *body)
 }
 
-pub(crate) fn names() -> String {
+/// Every fixture's name, comma separated (for error messages).
+pub fn names() -> String {
     ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
 }
 

@@ -1,4 +1,4 @@
-//! `terra-ingest bench query`: a benchmark, not a test. Projects the `bench sql` mix (1M data
+//! `terra-bench query`: a benchmark, not a test. Projects the `terra-bench sql` mix (1M data
 //! records by default) into a fresh Postgres database and a local object folder, serves the
 //! query API on loopback, and drives `ListPayloads` and `GetPayload` with a fixed number of
 //! concurrent callers, printing requests/s and p50/p99/max latency.
@@ -21,11 +21,11 @@ use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_sink_sql::SqlSink;
 use tonic::transport::Channel;
 
-use crate::bench_load::{LoadShape, fill};
+use crate::load::{LoadShape, database_url, fill};
 
 /// `Debug` shows the server URL without its password.
 #[derive(clap::Args)]
-pub struct BenchQueryArgs {
+pub struct QueryArgs {
     /// Postgres server (a fresh database is created and dropped). Plain TCP by default: on
     /// loopback, TLS would only measure the encryption.
     #[arg(
@@ -55,16 +55,16 @@ pub struct BenchQueryArgs {
     pub keep: Option<std::path::PathBuf>,
 }
 
-impl std::fmt::Debug for BenchQueryArgs {
+impl std::fmt::Debug for QueryArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchQueryArgs")
+        f.debug_struct("QueryArgs")
             .field("postgres", &terra_schema::redact(&self.postgres))
             .field("records", &self.records)
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     if args.records == 0 || args.users == 0 || args.concurrency == 0 {
         bail!("--records, --users and --concurrency must be at least 1");
     }
@@ -79,7 +79,7 @@ pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if let Some(name) = kept {
-        let url = crate::bench_load::database_url(&args.postgres, &name);
+        let url = database_url(&args.postgres, &name);
         let objects = args.keep.as_ref().expect("kept").join("objects");
         return measure(&args, &url, &objects, false)
             .await
@@ -89,7 +89,7 @@ pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
-    let url = crate::bench_load::database_url(&args.postgres, &name);
+    let url = database_url(&args.postgres, &name);
     let temp = tempfile::tempdir()?;
     let result = match &args.keep {
         Some(dir) => {
@@ -109,7 +109,7 @@ pub(crate) async fn run(args: BenchQueryArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the SQL projection and the object folder from a generated log.
-async fn load_data(args: &BenchQueryArgs, sql: &SqlTarget, store: &Store) -> anyhow::Result<()> {
+async fn load_data(args: &QueryArgs, sql: &SqlTarget, store: &Store) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(
         &dir.path().join("log"),
@@ -153,7 +153,7 @@ async fn load_data(args: &BenchQueryArgs, sql: &SqlTarget, store: &Store) -> any
 }
 
 async fn measure(
-    args: &BenchQueryArgs,
+    args: &QueryArgs,
     url: &str,
     objects: &std::path::Path,
     fresh: bool,
@@ -175,7 +175,7 @@ async fn measure(
     )
     .await?;
     println!(
-        "terra-ingest bench query: {} payload rows in Postgres, {} users, loaded in {:.0} s; concurrency {}, {} s per method",
+        "terra-bench query: {} payload rows in Postgres, {} users, loaded in {:.0} s; concurrency {}, {} s per method",
         rows[0][0].clone().unwrap_or_default(),
         args.users,
         started.elapsed().as_secs_f64(),
@@ -269,7 +269,7 @@ struct Outcome {
     errors: usize,
 }
 
-async fn load<F, Fut>(channels: &[Channel], args: &BenchQueryArgs, call: F) -> Outcome
+async fn load<F, Fut>(channels: &[Channel], args: &QueryArgs, call: F) -> Outcome
 where
     F: Fn(QueryServiceClient<Channel>, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<bool, tonic::Status>> + Send,

@@ -1,26 +1,24 @@
-//! `terra-ingest bench ingress`: a load generator. It starts the real binary as a child
+//! `terra-bench ingress`: a load generator. It starts the `terra-ingest` binary as a child
 //! process (`ingress` on a fresh embedded log or on Kafka), sends correctly signed fixture
 //! bodies over keep-alive HTTP/1.1 connections at a fixed concurrency, and reports acked
 //! webhooks/s, latency percentiles and the server's peak RSS. In the same run it measures a
-//! bare server (reads the body, answers 200) and prints the ratio. It asserts nothing.
+//! bare server (`terra-bench bare-server`: reads the body, answers 200) and prints the ratio.
+//! It asserts nothing.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use terra_core::SigningSecret;
 
-use crate::fixtures;
+use crate::deliveries::Deliveries;
+use crate::process::{ChildGuard, TerraIngestArg, free_addr, peak_rss_kb, wait_until_up};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub struct IngressArgs {
     /// Log of the server under test: `embedded` (fresh folder), `kafka-mock` (in-process mock
     /// cluster) or any --log URL.
     #[arg(long, default_value = "embedded")]
@@ -36,6 +34,8 @@ pub struct BenchArgs {
     /// Server log level while measured (RUST_LOG of the child).
     #[arg(long, default_value = "warn")]
     pub server_log: String,
+    #[command(flatten)]
+    pub terra_ingest: TerraIngestArg,
 }
 
 struct Measured {
@@ -59,23 +59,19 @@ impl Measured {
     }
 }
 
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: IngressArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 || args.seconds == 0 {
         bail!("--concurrency and --seconds must be at least 1");
     }
-    let exe = std::env::current_exe().context("failed to find the terra-ingest binary")?;
+    let terra_ingest = args.terra_ingest.binary()?;
+    let own = std::env::current_exe().context("failed to find terra-bench's own path")?;
     let secret = "whsec_bench_0123456789";
     let requests = Deliveries::new(secret);
 
     let bare_addr = free_addr()?;
     let bare = ChildGuard(
-        Command::new(&exe)
-            .args([
-                "bench",
-                "bare-server",
-                "--http-addr",
-                &bare_addr.to_string(),
-            ])
+        Command::new(&own)
+            .args(["bare-server", "--http-addr", &bare_addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -93,7 +89,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let addr = free_addr()?;
     let server = ChildGuard(
-        Command::new(&exe)
+        Command::new(&terra_ingest)
             .args([
                 "ingress",
                 "--http-addr",
@@ -116,7 +112,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     drop(server);
 
     println!(
-        "terra-ingest bench ingress: log={} concurrency={} seconds={} fixtures={} (distinct deliveries, each signed when sent)",
+        "terra-bench ingress: log={} concurrency={} seconds={} fixtures={} (distinct deliveries, each signed when sent)",
         args.log,
         args.concurrency,
         args.seconds,
@@ -143,80 +139,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         result.rate() / bare_result.rate().max(1.0)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Distinct deliveries made from the fixtures. The ingress answers a delivery it accepted
-/// before from its replay cache without appending it again, so a benchmark that re-sent the
-/// same signed bodies would measure the cache: each delivery here carries its own
-/// `"bench_seq"` field at the start of the JSON object and is signed when it is sent, as
-/// Terra signs each delivery.
-#[derive(Clone)]
-pub(crate) struct Deliveries {
-    secret: SigningSecret,
-    templates: Arc<Vec<&'static [u8]>>,
-}
-
-impl Deliveries {
-    pub(crate) fn new(secret: &str) -> Self {
-        Self {
-            secret: SigningSecret::new(secret).expect("non-empty"),
-            templates: Arc::new(fixtures::ALL.iter().map(|(_, body)| *body).collect()),
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.templates.len()
-    }
-
-    /// Delivery number `seq` (fixture `seq % len`) and its signature header, signed now.
-    pub(crate) fn get(&self, seq: u64) -> (Bytes, String) {
-        let template = self.templates[(seq % self.templates.len() as u64) as usize];
-        let mut body = Vec::with_capacity(template.len() + 32);
-        match template.strip_prefix(b"{") {
-            Some(rest) => {
-                body.extend_from_slice(format!("{{\"bench_seq\": {seq}, ").as_bytes());
-                body.extend_from_slice(rest);
-            }
-            None => {
-                body.extend_from_slice(template);
-                body.extend_from_slice(format!(" {seq}").as_bytes());
-            }
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let signature = self.secret.sign(now, &body);
-        (Bytes::from(body), signature)
-    }
-}
-
-pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
-    Ok(listener.local_addr()?)
-}
-
-pub(crate) async fn wait_until_up(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if probe(addr, path).await.unwrap_or(false) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("server on {addr} did not become ready within 30 s")
-}
-
-/// One GET; true when it answered 2xx.
-async fn probe(addr: SocketAddr, path: &str) -> anyhow::Result<bool> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "bench")
-        .body(Full::new(Bytes::new()))?;
-    Ok(sender.send_request(request).await?.status().is_success())
 }
 
 async fn load(
@@ -277,13 +199,8 @@ async fn connection(
         if now >= end {
             break;
         }
-        let (body, signature) = requests.get(seq);
+        let request = requests.request(&path, seq)?;
         seq += 1;
-        let request = Request::post(path.as_str())
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .header("terra-signature", signature.as_str())
-            .body(Full::new(body))?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let ok = response.status().is_success();
@@ -295,25 +212,6 @@ async fn connection(
         }
     }
     Ok(m)
-}
-
-/// VmHWM (peak resident set) of a process, kB.
-pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-pub(crate) struct ChildGuard(pub(crate) Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The comparison server: same stack (tokio, hyper via axum), reads the body, answers 200.

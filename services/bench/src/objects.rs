@@ -1,5 +1,5 @@
-//! `terra-ingest bench objects`: a benchmark, not a test. Fills a fresh embedded log with the
-//! same realistic mix as `bench sql`, then projects it into a local folder and, when an S3
+//! `terra-bench objects`: a benchmark, not a test. Fills a fresh embedded log with the same
+//! realistic mix as `terra-bench sql`, then projects it into a local folder and, when an S3
 //! endpoint is given, into an S3-compatible bucket; prints objects/s, bytes/s and the peak
 //! resident memory of the projection (sampled while it runs).
 
@@ -13,10 +13,11 @@ use terra_eventlog::EventLog;
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 
-use crate::bench_load::{LoadShape, fill};
+use crate::load::{LoadShape, fill};
+use crate::process::rss_kb;
 
 #[derive(Debug, clap::Args)]
-pub struct BenchObjectsArgs {
+pub struct ObjectsArgs {
     /// Data records in the pre-filled log (folder run).
     #[arg(long, default_value_t = 200_000)]
     pub records: usize,
@@ -34,7 +35,7 @@ pub struct BenchObjectsArgs {
     pub batch_size: usize,
 }
 
-pub(crate) async fn run(args: BenchObjectsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ObjectsArgs) -> anyhow::Result<ExitCode> {
     if args.records == 0 || args.users == 0 || args.batch_size == 0 {
         bail!("--records, --users and --batch-size must be at least 1");
     }
@@ -75,7 +76,7 @@ async fn measure(
     name: &str,
     store: Store,
     records: usize,
-    args: &BenchObjectsArgs,
+    args: &ObjectsArgs,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let log = EventLog::Embedded(terra_eventlog::embedded::EmbeddedLog::open(
@@ -130,16 +131,4 @@ async fn measure(
         peak.load(Ordering::Relaxed) as f64 / 1024.0
     );
     Ok(())
-}
-
-/// Resident memory of this process now, kB.
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

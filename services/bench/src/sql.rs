@@ -1,4 +1,4 @@
-//! `terra-ingest bench sql`: a benchmark, not a test (it prints numbers, asserts nothing).
+//! `terra-bench sql`: a benchmark, not a test (it prints numbers, asserts nothing).
 //!
 //! 1. Fills a fresh embedded log with realistic mixed events: data webhooks of several
 //!    records each (activity, sleep, daily, body, nutrition, shaped like Terra's), spread over
@@ -6,17 +6,17 @@
 //! 2. Per database (Postgres, MySQL/MariaDB; each in a fresh database): projects the whole
 //!    log with the SQL projector, then bulk-loads the same rows with plain multi-row INSERTs
 //!    and no projector logic, and prints both rates and their ratio.
-//! 3. Runs `standalone --sql <postgres>` and sends signed webhooks at a fixed rate, measuring
+//! 3. Runs `terra-ingest standalone --sql <postgres>` and sends signed webhooks at a fixed rate, measuring
 //!    the time from each 2xx to its rows being visible (the projector's positions, written in
 //!    the same transaction as the rows, reaching the record).
 
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sqlx::Executor;
@@ -26,12 +26,14 @@ use terra_schema::{SqlConfig, SqlTarget};
 use terra_sink_sql::SqlSink;
 use tokio::sync::watch;
 
-use crate::bench::{ChildGuard, Deliveries, free_addr, wait_until_up};
-use crate::bench_load::{LoadShape, fill};
+use crate::deliveries::Deliveries;
+use crate::load::{LoadShape, database_url, fill};
+use crate::process::{ChildGuard, TerraIngestArg, free_addr, wait_until_up};
+use crate::raw_load::raw_load;
 
 /// `Debug` shows the server URLs without passwords.
 #[derive(clap::Args)]
-pub struct BenchSqlArgs {
+pub struct SqlArgs {
     /// Postgres server to benchmark (a fresh database is created and dropped); "" skips it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres: String,
@@ -56,11 +58,14 @@ pub struct BenchSqlArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// The binary the latency run starts (`standalone`).
+    #[command(flatten)]
+    pub terra_ingest: TerraIngestArg,
 }
 
-impl std::fmt::Debug for BenchSqlArgs {
+impl std::fmt::Debug for SqlArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchSqlArgs")
+        f.debug_struct("SqlArgs")
             .field("postgres", &terra_schema::redact(&self.postgres))
             .field("mysql", &terra_schema::redact(&self.mysql))
             .field("records", &self.records)
@@ -68,10 +73,15 @@ impl std::fmt::Debug for BenchSqlArgs {
     }
 }
 
-pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
     if args.records == 0 || args.per_webhook == 0 || args.users == 0 || args.batch_size == 0 {
         bail!("--records, --per-webhook, --users and --batch-size must be at least 1");
     }
+    // found before the long part, not after it
+    let terra_ingest = match args.rate > 0 && !args.postgres.is_empty() {
+        true => Some(args.terra_ingest.binary()?),
+        false => None,
+    };
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
     let started = Instant::now();
@@ -89,7 +99,7 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     println!(
-        "terra-ingest bench sql: log of {} records ({} webhooks carrying {} data records, {} other events, {} re-deliveries), {} users, {:.0} MB, filled in {:.1} s",
+        "terra-bench sql: log of {} records ({} webhooks carrying {} data records, {} other events, {} re-deliveries), {} users, {:.0} MB, filled in {:.1} s",
         filled.log_records,
         filled.data_webhooks,
         filled.data_records,
@@ -122,8 +132,8 @@ pub(crate) async fn run(args: BenchSqlArgs) -> anyhow::Result<ExitCode> {
         );
     }
     drop(log);
-    if args.rate > 0 && !args.postgres.is_empty() {
-        latency(&args).await?;
+    if let Some(terra_ingest) = terra_ingest {
+        latency(&args, &terra_ingest).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -134,7 +144,7 @@ struct Measured {
     raw_s: f64,
 }
 
-async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Result<Measured> {
+async fn measure(log: &EventLog, url: &str, args: &SqlArgs) -> anyhow::Result<Measured> {
     let target = SqlTarget::connect(&SqlConfig::new(url))?;
     terra_schema::migrate(&target).await?;
     let mut config = ProjectorConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
@@ -168,7 +178,7 @@ async fn measure(log: &EventLog, url: &str, args: &BenchSqlArgs) -> anyhow::Resu
         planned.extend(batch.iter().map(terra_projector::plan::plan));
     }
     let started = Instant::now();
-    let rows = terra_sink_sql::raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
+    let rows = raw_load(&raw, &planned, args.batch_size * args.per_webhook).await?;
     let raw_s = started.elapsed().as_secs_f64();
     target.close().await;
     Ok(Measured {
@@ -187,7 +197,7 @@ async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
     admin.close().await;
-    Ok((crate::bench_load::database_url(server, &name), name))
+    Ok((database_url(server, &name), name))
 }
 
 async fn drop_database(server: &str, name: &str) {
@@ -205,9 +215,9 @@ async fn drop_database(server: &str, name: &str) {
 }
 
 /// Ingress 2xx to rows visible, in standalone mode at a fixed request rate.
-async fn latency(args: &BenchSqlArgs) -> anyhow::Result<()> {
+async fn latency(args: &SqlArgs, terra_ingest: &Path) -> anyhow::Result<()> {
     let (url, db) = fresh_database(&args.postgres).await?;
-    let result = latency_on(&url, args).await;
+    let result = latency_on(&url, args, terra_ingest).await;
     drop_database(&args.postgres, &db).await;
     let (mut latencies, sent, failed) = result?;
     latencies.sort_unstable_by(f64::total_cmp);
@@ -232,13 +242,16 @@ async fn latency(args: &BenchSqlArgs) -> anyhow::Result<()> {
 
 type LatencyResult = (Vec<f64>, usize, usize);
 
-async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyResult> {
+async fn latency_on(
+    url: &str,
+    args: &SqlArgs,
+    terra_ingest: &Path,
+) -> anyhow::Result<LatencyResult> {
     let dir = tempfile::tempdir()?;
     let addr = free_addr()?;
     let secret = "whsec_bench_latency";
-    let exe = std::env::current_exe()?;
     let _server = ChildGuard(
-        Command::new(exe)
+        Command::new(terra_ingest)
             .args([
                 "standalone",
                 "--http-addr",
@@ -326,12 +339,7 @@ async fn latency_on(url: &str, args: &BenchSqlArgs) -> anyhow::Result<LatencyRes
                 if i >= total {
                     break;
                 }
-                let (body, signature) = requests.get(i as u64);
-                let request = Request::post("/webhook")
-                    .header("host", "bench")
-                    .header("content-type", "application/json")
-                    .header("terra-signature", signature.as_str())
-                    .body(Full::new(body))?;
+                let request = requests.request("/webhook", i as u64)?;
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();

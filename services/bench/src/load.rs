@@ -8,9 +8,8 @@ use bytes::Bytes;
 use prost::Message;
 use serde_json::{Value, json};
 use terra_core::envelope::Envelope;
+use terra_core::fixtures;
 use terra_eventlog::{EventLog, Record};
-
-use crate::fixtures;
 
 const DATA_TYPES: [&str; 5] = ["activity", "sleep", "daily", "body", "nutrition"];
 
