@@ -17,4 +17,7 @@ pub mod runner;
 pub use metrics::ProjectorMetrics;
 pub use plan::Version;
 pub use rebuild::{Rebuild, RebuildError, RebuildOptions, RebuildReport, rebuild};
-pub use runner::{Backoff, ProjectorConfig, ProjectorError, Sink, SinkError, WriteStats, run};
+pub use runner::{
+    Backoff, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT, ProjectorConfig, ProjectorError, Sink,
+    SinkError, WriteStats, run,
+};

@@ -94,6 +94,13 @@ impl Backoff {
     }
 }
 
+/// Records per batch unless set (`projector.batch_size`).
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+
+/// Longest wait for a batch to fill unless set (`projector.batch_wait_ms`): the latency a
+/// record may wait for company, traded against transactions per second.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
+
 /// Settings of one projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -112,8 +119,8 @@ impl ProjectorConfig {
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
-            batch_size: 1_000,
-            batch_wait: Duration::from_millis(100),
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_wait: DEFAULT_BATCH_WAIT,
             backoff: Backoff {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(30),
