@@ -284,7 +284,7 @@ fn the_query_service_refuses_a_public_address_without_authentication() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("setting grpc_token") && !stderr.contains("short-secret"),
+        stderr.contains("setting query.tokens") && !stderr.contains("short-secret"),
         "{stderr}"
     );
 }
@@ -394,7 +394,7 @@ async fn limits_standalone_applies_the_query_limit_settings() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("setting query_pool_size (--query-pool-size"),
+        text(&out.stderr).contains("setting query.pool_size (--query-pool-size"),
         "{}",
         text(&out.stderr)
     );

@@ -13,11 +13,16 @@ mod verify;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // the matches too: the settings layers read from them which flags were given
+    let matches = cli::Cli::command().get_matches();
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     // ring (tonic, sqlx, reqwest) and aws-lc-rs (the AWS SDK) are both linked, so rustls
     // cannot pick a process-wide provider by itself: name it before any TLS is set up
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -31,7 +36,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cli::run(cli));
+    let result = runtime.block_on(cli::run(cli, &matches));
     // every service has drained by now; do not wait on idle blocking-pool threads
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {

@@ -1,6 +1,5 @@
 //! `project sql`, `migrate` and `rebuild sql`, and the SQL projector task `standalone` runs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +18,7 @@ use terra_schema::{SqlError, SqlTarget};
 use terra_sink_sql::SqlSink;
 use tokio::task::JoinHandle;
 
-use crate::cli::{LogFormat, ProjectArgs, ProjectObjectsArgs, RebuildArgs};
-use crate::settings::{self, ObjectSettings, SqlSettings};
+use crate::settings::{self, Batches, Config, ObjectSettings, SqlSettings};
 use crate::telemetry;
 
 /// Connects to the SQL database and makes sure the tables are there: applies migrations when
@@ -66,15 +64,15 @@ pub(crate) async fn open_sql(
 /// Runs the SQL projector until `shutdown` is cancelled; cancels it when the projector
 /// stops on its own.
 pub(crate) fn spawn_sql(
-    sql: &SqlSettings,
+    batches: &Batches,
     target: SqlTarget,
     log: EventLog,
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
     let mut config = ProjectorConfig::new(terra_sink_sql::SQL_GROUP);
-    config.batch_size = sql.batch_size;
-    config.batch_wait = sql.batch_wait;
+    config.batch_size = batches.size;
+    config.batch_wait = batches.wait;
     tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
     tokio::spawn(supervise(
         "sql",
@@ -118,7 +116,7 @@ async fn supervise<S: terra_projector::Sink>(
 /// stops on its own. It shares the SQL projector's batch settings.
 pub(crate) async fn spawn_objects(
     objects: &ObjectSettings,
-    batches: &SqlSettings,
+    batches: &Batches,
     log: EventLog,
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
@@ -129,8 +127,8 @@ pub(crate) async fn spawn_objects(
         None => None,
     };
     let mut config = ProjectorConfig::new(terra_sink_objects::OBJECTS_GROUP);
-    config.batch_size = batches.batch_size;
-    config.batch_wait = batches.batch_wait;
+    config.batch_size = batches.size;
+    config.batch_wait = batches.wait;
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
     let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(
@@ -139,26 +137,14 @@ pub(crate) async fn spawn_objects(
 }
 
 /// `terra-ingest project objects`.
-pub(crate) async fn project_objects(
-    config: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    args: ProjectObjectsArgs,
-) -> anyhow::Result<ExitCode> {
-    let file = settings::read_file(config.as_deref())?;
-    let supabase = args.project.sql.supabase.or(file.supabase).unwrap_or(false);
-    let data_dir = args
-        .project
-        .data_dir
-        .clone()
-        .or_else(|| file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
-    let objects = settings::resolve_objects(&file, args.objects, &data_dir, supabase)?;
-    let mut project_args = args.project;
-    // the object projector has no database: --supabase only presets the bucket here
-    project_args.sql.supabase = None;
-    let settings = settings::resolve_projector(file, project_args, log_format)?;
-    let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
-    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> {
+    // the object projector has no database: `sql.supabase` only presets the bucket here
+    let objects = settings::resolve_objects(&config)?;
+    let batches = settings::resolve_batches(&config)?;
+    let log_settings = settings::resolve_log(&config)?;
+    let traces = settings::resolve_telemetry(&config);
+    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
         .await
         .context("failed to open the event log")?;
     let shutdown = CancellationToken::new();
@@ -167,41 +153,39 @@ pub(crate) async fn project_objects(
     let metrics = ProjectorMetrics::register(&mut registry);
     let store = terra_sink_objects::Store::open(&objects.store)?;
     let http = start_ops(
-        settings.http_addr,
+        config.projector.http_addr,
         registry,
         Arc::new(StoreReadiness(store)),
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_objects(&objects, &settings.sql, log, metrics, shutdown.clone()).await?;
+    let projector = spawn_objects(&objects, &batches, log, metrics, shutdown.clone()).await?;
     until_stopped(projector, http, shutdown).await
 }
 
 /// `terra-ingest project sql`.
-pub(crate) async fn project_sql(
-    config: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    args: ProjectArgs,
-) -> anyhow::Result<ExitCode> {
-    let file = settings::read_file(config.as_deref())?;
-    let settings = settings::resolve_projector(file, args, log_format)?;
-    let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
-    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
+    let sql = settings::resolve_sql(&config)?;
+    let batches = settings::resolve_batches(&config)?;
+    let log_settings = settings::resolve_log(&config)?;
+    let traces = settings::resolve_telemetry(&config);
+    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
         .await
         .context("failed to open the event log")?;
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
-    let target = open_sql(&settings.sql, settings.migrate, &shutdown).await?;
+    let target = open_sql(&sql, sql.migrate, &shutdown).await?;
     let http = start_ops(
-        settings.http_addr,
+        config.projector.http_addr,
         registry,
         Arc::new(SqlReadiness(target.clone())),
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_sql(&settings.sql, target, log, metrics, shutdown.clone());
+    let projector = spawn_sql(&batches, target, log, metrics, shutdown.clone());
     until_stopped(projector, http, shutdown).await
 }
 
@@ -269,15 +253,10 @@ impl Readiness for StoreReadiness {
 }
 
 /// `terra-ingest migrate`.
-pub(crate) async fn migrate(
-    config: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    args: ProjectArgs,
-) -> anyhow::Result<ExitCode> {
-    let file = settings::read_file(config.as_deref())?;
-    let settings = settings::resolve_projector(file, args, log_format)?;
-    let _telemetry = telemetry::init(settings.log_format, None)?;
-    let target = SqlTarget::connect(&settings.sql.config)?;
+pub(crate) async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let sql = settings::resolve_sql(&config)?;
+    let _telemetry = telemetry::init(config.telemetry.log_format, None)?;
+    let target = SqlTarget::connect(&sql.config)?;
     let report = terra_schema::migrate(&target)
         .await
         .context("migration failed")?;
@@ -295,23 +274,24 @@ pub(crate) async fn migrate(
 
 /// `terra-ingest rebuild sql`.
 pub(crate) async fn rebuild_sql(
-    config: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    args: RebuildArgs,
+    config: Config,
+    keep_old: bool,
+    quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    let file = settings::read_file(config.as_deref())?;
-    let settings = settings::resolve_projector(file, args.project, log_format)?;
-    let _telemetry = telemetry::init(settings.log_format, None)?;
-    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+    let sql = settings::resolve_sql(&config)?;
+    let batches = settings::resolve_batches(&config)?;
+    let log_settings = settings::resolve_log(&config)?;
+    let _telemetry = telemetry::init(config.telemetry.log_format, None)?;
+    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
         .await
         .context("failed to open the event log (an embedded log must not be open in a running terra-ingest)")?;
-    let target = SqlTarget::connect(&settings.sql.config)?;
+    let target = SqlTarget::connect(&sql.config)?;
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let options = RebuildOptions {
-        batch_size: settings.sql.batch_size.max(500),
-        keep_old: args.keep_old,
-        show_progress: !args.quiet,
+        batch_size: batches.size.max(500),
+        keep_old,
+        show_progress: !quiet,
     };
     let report = terra_projector::rebuild(
         &SqlSink::new(target.clone()),

@@ -1,7 +1,6 @@
 //! `standalone` and `ingress`: resolve settings, open the log, serve until SIGTERM/Ctrl-C.
 //! `standalone` also runs the SQL and object projectors in the same process.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,49 +10,32 @@ use terra_ingress::Metrics;
 use terra_projector::ProjectorMetrics;
 use terra_runtime::CancellationToken;
 
-use crate::cli::{LogFormat, ObjectArgs, QueryArgs, ServeArgs, SqlArgs};
-use crate::{project, query, settings, telemetry};
+use crate::settings::{self, Config};
+use crate::{project, query, telemetry};
 
-/// Runs the ingress; with `projections` (standalone) the SQL and object projectors too.
-pub(crate) async fn run(
-    config: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    args: ServeArgs,
-    projections: Option<(SqlArgs, ObjectArgs, QueryArgs)>,
-) -> anyhow::Result<ExitCode> {
-    let standalone = projections.is_some();
-    let file = settings::read_file(config.as_deref())?;
-    let projection_settings = match projections {
-        Some((sql, objects, query_args)) => {
-            let data_dir = args
-                .data_dir
-                .clone()
-                .or_else(|| file.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
-            let sql = settings::resolve_sql(&file, sql, &data_dir)?;
-            let supabase = sql.config.variant == terra_schema::Variant::Supabase;
-            let objects = settings::resolve_objects(&file, objects, &data_dir, supabase)?;
-            let server = query::server_config(&query_args, &file)?;
-            let pool_size = query::pool_size(&query_args, &file)?;
-            let key = query::token_key(&query_args, &data_dir)?;
-            Some((sql, objects, server, key, pool_size))
-        }
-        None => None,
+/// Runs the ingress; `standalone`, the SQL and object projectors and the query service too.
+pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<ExitCode> {
+    let projection_settings = if standalone {
+        let sql = settings::resolve_sql(&config)?;
+        let batches = settings::resolve_batches(&config)?;
+        let objects = settings::resolve_objects(&config)?;
+        let query = settings::resolve_query(&config)?;
+        Some((sql, batches, objects, query))
+    } else {
+        None
     };
-    let mut settings = settings::resolve(file, args, log_format, standalone)?;
-    // every body the ingress accepts must fit in one log record
-    if let terra_eventlog::LogUrl::Kafka(kafka) = &mut settings.log {
-        kafka.max_body_bytes = settings.ingress.body_limit;
-    }
-    let _telemetry = telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())?;
+    let settings = settings::resolve_ingress(&config, standalone)?;
+    let log_settings = settings::resolve_log(&config)?;
+    let traces = settings::resolve_telemetry(&config);
+    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
     if standalone {
         // standalone keeps everything in the data dir: 0700, made so or tightened
-        settings::private_data_dir(&settings.data_dir, true)?;
+        settings::private_data_dir(&config.data_dir, true)?;
     }
     if let Some(path) = &settings.generated_secret {
         tracing::info!(path = %path.display(), "the default source's signing secret is in this file: paste its value into Terra's dashboard, or sign test deliveries with `terra-ingest send`");
     }
-    let log = EventLog::open(&settings.log, &settings.kafka_properties)
+    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
         .await
         .context("failed to open the event log")?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
@@ -76,7 +58,7 @@ pub(crate) async fn run(
         mode = if standalone { "standalone" } else { "ingress" },
         log = log.backend(),
         sources = settings.ingress.sources.len(),
-        data_dir = %settings.data_dir.display(),
+        data_dir = %config.data_dir.display(),
         "starting"
     );
     // one token for the process: SIGTERM/Ctrl-C cancels it, and so does a projector that
@@ -84,15 +66,15 @@ pub(crate) async fn run(
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut projectors = Vec::new();
-    if let Some((sql, objects, server, key, pool_size)) = projection_settings {
+    if let Some((sql, batches, objects, query)) = projection_settings {
         let target = project::open_sql(&sql, true, &shutdown).await?;
         let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
-        let service = query::for_standalone(&sql, pool_size, store, key)?;
-        let grpc = query::spawn(settings.grpc_addr, server, service, shutdown.clone()).await?;
+        let service = query::for_standalone(&sql, query.pool_size, store, query.token_key)?;
+        let grpc = query::spawn(query.grpc_addr, query.server, service, shutdown.clone()).await?;
         projectors.push(grpc);
         projectors.push(project::spawn_sql(
-            &sql,
+            &batches,
             target,
             log.clone(),
             projector_metrics.clone(),
@@ -101,7 +83,7 @@ pub(crate) async fn run(
         projectors.push(
             project::spawn_objects(
                 &objects,
-                &sql,
+                &batches,
                 log.clone(),
                 projector_metrics,
                 shutdown.clone(),

@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::cli::LogFormat;
+use crate::settings::LogFormat;
 
 /// Flushes and stops the exporter when dropped.
 pub(crate) struct Telemetry {
@@ -29,7 +29,12 @@ pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
             .with_tonic()
             .with_endpoint(endpoint)
             .build()
-            .map_err(|e| anyhow::anyhow!("setting otlp_endpoint (--otlp-endpoint): {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "setting {}: {e}",
+                    crate::settings::setting("telemetry.otlp_endpoint")
+                )
+            })?;
         provider = Some(
             SdkTracerProvider::builder()
                 .with_resource(

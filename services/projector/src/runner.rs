@@ -79,10 +79,12 @@ pub trait Sink: Send {
     ) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
 }
 
-/// Most records per batch, unless configured.
+/// Records per batch unless set (`projector.batch_size`).
 pub const DEFAULT_BATCH_SIZE: usize = 1_000;
-/// Longest wait for a batch to fill, unless configured.
-pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest wait for a batch to fill unless set (`projector.batch_wait_ms`): the latency a
+/// record may wait for company, traded against transactions per second.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
 
 /// Settings of one projector.
 #[derive(Debug, Clone)]

@@ -1,9 +1,10 @@
-//! Secrets in the settings: every flag that takes one (signing secrets, gRPC bearer tokens,
-//! the token-sealing key, a database URL with its password) has a `*-file` twin naming a
-//! file to read it from (a mounted Kubernetes secret; surrounding whitespace, such as the
-//! trailing newline, removed) and `TERRA_INGEST_*` twins of both; giving the value and the
-//! file is an error. Values are held in `SecretString`s and the Kafka table only shows its
-//! names, so no `Debug` of a settings type prints a secret.
+//! Secrets in the settings: every setting that takes one (signing secrets, gRPC bearer tokens,
+//! the token-sealing key, a database URL with its password) has a `*_file` twin (key, flag
+//! and `TERRA_INGEST_*` variable) naming a file to read it from (a mounted Kubernetes secret;
+//! surrounding whitespace, such as the trailing newline, removed); one layer giving the value
+//! and the file is an error, a higher layer giving either replaces both. Values are held in
+//! `SecretString`s and the Kafka table only shows its names, so no `Debug` of a settings type
+//! prints a secret.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,28 +13,31 @@ use anyhow::{Context, bail};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-/// One secret from its value or from its file (`value` and `file` are flag/env pairs such as
-/// `("sql", "--sql", "TERRA_INGEST_SQL")`).
+use super::names;
+
+/// One secret from its value or from its file, the settings `value_key` and `file_key`
+/// (`sql.url`, `sql.url_file`). Both set means one layer gave both: an error naming them.
 pub(crate) fn value_or_file(
-    value: Option<SecretString>,
+    value: Option<&SecretString>,
     file: Option<&Path>,
-    value_names: (&str, &str, &str),
-    file_names: (&str, &str, &str),
+    value_key: &str,
+    file_key: &str,
 ) -> anyhow::Result<Option<SecretString>> {
-    let (setting, flag, env) = value_names;
-    let (file_setting, file_flag, file_env) = file_names;
     match (value, file) {
-        (Some(_), Some(_)) => {
-            bail!("setting {setting}: give {flag} ({env}) or {file_flag} ({file_env}), not both")
-        }
-        (Some(value), None) => Ok(Some(value)),
+        (Some(_), Some(_)) => bail!(
+            "setting {} or {}: give one, not both",
+            names::setting(value_key),
+            names::setting(file_key)
+        ),
+        (Some(value), None) => Ok(Some(value.clone())),
         (None, Some(path)) => {
-            let text = read_text(path)
-                .with_context(|| format!("setting {file_setting} ({file_flag}, {file_env})"))?;
+            let text =
+                read_text(path).with_context(|| format!("setting {}", names::setting(file_key)))?;
             let text = text.trim();
             if text.is_empty() {
                 bail!(
-                    "setting {file_setting} ({file_flag}, {file_env}): {} is empty",
+                    "setting {}: {} is empty",
+                    names::setting(file_key),
                     path.display()
                 );
             }
@@ -57,7 +61,35 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
-/// The `[kafka]` table of the config file: librdkafka properties, some of them secrets
+/// `--kafka NAME=VALUE`: one librdkafka property from the command line. `Debug` hides the
+/// value (it may be `sasl.password`).
+#[derive(Clone)]
+pub struct KafkaProperty {
+    pub name: String,
+    pub value: SecretString,
+}
+
+impl std::str::FromStr for KafkaProperty {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => Ok(Self {
+                name: name.trim().to_owned(),
+                value: SecretString::from(value),
+            }),
+            _ => Err("expected NAME=VALUE, such as sasl.mechanism=PLAIN".to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=[REDACTED]", self.name)
+    }
+}
+
+/// The `[log.kafka]` table of the configuration: librdkafka properties, some of them secrets
 /// (`sasl.password`, `ssl.key.password`, ...). `Debug` shows the names only.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]

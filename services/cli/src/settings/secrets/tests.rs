@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::*;
-use crate::cli::{Cli, QueryArgs, SqlArgs};
-use crate::settings::{FileSettings, resolve, resolve_projector, resolve_sql};
+use crate::cli::{Cli, QueryArgs};
+use crate::settings::tests::{config, load_with};
+use crate::settings::{query, resolve_ingress, resolve_log, resolve_sql};
 
 /// In every secret these tests give, so a leak is found whatever part of it leaked.
 const MARK: &str = "S3CR3T0123456789abcdef";
@@ -23,6 +24,7 @@ fn assert_hidden(what: &str, debug: String) {
 fn secret_settings_never_print_through_debug() {
     let url = format!("postgres://app:{MARK}@db:5432/terra?sslpassword={MARK}");
     let token = format!("{MARK}-token");
+    let kafka_password = format!("sasl.password={MARK}");
     for args in [
         vec![
             "standalone",
@@ -35,7 +37,13 @@ fn secret_settings_never_print_through_debug() {
             "--query-token-secret",
             MARK,
         ],
-        vec!["ingress", "--signing-secret", MARK],
+        vec![
+            "ingress",
+            "--signing-secret",
+            MARK,
+            "--kafka",
+            &kafka_password,
+        ],
         vec!["project", "sql", "--sql", &url],
         vec!["migrate", "--sql", &url],
         vec!["query", "--sql", &url, "--grpc-token", &token],
@@ -53,41 +61,48 @@ fn secret_settings_never_print_through_debug() {
         assert_hidden(&args.join(" "), format!("{:?}", cli(&args)));
     }
 
-    let file: FileSettings = toml::from_str(&format!(
-        "sql = \"{url}\"\n[kafka]\n\"sasl.password\" = \"{MARK}\"\n[sources.a]\nsecrets = [\"{MARK}\"]\n"
-    ))
-    .unwrap();
-    assert_hidden("FileSettings", format!("{file:?}"));
-    let serve = crate::cli::ServeArgs {
-        signing_secret: Some(MARK.into()),
-        ..Default::default()
-    };
-    let settings = resolve(file, serve, None, false).unwrap();
+    let file = format!(
+        "[sql]\nurl = \"{url}\"\n[log.kafka]\n\"sasl.password\" = \"{MARK}\"\n[ingress.sources.a]\nsecrets = [\"{MARK}\"]\n[query]\ntokens = [\"{token}\"]\ntoken_secret = \"{MARK}\"\n"
+    );
+    let c = config(&file, &["ingress", "--signing-secret", MARK]);
+    assert_hidden("Config", format!("{c:?}"));
+    let settings = resolve_ingress(&c, false).unwrap();
+    let log = resolve_log(&c).unwrap();
     assert!(
-        settings
-            .kafka_properties
+        log.kafka_properties
             .iter()
             .any(|(name, value)| name == "sasl.password" && value == MARK),
         "the value still reaches librdkafka"
     );
-    assert_hidden("Settings", format!("{settings:?}"));
+    assert_hidden("IngressSettings", format!("{settings:?}"));
+    assert_hidden("LogSettings", format!("{log:?}"));
+    let sql = resolve_sql(&c).unwrap();
+    assert_eq!(sql.config.url, url, "the URL itself is kept");
+    assert_hidden("SqlSettings", format!("{sql:?}"));
 
-    let file: FileSettings = toml::from_str(&format!("sql = \"{url}\"\n")).unwrap();
-    let projector = resolve_projector(file, Default::default(), None).unwrap();
-    assert_eq!(projector.sql.config.url, url, "the URL itself is kept");
-    assert_hidden("ProjectorSettings", format!("{projector:?}"));
-
+    let flags = config(
+        "",
+        &[
+            "query",
+            "--grpc-token",
+            &token,
+            "--query-token-secret",
+            MARK,
+        ],
+    );
     let query = QueryArgs {
         grpc_tokens: vec![token.as_str().into()],
         query_token_secret: Some(MARK.into()),
         ..Default::default()
     };
     assert_hidden("QueryArgs", format!("{query:?}"));
-    let server = crate::query::server_config(&query, &FileSettings::default()).unwrap();
+    let server = query::server_config(&flags.query).unwrap();
     assert_hidden("QueryServerConfig", format!("{server:?}"));
     let dir = tempfile::tempdir().unwrap();
-    let key = crate::query::token_key(&query, dir.path()).unwrap();
+    let key = query::token_key(&flags.query, dir.path()).unwrap();
     assert_hidden("TokenKey", format!("{key:?}"));
+    let from_file = query::server_config(&c.query).unwrap();
+    assert_hidden("QueryServerConfig", format!("{from_file:?}"));
     let tls = terra_query::TlsFiles {
         cert: b"cert".to_vec(),
         key: MARK.as_bytes().to_vec(),
@@ -105,63 +120,55 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn secret_files_are_read_trimmed_and_refused_together_with_the_value() {
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
     let url = format!("postgres://app:{MARK}@db/terra");
     let url_file = write(dir.path(), "sql", &format!("{url}\n"));
-
-    // --sql-file (and sql_file in the config file)
-    let from_file = SqlArgs {
-        sql_file: Some(url_file.clone()),
-        ..SqlArgs::default()
+    let url_path = url_file.to_str().unwrap();
+    // every check of `command`'s settings, as an error message
+    let error = |toml: &str, args: &[&str]| {
+        let result = load_with(toml, args, &[]).and_then(|c| {
+            resolve_sql(&c)?;
+            Ok(c)
+        });
+        format!("{:#}", result.unwrap_err())
     };
-    let sql = resolve_sql(&FileSettings::default(), from_file.clone(), dir.path()).unwrap();
+
+    // --sql-file (and sql.url_file in the config file)
+    let sql = resolve_sql(&config("", &["migrate", "--sql-file", url_path])).unwrap();
     assert_eq!(sql.config.url, url);
-    let file: FileSettings = toml::from_str(&format!(
-        "sql_file = {:?}\n",
-        url_file.display().to_string()
-    ))
-    .unwrap();
+    let file = format!("[sql]\nurl_file = {url_path:?}\n");
     assert_eq!(
-        resolve_sql(&file, SqlArgs::default(), dir.path())
+        resolve_sql(&config(&file, &["migrate"]))
             .unwrap()
             .config
             .url,
         url
     );
-    let both = SqlArgs {
-        sql: Some(url.as_str().into()),
-        ..from_file
-    };
-    let err = format!(
-        "{:#}",
-        resolve_sql(&FileSettings::default(), both, dir.path()).unwrap_err()
-    );
+    let err = error("", &["migrate", "--sql", &url, "--sql-file", url_path]);
     assert!(
         err.contains("--sql") && err.contains("--sql-file") && err.contains("not both"),
         "{err}"
     );
     assert!(!err.contains(MARK), "{err}");
-    let empty = write(dir.path(), "empty", "\n");
-    let err = format!(
-        "{:#}",
-        resolve_sql(
-            &FileSettings::default(),
-            SqlArgs {
-                sql_file: Some(empty),
-                ..SqlArgs::default()
-            },
-            dir.path()
-        )
-        .unwrap_err()
+    // one file giving both is refused the same way
+    let err = error(
+        &format!("[sql]\nurl = {url:?}\nurl_file = {url_path:?}\n"),
+        &["migrate"],
     );
-    assert!(err.contains("sql_file") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("sql.url_file") && err.contains("not both"),
+        "{err}"
+    );
+    assert!(!err.contains(MARK), "{err}");
+    let empty = write(dir.path(), "empty", "\n");
+    let err = error("", &["migrate", "--sql-file", empty.to_str().unwrap()]);
+    assert!(err.contains("url_file") && err.contains("empty"), "{err}");
 
     // --signing-secret-file
     let secret_file = write(dir.path(), "signing", &format!("whsec_{MARK}\n"));
-    let serve = crate::cli::ServeArgs {
-        signing_secret_file: Some(secret_file.clone()),
-        ..Default::default()
-    };
-    let settings = resolve(FileSettings::default(), serve.clone(), None, false).unwrap();
+    let secret_path = secret_file.to_str().unwrap();
+    let c = config("", &["ingress", "--signing-secret-file", secret_path]);
+    let settings = resolve_ingress(&c, false).unwrap();
     let header = terra_core::SigningSecret::new(format!("whsec_{MARK}"))
         .unwrap()
         .sign(7, b"{}");
@@ -171,13 +178,20 @@ fn secret_files_are_read_trimmed_and_refused_together_with_the_value() {
             .verify(Some(&header), b"{}", 7)
             .is_ok()
     );
-    let both = crate::cli::ServeArgs {
-        signing_secret: Some(MARK.into()),
-        ..serve
-    };
     let err = format!(
         "{:#}",
-        resolve(FileSettings::default(), both, None, false).unwrap_err()
+        load_with(
+            "",
+            &[
+                "ingress",
+                "--signing-secret",
+                MARK,
+                "--signing-secret-file",
+                secret_path
+            ],
+            &[]
+        )
+        .unwrap_err()
     );
     assert!(
         err.contains("--signing-secret")
@@ -187,28 +201,41 @@ fn secret_files_are_read_trimmed_and_refused_together_with_the_value() {
     );
     assert!(!err.contains(MARK), "{err}");
 
-    // --grpc-token-file
+    // --grpc-token-file (and query.token_file in the config file)
     let tokens = write(
         dir.path(),
         "tokens",
         &format!("{MARK}-one\n\n  {MARK}-two  \n"),
     );
-    let query = QueryArgs {
-        grpc_token_file: Some(tokens.clone()),
-        ..Default::default()
-    };
-    let server = crate::query::server_config(&query, &FileSettings::default()).unwrap();
-    assert_eq!(
-        server.tokens,
-        [format!("{MARK}-one"), format!("{MARK}-two")]
-    );
-    let both = QueryArgs {
-        grpc_tokens: vec![format!("{MARK}-three").as_str().into()],
-        ..query
-    };
+    let tokens_path = tokens.to_str().unwrap();
+    for c in [
+        config("", &["query", "--grpc-token-file", tokens_path]),
+        config(
+            &format!("[query]\ntoken_file = {tokens_path:?}\n"),
+            &["query"],
+        ),
+    ] {
+        let server = query::server_config(&c.query).unwrap();
+        assert_eq!(
+            server.tokens,
+            [format!("{MARK}-one"), format!("{MARK}-two")]
+        );
+    }
+    let three = format!("{MARK}-three");
     let err = format!(
         "{:#}",
-        crate::query::server_config(&both, &FileSettings::default()).unwrap_err()
+        load_with(
+            "",
+            &[
+                "query",
+                "--grpc-token-file",
+                tokens_path,
+                "--grpc-token",
+                &three
+            ],
+            &[]
+        )
+        .unwrap_err()
     );
     assert!(
         err.contains("--grpc-token")
@@ -219,40 +246,56 @@ fn secret_files_are_read_trimmed_and_refused_together_with_the_value() {
 
     // --query-token-secret-file: the same key as the value
     let key_file = write(dir.path(), "key", &format!("{MARK}\n"));
-    let from_file = QueryArgs {
-        query_token_secret_file: Some(key_file),
-        ..Default::default()
-    };
-    let from_value = QueryArgs {
-        query_token_secret: Some(MARK.into()),
-        ..Default::default()
-    };
-    let a = crate::query::token_key(&from_file, dir.path()).unwrap();
-    let b = crate::query::token_key(&from_value, dir.path()).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let from_file = config("", &["query", "--query-token-secret-file", key_path]);
+    let from_value = config("", &["query", "--query-token-secret", MARK]);
+    let a = query::token_key(&from_file.query, dir.path()).unwrap();
+    let b = query::token_key(&from_value.query, dir.path()).unwrap();
     assert_eq!(a.seal(&"x"), b.seal(&"x"));
-    assert!(!dir.path().join(crate::query::TOKEN_KEY_FILE).exists());
-    let both = QueryArgs {
-        query_token_secret: Some(MARK.into()),
-        ..from_file
-    };
+    assert!(!dir.path().join(query::TOKEN_KEY_FILE).exists());
     let err = format!(
         "{:#}",
-        crate::query::token_key(&both, dir.path()).unwrap_err()
+        load_with(
+            "",
+            &[
+                "query",
+                "--query-token-secret",
+                MARK,
+                "--query-token-secret-file",
+                key_path
+            ],
+            &[]
+        )
+        .unwrap_err()
     );
     assert!(
         err.contains("--query-token-secret") && err.contains("--query-token-secret-file"),
         "{err}"
     );
+    let both = config(
+        &format!("[query]\ntoken_secret = \"{MARK}\"\ntoken_secret_file = {key_path:?}\n"),
+        &["query", "--data-dir", d],
+    );
+    let err = format!(
+        "{:#}",
+        query::token_key(&both.query, dir.path()).unwrap_err()
+    );
+    assert!(
+        err.contains("query.token_secret (--query-token-secret")
+            && err.contains("query.token_secret_file (--query-token-secret-file"),
+        "{err}"
+    );
 
     // Kafka: `file:` values, trimmed
     let password = write(dir.path(), "kafka", &format!("{MARK}\n"));
-    let mut table = BTreeMap::new();
-    table.insert(
-        "sasl.password".to_owned(),
-        format!("file:{}", password.display()),
+    let file = format!(
+        "[log.kafka]\n\"sasl.password\" = \"file:{}\"\n",
+        password.display()
     );
-    let props = crate::settings::kafka_properties(table, std::iter::empty()).unwrap();
-    assert_eq!(props, [("sasl.password".to_owned(), MARK.to_owned())]);
+    let props = resolve_log(&config(&file, &["ingress"]))
+        .unwrap()
+        .kafka_properties;
+    assert_eq!(props.0, [("sasl.password".to_owned(), MARK.to_owned())]);
 }
 
 fn mode(path: &Path) -> u32 {
@@ -265,11 +308,11 @@ fn the_data_dir_and_the_generated_secrets_are_private_under_umask_022() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("nested/data");
     let secret = crate::settings::generated_default_secret(&data).unwrap();
-    crate::query::token_key(&QueryArgs::default(), &data).unwrap();
+    query::token_key(&crate::settings::QuerySection::default(), &data).unwrap();
     assert_eq!(mode(&root.path().join("nested")), 0o700);
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&secret), 0o600);
-    assert_eq!(mode(&data.join(crate::query::TOKEN_KEY_FILE)), 0o600);
+    assert_eq!(mode(&data.join(query::TOKEN_KEY_FILE)), 0o600);
     // a data dir left readable by an earlier version is tightened at start
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     crate::settings::private_data_dir(&data, true).unwrap();

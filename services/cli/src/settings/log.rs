@@ -1,0 +1,77 @@
+//! The event log's settings (its URL and librdkafka's properties, with their `env:` and
+//! `file:` indirections) and telemetry's, checked.
+
+use anyhow::Context;
+use terra_eventlog::LogUrl;
+
+use super::config::{Config, LogFormat};
+use super::names;
+use super::secrets::KafkaProperties;
+
+/// The event log, checked.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub url: LogUrl,
+    pub kafka_properties: KafkaProperties,
+}
+
+/// Checks the log's settings; a relative embedded log lives in the data dir.
+pub fn resolve_log(config: &Config) -> anyhow::Result<LogSettings> {
+    let mut url = LogUrl::parse(&config.log.url, &config.data_dir.join("log"))
+        .map_err(|e| anyhow::anyhow!("setting {}: {e}", names::setting("log.url")))?;
+    // every body the ingress accepts must fit in one log record, and every consumer (the
+    // projectors too, which read the same setting) must be able to fetch it
+    if let LogUrl::Kafka(kafka) = &mut url {
+        kafka.max_body_bytes = config.ingress.body_limit;
+    }
+    Ok(LogSettings {
+        url,
+        kafka_properties: kafka_properties(&config.log.kafka.0)?,
+    })
+}
+
+/// librdkafka properties as merged from the layers (`[log.kafka]`, `TERRA_INGEST_KAFKA_*`,
+/// `--kafka`). A value `env:NAME` is read from that variable, `file:PATH` from that file.
+pub(crate) fn kafka_properties(
+    merged: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<KafkaProperties> {
+    merged
+        .iter()
+        .map(|(name, value)| {
+            let value = if let Some(var) = value.strip_prefix("env:") {
+                std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!(
+                        "setting log.kafka.{name}: environment variable {var} is not set"
+                    )
+                })?
+            } else if let Some(path) = value.strip_prefix("file:") {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("setting log.kafka.{name}: failed to read {path}"))?
+                    .trim()
+                    .to_owned()
+            } else {
+                value.clone()
+            };
+            Ok((name.clone(), value))
+        })
+        .collect::<anyhow::Result<_>>()
+        .map(KafkaProperties)
+}
+
+/// Logs and traces, checked.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+}
+
+pub fn resolve_telemetry(config: &Config) -> TelemetrySettings {
+    TelemetrySettings {
+        log_format: config.telemetry.log_format,
+        otlp_endpoint: config
+            .telemetry
+            .otlp_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty()),
+    }
+}
