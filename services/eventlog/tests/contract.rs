@@ -481,17 +481,14 @@ fn broker_admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientC
         .unwrap()
 }
 
-async fn topic_max_message_bytes(topic: &str) -> Option<u64> {
+async fn topic_config(topic: &str, name: &str) -> Option<String> {
     use rdkafka::admin::{AdminOptions, ResourceSpecifier};
     let described = broker_admin()
         .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
         .await
         .unwrap();
     let resource = described.into_iter().next()?.ok()?;
-    resource
-        .get("max.message.bytes")
-        .and_then(|e| e.value.as_deref())
-        .and_then(|v| v.parse().ok())
+    resource.get(name).and_then(|e| e.value.clone())
 }
 
 /// Issue 11 §1: the topic terra-ingest creates holds the largest body the ingress accepts
@@ -512,9 +509,17 @@ async fn kafka_broker_topics_hold_the_largest_body_or_are_refused_at_start() {
         unreachable!()
     };
     kafka.max_body_bytes = 5 * 1024 * 1024;
-    let needed = kafka.max_record_bytes() as u64;
+    let needed = kafka.max_record_bytes();
     EventLog::open(&url, &[]).await.unwrap();
-    assert_eq!(topic_max_message_bytes(&created).await, Some(needed));
+    assert_eq!(
+        topic_config(&created, "max.message.bytes").await,
+        Some(needed.to_string())
+    );
+    // issue 11 §3: the log is the source of truth, nothing in its topic expires
+    assert_eq!(
+        topic_config(&created, "retention.ms").await.as_deref(),
+        Some("-1")
+    );
 
     let small = unique_topic("small");
     let topic =
@@ -557,4 +562,23 @@ async fn kafka_a_producer_limit_below_the_body_limit_is_refused_by_name() {
         .expect("refused")
         .to_string();
     assert!(err.contains("kafka.message.max.bytes"), "{err}");
+}
+
+/// Issue 11 §3: a producer in a fatal state (fenced, out of sequence) takes no appends until
+/// the process restarts, so readiness says so, even though the brokers answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_producer_in_a_fatal_state_is_not_ready() {
+    let h = kafka_mock().await;
+    let EventLog::Kafka(kafka) = &h.log else {
+        unreachable!()
+    };
+    h.log.check_ready().await.unwrap();
+    kafka.inject_fatal_error();
+    let err = h
+        .log
+        .check_ready()
+        .await
+        .expect_err("not ready")
+        .to_string();
+    assert!(err.contains("fatal state"), "{err}");
 }

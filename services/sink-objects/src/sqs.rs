@@ -19,7 +19,7 @@ pub struct SqsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ping {
     pub body: String,
-    /// FIFO queues: ordering group (the user) and deduplication id.
+    /// FIFO queues: ordering group (the user's, see [`fifo_group`]) and deduplication id.
     pub group: String,
     pub dedup: String,
 }
@@ -40,7 +40,7 @@ impl Ping {
                 json(url),
                 json(payload_reference)
             ),
-            group: group.to_owned(),
+            group: fifo_group(group),
             dedup: dedup_id(&[payload_reference, version]),
         }
     }
@@ -53,6 +53,14 @@ impl Ping {
             dedup: dedup_id(&["healthcheck", version]),
         }
     }
+}
+
+/// The FIFO group of a user: the hex SHA-256 of the user id (64 characters). SQS takes at
+/// most 128 characters of ASCII letters, digits and punctuation; `user_id` is untrusted text
+/// (any length, spaces, any Unicode), and a group id SQS refuses would fail every ping of that
+/// batch again and again. One user keeps one group, so its pings stay in order.
+pub fn fifo_group(user: &str) -> String {
+    hex::encode(Sha256::digest(user.as_bytes()))
 }
 
 fn dedup_id(parts: &[&str]) -> String {
@@ -150,5 +158,29 @@ mod tests {
         );
         let health = Ping::healthcheck(br#"{"type": "healthcheck"}"#, "1:0:0:0");
         assert_eq!(health.body, r#"{"type": "healthcheck"}"#);
+    }
+
+    /// Issue 11 §4: a hostile user id cannot stall the pings: every group id is one SQS
+    /// takes (1-128 ASCII letters, digits, punctuation), one per user.
+    #[test]
+    fn fifo_groups_are_valid_for_any_user_id() {
+        let valid =
+            |g: &str| !g.is_empty() && g.len() <= 128 && g.bytes().all(|b| b.is_ascii_graphic());
+        let hostile = [
+            "8b2c7e4e-1c0a-4c55-9a55-0c1d1e6f2a10".to_owned(),
+            "x".repeat(200),
+            "user with spaces".to_owned(),
+            "ユーザー🙂".to_owned(),
+            "tab\tand\nnewline".to_owned(),
+            String::new(),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for user in &hostile {
+            let ping = Ping::s3_payload("u", 600, "k", user, "1:0:0:0");
+            assert!(valid(&ping.group), "{user:?} -> {:?}", ping.group);
+            assert_eq!(ping.group, fifo_group(user), "one group per user");
+            seen.insert(ping.group);
+        }
+        assert_eq!(seen.len(), hostile.len(), "distinct users, distinct groups");
     }
 }

@@ -43,3 +43,19 @@ fn disable_initial_rebalance_delay(producer: &FutureProducer) {
         }
     }
 }
+
+/// librdkafka's `rd_kafka_test_fatal_error`: the producer behaves as after a fatal error.
+#[cfg(feature = "test-hooks")]
+#[allow(unsafe_code)]
+pub(super) fn inject_fatal_error(producer: &FutureProducer) {
+    let reason = c"injected by a test";
+    // SAFETY: the handle is a live client (the producer is borrowed for the call), and
+    // `reason` is a NUL-terminated string that outlives it; librdkafka copies it.
+    unsafe {
+        rdkafka_sys::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FENCED,
+            reason.as_ptr(),
+        );
+    }
+}

@@ -172,6 +172,13 @@ impl KafkaLog {
     }
 
     pub(crate) async fn check_ready(&self) -> Result<(), LogError> {
+        // an idempotent producer that hit a fatal error (fenced, out of sequence) refuses
+        // every append until the process restarts: not ready, whatever the brokers say
+        if let Some((code, reason)) = self.inner.producer.client().fatal_error() {
+            return Err(LogError::Unavailable(format!(
+                "the Kafka producer is in a fatal state ({code:?}: {reason}); it takes no appends until the service restarts"
+            )));
+        }
         self.check_metadata(READY_METADATA_TIMEOUT).await
     }
 
@@ -231,7 +238,10 @@ async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), L
         TopicReplication::Fixed(config.replication as i32),
     )
     // the largest body the ingress accepts, whatever the broker's default (often 1 MB)
-    .set("max.message.bytes", &record_bytes);
+    .set("max.message.bytes", &record_bytes)
+    // the log is the source of truth: nothing expires (for tiered storage instead, create
+    // the topic yourself with remote.storage.enable=true and create=false in --log)
+    .set("retention.ms", "-1");
     let options = AdminOptions::new()
         .operation_timeout(Some(METADATA_TIMEOUT))
         .request_timeout(Some(METADATA_TIMEOUT));
@@ -373,5 +383,11 @@ impl KafkaLog {
             cluster.broker_down(1)
         };
         result.map_err(|e| LogError::Config(format!("mock cluster: {e}")))
+    }
+
+    /// Puts the producer in a fatal state, as a fenced or out-of-sequence idempotent producer
+    /// would be (librdkafka's test hook).
+    pub fn inject_fatal_error(&self) {
+        mock::inject_fatal_error(&self.inner.producer);
     }
 }
