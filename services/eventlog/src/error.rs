@@ -17,6 +17,16 @@ pub enum LogError {
     /// Stored data does not decode (corruption or a foreign writer).
     #[error("event log data is corrupt: {0}")]
     Corrupt(String),
+    /// The Kafka client failed (brokers unreachable, a request refused); retrying later may
+    /// succeed. The typed cause is kept (`source()`: a `rdkafka::error::KafkaError`, its
+    /// code inspectable); the message says it too, since the services log errors by their
+    /// message.
+    #[error("event log unavailable: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     #[error("event log I/O failed: {context}")]
     Io {
         context: String,
@@ -26,6 +36,14 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// `map_err` for a failed Kafka call: the cause kept as the source.
+    pub(crate) fn kafka(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| Self::Kafka { context, source }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }

@@ -143,7 +143,9 @@ impl Consumer {
 /// How long a caller should wait before retrying after `err` (for `Retry-After`).
 pub fn retry_after(err: &LogError) -> Duration {
     match err {
-        LogError::Unavailable(_) | LogError::Timeout => Duration::from_secs(5),
+        LogError::Unavailable(_) | LogError::Kafka { .. } | LogError::Timeout => {
+            Duration::from_secs(5)
+        }
         _ => Duration::from_secs(30),
     }
 }

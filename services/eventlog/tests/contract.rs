@@ -406,9 +406,17 @@ async fn kafka_unreachable_broker_is_a_clear_error() {
     let err = EventLog::open(&url, &props)
         .await
         .err()
-        .expect("no broker listens on port 1")
-        .to_string();
-    assert!(err.contains("cannot reach the Kafka brokers"), "{err}");
+        .expect("no broker listens on port 1");
+    let text = err.to_string();
+    assert!(text.contains("cannot reach the Kafka brokers"), "{text}");
+    // the cause is kept as a typed source, not flattened into a string
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(
+        source
+            .downcast_ref::<rdkafka::error::KafkaError>()
+            .is_some(),
+        "{source:?}"
+    );
 }
 
 #[tokio::test]
@@ -448,7 +456,7 @@ async fn kafka_readiness_answers_within_the_probe_timeout_when_the_broker_is_dow
     }
     let answer = answer.expect("the broker never went down");
     assert!(
-        matches!(answer, Ok(Err(terra_eventlog::LogError::Unavailable(_)))),
+        matches!(answer, Ok(Err(terra_eventlog::LogError::Kafka { .. }))),
         "the check must answer, not be cut by the probe's timeout: {answer:?}"
     );
     kafka.set_mock_broker_up(true).unwrap();

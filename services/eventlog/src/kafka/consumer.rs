@@ -152,7 +152,7 @@ impl KafkaConsumer {
             let ends = super::watermarks(consumer.client(), &topic)?;
             let positions = consumer
                 .position()
-                .map_err(|e| LogError::Unavailable(format!("Kafka position query failed: {e}")))?;
+                .map_err(LogError::kafka("Kafka position query failed"))?;
             let mut lag = BTreeMap::new();
             for element in positions.elements_for_topic(&topic) {
                 let partition = element.partition() as u32;
@@ -228,7 +228,7 @@ impl KafkaConsumer {
         tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await
             .map_err(|_| LogError::Unavailable("commit task panicked".into()))?
-            .map_err(|e| LogError::Unavailable(format!("Kafka commit failed: {e}")))
+            .map_err(LogError::kafka("Kafka commit failed"))
     }
 }
 
@@ -236,7 +236,7 @@ fn subscribe(config: &ClientConfig, topic: &str) -> Result<StreamConsumer, LogEr
     let consumer: StreamConsumer = config.create().map_err(config_error)?;
     consumer
         .subscribe(&[topic])
-        .map_err(|e| LogError::Unavailable(format!("failed to subscribe to {topic:?}: {e}")))?;
+        .map_err(LogError::kafka(format!("failed to subscribe to {topic:?}")))?;
     Ok(consumer)
 }
 

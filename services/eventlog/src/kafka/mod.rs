@@ -190,9 +190,7 @@ impl KafkaLog {
                 .producer
                 .client()
                 .fetch_metadata(Some(&inner.topic), timeout)
-                .map_err(|e| {
-                    LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"))
-                })?;
+                .map_err(LogError::kafka("cannot reach the Kafka brokers"))?;
             let topic = metadata.topics().iter().find(|t| t.name() == inner.topic);
             match topic {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
@@ -245,12 +243,13 @@ async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), L
     let options = AdminOptions::new()
         .operation_timeout(Some(METADATA_TIMEOUT))
         .request_timeout(Some(METADATA_TIMEOUT));
-    let results = admin.create_topics([&topic], &options).await.map_err(|e| {
-        LogError::Unavailable(format!(
-            "cannot reach the Kafka brokers to create topic {:?}: {e}",
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .map_err(LogError::kafka(format!(
+            "cannot reach the Kafka brokers to create topic {:?}",
             config.topic
-        ))
-    })?;
+        )))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -324,8 +323,7 @@ pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
 ) -> Result<BTreeMap<u32, u64>, LogError> {
-    let unreachable =
-        |e: KafkaError| LogError::Unavailable(format!("cannot reach the Kafka brokers: {e}"));
+    let unreachable = |e: KafkaError| LogError::kafka("cannot reach the Kafka brokers")(e);
     let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(unreachable)?;
@@ -364,7 +362,7 @@ fn config_error(err: KafkaError) -> LogError {
 fn produce_error(err: KafkaError) -> LogError {
     match err {
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => LogError::Timeout,
-        other => LogError::Unavailable(format!("Kafka produce failed: {other}")),
+        other => LogError::kafka("Kafka produce failed")(other),
     }
 }
 
