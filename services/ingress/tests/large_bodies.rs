@@ -8,30 +8,7 @@ mod support;
 use prost::Message;
 use support::*;
 use terra_core::envelope::Envelope;
-
-/// A signed activity webhook of about `bytes`: one record with enough heart-rate samples,
-/// in Terra's `", "` / `": "` spelling.
-fn large_activity(bytes: usize) -> Vec<u8> {
-    let mut body = String::from(
-        r#"{"type": "activity", "user": {"user_id": "8b2c7e4e-1c0a-4c55-9a55-0c1d1e6f2a10", "provider": "GARMIN", "reference_id": null, "scopes": null, "last_webhook_update": null, "created_at": null, "active": true}, "version": "2022-03-16", "data": [{"metadata": {"summary_id": "big-1", "start_time": "2026-10-04T07:15:00.000000+02:00", "end_time": "2026-10-04T09:15:00.000000+02:00", "type": 1}, "heart_rate_data": {"detailed": {"hr_samples": ["#,
-    );
-    let mut i = 0u64;
-    while body.len() < bytes {
-        if i > 0 {
-            body.push_str(", ");
-        }
-        body.push_str(&format!(
-            r#"{{"timestamp": "2026-10-04T07:{:02}:{:02}.{:06}+02:00", "bpm": {}}}"#,
-            (i / 60) % 60,
-            i % 60,
-            i % 1_000_000,
-            60 + i % 90
-        ));
-        i += 1;
-    }
-    body.push_str("]}}}]}");
-    body.into_bytes()
-}
+use terra_testkit::large_activity;
 
 /// 5 MB: Terra's larger payloads with samples. (tansu 0.6, the broker of the suite, caps
 /// every fetch answer at 5 MiB and does not return a larger record anyway as Kafka does
