@@ -12,7 +12,13 @@ async fn a_5_mb_webhook_on_kafka_is_projected_to_sql_and_objects() {
     let cwd = tempfile::tempdir().unwrap();
     let mut server = start(
         cwd.path(),
-        &["standalone", "--log", "kafka-mock://terra-events"],
+        &[
+            "standalone",
+            "--log",
+            "kafka-mock://terra-events",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
     );
     let body = terra_testkit::large_activity(5_000_000);
     let file = cwd.path().join("large.json");

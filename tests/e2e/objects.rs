@@ -78,6 +78,9 @@ async fn standalone_writes_terras_bucket_layout_listed_by_boto3() {
         dir.path(),
         &[
             "standalone",
+            // not the default gRPC port: the zero-config test has it, in parallel
+            "--grpc-addr",
+            "127.0.0.1:0",
             "--objects",
             &objects,
             "--s3-endpoint",

@@ -318,7 +318,16 @@ async fn standalone_projects_into_postgres_with_the_sql_flag() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(
         dir.path(),
-        &["standalone", "--sql", &url, "--batch-wait-ms", "5"],
+        &[
+            "standalone",
+            "--sql",
+            &url,
+            "--batch-wait-ms",
+            "5",
+            // not the default gRPC port: the zero-config test has it, in parallel
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
     );
     let webhook = format!("http://{}/webhook", server.addr);
     for name in ["auth", "sleep", "activity", "deauth", "user_reauth"] {
