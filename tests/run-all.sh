@@ -78,10 +78,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
 if [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] && [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ]; then
-  # the ignored tests need the real broker and the S3/SQS server; crash_child is a helper process
-  cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E 'not test(crash_child)'
+  # the ignored tests need the real broker and the S3/SQS server; tests named *_child are helper processes their parent test runs
+  cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E 'not test(/_child$/)'
 else
-  filter='not test(crash_child)'
+  filter='not test(/_child$/)'
   [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] || filter="$filter and not test(/kafka_broker/)"
   [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ] || filter="$filter and not test(/s3::|sqs|moto|s3_/)"
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E "$filter"

@@ -60,6 +60,9 @@ pub enum Command {
     /// Replay the log from the start into fresh tables, then swap them in atomically.
     #[command(subcommand)]
     Rebuild(RebuildCommand),
+    /// Operator tools for the embedded log.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Sign a body the way Terra does and POST it.
     Send(SendArgs),
     /// Check a captured delivery offline; exit code 0 only when the signature is valid.
@@ -174,6 +177,21 @@ pub enum RebuildCommand {
     Sql(RebuildArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Keep every intact record of a damaged embedded log, each at its offset, and move the
+    /// damaged files aside (stop the process holding the log first).
+    Repair(LogRepairArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogRepairArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RebuildArgs {
     #[command(flatten)]
@@ -260,6 +278,7 @@ pub(crate) async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCo
         Command::Rebuild(RebuildCommand::Sql(ref args)) => {
             crate::project::rebuild_sql(config()?, args.keep_old, args.quiet).await
         }
+        Command::Log(LogCommand::Repair(_)) => crate::project::repair_log(config()?),
         Command::Send(args) => crate::send::run(args).await,
         Command::Verify(args) => Ok(crate::verify::run(&args)),
     }

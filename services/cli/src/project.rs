@@ -144,7 +144,8 @@ pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> 
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
     let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
-    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
+    let log = log_settings
+        .open()
         .await
         .context("failed to open the event log")?;
     let shutdown = CancellationToken::new();
@@ -170,7 +171,8 @@ pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
     let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
-    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
+    let log = log_settings
+        .open()
         .await
         .context("failed to open the event log")?;
     let shutdown = CancellationToken::new();
@@ -272,6 +274,37 @@ pub(crate) async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `terra-ingest log repair`.
+pub(crate) fn repair_log(config: Config) -> anyhow::Result<ExitCode> {
+    let log_settings = settings::resolve_log(&config)?;
+    let _telemetry = telemetry::init(config.telemetry.log_format, None)?;
+    let terra_eventlog::LogUrl::Embedded { dir, .. } = &log_settings.url else {
+        anyhow::bail!(
+            "log repair works on an embedded log (--log embedded:PATH); a Kafka topic is repaired by its brokers"
+        );
+    };
+    let report = terra_eventlog::embedded::repair(dir)
+        .with_context(|| format!("failed to repair the embedded log in {}", dir.display()))?;
+    println!(
+        "checked {} segment(s): kept {} intact record(s); next offsets {:?}",
+        report.segments, report.records_kept, report.next_offsets
+    );
+    for (path, skipped) in &report.repaired {
+        let bytes: u64 = skipped.iter().map(|(from, to)| to - from).sum();
+        println!(
+            "rewrote {} without {bytes} damaged byte(s) at {skipped:?}; the damaged file is kept as {}.damaged",
+            path.display(),
+            path.display()
+        );
+    }
+    for (partition, from, to) in &report.lost {
+        println!(
+            "partition {partition}: offsets {from}..{to} hold no intact record (readers skip them, naming each)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `terra-ingest rebuild sql`.
 pub(crate) async fn rebuild_sql(
     config: Config,
@@ -282,9 +315,9 @@ pub(crate) async fn rebuild_sql(
     let batches = settings::resolve_batches(&config)?;
     let log_settings = settings::resolve_log(&config)?;
     let _telemetry = telemetry::init(config.telemetry.log_format, None)?;
-    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
-        .await
-        .context("failed to open the event log (an embedded log must not be open in a running terra-ingest)")?;
+    let log = log_settings.open().await.context(
+        "failed to open the event log (an embedded log must not be open in a running terra-ingest)",
+    )?;
     let target = SqlTarget::connect(&sql.config)?;
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);

@@ -35,7 +35,8 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     if let Some(path) = &settings.generated_secret {
         tracing::info!(path = %path.display(), "the default source's signing secret is in this file: paste its value into Terra's dashboard, or sign test deliveries with `terra-ingest send`");
     }
-    let log = EventLog::open(&log_settings.url, &log_settings.kafka_properties)
+    let log = log_settings
+        .open()
         .await
         .context("failed to open the event log")?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)

@@ -38,9 +38,18 @@ impl EventLog {
         url: &LogUrl,
         kafka_properties: &[(String, String)],
     ) -> Result<Self, LogError> {
+        Self::open_with(url, kafka_properties, &embedded::EmbeddedOptions::default()).await
+    }
+
+    /// [`EventLog::open`], with the embedded log's settings.
+    pub async fn open_with(
+        url: &LogUrl,
+        kafka_properties: &[(String, String)],
+        embedded_options: &embedded::EmbeddedOptions,
+    ) -> Result<Self, LogError> {
         match url {
             LogUrl::Embedded { dir, partitions } => Ok(Self::Embedded(
-                embedded::EmbeddedLog::open(dir, *partitions)?,
+                embedded::EmbeddedLog::open_with(dir, *partitions, embedded_options.clone())?,
             )),
             LogUrl::Kafka(config) => Ok(Self::Kafka(
                 kafka::KafkaLog::connect(config.clone(), kafka_properties).await?,

@@ -149,6 +149,7 @@ pub struct LogSection {
     pub url: String,
     /// Passed through; values may be `env:NAME` or `file:PATH`.
     pub kafka: KafkaTable,
+    pub embedded: EmbeddedSection,
 }
 
 impl Default for LogSection {
@@ -156,6 +157,34 @@ impl Default for LogSection {
         Self {
             url: DEFAULT_LOG.to_owned(),
             kafka: KafkaTable::default(),
+            embedded: EmbeddedSection::default(),
+        }
+    }
+}
+
+/// `[log.embedded]`: the embedded log's segments, retention and append queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedSection {
+    /// A segment is sealed and the next one started at this size.
+    pub segment_bytes: u64,
+    /// Delete sealed segments older than this (once every consumer group is past them).
+    /// Unset: keep everything (the log is the source of truth).
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while the log is larger (same rule).
+    pub retention_bytes: Option<u64>,
+    /// Bytes waiting for the disk; an append past it is answered 503 at once.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        let defaults = terra_eventlog::embedded::EmbeddedOptions::default();
+        Self {
+            segment_bytes: defaults.segment_bytes,
+            retention_ms: defaults.retention.map(millis),
+            retention_bytes: defaults.retention_bytes,
+            max_queued_bytes: defaults.max_queued_bytes,
         }
     }
 }

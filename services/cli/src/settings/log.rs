@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use terra_eventlog::LogUrl;
+use terra_eventlog::embedded::EmbeddedOptions;
 
 use super::config::{Config, LogFormat};
 use super::names;
@@ -13,6 +14,14 @@ use super::secrets::KafkaProperties;
 pub struct LogSettings {
     pub url: LogUrl,
     pub kafka_properties: KafkaProperties,
+    pub embedded: EmbeddedOptions,
+}
+
+impl LogSettings {
+    /// Opens the log these settings name.
+    pub async fn open(&self) -> Result<terra_eventlog::EventLog, terra_eventlog::LogError> {
+        terra_eventlog::EventLog::open_with(&self.url, &self.kafka_properties, &self.embedded).await
+    }
 }
 
 /// Checks the log's settings; a relative embedded log lives in the data dir.
@@ -24,9 +33,28 @@ pub fn resolve_log(config: &Config) -> anyhow::Result<LogSettings> {
     if let LogUrl::Kafka(kafka) = &mut url {
         kafka.max_body_bytes = config.ingress.body_limit;
     }
+    let embedded = &config.log.embedded;
+    if embedded.segment_bytes < 1 << 20 {
+        anyhow::bail!(
+            "setting log.embedded.segment_bytes: {} is too small (at least 1048576)",
+            embedded.segment_bytes
+        );
+    }
+    if embedded.retention_ms == Some(0) || embedded.retention_bytes == Some(0) {
+        anyhow::bail!(
+            "settings log.embedded.retention_ms and retention_bytes: 0 would delete every \
+             committed segment; leave them unset to keep everything"
+        );
+    }
     Ok(LogSettings {
         url,
         kafka_properties: kafka_properties(&config.log.kafka.0)?,
+        embedded: EmbeddedOptions {
+            segment_bytes: embedded.segment_bytes,
+            retention: embedded.retention_ms.map(std::time::Duration::from_millis),
+            retention_bytes: embedded.retention_bytes,
+            max_queued_bytes: embedded.max_queued_bytes,
+        },
     })
 }
 

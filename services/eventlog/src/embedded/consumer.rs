@@ -1,23 +1,24 @@
 //! Consumer groups over the embedded log: read positions per partition, commits in
-//! `groups/<group>.json`.
+//! `groups/<group>.json`. A group's file is made when its first consumer is, so retention
+//! knows the group before it commits anything.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{Shared, Span, codec, records_path, write_atomically};
+use super::disk::Disk;
+use super::index::{Slot, Slots};
+use super::{Shared, codec, write_atomically};
 use crate::{Consumed, LogError, Position};
 
 pub struct EmbeddedConsumer {
     shared: Arc<Shared>,
+    group: String,
     group_file: PathBuf,
-    file: File,
     /// Next offset to read per partition.
     next: Vec<u64>,
     committed: BTreeMap<u32, u64>,
@@ -41,9 +42,13 @@ fn group_path(dir: &Path, group: &str) -> Result<PathBuf, LogError> {
     Ok(dir.join("groups").join(format!("{group}.json")))
 }
 
-pub(super) fn read_committed(dir: &Path, group: &str) -> Result<BTreeMap<u32, u64>, LogError> {
+pub(super) fn read_committed(
+    disk: &dyn Disk,
+    dir: &Path,
+    group: &str,
+) -> Result<BTreeMap<u32, u64>, LogError> {
     let path = group_path(dir, group)?;
-    match std::fs::read(&path) {
+    match disk.read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| LogError::Corrupt(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
@@ -53,22 +58,47 @@ pub(super) fn read_committed(dir: &Path, group: &str) -> Result<BTreeMap<u32, u6
     }
 }
 
+/// Every group's committed positions.
+pub(super) fn all_committed(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, LogError> {
+    let folder = dir.join("groups");
+    let names = disk
+        .list(&folder)
+        .map_err(LogError::io(format!("failed to list {}", folder.display())))?;
+    names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".json"))
+        .map(|group| Ok((group.to_owned(), read_committed(disk, dir, group)?)))
+        .collect()
+}
+
 impl EmbeddedConsumer {
     pub(super) fn new(shared: Arc<Shared>, group: &str) -> Result<Self, LogError> {
         let group_file = group_path(&shared.dir, group)?;
-        let committed = read_committed(&shared.dir, group)?;
-        let partitions = shared.index.len();
-        let path = records_path(&shared.dir);
-        let file = File::open(&path)
-            .map_err(LogError::io(format!("failed to open {}", path.display())))?;
-        let next = (0..partitions as u32)
-            .map(|p| committed.get(&p).copied().unwrap_or(0))
+        let disk = shared.disk.as_ref();
+        let stored = read_committed(disk, &shared.dir, group)?;
+        let start = shared.index.start_offsets();
+        let next: Vec<u64> = (0..start.len())
+            .map(|p| stored.get(&(p as u32)).copied().unwrap_or(start[p]))
             .collect();
+        // every partition named, so retention knows where this group is before it commits
+        // (a partition it never commits in does not hold segments back for ever)
+        let committed: BTreeMap<u32, u64> = next
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| (p as u32, n))
+            .collect();
+        if committed != stored || !disk.exists(&group_file) {
+            let json = serde_json::to_vec(&committed).expect("positions serialise");
+            write_atomically(disk, &group_file, &json)?;
+        }
         let appended = shared.appended.subscribe();
         Ok(Self {
             shared,
+            group: group.to_owned(),
             group_file,
-            file,
             next,
             committed,
             appended,
@@ -104,30 +134,55 @@ impl EmbeddedConsumer {
             if want == 0 {
                 break;
             }
-            let spans: Vec<Span> = {
-                let index = self.shared.index[partition].read().expect("index poisoned");
-                let first = self.next[partition] as usize;
-                index
-                    .get(first..index.len().min(first + want))
-                    .unwrap_or_default()
-                    .to_vec()
+            let slots = match self
+                .shared
+                .index
+                .slots(partition, self.next[partition], want)?
+            {
+                Slots::From(slots) => slots,
+                Slots::Gone { start } => {
+                    return Err(LogError::Corrupt(format!(
+                        "consumer group {:?}: partition {partition} offsets {}..{start} are gone \
+                         (deleted by retention) before the group read them",
+                        self.group, self.next[partition]
+                    )));
+                }
             };
-            for span in spans {
-                let mut frame = BytesMut::zeroed(span.len as usize);
-                self.file
-                    .read_exact_at(&mut frame, span.start)
-                    .map_err(LogError::io(format!(
-                        "failed to read partition {partition}"
-                    )))?;
-                let (timestamp_ms, record) = codec::decode(frame.freeze())?;
+            for slot in slots {
                 let offset = self.next[partition];
                 self.next[partition] += 1;
+                let span = match slot {
+                    Slot::Frame(span) => span,
+                    Slot::Lost => {
+                        tracing::error!(
+                            group = self.group,
+                            partition,
+                            offset,
+                            "skipping a record `log repair` could not keep (it was damaged on disk)"
+                        );
+                        continue;
+                    }
+                };
+                let frame = self.shared.index.read(span)?;
+                let (meta, record) = codec::decode(Bytes::from(frame)).map_err(|e| {
+                    LogError::Corrupt(format!(
+                        "partition {partition} offset {offset}: {e}; `terra-ingest log repair` \
+                         keeps every intact record"
+                    ))
+                })?;
+                if meta.partition as usize != partition || meta.offset != offset {
+                    return Err(LogError::Corrupt(format!(
+                        "partition {partition} offset {offset}: the stored frame is partition \
+                         {} offset {}",
+                        meta.partition, meta.offset
+                    )));
+                }
                 out.push(Consumed {
                     position: Position {
                         partition: partition as u32,
                         offset,
                     },
-                    timestamp_ms,
+                    timestamp_ms: meta.timestamp_ms,
                     record,
                 });
             }
@@ -136,15 +191,24 @@ impl EmbeddedConsumer {
         Ok(out)
     }
 
-    /// Reads every partition from `next` (0 where not named, clamped to the end) from now on,
-    /// and makes that the group's committed position.
+    /// Reads every partition from `next` (the partition's start where not named, clamped to
+    /// the end) from now on, and makes that the group's committed position. An offset that
+    /// retention already deleted is refused, naming the range lost.
     pub(crate) fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
+        let ends = self.shared.index.end_offsets();
+        let starts = self.shared.index.start_offsets();
         for (partition, slot) in self.next.iter_mut().enumerate() {
-            let end = self.shared.index[partition]
-                .read()
-                .expect("index poisoned")
-                .len() as u64;
-            *slot = next.get(&(partition as u32)).copied().unwrap_or(0).min(end);
+            let wanted = next.get(&(partition as u32)).copied();
+            if let Some(wanted) = wanted
+                && wanted < starts[partition]
+            {
+                return Err(LogError::Corrupt(format!(
+                    "consumer group {:?}: partition {partition} offsets {wanted}..{} are gone \
+                     (deleted by retention)",
+                    self.group, starts[partition]
+                )));
+            }
+            *slot = wanted.unwrap_or(starts[partition]).min(ends[partition]);
         }
         self.committed = self
             .next
@@ -153,18 +217,16 @@ impl EmbeddedConsumer {
             .map(|(p, &n)| (p as u32, n))
             .collect();
         let json = serde_json::to_vec(&self.committed).expect("positions serialise");
-        write_atomically(&self.group_file, &json)
+        write_atomically(self.shared.disk.as_ref(), &self.group_file, &json)
     }
 
     /// Records not yet read per partition.
     pub(crate) fn lag(&self) -> BTreeMap<u32, u64> {
+        let ends = self.shared.index.end_offsets();
         self.next
             .iter()
             .enumerate()
-            .map(|(p, &n)| {
-                let end = self.shared.index[p].read().expect("index poisoned").len() as u64;
-                (p as u32, end.saturating_sub(n))
-            })
+            .map(|(p, &n)| (p as u32, ends[p].saturating_sub(n)))
             .collect()
     }
 
@@ -180,7 +242,7 @@ impl EmbeddedConsumer {
         }
         if changed {
             let json = serde_json::to_vec(&self.committed).expect("positions serialise");
-            write_atomically(&self.group_file, &json)?;
+            write_atomically(self.shared.disk.as_ref(), &self.group_file, &json)?;
         }
         Ok(())
     }

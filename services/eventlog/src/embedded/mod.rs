@@ -1,35 +1,80 @@
-//! The embedded log: durable append-only files on local disk, for one node.
+//! The embedded log: durable append-only segment files on local disk, for one node.
 //!
 //! Layout of the folder:
 //! ```text
-//! LOCK                 held (flock) by the one process that has the log open
-//! meta.json            {"partitions": N}, fixed when the log is created
-//! records.log          every partition's framed records, interleaved (see `codec`)
-//! groups/<group>.json  committed positions of a consumer group, replaced atomically
+//! LOCK                   held (flock) by the one process that has the log open
+//! meta.json              {"partitions": N}, fixed when the log is created
+//! segments/<base>.log    every partition's framed records, interleaved (see `codec`);
+//!                        the last one is active, the others sealed
+//! segments/<base>.idx    a sealed segment's index (see `segment`)
+//! groups/<group>.json    committed positions of a consumer group, replaced atomically
 //! ```
 //! The folders are 0700 and the files 0600 (see [`crate::private_fs`]).
-//! One file for all partitions, so a group commit costs one `fdatasync` however many
-//! partitions it touches (four files cost four journal flushes here). Partitions are kept
-//! apart by an in-memory index rebuilt on open. Appends go through one appender thread
-//! (`writer`: write a group, `fdatasync` it, publish, answer) and are answered only after the
-//! sync that covers them. On open, a
-//! torn tail left by a crash (never acknowledged) is cut off at the last intact frame.
+//!
+//! One active file for all partitions, so a group commit costs one `fdatasync` however many
+//! partitions it touches. Appends go through one appender thread (`writer`: write a group,
+//! `fdatasync` it, publish, answer) and are answered only after the sync that covers them;
+//! the bytes waiting for it are bounded ([`EmbeddedOptions::max_queued_bytes`]: a full
+//! queue is refused at once). The active segment is sealed (its index written) once it
+//! reaches [`EmbeddedOptions::segment_bytes`]; opening reads the sealed indexes' headers and
+//! scans only the active segment.
+//!
+//! On open, a torn tail left by a crash (the last group commit, never acknowledged) is cut
+//! off. Damage anywhere else is refused with an error naming the byte and the record after
+//! it; the files are kept, and [`repair`] keeps every intact record (offsets never move).
+//! Retention ([`EmbeddedOptions::retention`], `retention_bytes`; off by default: the log is
+//! the source of truth) deletes whole sealed segments, never one holding a record some
+//! consumer group has not committed.
 
 mod codec;
 mod consumer;
+pub mod disk;
+mod index;
+mod open;
+mod repair;
+mod segment;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use terra_runtime::Backoff;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
 pub use consumer::EmbeddedConsumer;
+pub use repair::{RepairReport, repair, repair_on};
 
-use crate::{LogError, Position, Record, private_fs};
+use crate::{LogError, Position, Record};
+use disk::{Disk, OsDisk};
+use index::Index;
+
+/// Settings of an embedded log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// The active segment is sealed and a new one started once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Sealed segments whose newest record is older than this are deleted (once every
+    /// consumer group has committed past them). `None`: kept for ever.
+    pub retention: Option<Duration>,
+    /// The oldest sealed segments are deleted while the log is larger than this (same rule).
+    pub retention_bytes: Option<u64>,
+    /// Bytes of records waiting to be written; an append that would pass it is refused at
+    /// once ([`LogError::Unavailable`], 503 at the ingress).
+    pub max_queued_bytes: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 256 << 20,
+            retention: None,
+            retention_bytes: None,
+            max_queued_bytes: 256 << 20,
+        }
+    }
+}
 
 /// A handle to an open embedded log; clones share it.
 #[derive(Clone)]
@@ -38,7 +83,7 @@ pub struct EmbeddedLog {
     requests: std::sync::mpsc::Sender<writer::AppendRequest>,
 }
 
-/// Where one record's frame sits in `records.log`.
+/// Where one record's frame sits: its global position (segment base + byte in the segment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Span {
     start: u64,
@@ -47,56 +92,81 @@ pub(crate) struct Span {
 
 pub(crate) struct Shared {
     dir: PathBuf,
-    /// Per partition, the frame of each durable record: offset `i` is `index[p][i]`.
-    index: Vec<RwLock<Vec<Span>>>,
+    disk: Arc<dyn Disk>,
+    options: EmbeddedOptions,
+    index: Index,
     /// Bumped after every durable batch; consumers wait on it.
     appended: watch::Sender<u64>,
     /// Set when a write failed and could not be undone: the log refuses appends from then on.
     failed: Mutex<Option<String>>,
-    _lock: File,
+    /// Bytes of records accepted by `append` and not yet answered.
+    queued: AtomicUsize,
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl Shared {
+    fn segments_dir(&self) -> PathBuf {
+        self.dir.join("segments")
+    }
+}
+
+/// What an append holds of the queue: released when the appender answered.
+pub(crate) struct QueueSlot {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.shared.queued.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl EmbeddedLog {
-    /// Opens (creating when missing) the log in `dir`. `partitions` applies to a new log; an
-    /// existing log keeps the count it was created with.
+    /// Opens (creating when missing) the log in `dir` with the default options.
+    /// `partitions` applies to a new log; an existing log keeps the count it was created with.
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
-        private_fs::create_dir_all(&dir.join("groups"))
-            .map_err(LogError::io(format!("failed to create {}", dir.display())))?;
-        // a log made by an earlier version: its folder (which closes everything in it) and
-        // its files
-        for path in [dir.to_owned(), dir.join("groups")] {
-            private_fs::tighten_and_warn(&path);
+        Self::open_with(dir, partitions, EmbeddedOptions::default())
+    }
+
+    pub fn open_with(
+        dir: &Path,
+        partitions: u32,
+        options: EmbeddedOptions,
+    ) -> Result<Self, LogError> {
+        Self::open_on(Arc::new(OsDisk), dir, partitions, options)
+    }
+
+    /// Opens the log on `disk` (the simulated disk of the durability tests).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        partitions: u32,
+        options: EmbeddedOptions,
+    ) -> Result<Self, LogError> {
+        if options.segment_bytes < 4096 {
+            return Err(LogError::Config(
+                "embedded log segment_bytes must be at least 4096".into(),
+            ));
         }
-        let lock = private_fs::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(LogError::io("failed to open the log's LOCK file"))?;
-        lock_with_grace(&lock).map_err(|_| {
-            LogError::Unavailable(format!(
-                "the embedded log in {} is open in another process",
-                dir.display()
-            ))
-        })?;
-        for name in ["LOCK", "meta.json", "records.log"] {
-            private_fs::tighten_and_warn(&dir.join(name));
-        }
-        let partitions = read_or_create_meta(dir, partitions)?;
-        let (file, index) = codec::recover(&records_path(dir), partitions)?;
+        let opened = open::open(&disk, dir, partitions, &options)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
-            index: index.into_iter().map(RwLock::new).collect(),
+            disk,
+            options,
+            index: opened.index,
             appended: watch::Sender::new(0),
             failed: Mutex::new(None),
-            _lock: lock,
+            queued: AtomicUsize::new(0),
+            _lock: opened.lock,
         });
-        let requests = writer::spawn(Arc::clone(&shared), file)?;
+        writer::apply_retention(&shared);
+        let requests = writer::spawn(Arc::clone(&shared), opened.active_file, opened.active_len)?;
         Ok(Self { shared, requests })
     }
 
     pub fn partitions(&self) -> u32 {
-        self.shared.index.len() as u32
+        self.shared.index.partitions()
     }
 
     pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
@@ -104,9 +174,27 @@ impl EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let bytes = records.iter().map(writer::record_bytes).sum::<usize>();
+        let max = self.shared.options.max_queued_bytes;
+        let before = self.shared.queued.fetch_add(bytes, Ordering::AcqRel);
+        let slot = QueueSlot {
+            shared: Arc::clone(&self.shared),
+            bytes,
+        };
+        // one request alone may always go (a body under the body limit must be storable)
+        if before > 0 && before + bytes > max {
+            return Err(LogError::Unavailable(format!(
+                "the embedded log's append queue is full ({before} bytes waiting for the disk, \
+                 limit {max}); retry shortly"
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(writer::AppendRequest { records, reply })
+            .send(writer::AppendRequest {
+                records,
+                reply,
+                slot,
+            })
             .map_err(|_| LogError::Unavailable("embedded log writer stopped".into()))?;
         answer
             .await
@@ -126,90 +214,39 @@ impl EmbeddedLog {
 
     /// Number of records in each partition (the next offset to be written).
     pub fn end_offsets(&self) -> Vec<u64> {
-        self.shared
-            .index
-            .iter()
-            .map(|e| e.read().expect("index poisoned").len() as u64)
-            .collect()
+        self.shared.index.end_offsets()
+    }
+
+    /// The first offset still stored in each partition (above 0 once retention deleted
+    /// segments).
+    pub fn start_offsets(&self) -> Vec<u64> {
+        self.shared.index.start_offsets()
+    }
+
+    /// Number of segment files (sealed and active).
+    pub fn segment_count(&self) -> usize {
+        self.shared.index.segment_count()
     }
 
     /// The committed positions of `group`: partition → next offset to read.
     pub fn committed(&self, group: &str) -> Result<BTreeMap<u32, u64>, LogError> {
-        consumer::read_committed(&self.shared.dir, group)
+        consumer::read_committed(self.shared.disk.as_ref(), &self.shared.dir, group)
     }
 }
 
-/// Takes the folder's lock, waiting briefly: a predecessor that is shutting down (a
-/// restarted pod, a handle dropped a moment ago) releases it within moments.
-fn lock_with_grace(lock: &File) -> Result<(), std::fs::TryLockError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let backoff = Backoff::new(
-        std::time::Duration::from_millis(5),
-        std::time::Duration::from_millis(100),
-    );
-    let mut attempt = 0;
-    loop {
-        match lock.try_lock() {
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(backoff.delay(attempt));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn records_path(dir: &Path) -> PathBuf {
-    dir.join("records.log")
-}
-
-fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, LogError> {
-    let path = dir.join("meta.json");
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let meta: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| LogError::Corrupt(format!("{}: {e}", path.display())))?;
-            let stored = meta["partitions"]
-                .as_u64()
-                .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| {
-                    LogError::Corrupt(format!("{}: no valid partitions count", path.display()))
-                })? as u32;
-            if stored != partitions {
-                tracing::warn!(
-                    stored,
-                    requested = partitions,
-                    "embedded log keeps the partition count it was created with"
-                );
-            }
-            Ok(stored)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if partitions == 0 || partitions > 1024 {
-                return Err(LogError::Config(
-                    "partitions must be between 1 and 1024".into(),
-                ));
-            }
-            write_atomically(
-                &path,
-                serde_json::json!({ "partitions": partitions })
-                    .to_string()
-                    .as_bytes(),
-            )?;
-            Ok(partitions)
-        }
-        Err(e) => Err(LogError::io(format!("failed to read {}", path.display()))(
-            e,
-        )),
-    }
-}
-
-/// Replaces `path` with `contents` so that a crash leaves either the old or the new file
-/// (private, see [`private_fs::write_atomically`]).
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LogError> {
-    private_fs::write_atomically(path, contents)
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
+pub(crate) fn write_atomically(
+    disk: &dyn Disk,
+    path: &Path,
+    contents: &[u8],
+) -> Result<(), LogError> {
+    disk.write_atomically(path, contents)
         .map_err(LogError::io(format!("failed to write {}", path.display())))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_crash;
+#[cfg(test)]
+mod tests_sim;

@@ -1,4 +1,8 @@
-use std::fs::OpenOptions;
+//! The embedded log on the real file system: files, modes, torn tails and damage, repair,
+//! the lock, the old format. The simulated power cuts, backpressure, segments and retention
+//! are in `tests_sim.rs`; `kill -9` in `tests_crash.rs`.
+
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -7,12 +11,45 @@ use bytes::Bytes;
 
 use super::*;
 
-fn record(value: &str) -> Record {
+pub(super) fn record(value: &str) -> Record {
     Record {
-        key: Some(Bytes::from_static(b"k")),
-        headers: vec![],
+        key: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: vec![("h".into(), Bytes::from_static(b"v"))],
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
+}
+
+pub(super) fn first_segment(dir: &Path) -> PathBuf {
+    dir.join("segments").join(segment::log_name(0))
+}
+
+/// Every record the log holds, with its position (a fresh group reads them all).
+pub(super) async fn read_all(log: &EmbeddedLog, group: &str) -> BTreeMap<Position, Bytes> {
+    let mut consumer = log.consumer(group).unwrap();
+    let mut all = BTreeMap::new();
+    loop {
+        let batch = consumer
+            .poll(100_000, Duration::from_millis(100))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return all;
+        }
+        for c in batch {
+            assert!(all.insert(c.position, c.record.value).is_none());
+        }
+    }
+}
+
+/// 40 records in 40 group commits, over 3 partitions; their positions and values.
+async fn forty(log: &EmbeddedLog) -> BTreeMap<Position, Bytes> {
+    let mut expected = BTreeMap::new();
+    for n in 0..40 {
+        let value = format!("webhook-{n:02}");
+        let positions = log.append(vec![record(&value)]).await.unwrap();
+        expected.insert(positions[0], Bytes::from(value));
+    }
+    expected
 }
 
 #[tokio::test]
@@ -24,11 +61,11 @@ async fn a_torn_tail_is_cut_and_intact_records_stay() {
         .unwrap();
     drop(log);
     // a crash in the middle of the next write leaves half a frame behind
-    let mut file = OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .append(true)
-        .open(records_path(dir.path()))
+        .open(first_segment(dir.path()))
         .unwrap();
-    file.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+    file.write_all(&[60, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
     drop(file);
     let log = EmbeddedLog::open(dir.path(), 1).unwrap();
     assert_eq!(log.end_offsets(), vec![2]);
@@ -40,10 +77,123 @@ async fn a_torn_tail_is_cut_and_intact_records_stay() {
             offset: 2
         }]
     );
-    let mut consumer = log.consumer("g").unwrap();
-    let got = consumer.poll(10, Duration::from_secs(1)).await.unwrap();
-    let values: Vec<_> = got.iter().map(|c| c.record.value.as_ref()).collect();
+    let values: Vec<_> = read_all(&log, "g").await.into_values().collect();
     assert_eq!(values, [&b"one"[..], b"two", b"three"]);
+}
+
+#[tokio::test]
+async fn a_torn_group_whose_first_page_never_reached_the_disk_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    log.append(vec![record("kept")]).await.unwrap();
+    let len = fs::metadata(first_segment(dir.path())).unwrap().len();
+    // the next group: two frames written, then its first page lost to the crash (zeros)
+    log.append(vec![record("a"), record("b")]).await.unwrap();
+    drop(log);
+    let path = first_segment(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let first_frame = u32::from_le_bytes(bytes[len as usize..len as usize + 4].try_into().unwrap());
+    bytes[len as usize..len as usize + 8 + first_frame as usize].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    let values: Vec<_> = read_all(&log, "g").await.into_values().collect();
+    assert_eq!(values, [&b"kept"[..]]);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_is_refused_with_the_byte_and_the_file_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 3).unwrap();
+    forty(&log).await;
+    drop(log);
+    // one byte flipped a quarter into the file: 30 acknowledged records follow it
+    let path = first_segment(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+    let err = EmbeddedLog::open(dir.path(), 3).err().expect("refused");
+    let text = err.to_string();
+    assert!(matches!(err, LogError::Corrupt(_)), "{text}");
+    assert!(text.contains("is damaged at byte"), "{text}");
+    assert!(text.contains("log repair"), "{text}");
+    assert!(text.contains("not a write torn by a crash"), "{text}");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "the file must be kept as it is"
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_last_record_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 1).unwrap();
+    log.append(vec![record("first")]).await.unwrap();
+    log.append(vec![record("acknowledged and complete")])
+        .await
+        .unwrap();
+    drop(log);
+    let path = first_segment(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let err = EmbeddedLog::open(dir.path(), 1).err().expect("refused");
+    assert!(
+        err.to_string().contains("the damaged record is complete"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn repair_keeps_every_intact_record_at_its_offset_and_offsets_never_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 3).unwrap();
+    let expected = forty(&log).await;
+    // a consumer read and committed everything before the damage
+    let mut consumer = log.consumer("projector").unwrap();
+    let all: Vec<Position> = read_all(&log, "projector").await.into_keys().collect();
+    consumer.commit(&all).unwrap();
+    let ends_before = log.end_offsets();
+    drop((consumer, log));
+    let path = first_segment(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+
+    let report = repair(dir.path()).unwrap();
+    assert_eq!(report.records_kept, 39, "{report:?}");
+    assert_eq!(report.repaired.len(), 1);
+    assert!(
+        dir.path()
+            .join("segments/00000000000000000000.log.damaged")
+            .exists()
+    );
+    let log = EmbeddedLog::open(dir.path(), 3).unwrap();
+    let kept = read_all(&log, "audit").await;
+    assert_eq!(kept.len(), 39);
+    for (position, value) in &kept {
+        assert_eq!(expected.get(position), Some(value), "{position:?} moved");
+    }
+    let lost: Vec<_> = expected.keys().filter(|p| !kept.contains_key(p)).collect();
+    assert_eq!(lost.len(), 1);
+    assert!(
+        report
+            .lost
+            .iter()
+            .any(|(p, from, to)| *p == lost[0].partition && (*from..*to).contains(&lost[0].offset)),
+        "{report:?} does not name {lost:?}"
+    );
+    // new records go after everything that was ever written or committed
+    let positions = log.append(vec![record("after repair")]).await.unwrap();
+    assert!(positions[0].offset >= ends_before[positions[0].partition as usize]);
+    assert_eq!(
+        log.end_offsets().iter().sum::<u64>(),
+        ends_before.iter().sum::<u64>() + 1
+    );
 }
 
 #[tokio::test]
@@ -53,15 +203,33 @@ async fn embedded_log_folders_are_0700_and_files_0600_under_umask_022() {
     let root = tempfile::tempdir().unwrap();
     // the data dir does not exist yet: the log makes it, and its own folders
     let dir = root.path().join("data/log");
-    let log = EmbeddedLog::open(&dir, 2).unwrap();
-    let positions = log.append(vec![record("health data")]).await.unwrap();
+    let options = EmbeddedOptions {
+        segment_bytes: 4096,
+        ..EmbeddedOptions::default()
+    };
+    let log = EmbeddedLog::open_with(&dir, 2, options).unwrap();
+    let mut positions = Vec::new();
+    for n in 0..100 {
+        let value = format!("health data {n} {}", "h".repeat(100));
+        positions.extend(log.append(vec![record(&value)]).await.unwrap());
+    }
+    assert!(log.segment_count() > 2);
     let mut consumer = log.consumer("g").unwrap();
     consumer.commit(&positions).unwrap();
-    for folder in ["data", "data/log", "data/log/groups"] {
+    for folder in ["data", "data/log", "data/log/groups", "data/log/segments"] {
         assert_eq!(mode(&root.path().join(folder)), 0o700, "{folder}");
     }
-    for file in ["LOCK", "meta.json", "records.log", "groups/g.json"] {
-        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    let mut files = vec![
+        dir.join("LOCK"),
+        dir.join("meta.json"),
+        dir.join("groups/g.json"),
+    ];
+    for entry in fs::read_dir(dir.join("segments")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    assert!(files.len() > 6);
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
 }
 
@@ -78,13 +246,11 @@ async fn a_log_left_readable_by_an_earlier_version_is_tightened_on_open() {
     let loosen = |path: &Path, m: u32| fs::set_permissions(path, fs::Permissions::from_mode(m));
     loosen(&dir, 0o755).unwrap();
     loosen(&dir.join("groups"), 0o755).unwrap();
-    loosen(&records_path(&dir), 0o644).unwrap();
     loosen(&dir.join("meta.json"), 0o644).unwrap();
     let log = EmbeddedLog::open(&dir, 1).unwrap();
     assert_eq!(log.end_offsets(), vec![1]);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("groups")), 0o700);
-    assert_eq!(mode(&records_path(&dir)), 0o600);
     assert_eq!(mode(&dir.join("meta.json")), 0o600);
 }
 
@@ -94,7 +260,7 @@ async fn a_corrupted_frame_is_detected_on_read() {
     let log = EmbeddedLog::open(dir.path(), 1).unwrap();
     log.append(vec![record("payload")]).await.unwrap();
     // flip a byte of the stored value while the log is open (bit rot under a running reader)
-    let path = records_path(dir.path());
+    let path = first_segment(dir.path());
     let mut bytes = fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -105,14 +271,43 @@ async fn a_corrupted_frame_is_detected_on_read() {
         .await
         .unwrap_err();
     assert!(matches!(err, LogError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("partition 0 offset 0"), "{err}");
+}
+
+/// Run by `a_second_process_cannot_open_the_same_log`: opens the log, says so, waits.
+#[test]
+#[ignore = "helper process of a_second_process_cannot_open_the_same_log"]
+fn lock_child() {
+    let dir = std::env::var("LOCK_CHILD_DIR").expect("run by the parent test");
+    let _log = EmbeddedLog::open(Path::new(&dir), 2).unwrap();
+    println!("OPEN");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 #[test]
 fn a_second_process_cannot_open_the_same_log() {
     let dir = tempfile::tempdir().unwrap();
-    let _log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "embedded::tests::lock_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LOCK_CHILD_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while lines.next().expect("child stopped early").unwrap() != "OPEN" {}
     let err = EmbeddedLog::open(dir.path(), 2).err().unwrap();
     assert!(err.to_string().contains("open in another process"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // the lock goes with the process
+    EmbeddedLog::open(dir.path(), 2).unwrap();
 }
 
 #[test]
@@ -136,127 +331,85 @@ fn group_names_cannot_escape_the_groups_folder() {
     }
 }
 
-/// Run by `kill_9_keeps_every_acknowledged_append` in a child process: appends and commits
-/// forever, printing what was acknowledged, until it is killed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process of kill_9_keeps_every_acknowledged_append"]
-async fn crash_child() {
-    let dir = std::env::var("CRASH_CHILD_DIR").expect("run by the parent test");
-    let log = EmbeddedLog::open(Path::new(&dir), 3).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for writer in 0..4 {
-        let (log, tx) = (log.clone(), tx.clone());
-        tokio::spawn(async move {
-            for n in 0u64.. {
-                let values: Vec<String> = (0..1 + n % 5)
-                    .map(|i| format!("w{writer}-{n}-{i}"))
-                    .collect();
-                let records = values
-                    .iter()
-                    .map(|v| Record {
-                        key: Some(Bytes::from(format!("user-{}", n % 11))),
-                        headers: vec![("h".into(), Bytes::from_static(b"v"))],
-                        value: Bytes::from(v.clone()),
-                    })
-                    .collect();
-                let positions = log.append(records).await.unwrap();
-                for (v, p) in values.iter().zip(positions) {
-                    tx.send(format!("ACK {} {} {v}", p.partition, p.offset))
-                        .unwrap();
-                }
-            }
-        });
+/// A version-1 frame (`records.log`: partition, timestamp, record; offsets by order).
+fn v1_frame(partition: u32, value: &str, out: &mut Vec<u8>) {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&partition.to_le_bytes());
+    payload.extend_from_slice(&1_700_000_000_000i64.to_le_bytes());
+    payload.extend_from_slice(&1i32.to_le_bytes());
+    payload.push(b'k');
+    payload.extend_from_slice(&0u16.to_le_bytes());
+    payload.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+fn v1_log(dir: &Path, partitions: u32, frames: &[(u32, &str)]) -> Vec<u8> {
+    fs::create_dir_all(dir.join("groups")).unwrap();
+    fs::write(
+        dir.join("meta.json"),
+        format!("{{\"partitions\":{partitions}}}"),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    for (partition, value) in frames {
+        v1_frame(*partition, value, &mut bytes);
     }
-    let committer = {
-        let log = log.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut consumer = log.consumer("crash").unwrap();
-            loop {
-                let batch = consumer.poll(7, Duration::from_secs(1)).await.unwrap();
-                let positions: Vec<_> = batch.iter().map(|c| c.position).collect();
-                consumer.commit(&positions).unwrap();
-                for p in positions {
-                    tx.send(format!("COMMIT {} {}", p.partition, p.offset))
-                        .unwrap();
-                }
-            }
-        })
-    };
-    let mut out = std::io::stdout().lock();
-    while let Some(line) = rx.recv().await {
-        writeln!(out, "{line}").unwrap();
-        out.flush().unwrap();
-    }
-    committer.await.unwrap();
+    fs::write(dir.join("records.log"), &bytes).unwrap();
+    fs::write(dir.join("groups/projector.json"), r#"{"0":1}"#).unwrap();
+    bytes
 }
 
 #[tokio::test]
-async fn kill_9_keeps_every_acknowledged_append_and_commit() {
+async fn a_version_1_log_is_migrated_with_its_offsets_and_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "embedded::tests::crash_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CRASH_CHILD_DIR", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut acked = Vec::new();
-    let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while acked.len() < 3_000 {
-        let line = lines.next().expect("child stopped early").unwrap();
-        let parts: Vec<&str> = line.split(' ').collect();
-        if !matches!(parts[0], "ACK" | "COMMIT") {
-            continue; // the test harness's own output
-        }
-        let (partition, offset): (u32, u64) =
-            (parts[1].parse().unwrap(), parts[2].parse().unwrap());
-        match parts[0] {
-            "ACK" => acked.push((Position { partition, offset }, parts[3].to_owned())),
-            "COMMIT" => {
-                let next = committed.entry(partition).or_insert(0);
-                *next = (*next).max(offset + 1);
-            }
-            _ => {}
-        }
-    }
-    child.kill().unwrap(); // SIGKILL: no destructor, no flush
-    child.wait().unwrap();
+    v1_log(dir.path(), 2, &[(0, "a"), (1, "b"), (0, "c"), (1, "d")]);
+    let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    assert!(!dir.path().join("records.log").exists());
+    assert_eq!(log.end_offsets(), vec![2, 2]);
+    let all = read_all(&log, "audit").await;
+    let at = |partition, offset| all[&Position { partition, offset }].as_ref().to_vec();
+    assert_eq!(
+        [at(0, 0), at(0, 1), at(1, 0), at(1, 1)],
+        [b"a", b"c", b"b", b"d"].map(|v| v.to_vec())
+    );
+    // the group resumes where it was
+    let mut consumer = log.consumer("projector").unwrap();
+    let batch = consumer.poll(10, Duration::from_millis(100)).await.unwrap();
+    let got: Vec<_> = batch
+        .iter()
+        .map(|c| (c.position.partition, c.position.offset))
+        .collect();
+    assert_eq!(
+        got.iter().filter(|p| p.0 == 0).copied().collect::<Vec<_>>(),
+        [(0, 1)]
+    );
+}
 
-    let log = EmbeddedLog::open(dir.path(), 3).unwrap();
-    let ends = log.end_offsets();
-    let mut consumer = log.consumer("verify").unwrap();
-    let mut stored = std::collections::HashMap::new();
-    loop {
-        let batch = consumer
-            .poll(10_000, Duration::from_millis(200))
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for c in batch {
-            stored.insert(c.position, c.record.value);
-        }
-    }
-    assert_eq!(stored.len() as u64, ends.iter().sum::<u64>());
-    for (position, value) in &acked {
-        let got = stored
-            .get(position)
-            .unwrap_or_else(|| panic!("acknowledged {position:?} lost"));
-        assert_eq!(got.as_ref(), value.as_bytes(), "{position:?}");
-    }
-    let after = log.committed("crash").unwrap();
-    for (partition, next) in committed {
-        assert!(
-            after.get(&partition).copied().unwrap_or(0) >= next,
-            "commit of partition {partition} lost"
-        );
-    }
+#[tokio::test]
+async fn a_damaged_version_1_log_is_refused_then_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = v1_log(dir.path(), 1, &[(0, "a"), (0, "b"), (0, "c"), (0, "d")]);
+    let frame = bytes.len() / 4;
+    bytes[frame + 10] ^= 0x10; // inside the second frame
+    fs::write(dir.path().join("records.log"), &bytes).unwrap();
+    let err = EmbeddedLog::open(dir.path(), 1).err().expect("refused");
+    assert!(
+        err.to_string().contains("(version 1) is damaged at byte"),
+        "{err}"
+    );
+    assert!(dir.path().join("records.log").exists());
+    let report = repair(dir.path()).unwrap();
+    assert_eq!(report.records_kept, 3, "{report:?}");
+    let log = EmbeddedLog::open(dir.path(), 1).unwrap();
+    let values: Vec<_> = read_all(&log, "audit").await.into_values().collect();
+    assert_eq!(values, [&b"a"[..], b"c", b"d"]);
+}
+
+#[test]
+fn repair_refuses_a_folder_without_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = repair(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("holds no embedded log"), "{err}");
 }

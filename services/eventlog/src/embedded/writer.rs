@@ -1,24 +1,25 @@
-//! Appends: one appender thread doing group commit.
+//! Appends: one appender thread doing group commit, segment rolls and retention.
 //!
-//! The appender takes every pending request, frames the records, `write`s them with one call,
-//! calls `fdatasync` once, and only then publishes the records to readers and acknowledges
-//! them. Requests that arrive while a sync runs wait in the channel and make the next group,
-//! so one sync covers everything that arrived during the previous one; the thread only sleeps
-//! (and needs waking) when there is nothing to do. Nothing is acknowledged before the sync
-//! that covers it returned.
+//! The appender takes every pending request (up to [`MAX_GROUP_BYTES`]), frames the records,
+//! `write`s them with one call, calls `fdatasync` once, and only then publishes the records
+//! to readers and acknowledges them. Requests that arrive while a sync runs wait in the
+//! channel and make the next group, so one sync covers everything that arrived during the
+//! previous one. Nothing is acknowledged before the sync that covers it returned.
 
-use std::fs::File;
-use std::io::Write;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use super::{Shared, Span, codec};
+use super::codec::{self, FrameMeta};
+use super::disk::AppendFile;
+use super::index::Active;
+use super::{QueueSlot, Shared, Span, consumer, open, segment};
 use crate::{LogError, Position, Record};
 
-/// Requests taken into one group at most.
-const MAX_REQUESTS_PER_GROUP: usize = 4096;
+/// Bytes of records taken into one group at most (one request larger than this is a group
+/// of its own).
+const MAX_GROUP_BYTES: usize = 32 << 20;
 /// Group-commit delay: when the previous group had at least `LINGER_WHEN` requests (there is
 /// concurrent load) and this one has fewer than `LINGER_UNTIL`, wait `LINGER` for more before
 /// syncing. A lone request (no concurrent load) is synced at once.
@@ -26,14 +27,15 @@ const LINGER: Duration = Duration::from_micros(200);
 const LINGER_WHEN: usize = 8;
 const LINGER_UNTIL: usize = 48;
 
-/// Moves every request already waiting into `group` (up to the group limit).
-fn drain(rx: &mpsc::Receiver<AppendRequest>, group: &mut Vec<AppendRequest>) {
-    while group.len() < MAX_REQUESTS_PER_GROUP {
-        match rx.try_recv() {
-            Ok(request) => group.push(request),
-            Err(_) => break,
-        }
-    }
+/// What a record holds of the append queue: its bytes and its share of the frame.
+pub(super) fn record_bytes(record: &Record) -> usize {
+    64 + record.value.len()
+        + record.key.as_ref().map_or(0, |k| k.len())
+        + record
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.len() + v.len())
+            .sum::<usize>()
 }
 
 type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
@@ -41,25 +43,45 @@ type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
 pub(super) struct AppendRequest {
     pub(super) records: Vec<Record>,
     pub(super) reply: Reply,
+    pub(super) slot: QueueSlot,
+}
+
+/// Moves requests already waiting into `group` while it holds less than the group limit.
+fn drain(
+    rx: &mpsc::Receiver<AppendRequest>,
+    group: &mut Vec<AppendRequest>,
+    pending: &mut Option<AppendRequest>,
+) {
+    let mut bytes: usize = group.iter().map(|r| r.slot.bytes).sum();
+    while bytes < MAX_GROUP_BYTES {
+        let request = match pending.take() {
+            Some(request) => request,
+            None => match rx.try_recv() {
+                Ok(request) => request,
+                Err(_) => break,
+            },
+        };
+        if !group.is_empty() && bytes + request.slot.bytes > MAX_GROUP_BYTES {
+            *pending = Some(request);
+            break;
+        }
+        bytes += request.slot.bytes;
+        group.push(request);
+    }
 }
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
-    file: File,
+    file: Box<dyn AppendFile>,
+    len: u64,
 ) -> Result<mpsc::Sender<AppendRequest>, LogError> {
     let (tx, rx) = mpsc::channel();
-    let len = file
-        .metadata()
-        .map_err(LogError::io("failed to read the log file's length"))?
-        .len();
-    let next = shared
-        .index
-        .iter()
-        .map(|i| i.read().expect("index poisoned").len() as u64)
-        .collect();
+    let active = shared.index.active();
+    let next = (0..active.first.len()).map(|p| active.end(p)).collect();
     let appender = Appender {
         shared,
         file,
+        base: active.base,
         len,
         next,
         round_robin: 0,
@@ -74,8 +96,9 @@ pub(super) fn spawn(
 
 struct Appender {
     shared: Arc<Shared>,
-    file: File,
-    /// Bytes written to the file so far.
+    file: Box<dyn AppendFile>,
+    /// The active segment's base and length in bytes.
+    base: u64,
     len: u64,
     /// Next offset of each partition.
     next: Vec<u64>,
@@ -86,19 +109,28 @@ struct Appender {
 impl Appender {
     fn run(mut self, rx: mpsc::Receiver<AppendRequest>) {
         let mut group = Vec::new();
+        let mut pending = None;
         let mut previous = 0;
-        while let Ok(first) = rx.recv() {
-            group.push(first);
-            drain(&rx, &mut group);
+        loop {
+            if pending.is_none() {
+                match rx.recv() {
+                    Ok(first) => pending = Some(first),
+                    Err(_) => return,
+                }
+            }
+            drain(&rx, &mut group, &mut pending);
             // under concurrent load, wait a moment for more before paying for a sync: fewer,
             // larger groups (a sync costs the same for 1 request or 60)
             // (a sleep, not a blocking receive: senders then have nobody to wake)
-            if previous >= LINGER_WHEN && group.len() < LINGER_UNTIL {
+            if previous >= LINGER_WHEN && group.len() < LINGER_UNTIL && pending.is_none() {
                 std::thread::sleep(LINGER);
-                drain(&rx, &mut group);
+                drain(&rx, &mut group, &mut pending);
             }
             previous = group.len();
             self.commit(&mut group);
+            if self.len >= self.shared.options.segment_bytes {
+                self.roll();
+            }
         }
     }
 
@@ -114,6 +146,19 @@ impl Appender {
         (hash % partitions) as usize
     }
 
+    fn failed(&self) -> Option<String> {
+        self.shared
+            .failed
+            .lock()
+            .expect("failed flag poisoned")
+            .clone()
+    }
+
+    fn set_failed(&self, why: String) {
+        tracing::error!(error = %why, "the embedded log stops taking appends");
+        *self.shared.failed.lock().expect("failed flag poisoned") = Some(why);
+    }
+
     fn fail(group: &mut Vec<AppendRequest>, why: &str) {
         for request in group.drain(..) {
             let _ = request
@@ -124,13 +169,7 @@ impl Appender {
 
     /// Writes, syncs, publishes and acknowledges `group` (emptied).
     fn commit(&mut self, group: &mut Vec<AppendRequest>) {
-        if let Some(why) = self
-            .shared
-            .failed
-            .lock()
-            .expect("failed flag poisoned")
-            .clone()
-        {
+        if let Some(why) = self.failed() {
             return Self::fail(group, &why);
         }
         let timestamp_ms = SystemTime::now()
@@ -145,9 +184,15 @@ impl Appender {
             for record in &request.records {
                 let partition = self.partition_of(record.key.as_deref());
                 let start = self.buffer.len();
-                codec::encode(record, partition as u32, timestamp_ms, &mut self.buffer);
+                let meta = FrameMeta {
+                    partition: partition as u32,
+                    offset: next[partition],
+                    group_start: self.len,
+                    timestamp_ms,
+                };
+                codec::encode(record, meta, &mut self.buffer);
                 spans[partition].push(Span {
-                    start: self.len + start as u64,
+                    start: self.base + self.len + start as u64,
                     len: (self.buffer.len() - start) as u32,
                 });
                 these.push(Position {
@@ -162,8 +207,8 @@ impl Appender {
             let why = format!("failed to append to the embedded log: {e}");
             tracing::error!(error = %why, "embedded log write failed");
             // cut a partial write off, so no frame of the failed group stays behind
-            if self.file.set_len(self.len).is_err() {
-                *self.shared.failed.lock().expect("failed flag poisoned") = Some(
+            if self.file.truncate(self.len).is_err() {
+                self.set_failed(
                     "the log file could not be repaired after a failed write; restart to recover"
                         .into(),
                 );
@@ -178,20 +223,12 @@ impl Appender {
             // after a failed fsync the kernel may have dropped the dirty pages: nothing written
             // since the last good sync can be trusted, so stop taking appends
             let why = format!("fdatasync of the embedded log failed ({e}); restart to recover");
-            tracing::error!(error = %why, "embedded log sync failed");
-            *self.shared.failed.lock().expect("failed flag poisoned") = Some(why.clone());
+            self.set_failed(why.clone());
             return Self::fail(group, &why);
         }
         self.len += written;
         self.next = next;
-        for (partition, spans) in spans.into_iter().enumerate() {
-            if !spans.is_empty() {
-                self.shared.index[partition]
-                    .write()
-                    .expect("index poisoned")
-                    .extend(spans);
-            }
-        }
+        self.shared.index.publish(spans, timestamp_ms);
         self.shared
             .appended
             .send_modify(|generation| *generation += 1);
@@ -199,6 +236,119 @@ impl Appender {
             // the caller may have gone away (request cancelled); the records are durable anyway
             let _ = request.reply.send(Ok(positions));
         }
+    }
+
+    /// Seals the active segment (its index written) and starts the next one.
+    fn roll(&mut self) {
+        if self.failed().is_some() {
+            return;
+        }
+        let segments_dir = self.shared.segments_dir();
+        let active = self.shared.index.active();
+        let index = open::index_of(
+            active.base,
+            self.len,
+            active.max_timestamp_ms,
+            &active.first,
+            &active.spans,
+        );
+        let base = self.base + self.len;
+        let disk = self.shared.disk.as_ref();
+        let rolled = open::write_index(disk, &segments_dir, &index)
+            .and_then(|()| open::create_segment(disk, &segments_dir, base, &self.next))
+            .and_then(|()| {
+                let path = segments_dir.join(segment::log_name(base));
+                disk.open_append(&path)
+                    .map_err(LogError::io(format!("failed to open {}", path.display())))
+            });
+        match rolled {
+            Ok(file) => {
+                let header_len = codec::segment_header_len(self.next.len() as u32);
+                self.file = file;
+                self.base = base;
+                self.len = header_len;
+                self.shared.index.roll(
+                    Arc::new(index),
+                    Active {
+                        base,
+                        first: self.next.clone(),
+                        spans: vec![Vec::new(); self.next.len()],
+                        max_timestamp_ms: 0,
+                    },
+                );
+                apply_retention(&self.shared);
+            }
+            // the active segment stays active (it only grows past its size); tried again
+            // after the next group
+            Err(e) => tracing::error!(error = %e, "failed to seal an embedded log segment"),
+        }
+    }
+}
+
+/// Deletes the oldest sealed segments that retention lets go and every consumer group has
+/// committed past.
+pub(super) fn apply_retention(shared: &Shared) {
+    let options = &shared.options;
+    if options.retention.is_none() && options.retention_bytes.is_none() {
+        return;
+    }
+    let groups = match consumer::all_committed(shared.disk.as_ref(), &shared.dir) {
+        Ok(groups) => groups,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention skipped: the consumer groups' positions could not be read");
+            return;
+        }
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let segments_dir = shared.segments_dir();
+    loop {
+        let sealed = shared.index.sealed();
+        let Some(oldest) = sealed.first() else {
+            return;
+        };
+        let total: u64 = sealed.iter().map(|s| s.data_len).sum::<u64>() + options.segment_bytes;
+        let too_old = options
+            .retention
+            .is_some_and(|age| oldest.max_timestamp_ms < now_ms - age.as_millis() as i64);
+        let too_big = options.retention_bytes.is_some_and(|max| total > max);
+        if !too_old && !too_big {
+            return;
+        }
+        if let Some((group, partition, committed)) = groups.iter().find_map(|(group, next)| {
+            (0..oldest.ranges.len()).find_map(|p| {
+                let committed = next.get(&(p as u32)).copied().unwrap_or(0);
+                (committed < oldest.end(p)).then(|| (group.clone(), p, committed))
+            })
+        }) {
+            tracing::warn!(
+                group,
+                partition,
+                committed,
+                segment = segment::log_name(oldest.base),
+                "retention holds a segment back: a consumer group has not committed past it"
+            );
+            return;
+        }
+        let Some(gone) = shared.index.drop_oldest() else {
+            return;
+        };
+        // the data first: an index without its segment is ignored, a segment without its index
+        // would be scanned again
+        for name in [segment::log_name(gone.base), segment::index_name(gone.base)] {
+            let path = segments_dir.join(name);
+            if let Err(e) = shared.disk.remove(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "failed to delete a segment past retention");
+            }
+        }
+        if let Err(e) = shared.disk.sync_dir(&segments_dir) {
+            tracing::warn!(error = %e, "failed to sync the segments folder");
+        }
+        tracing::info!(
+            segment = segment::log_name(gone.base),
+            "deleted a segment past retention"
+        );
     }
 }
 
