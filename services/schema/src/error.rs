@@ -32,7 +32,10 @@ pub(crate) fn classify(err: &sqlx::Error) -> SqlError {
     let text = crate::describe_error(err);
     match err {
         sqlx::Error::Database(db) => {
-            if is_data_error(&db.code().unwrap_or_default()) {
+            let mysql_number = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|mysql| mysql.number());
+            if is_data_error(&db.code().unwrap_or_default(), mysql_number) {
                 SqlError::Rejected(text)
             } else {
                 SqlError::Unavailable(text)
@@ -43,10 +46,20 @@ pub(crate) fn classify(err: &sqlx::Error) -> SqlError {
     }
 }
 
+/// MySQL/MariaDB refusals of a value that carry no data SQLSTATE: 1366 `Incorrect string
+/// value` (a character the column's character set cannot hold: `HY000` on MySQL, `22007` on
+/// MariaDB) and 1265 `Data truncated` (`01000`: a value an ENUM, SET or number column cannot
+/// take, in strict mode). Retrying them fails the same way for ever.
+const MYSQL_DATA_ERRORS: [u16; 2] = [1366, 1265];
+
 /// Postgres and MySQL report a five-character SQLSTATE: classes 22 (data exception) and 23
-/// (integrity constraint) are about the data. SQLite reports its (extended) result code:
-/// CONSTRAINT, MISMATCH, TOOBIG and RANGE are.
-fn is_data_error(code: &str) -> bool {
+/// (integrity constraint) are about the data, and so are the MySQL error numbers of
+/// [`MYSQL_DATA_ERRORS`]. SQLite reports its (extended) result code: CONSTRAINT, MISMATCH,
+/// TOOBIG and RANGE are.
+fn is_data_error(code: &str, mysql_number: Option<u16>) -> bool {
+    if mysql_number.is_some_and(|number| MYSQL_DATA_ERRORS.contains(&number)) {
+        return true;
+    }
     if code.len() == 5 {
         return code.starts_with("22") || code.starts_with("23");
     }
@@ -65,13 +78,31 @@ mod tests {
         for code in [
             "22001", "23505", "23503", "22007", "23000", "19", "2067", "787", "1299", "20",
         ] {
-            assert!(is_data_error(code), "{code}");
+            assert!(is_data_error(code, None), "{code}");
         }
         for code in [
             "40P01", "40001", "08006", "57P01", "42P01", "42S02", "53300", "HY000", "5", "6", "10",
             "517", "",
         ] {
-            assert!(!is_data_error(code), "{code}");
+            assert!(!is_data_error(code, None), "{code}");
+        }
+    }
+
+    #[test]
+    fn mysql_incorrect_string_value_1366_and_data_truncated_1265_are_poison() {
+        // as MySQL and MariaDB report them: number and SQLSTATE
+        for (code, number) in [("HY000", 1366), ("22007", 1366), ("01000", 1265)] {
+            assert!(is_data_error(code, Some(number)), "{number} {code}");
+        }
+        // other MySQL errors without a data SQLSTATE stay outages: lock wait timeout, too
+        // many connections, unknown column, server gone
+        for (code, number) in [
+            ("HY000", 1205),
+            ("08004", 1040),
+            ("42S22", 1054),
+            ("HY000", 2006),
+        ] {
+            assert!(!is_data_error(code, Some(number)), "{number} {code}");
         }
     }
 }

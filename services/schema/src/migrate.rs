@@ -67,6 +67,7 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("mysql", 20261124000200, "ingest_tables"),
             migration!("mysql", 20261124000300, "payload_position_index"),
             migration!("mysql", 20261124000400, "payload_user_order_index"),
+            migration!("mysql", 20261125000100, "utf8mb4_binary"),
         ],
         (Dialect::Sqlite, _) => vec![
             migration!("sqlite", 20261124000100, "terra_tables"),
@@ -95,9 +96,17 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
         conn.execute("SELECT pg_advisory_lock(7120118)").await?;
     }
     let result = async {
+        let collation = match target.dialect {
+            Dialect::MySql => mysql_binary_collation(&mut conn).await?,
+            Dialect::Postgres | Dialect::Sqlite => "",
+        };
+        let table_options = match target.dialect {
+            Dialect::MySql => format!(" DEFAULT CHARSET = utf8mb4 COLLATE = {collation}"),
+            Dialect::Postgres | Dialect::Sqlite => String::new(),
+        };
         conn.execute(
             format!(
-                "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, variant VARCHAR(16) NOT NULL, applied_at_ms BIGINT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, variant VARCHAR(16) NOT NULL, applied_at_ms BIGINT NOT NULL){table_options}"
             )
             .as_str(),
         )
@@ -126,7 +135,7 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
                 report.already += 1;
                 continue;
             }
-            let sql = render(target, migration.sql);
+            let sql = render(target, migration.sql).replace("{binary_collation}", collation);
             // Postgres and SQLite apply a migration atomically; MySQL commits each DDL
             // statement, so a failure there leaves a partial migration to clean up by hand
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -166,6 +175,41 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
         let _ = conn.execute("SELECT pg_advisory_unlock(7120118)").await;
     }
     result
+}
+
+/// MySQL/MariaDB collations that compare utf8mb4 text byte for byte, trailing spaces included
+/// (NO PAD), in order of preference: MariaDB 10.2+, MySQL 8.0.17+.
+const MYSQL_NOPAD_BINARY: [&str; 2] = ["utf8mb4_nopad_bin", "utf8mb4_0900_bin"];
+
+/// The collation terra-ingest's MySQL tables take (`{binary_collation}` of the migrations):
+/// the server's binary NO PAD utf8mb4 collation, else `utf8mb4_bin` (older servers: case and
+/// 4-byte characters are still kept apart, but `abc` and `abc ` compare equal; a warning says
+/// so).
+async fn mysql_binary_collation(conn: &mut sqlx::AnyConnection) -> Result<&'static str, SqlError> {
+    let rows = conn
+        .fetch_all(
+            format!(
+                "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ('{}')",
+                MYSQL_NOPAD_BINARY.join("', '")
+            )
+            .as_str(),
+        )
+        .await?;
+    let available: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if let Some(name) = MYSQL_NOPAD_BINARY
+        .into_iter()
+        .find(|name| available.iter().any(|a| a == name))
+    {
+        return Ok(name);
+    }
+    tracing::warn!(
+        collation = "utf8mb4_bin",
+        "the server has no binary NO PAD utf8mb4 collation (MariaDB 10.2+, MySQL 8.0.17+): user ids differing only in trailing spaces compare equal"
+    );
+    Ok("utf8mb4_bin")
 }
 
 /// Migrations not applied yet to the target's tables (all of them when there are none).
@@ -239,6 +283,15 @@ mod tests {
                     continue;
                 }
                 for migration in migrations(dialect, variant) {
+                    let mut rest = migration.sql;
+                    while let Some(at) = rest.find('{') {
+                        let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
+                        let template = &rest[at..end];
+                        let known = ["{schema}", "{prefix}"].contains(&template)
+                            || (dialect == Dialect::MySql && template == "{binary_collation}");
+                        assert!(known, "{}: {template}", migration.name);
+                        rest = &rest[end..];
+                    }
                     let parts = statements(migration.sql);
                     assert!(!parts.is_empty(), "{}", migration.name);
                     for part in parts {
@@ -247,7 +300,8 @@ mod tests {
                         assert!(
                             upper.contains("CREATE TABLE")
                                 || upper.contains("CREATE INDEX")
-                                || upper.contains("CREATE VIEW"),
+                                || upper.contains("CREATE VIEW")
+                                || upper.contains("ALTER TABLE"),
                             "{part}"
                         );
                     }

@@ -1,31 +1,39 @@
 //! The log positions stored with the rows (partition → next offset to read), written in the
 //! same transaction as the rows they cover, so rows and positions always agree.
+//!
+//! Writers take turns on one row of the positions table, the writer lock (partition
+//! [`WRITER_LOCK_PARTITION`], never a log partition): every write transaction upserts it
+//! first, which locks it whether it is inserted or already there. Locking the stored
+//! positions alone (`SELECT … FOR UPDATE`) locks nothing while the table is empty, so two
+//! writers starting from no positions both took the first batch as fresh and wrote it twice
+//! (Terra's payload tables have no unique key to stop the second copy).
 
 use std::collections::BTreeMap;
 
 use sqlx::{Any, Executor, Row, Transaction};
 
-use crate::tables::INGEST_POSITIONS;
-use crate::{Dialect, SqlError, SqlTarget};
+use crate::SqlError;
+use crate::SqlTarget;
+use crate::tables::{INGEST_POSITIONS, INGEST_POSITIONS_COLUMNS};
 
 /// A transaction on a target's `Any` pool.
 pub type Tx = Transaction<'static, Any>;
 
-/// The stored positions, read inside `tx`; with `lock`, the rows stay locked until the
-/// transaction ends (writers take them first, so one batch writes at a time).
+/// The `log_partition` of the writer lock's row in the positions table: not a log partition,
+/// so never read as a position.
+pub const WRITER_LOCK_PARTITION: i64 = -1;
+
+/// The stored positions, read inside `tx`; with `lock`, the writer lock is taken first and
+/// held with the rows until the transaction ends, so one batch writes at a time and each
+/// reads the positions the one before it committed.
 pub async fn read(
     target: &SqlTarget,
     tx: &mut Tx,
     lock: bool,
 ) -> Result<BTreeMap<u32, u64>, SqlError> {
     let table = target.table(INGEST_POSITIONS);
-    if target.dialect() == Dialect::Sqlite && lock {
-        // a write takes SQLite's write lock now, not at the first row written
-        tx.execute(
-            format!("UPDATE {table} SET next_offset = next_offset WHERE log_partition = -1")
-                .as_str(),
-        )
-        .await?;
+    if lock {
+        lock_writer(target, tx).await?;
     }
     let lock_clause = if lock {
         target.dialect().for_update()
@@ -33,7 +41,12 @@ pub async fn read(
         ""
     };
     let rows = tx
-        .fetch_all(format!("SELECT log_partition, next_offset FROM {table}{lock_clause}").as_str())
+        .fetch_all(
+            format!(
+                "SELECT log_partition, next_offset FROM {table} WHERE log_partition >= 0{lock_clause}"
+            )
+            .as_str(),
+        )
         .await?;
     let mut positions = BTreeMap::new();
     for row in rows {
@@ -44,11 +57,33 @@ pub async fn read(
     Ok(positions)
 }
 
+/// Takes the writer lock: upserts its row with a no-op update, which locks it (Postgres, MySQL)
+/// whether this inserts it or it was there. A second writer waits here until the first
+/// commits or rolls back, then reads the positions it left (each statement of a READ
+/// COMMITTED transaction sees what committed before it); a second writer inserting the row at
+/// the same time waits on the first's uncommitted row the same way. On SQLite the write
+/// takes the database's write lock now, not at the first row written.
+async fn lock_writer(target: &SqlTarget, tx: &mut Tx) -> Result<(), SqlError> {
+    let [partition, next_offset, updated_at] = INGEST_POSITIONS_COLUMNS;
+    let upsert = target
+        .dialect()
+        .on_conflict_update(&[partition], &[next_offset]);
+    tx.execute(
+        format!(
+            "INSERT INTO {} ({partition}, {next_offset}, {updated_at}) VALUES ({WRITER_LOCK_PARTITION}, 0, 0){upsert}",
+            target.table(INGEST_POSITIONS)
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The stored positions, outside any write (one statement; through the native pool of a
 /// [`SqlTarget::reader`]). Everything before them is visible.
 pub async fn stored(target: &SqlTarget) -> Result<BTreeMap<u32, u64>, SqlError> {
     let stmt = target.statement(format!(
-        "SELECT log_partition, next_offset FROM {} ORDER BY log_partition",
+        "SELECT log_partition, next_offset FROM {} WHERE log_partition >= 0 ORDER BY log_partition",
         target.table(INGEST_POSITIONS)
     ));
     Ok(crate::read::fetch(target, &stmt)

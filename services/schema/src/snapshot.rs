@@ -42,7 +42,7 @@ pub async fn snapshot(target: &SqlTarget) -> Result<Snapshot, SqlError> {
             t(INGEST_DEAD_LETTERS)
         ),
         format!(
-            "SELECT log_partition, next_offset FROM {} ORDER BY log_partition",
+            "SELECT log_partition, next_offset FROM {} WHERE log_partition >= 0 ORDER BY log_partition",
             t(INGEST_POSITIONS)
         ),
     ];

@@ -1,5 +1,6 @@
-//! One batch, one transaction: the consumed positions are read (and locked) first and written
-//! last, so the rows and the positions always agree (exactly-once effect). Records at or
+//! One batch, one transaction: the consumed positions are read (under the writer lock, so
+//! two writers take turns even before any position is stored) first and written last, so
+//! the rows and the positions always agree (exactly-once effect). Records at or
 //! before the stored positions are replays and skipped; a batch that starts after them (a
 //! gap, e.g. after a rebuild swapped older tables in) is refused with the stored positions so
 //! the runner can go back and fill it.

@@ -92,6 +92,16 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new(dialect: Dialect) -> Self {
+        Self::create(dialect, "").await
+    }
+
+    /// A fresh MariaDB database created with `options` after its name, as an existing
+    /// server's may be (`CHARACTER SET latin1`).
+    pub async fn mysql_with(options: &str) -> Self {
+        Self::create(Dialect::MySql, options).await
+    }
+
+    async fn create(dialect: Dialect, options: &str) -> Self {
         sqlx::any::install_default_drivers();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let (admin, url) = match dialect {
@@ -114,7 +124,7 @@ impl TestDb {
         let pool = sqlx::AnyPool::connect(admin)
             .await
             .unwrap_or_else(|e| panic!("{dialect:?} on the machine ({admin}): {e}"));
-        pool.execute(format!("CREATE DATABASE {name}").as_str())
+        pool.execute(format!("CREATE DATABASE {name} {options}").as_str())
             .await
             .expect("CREATE DATABASE");
         pool.close().await;
