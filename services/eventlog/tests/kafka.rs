@@ -290,3 +290,54 @@ async fn kafka_producer_keeps_acks_all_whatever_an_alias_says() {
         assert_eq!(offsets, [0, 1], "attempt {attempt}");
     }
 }
+
+/// Issue 11 §3: a topic terra-ingest creates on a one-broker cluster passes its own check
+/// even when risks are refused (the default replication is fitted to the cluster); an
+/// existing topic whose records expire is refused by name when asked, and only warned
+/// about by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+async fn kafka_broker_topic_that_can_lose_records_is_refused_when_asked() {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    use terra_eventlog::UnsafeTopic;
+    let bootstrap = std::env::var("TERRA_TEST_KAFKA_BOOTSTRAP").unwrap();
+    let url = |topic: &str, unsafe_topic| {
+        let mut url = LogUrl::parse(
+            &format!("kafka://{bootstrap}/{topic}?partitions=1"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let LogUrl::Kafka(kafka) = &mut url else {
+            unreachable!()
+        };
+        kafka.unsafe_topic = unsafe_topic;
+        url
+    };
+    let created = unique_topic("durable");
+    EventLog::open(&url(&created, UnsafeTopic::Refuse), &[])
+        .await
+        .unwrap();
+
+    let expiring = unique_topic("expiring");
+    let topic =
+        NewTopic::new(&expiring, 1, TopicReplication::Fixed(1)).set("retention.ms", "60000");
+    for result in broker_admin()
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let err = EventLog::open(&url(&expiring, UnsafeTopic::Refuse), &[])
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(&expiring) && err.contains("retention.ms=60000"),
+        "{err}"
+    );
+    EventLog::open(&url(&expiring, UnsafeTopic::Warn), &[])
+        .await
+        .expect("warned about, not refused");
+}
