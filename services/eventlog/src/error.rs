@@ -27,6 +27,20 @@ pub enum LogError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Records a consumer must read next are no longer in the log (retention, DeleteRecords)
+    /// or its position is past the log's end (a recreated or truncated topic). Reading on
+    /// would skip records without a trace, so the consumer stops; an operator decides (move
+    /// the group past them, or rebuild from a copy).
+    #[error("event log records are gone: partition {partition}: {detail}")]
+    Gone {
+        partition: u32,
+        /// The position the consumer had to read from.
+        offset: u64,
+        /// The log's first and next offsets in that partition when it was found.
+        start: u64,
+        end: u64,
+        detail: String,
+    },
     #[error("event log I/O failed: {context}")]
     Io {
         context: String,
@@ -42,6 +56,27 @@ impl LogError {
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| Self::Kafka { context, source }
+    }
+
+    /// `offset` (a `what` position: "committed", "wanted") is outside the partition's
+    /// records `start..end`.
+    pub(crate) fn gone(partition: u32, what: &str, offset: u64, start: u64, end: u64) -> Self {
+        let detail = if offset < start {
+            format!(
+                "{what} offset {offset} but the log starts at {start}: records {offset}..{start} are gone (retention or DeleteRecords); the consumer stops rather than skip them"
+            )
+        } else {
+            format!(
+                "{what} offset {offset} but the log ends at {end}: the topic was recreated or truncated, so the position does not belong to these records; the consumer stops rather than skip them"
+            )
+        };
+        Self::Gone {
+            partition,
+            offset,
+            start,
+            end,
+            detail,
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {

@@ -22,7 +22,8 @@ use std::time::Duration;
 pub use error::LogError;
 pub use record::{Consumed, Position, Record};
 pub use url::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_PARTITIONS, KafkaConfig, LogUrl, RECORD_OVERHEAD_BYTES,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MIN_INSYNC_REPLICAS, DEFAULT_PARTITIONS,
+    DEFAULT_REPLICATION_FACTOR, KafkaConfig, LogUrl, RECORD_OVERHEAD_BYTES, UnsafeTopic,
 };
 
 /// A handle to the log, cheap to clone.

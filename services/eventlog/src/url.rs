@@ -26,9 +26,18 @@ pub struct KafkaConfig {
     /// `None` for the in-process mock cluster.
     pub bootstrap_servers: Option<String>,
     pub topic: String,
-    /// Partitions and replication factor used when the topic has to be created.
+    /// Partitions used when the topic has to be created.
     pub partitions: u32,
-    pub replication: u32,
+    /// Replicas every partition must have: the topic is created with it and an existing
+    /// topic is checked against it. `None`: [`DEFAULT_REPLICATION_FACTOR`], lowered to the
+    /// broker count of a smaller cluster (with a warning) so a one-broker setup works.
+    pub replication: Option<u32>,
+    /// The topic's `min.insync.replicas`: how many replicas an append must reach before it
+    /// is acknowledged. `None`: [`DEFAULT_MIN_INSYNC_REPLICAS`], at most the replication
+    /// factor minus one (at least 1), so one broker can be down without refusing appends.
+    pub min_insync_replicas: Option<u32>,
+    /// What to do at start when the topic exists with settings that can lose records.
+    pub unsafe_topic: UnsafeTopic,
     /// Create the topic when it does not exist (default true).
     pub create_topic: bool,
     /// Largest webhook body the log must hold (the ingress's body limit). The producer's
@@ -36,6 +45,23 @@ pub struct KafkaConfig {
     /// are made to fit it plus [`RECORD_OVERHEAD_BYTES`]; a topic that cannot hold it is
     /// refused at start.
     pub max_body_bytes: usize,
+}
+
+/// Replicas per partition unless told otherwise (lowered on a cluster of fewer brokers).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+/// `min.insync.replicas` unless told otherwise (at most the replication factor minus one).
+pub const DEFAULT_MIN_INSYNC_REPLICAS: u32 = 2;
+
+/// What to do at start when an existing topic could lose records (finite retention,
+/// compaction, fewer replicas or in-sync replicas than wanted, unclean leader election).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnsafeTopic {
+    /// Log a warning naming every problem and run.
+    #[default]
+    Warn,
+    /// Refuse to start, naming every problem (also when the broker does not describe the
+    /// topic's configuration, so nothing could be verified).
+    Refuse,
 }
 
 /// The body limit the log holds unless told otherwise (the ingress's default body limit).
@@ -113,7 +139,9 @@ impl LogUrl {
                 bootstrap_servers,
                 topic: topic.to_owned(),
                 partitions,
-                replication: replication.unwrap_or(1),
+                replication,
+                min_insync_replicas: None,
+                unsafe_topic: UnsafeTopic::Warn,
                 create_topic,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             }))
@@ -169,7 +197,7 @@ mod tests {
                 k.partitions,
                 k.replication
             ),
-            (Some("a:1,b:2"), "terra.events", 6, 3)
+            (Some("a:1,b:2"), "terra.events", 6, Some(3))
         );
         let LogUrl::Kafka(k) = LogUrl::parse("kafka-mock://t", d).unwrap() else {
             panic!()

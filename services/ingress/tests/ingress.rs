@@ -189,24 +189,32 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn kafka_outage_is_503_with_retry_after_then_recovers() {
     let app = spawn_kafka_mock(config(vec![source("default", &[SECRET])])).await;
-    // distinct deliveries (distinct signed times), so the log shows which ones landed
-    let body = fixture("activity");
+    // distinct deliveries (distinct bodies), so the log shows which ones landed
+    let fixture = fixture("activity");
+    let body_of = |attempt: i64| {
+        let mut json: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+        json["test_attempt"] = attempt.into();
+        serde_json::to_vec(&json).unwrap()
+    };
     let mut attempt = 0;
     let mut send = || {
         attempt += 1;
+        let body = body_of(attempt);
         let signature = sign_at(SECRET, &body, unix_now() - attempt);
-        let body = body.clone();
         let app = &app;
         async move {
-            app.post("/webhook", &body, &[("terra-signature", signature)])
-                .await
+            let response = app
+                .post("/webhook", &body, &[("terra-signature", signature)])
+                .await;
+            (attempt, response)
         }
     };
-    let mut acked = Vec::new();
-    let first = send().await;
+    // attempt -> envelope id, for the deliveries answered 200
+    let mut acked = std::collections::BTreeMap::new();
+    let (n, first) = send().await;
     assert_eq!(first.status(), 200);
     let json: serde_json::Value = first.json().await.unwrap();
-    acked.push(json["envelope_id"].as_str().unwrap().to_owned());
+    acked.insert(n, json["envelope_id"].as_str().unwrap().to_owned());
     app.kafka_broker_up(false);
     // the mock cluster takes the broker down asynchronously: wait until the log says so
     for _ in 0..100 {
@@ -215,7 +223,7 @@ async fn kafka_outage_is_503_with_retry_after_then_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let response = send().await;
+    let (_, response) = send().await;
     assert_eq!(response.status(), 503);
     assert!(
         response.headers()["retry-after"]
@@ -229,31 +237,38 @@ async fn kafka_outage_is_503_with_retry_after_then_recovers() {
     assert_eq!(json["error"], "log_unavailable");
     assert_eq!(app.get("/readyz").await.status(), 503);
     app.kafka_broker_up(true);
-    let mut recovered = false;
     for _ in 0..20 {
-        let response = send().await;
+        let (n, response) = send().await;
         if response.status() == 200 {
             let json: serde_json::Value = response.json().await.unwrap();
-            acked.push(json["envelope_id"].as_str().unwrap().to_owned());
-            recovered = true;
+            acked.insert(n, json["envelope_id"].as_str().unwrap().to_owned());
             break;
         }
+        assert_eq!(response.status(), 503, "attempt {n}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(recovered, "appends work again once the broker is back");
+    assert_eq!(acked.len(), 2, "appends work again once the broker is back");
     assert_eq!(app.get("/readyz").await.status(), 200);
-    // every delivery that got a 200 is in the log (a 503 may have landed too: Terra's
-    // retry of it is then a harmless duplicate)
+    // every delivery answered 200 is in the log once, with its own body; a delivery answered
+    // 503 may have landed too (Terra's retry of it is then a harmless duplicate), at most
+    // once
     let mut records = app.read_log(acked.len()).await;
     records.extend(app.drain_log().await);
-    let logged: Vec<_> = records
-        .iter()
-        .map(|r| Envelope::decode(r.value.clone()).unwrap())
-        .inspect(|e| assert_eq!(e.body.as_ref(), body.as_slice()))
-        .map(|e| e.envelope_id)
-        .collect();
-    for id in &acked {
-        assert!(logged.contains(id), "acknowledged {id} is not in the log");
+    let mut logged = std::collections::BTreeMap::new();
+    for record in &records {
+        let envelope = Envelope::decode(record.value.clone()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&envelope.body).unwrap();
+        let n = json["test_attempt"].as_i64().unwrap();
+        assert_eq!(envelope.body.as_ref(), body_of(n).as_slice());
+        let twice = logged.insert(n, envelope.envelope_id);
+        assert!(twice.is_none(), "attempt {n} is in the log twice");
+    }
+    for (n, id) in &acked {
+        assert_eq!(
+            logged.get(n),
+            Some(id),
+            "acknowledged attempt {n} is not in the log"
+        );
     }
 }
 

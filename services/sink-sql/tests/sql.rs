@@ -210,7 +210,31 @@ async fn redeliveries_and_older_copies_never_overwrite_newer_ones(dialect: Diale
         records_per_body
     );
 
-    // without an ordering timestamp, log order decides between equal receipt times
+    // without an ordering timestamp, log order decides between equal receipt times: of two
+    // copies received in the same second (newer than the rows above), in one batch, the
+    // later in the log stays
+    log.append(vec![
+        record(&sleep, None, T0 + 50, Some("trace-earlier")),
+        record(&sleep, None, T0 + 50, Some("trace-later")),
+    ])
+    .await;
+    let stats = project(&log.log, &target, "sql", 1).await;
+    assert_eq!(stats.records, 2);
+    let kept = rows(
+        &target,
+        &format!(
+            "SELECT DISTINCT terra_trace_id FROM {}",
+            target.table("ingest_payloads")
+        ),
+    )
+    .await;
+    assert_eq!(kept, vec![vec![Some("trace-later".to_owned())]]);
+    assert_eq!(
+        count(&target, "terra_data_payloads").await,
+        records_per_body
+    );
+
+    // a delivery with empty data writes no rows
     let empty = fixture("activity_empty_data");
     log.append(vec![record(&empty, None, T0, None)]).await;
     let stats = project(&log.log, &target, "sql", 1).await;

@@ -178,6 +178,33 @@ pub struct LogArgs {
         value_name = "URL"
     )]
     pub log: Option<String>,
+    /// Kafka: replicas every partition of the topic must have (created so, checked at start).
+    /// Default 3, lowered with a warning on a cluster of fewer brokers.
+    #[arg(
+        id = "log.replication_factor",
+        long = "log-replication-factor",
+        env = "TERRA_INGEST_LOG_REPLICATION_FACTOR",
+        value_name = "N"
+    )]
+    pub replication_factor: Option<u32>,
+    /// Kafka: the topic's min.insync.replicas, the replicas an append must reach before it is
+    /// acknowledged. Default 2, at most the replication factor minus one.
+    #[arg(
+        id = "log.min_insync_replicas",
+        long = "log-min-insync-replicas",
+        env = "TERRA_INGEST_LOG_MIN_INSYNC_REPLICAS",
+        value_name = "N"
+    )]
+    pub min_insync_replicas: Option<u32>,
+    /// Kafka: an existing topic that can lose records (finite retention, compaction, fewer
+    /// replicas than wanted, unclean leader election) is warned about or refused.
+    #[arg(
+        id = "log.unsafe_topic",
+        long = "log-unsafe-topic",
+        env = "TERRA_INGEST_LOG_UNSAFE_TOPIC",
+        value_name = "warn|refuse"
+    )]
+    pub unsafe_topic: Option<crate::settings::UnsafeTopic>,
     /// A librdkafka property, `NAME=VALUE` (repeat the flag; the value may be `env:VAR` or
     /// `file:PATH`). Environment: TERRA_INGEST_KAFKA_<NAME> with `.` as `_`
     /// (TERRA_INGEST_KAFKA_SASL_MECHANISM sets sasl.mechanism).

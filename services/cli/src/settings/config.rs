@@ -147,6 +147,14 @@ impl Default for SourceSection {
 pub struct LogSection {
     /// `embedded`, `embedded:PATH`, `kafka://…` or `kafka-mock://TOPIC`.
     pub url: String,
+    /// Kafka: replicas per partition (the URL's `replication=N` says the same). Default
+    /// `terra_eventlog::DEFAULT_REPLICATION_FACTOR`, lowered on a smaller cluster.
+    pub replication_factor: Option<u32>,
+    /// Kafka: the topic's `min.insync.replicas`. Default
+    /// `terra_eventlog::DEFAULT_MIN_INSYNC_REPLICAS`, at most the replication factor - 1.
+    pub min_insync_replicas: Option<u32>,
+    /// Kafka: an existing topic that can lose records is warned about or refused.
+    pub unsafe_topic: UnsafeTopic,
     /// Passed through; values may be `env:NAME` or `file:PATH`.
     pub kafka: KafkaTable,
     pub embedded: EmbeddedSection,
@@ -156,6 +164,9 @@ impl Default for LogSection {
     fn default() -> Self {
         Self {
             url: DEFAULT_LOG.to_owned(),
+            replication_factor: None,
+            min_insync_replicas: None,
+            unsafe_topic: UnsafeTopic::default(),
             kafka: KafkaTable::default(),
             embedded: EmbeddedSection::default(),
         }
@@ -187,6 +198,17 @@ impl Default for EmbeddedSection {
             max_queued_bytes: defaults.max_queued_bytes,
         }
     }
+}
+
+/// `log.unsafe_topic`: what to do at start with a Kafka topic that can lose records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsafeTopic {
+    /// Log a warning naming every problem, and run.
+    #[default]
+    Warn,
+    /// Refuse to start.
+    Refuse,
 }
 
 /// `[projector]`: what the SQL and object projectors share.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use terra_eventlog::LogUrl;
 use terra_eventlog::embedded::EmbeddedOptions;
 
-use super::config::{Config, LogFormat};
+use super::config::{Config, LogFormat, UnsafeTopic};
 use super::names;
 use super::secrets::KafkaProperties;
 
@@ -32,6 +32,30 @@ pub fn resolve_log(config: &Config) -> anyhow::Result<LogSettings> {
     // projectors too, which read the same setting) must be able to fetch it
     if let LogUrl::Kafka(kafka) = &mut url {
         kafka.max_body_bytes = config.ingress.body_limit;
+        let log = &config.log;
+        match (kafka.replication, log.replication_factor) {
+            (Some(in_url), Some(set)) if in_url != set => anyhow::bail!(
+                "setting {}: {set}, but the log URL says replication={in_url}: give one",
+                names::setting("log.replication_factor")
+            ),
+            (_, Some(0)) => anyhow::bail!(
+                "setting {}: must be at least 1",
+                names::setting("log.replication_factor")
+            ),
+            (None, set) => kafka.replication = set,
+            _ => {}
+        }
+        if log.min_insync_replicas == Some(0) {
+            anyhow::bail!(
+                "setting {}: must be at least 1",
+                names::setting("log.min_insync_replicas")
+            );
+        }
+        kafka.min_insync_replicas = log.min_insync_replicas;
+        kafka.unsafe_topic = match log.unsafe_topic {
+            UnsafeTopic::Warn => terra_eventlog::UnsafeTopic::Warn,
+            UnsafeTopic::Refuse => terra_eventlog::UnsafeTopic::Refuse,
+        };
     }
     let embedded = &config.log.embedded;
     if embedded.segment_bytes < 1 << 20 {
@@ -101,5 +125,83 @@ pub fn resolve_telemetry(config: &Config) -> TelemetrySettings {
             .otlp_endpoint
             .clone()
             .filter(|e| !e.trim().is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use terra_eventlog::{LogUrl, UnsafeTopic};
+
+    use super::resolve_log;
+    use crate::settings::tests::{config, load_with};
+
+    fn kafka(toml: &str, args: &[&str], env: &[(&str, &str)]) -> terra_eventlog::KafkaConfig {
+        let c = load_with(toml, args, env).unwrap();
+        match resolve_log(&c).unwrap().url {
+            LogUrl::Kafka(kafka) => kafka,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 11 §3: the topic's replication and what to do with a topic that can lose
+    /// records come from the file, the environment and the flags, later layers winning.
+    #[test]
+    fn kafka_durability_settings_from_every_layer() {
+        let file = "[log]\nurl = \"kafka://k:9092/t\"\nreplication_factor = 3\nmin_insync_replicas = 2\nunsafe_topic = \"refuse\"\n";
+        let k = kafka(file, &["ingress"], &[]);
+        assert_eq!(
+            (k.replication, k.min_insync_replicas, k.unsafe_topic),
+            (Some(3), Some(2), UnsafeTopic::Refuse)
+        );
+        // unset: the defaults are chosen against the cluster at start
+        let k = kafka("[log]\nurl = \"kafka://k:9092/t\"\n", &["ingress"], &[]);
+        assert_eq!(
+            (k.replication, k.min_insync_replicas, k.unsafe_topic),
+            (None, None, UnsafeTopic::Warn)
+        );
+        let env = [
+            ("TERRA_INGEST_LOG_REPLICATION_FACTOR", "5"),
+            ("TERRA_INGEST_LOG_UNSAFE_TOPIC", "warn"),
+        ];
+        let k = kafka(file, &["ingress"], &env);
+        assert_eq!(
+            (k.replication, k.unsafe_topic),
+            (Some(5), UnsafeTopic::Warn)
+        );
+        let args = ["ingress", "--log-min-insync-replicas", "3"];
+        let k = kafka(file, &args, &env);
+        assert_eq!((k.replication, k.min_insync_replicas), (Some(5), Some(3)));
+        // the URL's replication=N is the same setting
+        let k = kafka(
+            "[log]\nurl = \"kafka://k:9092/t?replication=2\"\n",
+            &["ingress"],
+            &[],
+        );
+        assert_eq!(k.replication, Some(2));
+    }
+
+    #[test]
+    fn kafka_durability_settings_errors_name_the_setting() {
+        for (toml, needle) in [
+            (
+                "[log]\nurl = \"kafka://k:9092/t?replication=2\"\nreplication_factor = 3\n",
+                "--log-replication-factor",
+            ),
+            (
+                "[log]\nurl = \"kafka://k:9092/t\"\nmin_insync_replicas = 0\n",
+                "--log-min-insync-replicas",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                resolve_log(&config(toml, &["ingress"])).unwrap_err()
+            );
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            load_with("[log]\nunsafe_topic = \"maybe\"\n", &["ingress"], &[]).unwrap_err()
+        );
+        assert!(err.contains("unsafe_topic"), "{err}");
     }
 }

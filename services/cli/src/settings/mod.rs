@@ -17,7 +17,7 @@ pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, DEFAULT_LOG,
     DEFAULT_PROJECTOR_HTTP_ADDR, DEFAULT_QUERY_POOL_SIZE, DEFAULT_S3_REGION, IngressSection,
     LogFormat, LogSection, ObjectsSection, ProjectorSection, QuerySection, SourceSection,
-    SqlSection, TelemetrySection,
+    SqlSection, TelemetrySection, UnsafeTopic,
 };
 pub(crate) use ingress::private_data_dir;
 pub use ingress::{

@@ -1,12 +1,23 @@
 //! A consumer-group member on the Kafka topic with explicit, synchronous commits.
+//!
+//! Nothing is skipped without a trace: librdkafka never moves a position on its own
+//! (`auto.offset.reset=error`). A partition the group has never read from is assigned at the
+//! log's start ([`StartFresh`]); a position (committed, or asked for by `seek`) whose records
+//! are gone (retention, DeleteRecords) or that lies past the log's end (a recreated topic)
+//! fails the poll or the seek with [`LogError::Gone`], naming the range lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{config_error, fit_size, set_default};
@@ -17,7 +28,7 @@ const DEFAULT_RECEIVE_MAX_BYTES: usize = 100_000_000;
 use crate::{Consumed, LogError, Position, Record};
 
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<StartFresh>>,
     topic: String,
     /// Positions asked for by `seek` and not reached yet: partition → next offset to deliver.
     /// Records before it are dropped (already done); a record after it means the fetch
@@ -48,8 +59,10 @@ impl KafkaConsumer {
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        set_default(&mut config, "auto.offset.reset", "earliest");
+            .set("enable.auto.offset.store", "false")
+            // never jump: `earliest` would skip records that are gone without a word, and
+            // a seek back to them would loop; the reset error is resolved in `poll`
+            .set("auto.offset.reset", "error");
         set_default(&mut config, "enable.partition.eof", "false");
         Ok(Self {
             consumer: Arc::new(subscribe(&config, topic)?),
@@ -59,21 +72,26 @@ impl KafkaConsumer {
         })
     }
 
-    /// Reads every partition from `next` (0 where not named, clamped to the end). Partitions
+    /// Reads every partition from `next` (0 where not named, clamped to the end); a position
+    /// before the log's start is [`LogError::Gone`] (its records are). Partitions
     /// this member holds are sought at once; the others when they are assigned (a member that
     /// just joined holds none yet). Also commits the positions, best effort, so a member that
     /// replaces this one starts there.
     pub(crate) async fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
         let consumer = Arc::clone(&self.consumer);
         let topic = self.topic.clone();
-        let ends =
-            tokio::task::spawn_blocking(move || super::watermarks(consumer.client(), &topic))
-                .await
-                .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
-        self.wanted = ends
-            .iter()
-            .map(|(&p, &end)| (p, next.get(&p).copied().unwrap_or(0).min(end)))
-            .collect();
+        let ranges = tokio::task::spawn_blocking(move || super::ranges(consumer.client(), &topic))
+            .await
+            .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
+        let mut wanted = BTreeMap::new();
+        for (&partition, &(start, end)) in &ranges {
+            let offset = next.get(&partition).copied().unwrap_or(0).min(end);
+            if offset < start {
+                return Err(LogError::gone(partition, "wanted", offset, start, end));
+            }
+            wanted.insert(partition, offset);
+        }
+        self.wanted = wanted;
         self.sought.clear();
         let mut list = TopicPartitionList::new();
         for (&partition, &offset) in &self.wanted {
@@ -144,6 +162,49 @@ impl KafkaConsumer {
         false
     }
 
+    /// librdkafka found a partition's position outside the log (`auto.offset.reset=error`;
+    /// the error does not say which partition): the one whose records are gone is named. The
+    /// partition has stopped fetching, so every outcome is an error: the consumer must not
+    /// go on with a partition silently stalled.
+    async fn resolve_reset(&mut self, cause: KafkaError) -> Result<(), LogError> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let wanted = self.wanted.clone();
+        tokio::task::spawn_blocking(move || {
+            let ranges = super::ranges(consumer.client(), &topic)?;
+            let assignment = consumer
+                .assignment()
+                .map_err(LogError::kafka("Kafka assignment query failed"))?;
+            let committed = consumer
+                .committed_offsets(assignment, Duration::from_secs(5))
+                .map_err(LogError::kafka("Kafka committed offsets query failed"))?;
+            for element in committed.elements_for_topic(&topic) {
+                let partition = element.partition() as u32;
+                let Some(&(start, end)) = ranges.get(&partition) else {
+                    continue;
+                };
+                let position = match (wanted.get(&partition), element.offset()) {
+                    (Some(&offset), _) => ("wanted", offset),
+                    (None, Offset::Offset(n)) if n >= 0 => ("committed", n as u64),
+                    _ => {
+                        return Err(LogError::Unavailable(format!(
+                            "partition {partition}: the group has no position in it and it was not started at the log's start (the group's positions could not be read at assignment)"
+                        )));
+                    }
+                };
+                let (what, offset) = position;
+                if offset < start || offset > end {
+                    return Err(LogError::gone(partition, what, offset, start, end));
+                }
+            }
+            Err(LogError::kafka(
+                "a partition's position is outside the log, though every position checks out now",
+            )(cause))
+        })
+        .await
+        .map_err(|_| LogError::Unavailable("offset check panicked".into()))?
+    }
+
     /// Records not yet read in each assigned partition.
     pub(crate) async fn lag(&self) -> Result<BTreeMap<u32, u64>, LogError> {
         let consumer = Arc::clone(&self.consumer);
@@ -188,6 +249,7 @@ impl KafkaConsumer {
                         out.push(consumed);
                     }
                 }
+                Ok(Err(err)) if is_reset(&err) => self.resolve_reset(err).await?,
                 // librdkafka reports broker trouble through the consumer but recovers by
                 // itself (reconnect, rebalance); the caller sees an empty poll, not a failure
                 Ok(Err(err)) => tracing::warn!(error = %err, "kafka consumer error; retrying"),
@@ -204,6 +266,7 @@ impl KafkaConsumer {
                         out.push(consumed);
                     }
                 }
+                Ok(Err(err)) if is_reset(&err) => self.resolve_reset(err).await?,
                 Ok(Err(_)) | Err(_) => break,
             }
         }
@@ -232,8 +295,80 @@ impl KafkaConsumer {
     }
 }
 
-fn subscribe(config: &ClientConfig, topic: &str) -> Result<StreamConsumer, LogError> {
-    let consumer: StreamConsumer = config.create().map_err(config_error)?;
+/// The error librdkafka reports instead of moving a position (`auto.offset.reset=error`).
+fn is_reset(err: &KafkaError) -> bool {
+    matches!(
+        err,
+        KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+    )
+}
+
+/// The consumer's context: partitions the group has no position in are assigned at the
+/// log's start. librdkafka's reset policy is `error` (a position whose records are gone must
+/// not be skipped), so without this a new group could not start, and a partition in error
+/// cannot be sought.
+pub(super) struct StartFresh;
+
+impl ClientContext for StartFresh {}
+
+impl ConsumerContext for StartFresh {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                start_fresh(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                consumer.incremental_unassign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => consumer.unassign(),
+            other => {
+                tracing::warn!(error = ?other, "kafka rebalance failed");
+                Ok(())
+            }
+        };
+        if let Err(err) = done {
+            tracing::warn!(error = %err, "kafka assignment change failed");
+        }
+    }
+}
+
+/// Sets the partitions of `tpl` without a committed position to start at the log's start
+/// (the others keep theirs: librdkafka reads it). If the positions cannot be read, none is
+/// set, and a partition without one fails the poll instead.
+fn start_fresh(consumer: &BaseConsumer<StartFresh>, tpl: &mut TopicPartitionList) {
+    let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+        Ok(committed) => committed,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read the group's positions at assignment");
+            return;
+        }
+    };
+    for element in committed.elements() {
+        if !matches!(element.offset(), Offset::Offset(n) if n >= 0) {
+            let _ =
+                tpl.set_partition_offset(element.topic(), element.partition(), Offset::Beginning);
+        }
+    }
+}
+
+fn subscribe(config: &ClientConfig, topic: &str) -> Result<StreamConsumer<StartFresh>, LogError> {
+    let consumer: StreamConsumer<StartFresh> = config
+        .create_with_context(StartFresh)
+        .map_err(config_error)?;
     consumer
         .subscribe(&[topic])
         .map_err(LogError::kafka(format!("failed to subscribe to {topic:?}")))?;

@@ -10,17 +10,13 @@
 mod consumer;
 #[cfg(feature = "mock")]
 mod mock;
+mod topic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
-    TopicReplication,
-};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -30,12 +26,21 @@ pub use consumer::KafkaConsumer;
 
 use crate::{LogError, Position, Record};
 
-/// Properties terra-ingest sets itself; a configured value for one of them is ignored with a
-/// warning, because changing it would break "acknowledged means durable".
-const ENFORCED: [(&str, &str); 3] = [
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("enable.auto.commit", "false"),
+/// Properties terra-ingest sets itself, under every name librdkafka knows them by (an alias
+/// given beside the name would win or lose at random: librdkafka applies properties in the
+/// order of a hash map). A configured value for one of them is ignored with a warning,
+/// because changing it would break "acknowledged means durable" (`enable.idempotence=true`,
+/// `acks=all`) or "read means projected" (`enable.auto.commit=false`,
+/// `enable.auto.offset.store=false`, `auto.offset.reset=error`: a consumer whose position
+/// is gone stops instead of skipping to an end of the log).
+const ENFORCED: [&str; 7] = [
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
 ];
 
 /// How long metadata requests (start-up checks, watermarks) may take.
@@ -69,7 +74,7 @@ impl KafkaLog {
     ) -> Result<Self, LogError> {
         let mut base = ClientConfig::new();
         for (name, value) in properties {
-            if ENFORCED.iter().any(|(enforced, _)| enforced == name) {
+            if ENFORCED.contains(&name.as_str()) {
                 tracing::warn!(property = %name, "ignoring a Kafka property terra-ingest must set itself");
                 continue;
             }
@@ -112,11 +117,8 @@ impl KafkaLog {
                 producer
             }
         };
-        if config.bootstrap_servers.is_some() && config.create_topic {
-            create_topic(&base, &config).await?;
-        }
         if config.bootstrap_servers.is_some() {
-            check_topic_size(&base, &config).await?;
+            topic::prepare(&base, &config).await?;
         }
         let log = Self {
             inner: Arc::new(Inner {
@@ -227,78 +229,6 @@ impl KafkaLog {
     }
 }
 
-async fn create_topic(base: &ClientConfig, config: &KafkaConfig) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> = base.create().map_err(config_error)?;
-    let record_bytes = config.max_record_bytes().to_string();
-    let topic = NewTopic::new(
-        &config.topic,
-        config.partitions as i32,
-        TopicReplication::Fixed(config.replication as i32),
-    )
-    // the largest body the ingress accepts, whatever the broker's default (often 1 MB)
-    .set("max.message.bytes", &record_bytes)
-    // the log is the source of truth: nothing expires (for tiered storage instead, create
-    // the topic yourself with remote.storage.enable=true and create=false in --log)
-    .set("retention.ms", "-1");
-    let options = AdminOptions::new()
-        .operation_timeout(Some(METADATA_TIMEOUT))
-        .request_timeout(Some(METADATA_TIMEOUT));
-    let results = admin
-        .create_topics([&topic], &options)
-        .await
-        .map_err(LogError::kafka(format!(
-            "cannot reach the Kafka brokers to create topic {:?}",
-            config.topic
-        )))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(LogError::Unavailable(format!(
-                    "failed to create Kafka topic {name:?}: {code}"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Refuses a topic whose `max.message.bytes` is below the largest record the log must
-/// carry: bodies the ingress accepts would be refused by the broker on every retry. A broker
-/// that does not describe topic configurations is warned about, not refused.
-async fn check_topic_size(base: &ClientConfig, config: &KafkaConfig) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> = base.create().map_err(config_error)?;
-    let options = AdminOptions::new()
-        .operation_timeout(Some(METADATA_TIMEOUT))
-        .request_timeout(Some(METADATA_TIMEOUT));
-    let described = admin
-        .describe_configs([&ResourceSpecifier::Topic(&config.topic)], &options)
-        .await;
-    let value = match described.as_deref() {
-        Ok([Ok(resource)])
-            if resource.specifier == OwnedResourceSpecifier::Topic(config.topic.clone()) =>
-        {
-            resource
-                .get("max.message.bytes")
-                .and_then(|entry| entry.value.as_deref())
-                .and_then(|v| v.parse::<u64>().ok())
-        }
-        _ => None,
-    };
-    let needed = config.max_record_bytes();
-    match value {
-        Some(max) if max < needed as u64 => Err(LogError::Config(format!(
-            "Kafka topic {:?} holds records of at most {max} bytes (its max.message.bytes), but a body at the body limit ({} bytes) needs {needed}: raise the topic's max.message.bytes (kafka-configs --alter --add-config max.message.bytes={needed}) or lower body_limit",
-            config.topic, config.max_body_bytes
-        ))),
-        Some(_) => Ok(()),
-        None => {
-            tracing::warn!(topic = %config.topic, needed, "could not read the topic's max.message.bytes; bodies near the body limit may be refused by the broker");
-            Ok(())
-        }
-    }
-}
-
 /// Sets client property `name` to hold `needed` bytes; one configured lower is an error
 /// naming it.
 pub(super) fn fit_size(
@@ -323,6 +253,18 @@ pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
 ) -> Result<BTreeMap<u32, u64>, LogError> {
+    Ok(ranges(client, topic)?
+        .into_iter()
+        .map(|(partition, (_, end))| (partition, end))
+        .collect())
+}
+
+/// Every partition of `topic` with the offsets it holds, `start..end` (low and high
+/// watermarks; blocking: call off the runtime).
+pub(crate) fn ranges<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<BTreeMap<u32, (u64, u64)>, LogError> {
     let unreachable = |e: KafkaError| LogError::kafka("cannot reach the Kafka brokers")(e);
     let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
@@ -340,10 +282,10 @@ pub(crate) fn watermarks<C: rdkafka::client::ClientContext>(
     }
     let mut out = BTreeMap::new();
     for partition in partitions {
-        let (_, high) = client
+        let (low, high) = client
             .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
             .map_err(unreachable)?;
-        out.insert(partition as u32, high.max(0) as u64);
+        out.insert(partition as u32, (low.max(0) as u64, high.max(0) as u64));
     }
     Ok(out)
 }
@@ -381,6 +323,15 @@ impl KafkaLog {
             cluster.broker_down(1)
         };
         result.map_err(|e| LogError::Config(format!("mock cluster: {e}")))
+    }
+
+    /// The bootstrap servers of a `kafka-mock://` log's cluster, for a second client (a
+    /// restart, while this one keeps hosting the cluster). `None` for a real cluster.
+    pub fn mock_bootstrap_servers(&self) -> Option<String> {
+        let client = self.inner.producer.client();
+        client
+            .mock_cluster()
+            .map(|cluster| cluster.bootstrap_servers())
     }
 
     /// Puts the producer in a fatal state, as a fenced or out-of-sequence idempotent producer

@@ -208,6 +208,42 @@ pub fn payload_count(body: &[u8]) -> usize {
     }
 }
 
+/// The payload ids the projection derives from `body` delivered with ordering timestamp
+/// `ordering_ms` (the projection's key derivation, from terra-core).
+pub fn payload_ids(body: &[u8], ordering_ms: i64) -> Vec<String> {
+    use terra_core::keys::{data_payload_id, event_payload_id};
+    let c = terra_core::classify(body).unwrap();
+    if c.group == terra_core::EventGroup::Data {
+        let user = c.user_id.as_deref().unwrap_or("");
+        c.records
+            .iter()
+            .map(|r| data_payload_id(c.version.as_deref(), &c.event_type, user, r))
+            .collect()
+    } else {
+        let user = c.user_id.as_deref();
+        vec![event_payload_id(
+            c.version.as_deref(),
+            &c.event_type,
+            user,
+            ordering_ms,
+        )]
+    }
+}
+
+/// The users the fixtures name (the user of each delivery, and the old user a reauth
+/// replaces), sorted.
+pub fn fixture_users(all: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut users = std::collections::BTreeSet::new();
+    for (_, body) in all {
+        users.extend(terra_core::classify(body).unwrap().user_id);
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if let Some(old) = json["old_user"]["user_id"].as_str() {
+            users.insert(old.to_owned());
+        }
+    }
+    users.into_iter().collect()
+}
+
 pub fn fixture_named(all: &[(String, Vec<u8>)], name: &str) -> Vec<u8> {
     all.iter().find(|(n, _)| n == name).unwrap().1.clone()
 }
