@@ -11,7 +11,7 @@ use super::{start, terminate, terra_ingest, text};
 
 fn python() -> String {
     std::env::var("TERRA_TEST_PYTHON")
-        .expect("TERRA_TEST_PYTHON (a python with boto3; tests/run-all.sh sets it)")
+        .expect("TERRA_TEST_PYTHON (a python with boto3; tests/run-all.sh sets it; tests that need it have `moto` in their names)")
 }
 
 fn boto(script: &str, args: &[&str]) -> String {
@@ -70,7 +70,9 @@ print(json.dumps({"keys": keys, "pings": pings, "downloads_match": downloads_mat
 #[tokio::test]
 #[ignore = "needs an S3/SQS-compatible server and boto3: run tests/run-all.sh"]
 async fn standalone_writes_terras_bucket_layout_on_moto_listed_by_boto3() {
-    let endpoint = std::env::var("TERRA_TEST_S3_ENDPOINT").expect("TERRA_TEST_S3_ENDPOINT");
+    let endpoint = std::env::var("TERRA_TEST_S3_ENDPOINT").expect(
+        "TERRA_TEST_S3_ENDPOINT (tests/run-all.sh sets it; tests that need it have `moto` in their names)",
+    );
     let bucket = format!("e2e-{}", uuid::Uuid::new_v4().simple());
     let queue_url = boto(SETUP, &[&endpoint, &bucket, &bucket])
         .trim()
