@@ -9,6 +9,13 @@
 #                             then skipped; the mock-cluster ones still run)
 #   TERRA_TEST_SKIP_MOTO=1    do not install/start moto (the S3/SQS tests are then skipped;
 #                             the local-folder object tests still run)
+#
+# Naming convention: a test that needs moto (its S3/SQS server, TERRA_TEST_S3_ENDPOINT; its
+# binary, TERRA_TEST_MOTO_SERVER; or its venv's Python with boto3, botocore and grpcio,
+# TERRA_TEST_PYTHON) has `moto` in its name: in a module such as `s3_on_moto::`, or in the
+# function's name (`..._on_moto`, `..._from_the_moto_venv`). Without moto, the filter below
+# skips exactly those (`not test(/moto/)`), and a test that needs moto without saying so
+# panics naming this convention.
 #   PROPTEST_CASES=N          cases of the fuzz runs in services/core/src/fuzz (default
 #                             100,000 each; they print executions and time, see
 #                             .config/nextest.toml) and of every other proptest
@@ -83,6 +90,6 @@ if [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] && [ -n "${TERRA_TEST_S3_ENDPOINT:-}
 else
   filter='not test(/_child$/)'
   [ -n "${TERRA_TEST_KAFKA_BOOTSTRAP:-}" ] || filter="$filter and not test(/kafka_broker/)"
-  [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ] || filter="$filter and not test(/s3::|sqs|moto|s3_/)"
+  [ -n "${TERRA_TEST_S3_ENDPOINT:-}" ] || filter="$filter and not test(/moto/)"
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E "$filter"
 fi

@@ -1,7 +1,7 @@
 //! The gRPC query service of `standalone`: every fixture sent over HTTP with `send` is found
 //! through the API with byte-identical bodies, a watcher sees each new payload once, and an
-//! off-the-shelf client (Python grpcio with server reflection) lists the services and calls
-//! a method.
+//! off-the-shelf client (Python grpcio with server reflection, from moto's venv) lists the
+//! services and calls a method.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use terra_query::proto::query_service_client::QueryServiceClient;
 use terra_query::proto::{
-    GetPayloadRequest, ListPayloadsRequest, WatchPayloadsRequest, get_payload_chunk,
+    GetPayloadRequest, GetUserRequest, ListPayloadsRequest, WatchPayloadsRequest, get_payload_chunk,
 };
+use terra_testkit::FIXTURE_USER;
 
 use super::{fixtures_dir, start, start_with_env, terminate, terra_ingest, text};
 
@@ -197,37 +198,86 @@ async fn every_sent_fixture_is_found_through_grpc_with_its_exact_bytes() {
         .payloads;
     assert!(listed.len() >= 8);
 
-    // an off-the-shelf client: Python grpcio, through server reflection only
-    if let Ok(python) = std::env::var("TERRA_TEST_PYTHON") {
-        let out = std::process::Command::new(python)
-            .arg("-c")
-            .arg(REFLECTION_CLIENT)
-            .arg(&grpc_addr)
-            .arg("0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "grpcio client failed: {}",
-            text(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let services: Vec<&str> = report["services"]
-            .as_array()
+    assert!(terminate(&mut server).success());
+}
+
+/// An off-the-shelf client, Python grpcio through server reflection only. The Python is
+/// moto's venv's (`TERRA_TEST_PYTHON`): `moto` in the name, so tests/run-all.sh skips it
+/// without moto.
+#[tokio::test]
+async fn grpcio_from_the_moto_venv_reads_the_query_service_through_reflection() {
+    let python = std::env::var("TERRA_TEST_PYTHON").expect(
+        "TERRA_TEST_PYTHON must name a python with grpcio (tests/run-all.sh installs it in moto's venv)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_addr = format!("127.0.0.1:{}", free_port());
+    let mut server = start(
+        dir.path(),
+        &[
+            "standalone",
+            "--grpc-addr",
+            &grpc_addr,
+            "--batch-wait-ms",
+            "5",
+        ],
+    );
+    let webhook = format!("http://{}/webhook", server.addr);
+    let out = terra_ingest(
+        dir.path(),
+        &["send", "--url", &webhook, "--fixture", "sleep"],
+    );
+    assert!(
+        text(&out.stdout).starts_with("200"),
+        "{}",
+        text(&out.stdout)
+    );
+    // once the SQL projector has the user
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
             .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap())
-            .collect();
-        assert!(
-            services.contains(&"terra.ingest.v1.QueryService")
-                && services.contains(&"grpc.health.v1.Health"),
-            "{services:?}"
-        );
-        assert_eq!(report["provider"], "GARMIN");
-        assert_eq!(report["health"], "SERVING");
-    } else {
-        panic!("TERRA_TEST_PYTHON must name a python with grpcio (tests/run-all.sh installs it)");
+            .connect()
+            .await
+        {
+            let mut client = QueryServiceClient::new(channel);
+            let user = client
+                .get_user(GetUserRequest {
+                    user_id: FIXTURE_USER.into(),
+                })
+                .await;
+            if user.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the user never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(REFLECTION_CLIENT)
+        .arg(&grpc_addr)
+        .arg(FIXTURE_USER)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services: Vec<&str> = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        services.contains(&"terra.ingest.v1.QueryService")
+            && services.contains(&"grpc.health.v1.Health"),
+        "{services:?}"
+    );
+    assert_eq!(report["provider"], "GARMIN");
+    assert_eq!(report["health"], "SERVING");
     assert!(terminate(&mut server).success());
 }
 

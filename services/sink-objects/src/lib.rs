@@ -8,11 +8,13 @@
 //! - [`sink`]: the projector sink (last writer wins by version, idempotent writes, dead
 //!   letters).
 //! - [`sqs`]: the pings.
+//! - `write`: conditional writes, so the newest copy wins against concurrent writers.
 
 pub mod layout;
 pub mod sink;
 pub mod sqs;
 pub mod store;
+mod write;
 
 pub use sink::{ObjectSink, ObjectSinkConfig};
 pub use sqs::{Pinger, SqsConfig};

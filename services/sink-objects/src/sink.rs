@@ -3,19 +3,17 @@
 //! (ordering timestamp, then log position, then record index). The version of what is stored
 //! is kept with it: user metadata `terra-ingest-version` on S3/GCS/Azure, a sidecar file
 //! beside a local folder (`.<folder>-versions/`; a local folder's files are 0600 in 0700
-//! folders, see `terra_eventlog::private_fs`). A bounded cache saves the lookup for keys
-//! this process wrote. Writes are idempotent, so at-least-once consumption (the log's
+//! folders, see `terra_eventlog::private_fs`); each write is conditional on what it read,
+//! so a concurrent writer cannot make an older copy win (`crate::write`). A bounded cache
+//! saves the lookup for keys this process wrote. Writes are idempotent, so at-least-once consumption (the log's
 //! committed positions) gives exactly-once state. Poison goes to `_dead-letters/`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::{Attribute, Attributes, GetOptions, ObjectStore, PutOptions, PutPayload};
-use terra_eventlog::private_fs;
 use terra_projector::plan::{PayloadKind, Plan, Planned, Version};
 use terra_projector::{Sink, SinkError, WriteStats};
 use tokio::task::JoinSet;
@@ -23,8 +21,8 @@ use tokio::task::JoinSet;
 use crate::layout::split_records;
 use crate::sqs::{Ping, Pinger};
 use crate::store::Store;
+use crate::write::{Known, Outcome, put_plain, write_versioned};
 
-const VERSION_ATTRIBUTE: &str = "terra-ingest-version";
 /// Most versions remembered (about 100 bytes each); beyond that the cache starts over.
 const VERSION_CACHE_LIMIT: usize = 100_000;
 /// Objects written at once.
@@ -49,7 +47,7 @@ pub struct ObjectSink {
     store: Store,
     config: ObjectSinkConfig,
     pinger: Option<Pinger>,
-    versions: HashMap<String, Version>,
+    versions: HashMap<String, Known>,
 }
 
 /// One object to write.
@@ -162,7 +160,7 @@ impl Sink for ObjectSink {
             ..WriteStats::default()
         };
         for (key, bytes) in dead {
-            put(&self.store, &key, bytes, None).await?;
+            put_plain(&self.store, &key, bytes).await?;
         }
         // writes run concurrently; each key at most once per batch
         let mut tasks = JoinSet::new();
@@ -171,9 +169,14 @@ impl Sink for ObjectSink {
         loop {
             while tasks.len() < CONCURRENCY {
                 let Some(intent) = pending.next() else { break };
-                let known = self.versions.get(&intent.key).copied();
+                let known = self.versions.get(&intent.key).cloned();
                 let store = self.store.clone();
-                tasks.spawn(async move { write_one(&store, intent, known).await });
+                tasks.spawn(async move {
+                    let bytes = intent.bytes.clone();
+                    write_versioned(&store, &intent.key, bytes, intent.version, known)
+                        .await
+                        .map(|outcome| (intent, outcome))
+                });
             }
             let Some(done) = tasks.join_next().await else {
                 break;
@@ -181,16 +184,17 @@ impl Sink for ObjectSink {
             let (intent, outcome) =
                 done.map_err(|e| SinkError::Outage(format!("write task failed: {e}")))??;
             match outcome {
-                Outcome::Written => {
+                Outcome::Written(known) => {
                     if self.versions.len() >= VERSION_CACHE_LIMIT {
                         self.versions.clear();
                     }
-                    self.versions.insert(intent.key.clone(), intent.version);
+                    self.versions.insert(intent.key.clone(), known);
                     stats.payloads += 1;
                     written.push(intent);
                 }
                 Outcome::Superseded(stored) => {
-                    self.versions.insert(intent.key.clone(), stored);
+                    self.versions
+                        .insert(intent.key.clone(), Known::version(stored));
                     stats.superseded += 1;
                 }
             }
@@ -240,162 +244,6 @@ impl ObjectSink {
     }
 }
 
-enum Outcome {
-    Written,
-    Superseded(Version),
-}
-
-async fn write_one(
-    store: &Store,
-    intent: Intent,
-    known: Option<Version>,
-) -> Result<(Intent, Outcome), SinkError> {
-    let stored = match known {
-        Some(v) => Some(v),
-        None => stored_version(store, &intent.key).await?,
-    };
-    if let Some(stored) = stored
-        && stored > intent.version
-    {
-        return Ok((intent, Outcome::Superseded(stored)));
-    }
-    put(
-        store,
-        &intent.key,
-        intent.bytes.clone(),
-        Some(intent.version),
-    )
-    .await?;
-    Ok((intent, Outcome::Written))
-}
-
-fn store_error(err: object_store::Error) -> SinkError {
-    match err {
-        object_store::Error::NotImplemented | object_store::Error::NotSupported { .. } => {
-            SinkError::Fatal(format!("object store: {err}"))
-        }
-        other => SinkError::Outage(format!("object store: {other}")),
-    }
-}
-
-async fn put(
-    store: &Store,
-    key: &str,
-    bytes: Bytes,
-    version: Option<Version>,
-) -> Result<(), SinkError> {
-    let path = object_path(key)?;
-    // a local folder keeps no attributes (its versions live in the sidecar tree)
-    let mut attributes = Attributes::new();
-    if store.root.is_none() {
-        attributes.insert(Attribute::ContentType, "application/json".into());
-        if let Some(version) = version {
-            attributes.insert(
-                Attribute::Metadata(VERSION_ATTRIBUTE.into()),
-                version.to_string().into(),
-            );
-        }
-    }
-    match &store.local {
-        Some(local) => {
-            let file = local.path_to_filesystem(&path).map_err(store_error)?;
-            blocking(move || write_private_object(&file, &bytes))
-                .await
-                .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")))?;
-        }
-        None => {
-            let options = PutOptions {
-                attributes,
-                ..PutOptions::default()
-            };
-            store
-                .store
-                .put_opts(&path, PutPayload::from_bytes(bytes), options)
-                .await
-                .map_err(store_error)?;
-        }
-    }
-    if let (Some(version), Some(root)) = (version, &store.root) {
-        let sidecar = sidecar_path(root, key);
-        blocking(move || {
-            if let Some(parent) = sidecar.parent() {
-                private_fs::create_dir_all(parent)?;
-            }
-            private_fs::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&sidecar)?
-                .write_all(version.to_string().as_bytes())
-        })
-        .await
-        .map_err(|e| SinkError::Outage(format!("cannot write version file: {e}")))?;
-    }
-    Ok(())
-}
-
-async fn blocking(
-    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
-) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-}
-
-/// Writes one object of a local folder as `LocalFileSystem` would (a staged `<file>#<n>`,
-/// which listings skip, renamed into place, so readers never see half an object), but the
-/// staged file is made 0600 and missing folders 0700.
-fn write_private_object(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut attempt = 1u32;
-    let (mut staged, staged_path) = loop {
-        let mut name = file.as_os_str().to_owned();
-        name.push(format!("#{attempt}"));
-        let staged_path = PathBuf::from(name);
-        match private_fs::options()
-            .write(true)
-            .create_new(true)
-            .open(&staged_path)
-        {
-            Ok(staged) => break (staged, staged_path),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let parent = file.parent().ok_or(e)?;
-                private_fs::create_dir_all(parent)?;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let written = staged
-        .write_all(bytes)
-        .and_then(|()| std::fs::rename(&staged_path, file));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&staged_path);
-    }
-    written
-}
-
-async fn stored_version(store: &Store, key: &str) -> Result<Option<Version>, SinkError> {
-    if let Some(root) = &store.root {
-        return match tokio::fs::read_to_string(sidecar_path(root, key)).await {
-            Ok(text) => Ok(text.parse().ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SinkError::Outage(format!("cannot read version file: {e}"))),
-        };
-    }
-    let options = GetOptions {
-        head: true,
-        ..GetOptions::default()
-    };
-    match store.store.get_opts(&object_path(key)?, options).await {
-        Ok(result) => Ok(result
-            .attributes
-            .get(&Attribute::Metadata(VERSION_ATTRIBUTE.into()))
-            .and_then(|v| v.as_ref().parse().ok())),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(err) => Err(store_error(err)),
-    }
-}
-
 /// The key as an object path, verbatim: `Path::from` would percent-encode the `%` and `~`
 /// of our already encoded keys, and the keys must equal the SQL `payload_id`s.
 pub(crate) fn object_path(key: &str) -> Result<ObjectPath, SinkError> {
@@ -412,7 +260,7 @@ pub(crate) fn versions_dir(root: &std::path::Path) -> PathBuf {
     root.with_file_name(format!(".{name}-versions"))
 }
 
-fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
+pub(crate) fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
     versions_dir(root).join(key)
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -54,6 +54,10 @@ pub struct Store {
     pub(crate) local: Option<Arc<LocalFileSystem>>,
     pub(crate) prefix: String,
     pub(crate) kind: &'static str,
+    /// Puts can be made conditional on what was read (`If-None-Match` / `If-Match` and the
+    /// like); false only for S3 with `AWS_CONDITIONAL_PUT=disabled`, for servers that
+    /// refuse the headers.
+    pub(crate) conditional: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("kind", &self.kind)
             .field("prefix", &self.prefix)
+            .field("conditional", &self.conditional)
             .finish()
     }
 }
@@ -124,6 +129,7 @@ impl Store {
                     root: Some(root),
                     prefix,
                     kind: "file",
+                    conditional: true,
                 })
             }
             "s3" | "s3a" => {
@@ -139,6 +145,10 @@ impl Store {
                 if let Some(region) = &config.s3_region {
                     builder = builder.with_region(region);
                 }
+                // If-None-Match / If-Match unless the environment turned them off
+                let conditional = builder
+                    .get_config_value(&AmazonS3ConfigKey::ConditionalPut)
+                    .is_none_or(|mode| mode.trim() != "disabled");
                 let s3 = Arc::new(builder.build().map_err(bad)?);
                 Ok(Self {
                     store: s3.clone(),
@@ -147,6 +157,7 @@ impl Store {
                     local: None,
                     prefix,
                     kind: "s3",
+                    conditional,
                 })
             }
             "gs" => {
@@ -166,6 +177,7 @@ impl Store {
                     local: None,
                     prefix,
                     kind: "gcs",
+                    conditional: true,
                 })
             }
             "az" | "azure" => {
@@ -185,6 +197,7 @@ impl Store {
                     local: None,
                     prefix,
                     kind: "azure",
+                    conditional: true,
                 })
             }
             other => Err(StoreError::Config(format!(

@@ -1,140 +1,24 @@
 //! The object projection over a local folder and over a real S3-compatible server (moto's,
 //! started by tests/run-all.sh; `TERRA_TEST_S3_ENDPOINT`), fed through a real embedded log.
-//! SQS pings go to moto's SQS on the same port and are read back with the AWS SDK.
+//! The SQS pings are in `sqs.rs`, concurrent writers in `race.rs`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
-use futures::TryStreamExt;
-use object_store::ObjectStore;
-use object_store::path::Path as ObjectPath;
 use terra_core::keys;
-use terra_eventlog::{EventLog, Record};
-use terra_projector::CancellationToken;
-use terra_projector::{ProjectorConfig, ProjectorMetrics, WriteStats};
-use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Pinger, SqsConfig, Store, StoreConfig};
+use terra_eventlog::Record;
+use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 
 use terra_testkit::{T0, all_fixtures, fixture};
 
-fn record(body: &[u8], ordering_ms: Option<i64>) -> Record {
-    terra_testkit::record(body, ordering_ms, T0, None)
-}
-
-struct Backend {
-    store: Store,
-    _dir: tempfile::TempDir,
-    bucket: Option<String>,
-}
-
-fn s3_endpoint() -> String {
-    std::env::var("TERRA_TEST_S3_ENDPOINT").expect("TERRA_TEST_S3_ENDPOINT must name an S3-compatible server (tests/run-all.sh starts moto and sets it)")
-}
-
-async fn create_bucket(endpoint: &str, bucket: &str) {
-    // moto creates a bucket on an unsigned PUT
-    let response = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "create bucket: {}",
-        response.status()
-    );
-}
-
-async fn local() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig {
-        url: format!("file://{}", dir.path().join("objects").display()),
-        ..StoreConfig::default()
-    })
-    .unwrap();
-    Backend {
-        store,
-        _dir: dir,
-        bucket: None,
-    }
-}
-
-/// Credentials come from the environment, as in production; tests/moto.sh exports test ones
-/// (moto accepts any).
-async fn s3() -> Backend {
-    let endpoint = s3_endpoint();
-    let bucket = format!("terra-{}", uuid::Uuid::new_v4().simple());
-    create_bucket(&endpoint, &bucket).await;
-    let store = Store::open(&StoreConfig {
-        url: format!("s3://{bucket}"),
-        prefix: "terra".into(),
-        s3_endpoint: Some(endpoint),
-        s3_region: Some("us-east-1".into()),
-        s3_path_style: true,
-        allow_http: true,
-    })
-    .unwrap();
-    Backend {
-        store,
-        _dir: tempfile::tempdir().unwrap(),
-        bucket: Some(bucket),
-    }
-}
-
-fn log() -> (EventLog, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (
-        EventLog::Embedded(
-            terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 3).unwrap(),
-        ),
-        dir,
-    )
-}
-
-async fn project(log: &EventLog, sink: &mut ObjectSink, group: &str) -> WriteStats {
-    let mut config = ProjectorConfig::new(group);
-    config.batch_size = 5;
-    config.batch_wait = Duration::from_millis(20);
-    config.stop_at_end = true;
-    let rx = CancellationToken::new();
-    terra_projector::run(
-        &config,
-        log,
-        sink,
-        &ProjectorMetrics::unregistered(),
-        rx,
-        |_| {},
-    )
-    .await
-    .unwrap()
-}
-
-async fn keys(store: &Store) -> BTreeSet<String> {
-    store
-        .object_store()
-        .list(None)
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap()
-}
-
-async fn get(store: &Store, key: &str) -> Vec<u8> {
-    store
-        .object_store()
-        .get(&ObjectPath::parse(key).unwrap())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
-}
+mod common;
+use common::{Backend, get, keys, local, log, project, record, s3};
 
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         mod local { $( #[tokio::test] async fn $name() { super::$name(super::local().await).await } )* }
-        mod s3 { $( #[tokio::test] #[ignore = "needs an S3-compatible server: run tests/run-all.sh"] async fn $name() { super::$name(super::s3().await).await } )* }
+        // `moto` in the name: tests/run-all.sh skips these without moto
+        mod s3_on_moto { $( #[tokio::test] #[ignore = "needs an S3-compatible server: run tests/run-all.sh"] async fn $name() { super::$name(super::s3().await).await } )* }
     };
 }
 
@@ -329,103 +213,6 @@ async fn hostile_user_ids_stay_inside_the_prefix(backend: Backend) {
             "{entries:?}"
         );
     }
-}
-
-#[tokio::test]
-#[ignore = "needs an S3/SQS-compatible server: run tests/run-all.sh"]
-async fn sqs_pings_carry_presigned_urls_to_the_exact_bytes() {
-    let backend = s3().await;
-    let endpoint = s3_endpoint();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&shared);
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!("terra-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap();
-    let queue_url = queue.queue_url().unwrap().to_owned();
-    let pinger = Pinger::connect(&SqsConfig {
-        queue_url: queue_url.clone(),
-        endpoint: Some(endpoint),
-        region: Some("us-east-1".into()),
-    })
-    .await;
-    let (log, _dir) = log();
-    log.append(vec![
-        record(&fixture("activity"), Some(T0 * 1000)),
-        record(&fixture("healthcheck"), Some(T0 * 1000)),
-    ])
-    .await
-    .unwrap();
-    let mut sink = ObjectSink::new(
-        backend.store.clone(),
-        ObjectSinkConfig {
-            expires_in: Duration::from_secs(120),
-        },
-        Some(pinger),
-    );
-    let stats = project(&log, &mut sink, "objects").await;
-    let records = terra_core::classify(&fixture("activity"))
-        .unwrap()
-        .records
-        .len();
-    assert_eq!(stats.payloads, records + 1);
-
-    let mut messages = Vec::new();
-    for _ in 0..10 {
-        let got = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        messages.extend(
-            got.messages()
-                .iter()
-                .filter_map(|m| m.body().map(str::to_owned)),
-        );
-        if messages.len() > records {
-            break;
-        }
-    }
-    assert_eq!(messages.len(), records + 1, "{messages:?}");
-    let mut downloaded = 0;
-    for body in &messages {
-        let ping: serde_json::Value = serde_json::from_str(body).unwrap();
-        if ping["type"] == "healthcheck" {
-            assert_eq!(
-                body.as_bytes(),
-                fixture("healthcheck").as_slice(),
-                "the healthcheck goes as received"
-            );
-            continue;
-        }
-        assert_eq!(ping["status"], "success");
-        assert_eq!(ping["type"], "s3_payload");
-        assert_eq!(ping["expires_in"], 120);
-        let reference = ping["payload_reference"].as_str().unwrap();
-        // the URL is all the receiver needs: no credentials
-        let url = ping["url"].as_str().unwrap();
-        let fetched = reqwest::get(url).await.unwrap();
-        assert!(fetched.status().is_success(), "{url}: {}", fetched.status());
-        let bytes = fetched.bytes().await.unwrap();
-        assert_eq!(
-            bytes.as_ref(),
-            get(&backend.store, &backend.store.key(reference))
-                .await
-                .as_slice(),
-            "exact bytes"
-        );
-        downloaded += 1;
-    }
-    assert_eq!(downloaded, records);
 }
 
 /// Every file under `dir` (mode), every folder (mode), recursively.

@@ -19,7 +19,7 @@ struct Moto(Child);
 impl Moto {
     fn start(port: u16) -> Self {
         let exe = std::env::var("TERRA_TEST_MOTO_SERVER")
-            .expect("TERRA_TEST_MOTO_SERVER (tests/run-all.sh sets it)");
+            .expect("TERRA_TEST_MOTO_SERVER (tests/run-all.sh sets it; tests that need it have `moto` in their names)");
         let child = Command::new(exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -81,7 +81,7 @@ async fn keys(store: &Store) -> Result<BTreeSet<String>, object_store::Error> {
 
 #[tokio::test]
 #[ignore = "needs moto's server binary: run tests/run-all.sh"]
-async fn a_store_outage_pauses_the_projector_and_skips_nothing() {
+async fn a_store_outage_on_moto_pauses_the_projector_and_skips_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -2,8 +2,10 @@
 //! product): Terra's fixture bodies, log records built the way the ingress builds them (by
 //! `terra_core::envelope::Envelope::of_delivery`), a fresh database per test on the machine's
 //! Postgres and MariaDB (or a SQLite file), an embedded log in a temporary folder, and a
-//! private Postgres server a test may stop and start ([`PrivatePostgres`]).
+//! private Postgres server a test may stop and start ([`PrivatePostgres`]), and pre-signed
+//! S3 URLs checked as S3 checks them ([`presigned`]).
 
+pub mod presigned;
 mod private_postgres;
 
 use std::path::{Path, PathBuf};

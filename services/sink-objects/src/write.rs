@@ -1,0 +1,347 @@
+//! Writing one object so that the newest copy wins against any other writer (issue 11 §4).
+//! Reading the stored version and then writing is a race: two writers that both read
+//! "older" both write, and the last to land wins, older or not. So the write itself is
+//! conditional on what was read:
+//!
+//! - S3, GCS, Azure: the stored version is in the object's metadata; the put is
+//!   `PutMode::Create` when nothing was there and `PutMode::Update` with the ETag (GCS: the
+//!   generation) that was read otherwise. A writer that loses the race gets a precondition
+//!   failure, reads again and either finds a newer copy (and stops) or retries over the
+//!   newer tag. S3 servers must honour `If-None-Match` / `If-Match` (AWS since 2024, MinIO,
+//!   R2, moto); one that cannot is configured with `AWS_CONDITIONAL_PUT=disabled` and then
+//!   gets a plain check-then-put.
+//! - A local folder: the version file in the sidecar tree is locked (`flock`, so other
+//!   processes and other tasks wait), read, and rewritten in place after the object is
+//!   renamed into place, all under the lock.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+use terra_eventlog::private_fs;
+use terra_projector::SinkError;
+use terra_projector::plan::Version;
+
+use crate::sink::{object_path, sidecar_path};
+use crate::store::Store;
+
+const VERSION_ATTRIBUTE: &str = "terra-ingest-version";
+/// Lost races in a row before the write is given up as an outage (each one means another
+/// writer stored a copy in between; versions only grow, so this ends quickly).
+const MAX_CONFLICTS: usize = 16;
+/// Length of a version file: a version's text (at most 83 bytes, four `i64`s and three
+/// colons) padded with spaces, so each rewrite in place covers all of the last one.
+const VERSION_FILE_LEN: usize = 96;
+
+/// What this process knows of a stored object: its version, and the store's tag for it
+/// when this process wrote it (so the next replacement needs no read first).
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    pub(crate) version: Version,
+    tag: Option<UpdateVersion>,
+}
+
+impl Known {
+    pub(crate) fn version(version: Version) -> Self {
+        Self { version, tag: None }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Written(Known),
+    Superseded(Version),
+}
+
+/// Writes `bytes` at `key` with `version` unless a newer version is stored; `known` is what
+/// this process last saw there.
+pub(crate) async fn write_versioned(
+    store: &Store,
+    key: &str,
+    bytes: Bytes,
+    version: Version,
+    known: Option<Known>,
+) -> Result<Outcome, SinkError> {
+    if let Some(known) = &known
+        && known.version > version
+    {
+        // stored versions only grow, so the store holds at least this one
+        return Ok(Outcome::Superseded(known.version));
+    }
+    match &store.root {
+        Some(root) => {
+            let file = local_file(store, key)?;
+            let sidecar = sidecar_path(root, key);
+            blocking(move || write_local(&file, &sidecar, &bytes, version))
+                .await
+                .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")))
+        }
+        None => write_remote(store, key, bytes, version, known).await,
+    }
+}
+
+/// An object without a version (dead letters: one per log position, so any copy is right).
+pub(crate) async fn put_plain(store: &Store, key: &str, bytes: Bytes) -> Result<(), SinkError> {
+    if store.root.is_some() {
+        let file = local_file(store, key)?;
+        return blocking(move || write_private_object(&file, &bytes))
+            .await
+            .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")));
+    }
+    let options = put_options(PutMode::Overwrite, None);
+    store
+        .store
+        .put_opts(&object_path(key)?, PutPayload::from_bytes(bytes), options)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+/// What a remote store holds at a key.
+enum Stored {
+    Absent,
+    Present {
+        version: Option<Version>,
+        tag: UpdateVersion,
+    },
+}
+
+async fn write_remote(
+    store: &Store,
+    key: &str,
+    bytes: Bytes,
+    version: Version,
+    known: Option<Known>,
+) -> Result<Outcome, SinkError> {
+    let path = object_path(key)?;
+    // a tag this process got from its own write saves the read; a stale one costs a retry
+    let mut current = known.and_then(|k| {
+        k.tag.map(|tag| Stored::Present {
+            version: Some(k.version),
+            tag,
+        })
+    });
+    for _ in 0..MAX_CONFLICTS {
+        let stored = match current.take() {
+            Some(stored) => stored,
+            None => head(store, &path).await?,
+        };
+        let mode = match stored {
+            Stored::Present {
+                version: Some(stored),
+                ..
+            } if stored > version => return Ok(Outcome::Superseded(stored)),
+            _ if !store.conditional => PutMode::Overwrite,
+            Stored::Absent => PutMode::Create,
+            Stored::Present { tag, .. } if tag.e_tag.is_none() && tag.version.is_none() => {
+                // a store that names no version of its objects cannot be asked for one
+                PutMode::Overwrite
+            }
+            Stored::Present { tag, .. } => PutMode::Update(tag),
+        };
+        let options = put_options(mode, Some(version));
+        match store
+            .store
+            .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options)
+            .await
+        {
+            Ok(result) => {
+                return Ok(Outcome::Written(Known {
+                    version,
+                    tag: Some(result.into()),
+                }));
+            }
+            // another writer stored a copy since the read: read again
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {
+                tracing::debug!(key, "object changed since it was read, checking again");
+            }
+            Err(err) => return Err(store_error(err)),
+        }
+    }
+    Err(SinkError::Outage(format!(
+        "object store: {key} changed under {MAX_CONFLICTS} writes in a row"
+    )))
+}
+
+async fn head(store: &Store, path: &object_store::path::Path) -> Result<Stored, SinkError> {
+    let options = GetOptions {
+        head: true,
+        ..GetOptions::default()
+    };
+    match store.store.get_opts(path, options).await {
+        Ok(result) => Ok(Stored::Present {
+            version: result
+                .attributes
+                .get(&Attribute::Metadata(VERSION_ATTRIBUTE.into()))
+                .and_then(|v| v.as_ref().parse().ok()),
+            tag: UpdateVersion {
+                e_tag: result.meta.e_tag,
+                version: result.meta.version,
+            },
+        }),
+        Err(object_store::Error::NotFound { .. }) => Ok(Stored::Absent),
+        Err(err) => Err(store_error(err)),
+    }
+}
+
+fn put_options(mode: PutMode, version: Option<Version>) -> PutOptions {
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::ContentType, "application/json".into());
+    if let Some(version) = version {
+        attributes.insert(
+            Attribute::Metadata(VERSION_ATTRIBUTE.into()),
+            version.to_string().into(),
+        );
+    }
+    PutOptions {
+        mode,
+        attributes,
+        ..PutOptions::default()
+    }
+}
+
+pub(crate) fn store_error(err: object_store::Error) -> SinkError {
+    match err {
+        object_store::Error::NotImplemented | object_store::Error::NotSupported { .. } => {
+            SinkError::Fatal(format!("object store: {err}"))
+        }
+        other => SinkError::Outage(format!("object store: {other}")),
+    }
+}
+
+fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError> {
+    let local = store
+        .local
+        .as_ref()
+        .ok_or_else(|| SinkError::Fatal("a local store without its folder".into()))?;
+    local
+        .path_to_filesystem(&object_path(key)?)
+        .map_err(store_error)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// The local folder's conditional write: under an exclusive lock on the key's version file
+/// (held until the file is closed), the stored version is read, the object renamed into
+/// place and the version written over the old one. Writers of one key, in this process or
+/// another, take turns, so the newest copy is the one left.
+fn write_local(
+    file: &Path,
+    sidecar: &Path,
+    bytes: &[u8],
+    version: Version,
+) -> std::io::Result<Outcome> {
+    let mut versions = loop {
+        match private_fs::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(sidecar)
+        {
+            Ok(versions) => break versions,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = sidecar.parent().ok_or(e)?;
+                private_fs::create_dir_all(parent)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    versions.lock()?;
+    let mut text = String::new();
+    versions.read_to_string(&mut text)?;
+    if let Ok(stored) = text.parse::<Version>()
+        && stored > version
+    {
+        return Ok(Outcome::Superseded(stored));
+    }
+    write_private_object(file, bytes)?;
+    let mut record = version.to_string().into_bytes();
+    debug_assert!(record.len() < VERSION_FILE_LEN, "a version fits its file");
+    record.resize(VERSION_FILE_LEN, b' ');
+    versions.write_all_at(&record, 0)?;
+    Ok(Outcome::Written(Known::version(version)))
+}
+
+/// Writes one object of a local folder as `LocalFileSystem` would (a staged `<file>#<n>`,
+/// which listings skip, renamed into place, so readers never see half an object), but the
+/// staged file is made 0600 and missing folders 0700.
+fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut attempt = 1u32;
+    let (mut staged, staged_path) = loop {
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!("#{attempt}"));
+        let staged_path = PathBuf::from(name);
+        match private_fs::options()
+            .write(true)
+            .create_new(true)
+            .open(&staged_path)
+        {
+            Ok(staged) => break (staged, staged_path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = file.parent().ok_or(e)?;
+                private_fs::create_dir_all(parent)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let written = staged
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&staged_path, file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged_path);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_version_fits_its_file() {
+        let longest = Version::from_parts([i64::MIN, i64::MIN, i64::MIN, i64::MIN]);
+        assert!(longest.to_string().len() < VERSION_FILE_LEN);
+    }
+
+    #[test]
+    fn a_padded_version_file_reads_back_and_old_unpadded_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("objects/a.json");
+        let sidecar = dir.path().join(".objects-versions/a.json");
+        let v = |ts| Version::from_parts([ts, 0, 0, 0]);
+        // a file an earlier version wrote: the bare text, longer than the next one
+        std::fs::create_dir_all(sidecar.parent().unwrap()).unwrap();
+        std::fs::write(&sidecar, "100000000:2:3:4").unwrap();
+        assert!(matches!(
+            write_local(&file, &sidecar, b"old", v(5)).unwrap(),
+            Outcome::Superseded(_)
+        ));
+        assert!(matches!(
+            write_local(&file, &sidecar, b"new", v(200_000_000)).unwrap(),
+            Outcome::Written(_)
+        ));
+        assert!(matches!(
+            write_local(&file, &sidecar, b"newer", v(300_000_000)).unwrap(),
+            Outcome::Written(_)
+        ));
+        let text = std::fs::read_to_string(&sidecar).unwrap();
+        assert_eq!(text.len(), VERSION_FILE_LEN);
+        assert_eq!(text.parse::<Version>(), Ok(v(300_000_000)));
+        assert_eq!(std::fs::read(&file).unwrap(), b"newer");
+    }
+}
