@@ -97,7 +97,7 @@ async fn standalone_keeps_its_data_tree_private_under_umask_022() {
         "terra.db",
         "terra.db-wal",
         "terra.db-shm",
-        "log/records.log",
+        "log/segments/00000000000000000000.log",
         "log/meta.json",
         "log/LOCK",
     ] {

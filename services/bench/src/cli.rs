@@ -28,6 +28,8 @@ pub enum Command {
     Objects(crate::objects::ObjectsArgs),
     /// ListPayloads and GetPayload throughput and latency over 1M payload rows in Postgres.
     Query(crate::query::QueryArgs),
+    /// Open time of the embedded log at 1M and 10M records, with and without its indexes.
+    LogOpen(crate::log_open::LogOpenArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
     #[command(hide = true)]
     BareServer {
@@ -42,6 +44,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => crate::sql::run(args).await,
         Command::Objects(args) => crate::objects::run(args).await,
         Command::Query(args) => crate::query::run(args).await,
+        Command::LogOpen(args) => crate::log_open::run(args).await,
         Command::BareServer { http_addr } => crate::ingress::bare_server(&http_addr).await,
     }
 }

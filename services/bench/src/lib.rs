@@ -7,6 +7,7 @@
 //!   then `terra-ingest standalone`'s 2xx-to-row latency.
 //! - `objects` ([`objects`]): the object projector into a folder and an S3-compatible bucket.
 //! - `query` ([`query`]): the gRPC query service over a loaded Postgres.
+//! - `log-open` ([`log_open`]): the embedded log's open time at 1M and 10M records.
 //!
 //! Shared: the pre-filled log's mixed load ([`load`]), signed deliveries ([`deliveries`]) and
 //! the `terra-ingest` binary as a child process ([`process`]).
@@ -15,6 +16,7 @@ pub mod cli;
 mod deliveries;
 mod ingress;
 mod load;
+mod log_open;
 mod objects;
 mod process;
 mod query;

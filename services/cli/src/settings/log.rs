@@ -204,4 +204,44 @@ mod tests {
         );
         assert!(err.contains("unsafe_topic"), "{err}");
     }
+
+    /// Issue 11 §2: the embedded log's segments, retention and queue from the file and the
+    /// nested environment; values that would lose records or make no sense are named.
+    #[test]
+    fn embedded_log_settings_from_the_file_and_the_environment() {
+        let file = "[log.embedded]\nsegment_bytes = 2097152\nretention_ms = 86400000\n";
+        let c = load_with(
+            file,
+            &["ingress"],
+            &[("TERRA_INGEST_LOG__EMBEDDED__MAX_QUEUED_BYTES", "1000000")],
+        )
+        .unwrap();
+        let e = resolve_log(&c).unwrap().embedded;
+        assert_eq!(e.segment_bytes, 2_097_152);
+        assert_eq!(e.retention, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(e.retention_bytes, None);
+        assert_eq!(e.max_queued_bytes, 1_000_000);
+        // unset: keep everything
+        let e = resolve_log(&config("", &["ingress"])).unwrap().embedded;
+        assert_eq!((e.retention, e.retention_bytes), (None, None));
+        for (toml, needle) in [
+            (
+                "[log.embedded]\nsegment_bytes = 4096\n",
+                "log.embedded.segment_bytes",
+            ),
+            ("[log.embedded]\nretention_ms = 0\n", "retention_ms"),
+            ("[log.embedded]\nretention_bytes = 0\n", "retention_bytes"),
+        ] {
+            let err = format!(
+                "{:#}",
+                resolve_log(&config(toml, &["ingress"])).unwrap_err()
+            );
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            load_with("[log.embedded]\nsegments = 3\n", &["ingress"], &[]).unwrap_err()
+        );
+        assert!(err.contains("segments"), "{err}");
+    }
 }

@@ -141,11 +141,15 @@ impl EmbeddedConsumer {
             {
                 Slots::From(slots) => slots,
                 Slots::Gone { start } => {
-                    return Err(LogError::Corrupt(format!(
-                        "consumer group {:?}: partition {partition} offsets {}..{start} are gone \
-                         (deleted by retention) before the group read them",
-                        self.group, self.next[partition]
-                    )));
+                    let end = self.shared.index.end_offsets()[partition];
+                    let offset = self.next[partition];
+                    return Err(LogError::gone(
+                        partition as u32,
+                        "wanted",
+                        offset,
+                        start,
+                        end,
+                    ));
                 }
             };
             for slot in slots {
@@ -202,11 +206,13 @@ impl EmbeddedConsumer {
             if let Some(wanted) = wanted
                 && wanted < starts[partition]
             {
-                return Err(LogError::Corrupt(format!(
-                    "consumer group {:?}: partition {partition} offsets {wanted}..{} are gone \
-                     (deleted by retention)",
-                    self.group, starts[partition]
-                )));
+                return Err(LogError::gone(
+                    partition as u32,
+                    "wanted",
+                    wanted,
+                    starts[partition],
+                    ends[partition],
+                ));
             }
             *slot = wanted.unwrap_or(starts[partition]).min(ends[partition]);
         }

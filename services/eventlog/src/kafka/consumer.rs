@@ -28,7 +28,7 @@ const DEFAULT_RECEIVE_MAX_BYTES: usize = 100_000_000;
 use crate::{Consumed, LogError, Position, Record};
 
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer<StartFresh>>,
+    consumer: Closing,
     topic: String,
     /// Positions asked for by `seek` and not reached yet: partition → next offset to deliver.
     /// Records before it are dropped (already done); a record after it means the fetch
@@ -36,6 +36,46 @@ pub struct KafkaConsumer {
     wanted: BTreeMap<u32, u64>,
     /// Partitions of `wanted` already sought on the broker connection.
     sought: BTreeSet<u32>,
+}
+
+/// How long dropping a consumer waits for librdkafka's close (leave the group, hand the
+/// partitions back) before going on without it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consumer, closed off the dropping thread: librdkafka's close runs on a thread of its
+/// own, and the drop waits for it at most [`CLOSE_TIMEOUT`]. A close can hang for ever in
+/// librdkafka (seen on the mock cluster after its broker went down and up: the revoke's
+/// unassign waits for a group thread that no longer answers), and a hung close must not hang
+/// the service's shutdown. Positions are committed synchronously as records are done, so a
+/// close cut short loses nothing; the group only rebalances after its session timeout.
+struct Closing(Option<Arc<StreamConsumer<StartFresh>>>);
+
+impl std::ops::Deref for Closing {
+    type Target = Arc<StreamConsumer<StartFresh>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let (done, closed) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done.send(());
+            });
+        if spawned.is_ok()
+            && closed.recv_timeout(CLOSE_TIMEOUT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            tracing::warn!("the Kafka consumer did not close within 10 s; going on without it");
+        }
+    }
 }
 
 impl KafkaConsumer {
@@ -65,7 +105,7 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "error");
         set_default(&mut config, "enable.partition.eof", "false");
         Ok(Self {
-            consumer: Arc::new(subscribe(&config, topic)?),
+            consumer: Closing(Some(Arc::new(subscribe(&config, topic)?))),
             topic: topic.to_owned(),
             wanted: BTreeMap::new(),
             sought: BTreeSet::new(),
