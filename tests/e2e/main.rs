@@ -13,6 +13,7 @@ use terra_eventlog::{EventLog, LogUrl};
 
 mod at_rest;
 mod large;
+mod log_repair;
 mod objects;
 mod projector;
 mod query;

@@ -227,8 +227,15 @@ impl KafkaConsumer {
                     (Some(&offset), _) => ("wanted", offset),
                     (None, Offset::Offset(n)) if n >= 0 => ("committed", n as u64),
                     _ => {
+                        // join the group again: the new assignment starts the partition at
+                        // the log's start (nothing is lost: positions are committed as
+                        // records are done), so the next poll after this error goes on
+                        consumer.unsubscribe();
+                        consumer
+                            .subscribe(&[topic.as_str()])
+                            .map_err(LogError::kafka(format!("failed to subscribe to {topic:?}")))?;
                         return Err(LogError::Unavailable(format!(
-                            "partition {partition}: the group has no position in it and it was not started at the log's start (the group's positions could not be read at assignment)"
+                            "partition {partition}: the group has no position in it and it was not started at the log's start (the group's positions could not be read at assignment); joining the group again"
                         )));
                     }
                 };
@@ -390,11 +397,20 @@ impl ConsumerContext for StartFresh {
 /// (the others keep theirs: librdkafka reads it). If the positions cannot be read, none is
 /// set, and a partition without one fails the poll instead.
 fn start_fresh(consumer: &BaseConsumer<StartFresh>, tpl: &mut TopicPartitionList) {
-    let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
-        Ok(committed) => committed,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not read the group's positions at assignment");
-            return;
+    // a broker that just came back may not answer at once: three tries over ~15 s
+    let mut tries = 0;
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+            Ok(committed) => break committed,
+            Err(err) if tries < 2 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(1));
+                tracing::debug!(error = %err, tries, "reading the group's positions at assignment");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the group's positions at assignment");
+                return;
+            }
         }
     };
     for element in committed.elements() {

@@ -241,11 +241,19 @@ impl App {
     pub async fn read_log(&self, n: usize) -> Vec<Record> {
         let mut reader = self.reader.lock().await;
         let mut out = Vec::new();
+        let mut unavailable = 0;
         while out.len() < n {
-            let batch = reader
-                .poll(n - out.len(), Duration::from_secs(10))
-                .await
-                .unwrap();
+            // as a projector does: a log that is not available yet (a Kafka group joining
+            // again after an outage) is waited for, a few times
+            let batch = match reader.poll(n - out.len(), Duration::from_secs(10)).await {
+                Err(terra_eventlog::LogError::Unavailable(why)) if unavailable < 5 => {
+                    unavailable += 1;
+                    eprintln!("log not available yet ({why}); polling again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                other => other.unwrap(),
+            };
             assert!(
                 !batch.is_empty(),
                 "only {} of {n} records in the log",
