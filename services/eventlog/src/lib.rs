@@ -123,8 +123,10 @@ impl Consumer {
     }
 
     /// Moves this group to `next` (partition → next offset to read; unnamed partitions go to
-    /// 0, offsets past the end are clamped) and reads from there on. Projections whose sink
-    /// stores its own positions (SQL) use this to resume exactly where their rows end.
+    /// the log's start) and reads from there on. Projections whose sink stores its own
+    /// positions (SQL) use this to resume exactly where their rows end. A position before
+    /// the log's start or past its end is [`LogError::Gone`]: the records are gone, or the
+    /// positions belong to another log (a recreated topic), and reading on would skip records.
     pub async fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
         match self {
             Self::Embedded(c) => c.seek(next),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use terra_eventlog::{Consumed, EventLog, LogUrl, Position, Record};
+use terra_eventlog::{Consumed, EventLog, LogError, LogUrl, Position, Record};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -377,6 +377,23 @@ async fn seek_end_offsets_and_lag(h: Harness) {
     );
 }
 
+/// A position past the log's end belongs to another log (a recreated topic, a restored
+/// database): refused, never clamped (a sink would then skip the new records its positions
+/// claim). The end itself (caught up) is fine.
+async fn seek_past_the_end_is_refused(h: Harness) {
+    let at = h.log.append(vec![record(Some("ahead"), "a".into())]);
+    let p = at.await.unwrap()[0].partition;
+    let end = h.log.end_offsets().await.unwrap()[&p];
+    let mut consumer = h.log.consumer(&h.group("ahead")).unwrap();
+    let err = consumer.seek(&BTreeMap::from([(p, end + 10)])).await;
+    let err = err.unwrap_err();
+    assert!(
+        matches!(err, LogError::Gone { offset, .. } if offset == end + 10),
+        "{err}"
+    );
+    consumer.seek(&BTreeMap::from([(p, end)])).await.unwrap();
+}
+
 macro_rules! contract {
     ($($backend:ident),*) => {$(
         mod $backend {
@@ -390,6 +407,8 @@ macro_rules! contract {
             async fn no_loss_across_restart() { super::no_loss_across_restart(super::$backend().await).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn seek_end_offsets_and_lag() { super::seek_end_offsets_and_lag(super::$backend().await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn seek_past_the_end_is_refused() { super::seek_past_the_end_is_refused(super::$backend().await).await }
         }
     )*};
 }
@@ -423,6 +442,11 @@ mod kafka_broker {
     #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
     async fn seek_end_offsets_and_lag() {
         super::seek_end_offsets_and_lag(super::kafka_broker().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Kafka-protocol broker: run tests/run-all.sh"]
+    async fn seek_past_the_end_is_refused() {
+        super::seek_past_the_end_is_refused(super::kafka_broker().await).await
     }
 }
 

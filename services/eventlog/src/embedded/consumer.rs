@@ -195,16 +195,16 @@ impl EmbeddedConsumer {
         Ok(out)
     }
 
-    /// Reads every partition from `next` (the partition's start where not named, clamped to
-    /// the end) from now on, and makes that the group's committed position. An offset that
-    /// retention already deleted is refused, naming the range lost.
+    /// Reads every partition from `next` (the partition's start where not named) from now
+    /// on, and makes that the group's committed position. An offset that retention already
+    /// deleted, or one past the end (another log's position), is refused: [`LogError::Gone`].
     pub(crate) fn seek(&mut self, next: &BTreeMap<u32, u64>) -> Result<(), LogError> {
         let ends = self.shared.index.end_offsets();
         let starts = self.shared.index.start_offsets();
         for (partition, slot) in self.next.iter_mut().enumerate() {
             let wanted = next.get(&(partition as u32)).copied();
             if let Some(wanted) = wanted
-                && wanted < starts[partition]
+                && (wanted < starts[partition] || wanted > ends[partition])
             {
                 return Err(LogError::gone(
                     partition as u32,
@@ -214,7 +214,7 @@ impl EmbeddedConsumer {
                     ends[partition],
                 ));
             }
-            *slot = wanted.unwrap_or(starts[partition]).min(ends[partition]);
+            *slot = wanted.unwrap_or(starts[partition]);
         }
         self.committed = self
             .next

@@ -112,8 +112,9 @@ impl KafkaConsumer {
         })
     }
 
-    /// Reads every partition from `next` (0 where not named, clamped to the end); a position
-    /// before the log's start is [`LogError::Gone`] (its records are). Partitions
+    /// Reads every partition from `next` (0 where not named); a position before the log's
+    /// start (its records are gone) or past its end (it belongs to another log: a recreated
+    /// topic) is [`LogError::Gone`]. Partitions
     /// this member holds are sought at once; the others when they are assigned (a member that
     /// just joined holds none yet). Also commits the positions, best effort, so a member that
     /// replaces this one starts there.
@@ -125,8 +126,8 @@ impl KafkaConsumer {
             .map_err(|_| LogError::Unavailable("seek task panicked".into()))??;
         let mut wanted = BTreeMap::new();
         for (&partition, &(start, end)) in &ranges {
-            let offset = next.get(&partition).copied().unwrap_or(0).min(end);
-            if offset < start {
+            let offset = next.get(&partition).copied().unwrap_or(0);
+            if offset < start || offset > end {
                 return Err(LogError::gone(partition, "wanted", offset, start, end));
             }
             wanted.insert(partition, offset);
