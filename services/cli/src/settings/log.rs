@@ -57,10 +57,24 @@ pub fn resolve_log(config: &Config) -> anyhow::Result<LogSettings> {
             UnsafeTopic::Refuse => terra_eventlog::UnsafeTopic::Refuse,
         };
     }
-    let embedded = &config.log.embedded;
-    if embedded.segment_bytes < 1 << 20 {
+    if matches!(url, LogUrl::Embedded { .. })
+        && config
+            .ingress
+            .body_limit
+            .saturating_add(terra_eventlog::RECORD_OVERHEAD_BYTES)
+            > terra_eventlog::embedded::MAX_RECORD_BYTES
+    {
         anyhow::bail!(
-            "setting log.embedded.segment_bytes: {} is too small (at least 1048576)",
+            "setting ingress.body_limit: {} bytes is more than the embedded log can hold in one record ({} bytes with the envelope)",
+            config.ingress.body_limit,
+            terra_eventlog::embedded::MAX_RECORD_BYTES
+        );
+    }
+    let embedded = &config.log.embedded;
+    let max_segment = terra_eventlog::embedded::MAX_SEGMENT_BYTES;
+    if !(1 << 20..=max_segment).contains(&embedded.segment_bytes) {
+        anyhow::bail!(
+            "setting log.embedded.segment_bytes: {} is out of range (1048576 to {max_segment})",
             embedded.segment_bytes
         );
     }
@@ -229,7 +243,12 @@ mod tests {
                 "[log.embedded]\nsegment_bytes = 4096\n",
                 "log.embedded.segment_bytes",
             ),
+            (
+                "[log.embedded]\nsegment_bytes = 8589934592\n",
+                "out of range",
+            ),
             ("[log.embedded]\nretention_ms = 0\n", "retention_ms"),
+            ("[ingress]\nbody_limit = 300000000\n", "ingress.body_limit"),
             ("[log.embedded]\nretention_bytes = 0\n", "retention_bytes"),
         ] {
             let err = format!(

@@ -154,10 +154,10 @@ impl EmbeddedConsumer {
             };
             for slot in slots {
                 let offset = self.next[partition];
-                self.next[partition] += 1;
                 let span = match slot {
                     Slot::Frame(span) => span,
                     Slot::Lost => {
+                        self.next[partition] += 1;
                         tracing::error!(
                             group = self.group,
                             partition,
@@ -167,20 +167,14 @@ impl EmbeddedConsumer {
                         continue;
                     }
                 };
-                let frame = self.shared.index.read(span)?;
-                let (meta, record) = codec::decode(Bytes::from(frame)).map_err(|e| {
-                    LogError::Corrupt(format!(
-                        "partition {partition} offset {offset}: {e}; `terra-ingest log repair` \
-                         keeps every intact record"
-                    ))
-                })?;
-                if meta.partition as usize != partition || meta.offset != offset {
-                    return Err(LogError::Corrupt(format!(
-                        "partition {partition} offset {offset}: the stored frame is partition \
-                         {} offset {}",
-                        meta.partition, meta.offset
-                    )));
-                }
+                let (meta, record) = match self.read_frame(partition, offset, span) {
+                    Ok(read) => read,
+                    // what was read before the error is returned; the error comes with the
+                    // next poll, at this record (nothing is skipped)
+                    Err(_) if !out.is_empty() => return Ok(out),
+                    Err(e) => return Err(e),
+                };
+                self.next[partition] += 1;
                 out.push(Consumed {
                     position: Position {
                         partition: partition as u32,
@@ -193,6 +187,28 @@ impl EmbeddedConsumer {
         }
         self.start = (self.start + 1) % partitions.max(1);
         Ok(out)
+    }
+
+    fn read_frame(
+        &self,
+        partition: usize,
+        offset: u64,
+        span: super::Span,
+    ) -> Result<(codec::FrameMeta, crate::Record), LogError> {
+        let frame = self.shared.index.read(span)?;
+        let (meta, record) = codec::decode(Bytes::from(frame)).map_err(|e| {
+            LogError::Corrupt(format!(
+                "partition {partition} offset {offset}: {e}; `terra-ingest log repair` keeps \
+                 every intact record"
+            ))
+        })?;
+        if meta.partition as usize != partition || meta.offset != offset {
+            return Err(LogError::Corrupt(format!(
+                "partition {partition} offset {offset}: the stored frame is partition {} offset {}",
+                meta.partition, meta.offset
+            )));
+        }
+        Ok((meta, record))
     }
 
     /// Reads every partition from `next` (the partition's start where not named) from now

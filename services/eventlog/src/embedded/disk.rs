@@ -205,6 +205,9 @@ mod sim {
         /// When set, `sync_data` does nothing (a log that forgot to sync, to show the test
         /// catches it).
         syncs_ignored: bool,
+        /// Files that can still be created (none: no limit); creating one more fails (a full
+        /// disk, no file descriptors left).
+        creates_left: Option<u32>,
     }
 
     /// See the module's documentation. Clones share the disk.
@@ -234,6 +237,12 @@ mod sim {
         /// From now on `sync_data` is a no-op: the disk behaves as if the log did not sync.
         pub fn ignore_syncs(&self) {
             self.state.lock().unwrap().syncs_ignored = true;
+        }
+
+        /// From now on `allowed` more files can be created, then creating fails (`None`: no
+        /// limit again).
+        pub fn limit_creates(&self, allowed: Option<u32>) {
+            self.state.lock().unwrap().creates_left = allowed;
         }
 
         /// Makes `sync_data` wait (`true`) until released (`false`).
@@ -377,7 +386,13 @@ mod sim {
             }
             let inode = match state.names.get(path) {
                 Some(id) => *id,
+                None if state.creates_left == Some(0) => {
+                    return Err(io::Error::other("simulated: no space left on device"));
+                }
                 None => {
+                    if let Some(left) = state.creates_left.as_mut() {
+                        *left -= 1;
+                    }
                     state.next_inode += 1;
                     let id = state.next_inode;
                     state.inodes.insert(id, Inode::default());

@@ -12,6 +12,8 @@ use crate::LogError;
 
 /// Sealed segment indexes kept loaded.
 const CACHED_INDEXES: usize = 8;
+/// Segment files kept open for reading.
+const OPEN_SEGMENTS: usize = 32;
 
 /// The active segment: spans of every record, per partition from `first`.
 #[derive(Debug, Clone)]
@@ -238,13 +240,26 @@ impl Index {
 
     /// The bytes of the frame at `span`.
     pub(super) fn read(&self, span: Span) -> Result<Vec<u8>, LogError> {
-        let base = {
+        let (base, active_base) = {
             let state = self.state();
-            if span.start >= state.active.base {
-                state.active.base
+            let active_base = state.active.base;
+            if span.start >= active_base {
+                (active_base, active_base)
             } else {
+                // the segment that holds the span; none when retention deleted it meanwhile
                 let after = state.sealed.partition_point(|s| s.base <= span.start);
-                state.sealed[after.saturating_sub(1)].base
+                match after.checked_sub(1).map(|i| &state.sealed[i]) {
+                    Some(s) if span.start + u64::from(span.len) <= s.base + s.data_len => {
+                        (s.base, active_base)
+                    }
+                    _ => {
+                        return Err(LogError::Unavailable(format!(
+                            "the segment holding log position {} was deleted by retention \
+                             while it was being read",
+                            span.start
+                        )));
+                    }
+                }
             }
         };
         let file = {
@@ -257,6 +272,13 @@ impl Index {
                         .disk
                         .open_read(&path)
                         .map_err(LogError::io(format!("failed to open {}", path.display())))?;
+                    // a replay across many sealed segments keeps a bounded number open
+                    while files.len() >= OPEN_SEGMENTS {
+                        let Some(oldest) = files.keys().copied().find(|b| *b != active_base) else {
+                            break;
+                        };
+                        files.remove(&oldest);
+                    }
                     files.insert(base, Arc::clone(&file));
                     file
                 }

@@ -50,6 +50,12 @@ use crate::{LogError, Position, Record};
 use disk::{Disk, OsDisk};
 use index::Index;
 
+/// The largest record the embedded log takes (its frame limit, less the frame's own fields).
+pub const MAX_RECORD_BYTES: usize = codec::MAX_FRAME - 64;
+
+/// The largest `segment_bytes` (2 GiB).
+pub const MAX_SEGMENT_BYTES: u64 = 2 << 30;
+
 /// Settings of an embedded log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedOptions {
@@ -144,10 +150,12 @@ impl EmbeddedLog {
         partitions: u32,
         options: EmbeddedOptions,
     ) -> Result<Self, LogError> {
-        if options.segment_bytes < 4096 {
-            return Err(LogError::Config(
-                "embedded log segment_bytes must be at least 4096".into(),
-            ));
+        // positions inside a segment are 32-bit in its index: a segment stays well under 4 GiB
+        // (it may pass segment_bytes by one group, at most 32 MiB plus one record)
+        if !(4096..=MAX_SEGMENT_BYTES).contains(&options.segment_bytes) {
+            return Err(LogError::Config(format!(
+                "embedded log segment_bytes must be between 4096 and {MAX_SEGMENT_BYTES}"
+            )));
         }
         let opened = open::open(&disk, dir, partitions, &options)?;
         let shared = Arc::new(Shared {
@@ -173,6 +181,16 @@ impl EmbeddedLog {
         self.check_ready()?;
         if records.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(big) = records
+            .iter()
+            .map(writer::record_bytes)
+            .find(|b| *b > MAX_RECORD_BYTES)
+        {
+            return Err(LogError::Config(format!(
+                "a record of {big} bytes is larger than the embedded log's largest record \
+                 ({MAX_RECORD_BYTES} bytes)"
+            )));
         }
         let bytes = records.iter().map(writer::record_bytes).sum::<usize>();
         let max = self.shared.options.max_queued_bytes;

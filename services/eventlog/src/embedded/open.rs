@@ -67,11 +67,17 @@ pub(super) fn open(
     let mut active = None;
     for (i, &base) in bases.iter().enumerate() {
         let last = i + 1 == bases.len();
-        if let Some(header) = read_index_header(disk.as_ref(), &segments_dir, base, partitions)? {
-            sealed.push(header);
-            continue;
-        }
         let path = segments_dir.join(segment::log_name(base));
+        if let Some(header) = read_index_header(disk.as_ref(), &segments_dir, base, partitions)? {
+            let size = disk.open_read(&path).and_then(|f| f.size());
+            if size.as_ref().is_ok_and(|size| *size == header.data_len) {
+                sealed.push(header);
+                continue;
+            }
+            // an index that does not describe its segment (a roll that failed half-way):
+            // the segment is scanned instead
+            tracing::warn!(path = %path.display(), indexed = header.data_len, size = ?size.ok(), "a segment's index does not match it: scanning the segment");
+        }
         let (first, window) = open_segment(disk.as_ref(), &path, partitions)?;
         let mut window = window;
         let scan = segment::scan(&mut window, codec::segment_header_len(partitions), &first)?;
@@ -130,13 +136,20 @@ pub(super) fn open(
     let (active, active_len) = match active {
         Some(active) => active,
         None => {
-            let (base, first) = match sealed.last() {
+            let (base, mut first): (u64, Vec<u64>) = match sealed.last() {
                 Some(s) => (
                     s.base + s.data_len,
                     (0..partitions as usize).map(|p| s.end(p)).collect(),
                 ),
                 None => (0, vec![0; partitions as usize]),
             };
+            // past every group's committed position too (a repair cut short): an offset a
+            // group has read is never given to another record
+            for committed in super::consumer::all_committed(disk.as_ref(), dir)?.values() {
+                for (partition, slot) in first.iter_mut().enumerate() {
+                    *slot = (*slot).max(committed.get(&(partition as u32)).copied().unwrap_or(0));
+                }
+            }
             create_segment(disk.as_ref(), &segments_dir, base, &first)?;
             let len = codec::segment_header_len(partitions);
             (
@@ -422,7 +435,6 @@ pub(super) fn migrate_v1(
         let mut out = disk
             .open_append(&tmp)
             .map_err(io_err(format!("failed to create {}", tmp.display())))?;
-        let header_len = codec::segment_header_len(partitions);
         let mut buffer = codec::encode_segment_header(&vec![0; partitions as usize]);
         let mut next = vec![0u64; partitions as usize];
         let mut at = 0u64;
@@ -432,10 +444,12 @@ pub(super) fn migrate_v1(
         while at + FRAME_HEADER as u64 <= window.len {
             match v1_frame_at(&mut window, at, partitions)? {
                 Some((partition, timestamp_ms, record, len)) => {
+                    // each frame its own group, so damage before any of them is never
+                    // taken for a torn tail
                     let meta = FrameMeta {
                         partition,
                         offset: next[partition as usize],
-                        group_start: header_len,
+                        group_start: written + buffer.len() as u64,
                         timestamp_ms,
                     };
                     next[partition as usize] += 1;

@@ -178,10 +178,24 @@ fn rewrite(
         .and_then(|()| out.sync_data())
         .map_err(io(&tmp))?;
     drop(out);
+    // a copy of the damaged file first, then the repaired one renamed over it: a crash at
+    // any point leaves a whole segment under its name
     let damaged = path.with_extension("log.damaged");
+    if disk.exists(&damaged) {
+        disk.remove(&damaged).map_err(io(&damaged))?;
+    }
+    let mut copy = disk.open_append(&damaged).map_err(io(&damaged))?;
+    let mut at = 0;
+    while at < window.len {
+        let n = (window.len - at).min(4 << 20);
+        let chunk = window.get(at, n as usize).map_err(io(path))?;
+        copy.write_all(chunk).map_err(io(&damaged))?;
+        at += n;
+    }
+    copy.sync_data().map_err(io(&damaged))?;
+    drop(copy);
     let folder = path.parent().unwrap_or(Path::new("."));
-    disk.rename(path, &damaged)
-        .and_then(|()| disk.rename(&tmp, path))
+    disk.rename(&tmp, path)
         .and_then(|()| disk.sync_dir(folder))
         .map_err(io(path))?;
     Ok(placed)

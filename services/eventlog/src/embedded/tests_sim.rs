@@ -338,3 +338,59 @@ async fn a_new_segment_survives_a_power_cut_right_after_it_was_made() {
         assert!(stored.contains_key(&position), "{position:?} lost");
     }
 }
+
+/// A roll that fails half-way (the index written, the next segment not created) is taken
+/// back: records acknowledged after it stay in the segment that is still active, and a power
+/// cut then loses none of them.
+#[tokio::test]
+async fn a_failed_segment_roll_is_undone_and_later_records_survive() {
+    let disk = SimDisk::new();
+    let dir = Path::new("/sim/roll");
+    let log = EmbeddedLog::open_on(Arc::new(disk.clone()), dir, 1, small_segments()).unwrap();
+    let mut acked = Vec::new();
+    while log.segment_count() < 2 {
+        acked.extend(log.append(vec![record(&"r".repeat(300))]).await.unwrap());
+    }
+    // one file can be made (the index's), not the next segment: the roll fails after the
+    // index was written
+    disk.limit_creates(Some(1));
+    for _ in 0..30 {
+        acked.extend(log.append(vec![record(&"s".repeat(300))]).await.unwrap());
+    }
+    assert_eq!(log.segment_count(), 2, "no roll can have happened");
+    disk.limit_creates(None);
+    disk.crash();
+    let log = EmbeddedLog::open_on(Arc::new(disk.clone()), dir, 1, small_segments()).unwrap();
+    let stored = read_all(&log, "audit").await;
+    for position in &acked {
+        assert!(
+            stored.contains_key(position),
+            "{position:?} lost after a failed roll"
+        );
+    }
+    assert_eq!(stored.len(), acked.len());
+}
+
+#[tokio::test]
+async fn a_record_larger_than_the_largest_frame_is_refused() {
+    let log = EmbeddedLog::open_on(
+        Arc::new(SimDisk::new()),
+        Path::new("/sim/huge"),
+        1,
+        EmbeddedOptions::default(),
+    )
+    .unwrap();
+    let huge = Record {
+        key: None,
+        headers: vec![],
+        value: bytes::Bytes::from(vec![b'x'; MAX_RECORD_BYTES + 1]),
+    };
+    let err = log.append(vec![huge]).await.unwrap_err();
+    assert!(matches!(err, LogError::Config(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("larger than the embedded log's largest record"),
+        "{err}"
+    );
+    assert_eq!(log.end_offsets(), vec![0]);
+}

@@ -278,9 +278,26 @@ impl Appender {
                 );
                 apply_retention(&self.shared);
             }
-            // the active segment stays active (it only grows past its size); tried again
-            // after the next group
-            Err(e) => tracing::error!(error = %e, "failed to seal an embedded log segment"),
+            // the active segment stays active (it only grows past its size; tried again after
+            // the next group): what the roll made is taken back, or an index would describe
+            // the segment as sealed while records are still added to it
+            Err(e) => {
+                tracing::error!(error = %e, "failed to seal an embedded log segment");
+                let made = [
+                    segments_dir.join(segment::index_name(active.base)),
+                    segments_dir.join(segment::log_name(base)),
+                ];
+                let undone = made
+                    .iter()
+                    .filter(|p| disk.exists(p))
+                    .try_for_each(|p| disk.remove(p))
+                    .and_then(|()| disk.sync_dir(&segments_dir));
+                if let Err(e) = undone {
+                    self.set_failed(format!(
+                        "a failed segment roll could not be undone ({e}); restart to recover"
+                    ));
+                }
+            }
         }
     }
 }
