@@ -149,6 +149,14 @@ mod tests {
     use super::resolve_log;
     use crate::settings::tests::{config, load_with};
 
+    /// What `resolve_log` says of the settings in `toml`, which must be refused.
+    fn resolve_error(toml: &str) -> String {
+        format!(
+            "{:#}",
+            resolve_log(&config(toml, &["ingress"])).unwrap_err()
+        )
+    }
+
     fn kafka(toml: &str, args: &[&str], env: &[(&str, &str)]) -> terra_eventlog::KafkaConfig {
         let c = load_with(toml, args, env).unwrap();
         match resolve_log(&c).unwrap().url {
@@ -206,10 +214,7 @@ mod tests {
                 "--log-min-insync-replicas",
             ),
         ] {
-            let err = format!(
-                "{:#}",
-                resolve_log(&config(toml, &["ingress"])).unwrap_err()
-            );
+            let err = resolve_error(toml);
             assert!(err.contains(needle), "{toml}: {err}");
         }
         let err = format!(
@@ -251,10 +256,7 @@ mod tests {
             ("[ingress]\nbody_limit = 300000000\n", "ingress.body_limit"),
             ("[log.embedded]\nretention_bytes = 0\n", "retention_bytes"),
         ] {
-            let err = format!(
-                "{:#}",
-                resolve_log(&config(toml, &["ingress"])).unwrap_err()
-            );
+            let err = resolve_error(toml);
             assert!(err.contains(needle), "{toml}: {err}");
         }
         let err = format!(

@@ -30,6 +30,7 @@ mod codec;
 mod consumer;
 pub mod disk;
 mod index;
+mod migrate;
 mod open;
 mod repair;
 mod segment;

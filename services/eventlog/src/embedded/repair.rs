@@ -46,7 +46,7 @@ pub fn repair_on(disk: Arc<dyn Disk>, dir: &Path) -> Result<RepairReport, LogErr
     }
     let (_lock, partitions) = open::prepare(disk, dir, 1)?;
     let p = partitions as usize;
-    open::migrate_v1(disk, dir, partitions, true)?;
+    super::migrate::migrate_v1(disk, dir, partitions, true)?;
     let segments_dir = dir.join("segments");
     let header_len = codec::segment_header_len(partitions);
     let mut report = RepairReport::default();
