@@ -3,6 +3,8 @@
 //! payload rows it writes (one per data record, one for any other event), or why it is
 //! poison. Pure and sink-independent; the SQL sink (and later the object sink) write it.
 
+use std::sync::Arc;
+
 use prost::Message;
 use sha2::{Digest, Sha256};
 use terra_core::classify::UserFields;
@@ -27,7 +29,26 @@ pub struct Planned {
     pub body_sha256: String,
     /// The exact webhook body (kept for dead letters).
     pub body: bytes::Bytes,
+    /// Where the record came from and the headers Terra sent with it (empty when the record
+    /// did not decode).
+    pub origin: Arc<Origin>,
     pub plan: Plan,
+}
+
+/// Where a record came from and Terra's request headers, for sinks that forward the event
+/// (the webhook destination).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The configured source name.
+    pub source: String,
+    /// The envelope's `EventGroup` number.
+    pub event_group: i32,
+    pub user_id: Option<String>,
+    pub terra_reference: Option<String>,
+    pub terra_trace_id: Option<String>,
+    pub ordering_timestamp_ms: Option<i64>,
+    /// The W3C `traceparent` of the ingress request (the record header).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,13 +213,22 @@ pub fn plan(consumed: &Consumed) -> Planned {
                 body_size: 0,
                 body_sha256: String::new(),
                 body: bytes::Bytes::new(),
+                origin: Arc::default(),
                 plan: Plan::Dead(DeadLetter {
                     reason: format!("log record is not a terra.ingest.v1.Envelope: {err}"),
                 }),
             };
         }
     };
-    plan_envelope(position, &envelope)
+    let mut planned = plan_envelope(position, &envelope);
+    if let Some(traceparent) = consumed
+        .record
+        .header(terra_core::envelope::HEADER_TRACEPARENT)
+        .and_then(|v| std::str::from_utf8(v).ok())
+    {
+        Arc::make_mut(&mut planned.origin).traceparent = Some(traceparent.to_owned());
+    }
+    planned
 }
 
 /// Plans a decoded envelope.
@@ -228,6 +258,15 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         body_size: envelope.body.len() as i64,
         body_sha256,
         body: envelope.body.clone(),
+        origin: Arc::new(Origin {
+            source: envelope.source.clone(),
+            event_group: envelope.event_group,
+            user_id: envelope.user_id.clone(),
+            terra_reference: envelope.terra_reference.clone(),
+            terra_trace_id: envelope.terra_trace_id.clone(),
+            ordering_timestamp_ms: envelope.ordering_timestamp_ms,
+            traceparent: None,
+        }),
         plan,
     }
 }

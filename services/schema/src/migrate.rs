@@ -3,7 +3,7 @@
 
 use sqlx::{Executor, Row};
 
-use crate::tables::{INGEST_MIGRATIONS, VIEW};
+use crate::tables::{INGEST_MIGRATIONS, VIEW, WEBHOOK_MIGRATIONS};
 use crate::{Dialect, SqlError, SqlTarget};
 
 /// Which shape Terra's three tables take.
@@ -48,6 +48,42 @@ macro_rules! migration {
     };
 }
 
+/// Which tables a migration run is for: each set has its own migrations and its own record of
+/// them, so the SQL projection's tables (which a rebuild replaces) and the webhook
+/// destination's (which it must never touch) move apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSet {
+    /// Terra's tables and the `ingest_*` tables (`migrations/<dialect>/`).
+    Projection,
+    /// The webhook destination's `webhook_*` tables (`migrations/webhooks/<dialect>/`).
+    Webhooks,
+}
+
+impl TableSet {
+    /// The table that records which migrations of the set are applied.
+    fn record_table(self) -> &'static str {
+        match self {
+            Self::Projection => INGEST_MIGRATIONS,
+            Self::Webhooks => WEBHOOK_MIGRATIONS,
+        }
+    }
+
+    fn migrations(self, dialect: Dialect, variant: Variant) -> Vec<Migration> {
+        match self {
+            Self::Projection => migrations(dialect, variant),
+            Self::Webhooks => match dialect {
+                Dialect::Postgres => {
+                    vec![migration!("webhooks/postgres", 20261203000100, "webhook_tables")]
+                }
+                Dialect::MySql => vec![migration!("webhooks/mysql", 20261203000100, "webhook_tables")],
+                Dialect::Sqlite => {
+                    vec![migration!("webhooks/sqlite", 20261203000100, "webhook_tables")]
+                }
+            },
+        }
+    }
+}
+
 fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
     match (dialect, variant) {
         (Dialect::Postgres, Variant::Terra) => vec![
@@ -88,8 +124,13 @@ pub struct MigrationReport {
 /// Applies every migration the target's tables do not have yet. Safe to run concurrently on
 /// Postgres (an advisory lock serialises runners) and to run again.
 pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
+    migrate_set(target, TableSet::Projection).await
+}
+
+/// [`migrate`] for one set of tables.
+pub async fn migrate_set(target: &SqlTarget, set: TableSet) -> Result<MigrationReport, SqlError> {
     let mut conn = target.pool.acquire().await?;
-    let table = target.table(INGEST_MIGRATIONS);
+    let table = target.table(set.record_table());
     if target.dialect == Dialect::Postgres {
         conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", target.schema).as_str())
             .await?;
@@ -130,7 +171,7 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
             applied: Vec::new(),
             already: 0,
         };
-        for migration in migrations(target.dialect, target.variant) {
+        for migration in set.migrations(target.dialect, target.variant) {
             if applied_versions.contains(&migration.version) {
                 report.already += 1;
                 continue;
@@ -214,8 +255,13 @@ async fn mysql_binary_collation(conn: &mut sqlx::AnyConnection) -> Result<&'stat
 
 /// Migrations not applied yet to the target's tables (all of them when there are none).
 pub async fn pending(target: &SqlTarget) -> Result<Vec<String>, SqlError> {
-    let all = migrations(target.dialect, target.variant);
-    if !crate::swap::table_exists(target, INGEST_MIGRATIONS).await? {
+    pending_set(target, TableSet::Projection).await
+}
+
+/// [`pending`] for one set of tables.
+pub async fn pending_set(target: &SqlTarget, set: TableSet) -> Result<Vec<String>, SqlError> {
+    let all = set.migrations(target.dialect, target.variant);
+    if !crate::swap::table_exists(target, set.record_table()).await? {
         return Ok(all
             .iter()
             .map(|m| format!("{}_{}", m.version, m.name))
@@ -223,7 +269,7 @@ pub async fn pending(target: &SqlTarget) -> Result<Vec<String>, SqlError> {
     }
     let rows = target
         .pool
-        .fetch_all(format!("SELECT version FROM {}", target.table(INGEST_MIGRATIONS)).as_str())
+        .fetch_all(format!("SELECT version FROM {}", target.table(set.record_table())).as_str())
         .await?;
     let applied: Vec<i64> = rows
         .iter()
@@ -282,7 +328,11 @@ mod tests {
                 if variant == Variant::Supabase && dialect != Dialect::Postgres {
                     continue;
                 }
-                for migration in migrations(dialect, variant) {
+                let all = TableSet::Projection
+                    .migrations(dialect, variant)
+                    .into_iter()
+                    .chain(TableSet::Webhooks.migrations(dialect, variant));
+                for migration in all {
                     let mut rest = migration.sql;
                     while let Some(at) = rest.find('{') {
                         let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
@@ -300,6 +350,7 @@ mod tests {
                         assert!(
                             upper.contains("CREATE TABLE")
                                 || upper.contains("CREATE INDEX")
+                                || upper.contains("CREATE UNIQUE INDEX")
                                 || upper.contains("CREATE VIEW")
                                 || upper.contains("ALTER TABLE"),
                             "{part}"

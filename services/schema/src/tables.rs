@@ -21,6 +21,8 @@ pub const INGEST_USER_EVENTS: &str = "ingest_user_events";
 pub const INGEST_DEAD_LETTERS: &str = "ingest_dead_letters";
 /// Applied migrations.
 pub const INGEST_MIGRATIONS: &str = "ingest_migrations";
+/// The migrations applied to the webhook destination's tables.
+pub const WEBHOOK_MIGRATIONS: &str = "webhook_migrations";
 
 /// Every table (not the view) of one projection, in creation order.
 pub const TABLES: &[&str] = &[

@@ -1,0 +1,21 @@
+//! The webhook destination: every event of the log forwarded to the configured endpoints as
+//! Terra sends it (the exact body, Terra's signature headers), with Terra's retry schedule
+//! kept durably in SQL.
+//!
+//! - `fanout`: the projector [`Sink`](terra_projector::Sink) (group `webhooks`): each event
+//!   becomes one delivery row per matching endpoint, written with the log positions in one
+//!   transaction, so every (event, endpoint) pair is created exactly once.
+//! - `dispatch`: workers that lease due deliveries (`FOR UPDATE SKIP LOCKED` on Postgres and
+//!   MySQL; one writer on SQLite), send them and record every attempt; per-endpoint and global
+//!   concurrency caps; `per_user` ordering; endpoints disabled, probed and re-enabled.
+//! - `send`, `sign`, `address`: one HTTP attempt: signing, the address guard (SSRF), the
+//!   response classified.
+//! - `store`: the SQL of the above; `admin`: what operators see and do (gRPC and CLI).
+
+pub mod address;
+pub mod admin;
+pub mod endpoint;
+pub mod send;
+pub mod sign;
+
+pub use endpoint::{Endpoint, Filter, Ordering, Schedule, SignatureMode, WebhookSettings};
