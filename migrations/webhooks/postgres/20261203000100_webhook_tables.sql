@@ -14,13 +14,13 @@ CREATE TABLE {schema}{prefix}webhook_events (
     log_partition BIGINT NOT NULL,
     log_offset BIGINT NOT NULL,
     source VARCHAR(200) NOT NULL,
-    event_type VARCHAR(200) NOT NULL,
-    user_id VARCHAR(200) NULL,
+    event_type TEXT NOT NULL,
+    user_id TEXT NULL,
     received_at_ms BIGINT NOT NULL,
-    terra_reference VARCHAR(500) NULL,
-    terra_trace_id VARCHAR(500) NULL,
+    terra_reference TEXT NULL,
+    terra_trace_id TEXT NULL,
     ordering_timestamp_ms BIGINT NULL,
-    traceparent VARCHAR(100) NULL,
+    traceparent TEXT NULL,
     body BYTEA NOT NULL
 );
 -- Each endpoint's state: enabled, disabled (failing too long, 410 Gone: probed and
@@ -34,14 +34,15 @@ CREATE TABLE {schema}{prefix}webhook_endpoints (
     last_success_ms BIGINT NULL,
     next_probe_at_ms BIGINT NULL
 );
--- One row per (event, endpoint): pending until delivered or dead. A worker owns a pending
+-- One row per (event, endpoint): pending until delivered or dead. user_id: the ordering key
+-- (the user id, or sha256:<hex> of one longer than 200 bytes). A worker owns a pending
 -- row while lease_until_ms is ahead (lease_token fences a worker whose lease ran out).
 CREATE TABLE {schema}{prefix}webhook_deliveries (
     id BIGSERIAL PRIMARY KEY,
     endpoint VARCHAR(200) NOT NULL,
     envelope_id VARCHAR(36) NOT NULL,
     user_id VARCHAR(200) NULL,
-    event_type VARCHAR(200) NOT NULL,
+    event_type TEXT NOT NULL,
     state VARCHAR(16) NOT NULL,
     attempts INTEGER NOT NULL,
     next_attempt_at_ms BIGINT NOT NULL,
@@ -63,7 +64,7 @@ CREATE TABLE {schema}{prefix}webhook_attempts (
     id BIGSERIAL PRIMARY KEY,
     delivery_id BIGINT NOT NULL,
     attempt INTEGER NOT NULL,
-    probe BOOLEAN NOT NULL,
+    probe INTEGER NOT NULL,
     started_at_ms BIGINT NOT NULL,
     duration_ms BIGINT NOT NULL,
     status_code INTEGER NULL,

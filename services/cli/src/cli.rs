@@ -15,10 +15,12 @@ pub use projection_flags::{
     BatchArgs, BatchSizeArgs, MigrateFlag, ObjectArgs, ProjectorArgs, SqlArgs, SupabaseArgs,
 };
 pub use query_flags::QueryArgs;
+pub use webhook_flags::WebhookArgs;
 
 mod ingress_flags;
 mod projection_flags;
 mod query_flags;
+mod webhook_flags;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,6 +89,8 @@ pub struct StandaloneArgs {
     #[command(flatten)]
     pub query: QueryArgs,
     #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -126,6 +130,26 @@ pub enum ProjectCommand {
     Sql(ProjectSqlArgs),
     /// Terra's bucket layout on S3, GCS, Azure, Supabase Storage or a folder; SQS pings.
     Objects(ProjectObjectsArgs),
+    /// Every event forwarded to your endpoints, signed as Terra signs, with Terra's retries
+    /// (schedule and attempts kept in the --sql database; replicas share the work).
+    Webhooks(ProjectWebhooksArgs),
+}
+
+/// `project webhooks`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProjectWebhooksArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub projector: ProjectorArgs,
+    #[command(flatten)]
+    pub sql: SqlArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// `project sql`.
@@ -272,6 +296,9 @@ pub(crate) async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCo
         Command::Project(ProjectCommand::Sql(_)) => crate::project::project_sql(config()?).await,
         Command::Project(ProjectCommand::Objects(_)) => {
             crate::project::project_objects(config()?).await
+        }
+        Command::Project(ProjectCommand::Webhooks(_)) => {
+            crate::webhooks::project_webhooks(config()?).await
         }
         Command::Query(_) => crate::query::run(config()?).await,
         Command::Migrate(_) => crate::project::migrate(config()?).await,

@@ -10,6 +10,7 @@ mod serve;
 pub mod settings;
 mod telemetry;
 mod verify;
+mod webhooks;
 
 use std::process::ExitCode;
 

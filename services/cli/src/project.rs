@@ -86,7 +86,7 @@ pub(crate) fn spawn_sql(
 
 /// Runs a projector until `shutdown` is cancelled, logs how it ended, and cancels `shutdown`
 /// when it stopped on its own (the process then shuts down, so the failure is seen).
-async fn supervise<S: terra_projector::Sink>(
+pub(crate) async fn supervise<S: terra_projector::Sink>(
     name: &'static str,
     config: ProjectorConfig,
     log: EventLog,
@@ -193,7 +193,7 @@ pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
 
 /// Serves a projector's operations router (`/healthz`, `/readyz`, `/metrics`) on `addr`
 /// until `shutdown` is cancelled.
-async fn start_ops(
+pub(crate) async fn start_ops(
     addr: std::net::SocketAddr,
     registry: Registry,
     readiness: Arc<dyn Readiness>,
@@ -210,7 +210,7 @@ async fn start_ops(
 }
 
 /// Waits for SIGTERM/Ctrl-C or the projector failing (both cancel `shutdown`), then drains.
-async fn until_stopped(
+pub(crate) async fn until_stopped(
     projector: JoinHandle<anyhow::Result<()>>,
     http: JoinHandle<std::io::Result<()>>,
     shutdown: CancellationToken,
@@ -223,7 +223,7 @@ async fn until_stopped(
 }
 
 /// `/readyz` of the SQL projector: the database answers.
-struct SqlReadiness(SqlTarget);
+pub(crate) struct SqlReadiness(pub(crate) SqlTarget);
 
 impl Readiness for SqlReadiness {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {

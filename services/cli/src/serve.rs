@@ -20,7 +20,8 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
         let batches = settings::resolve_batches(&config)?;
         let objects = settings::resolve_objects(&config)?;
         let query = settings::resolve_query(&config)?;
-        Some((sql, batches, objects, query))
+        let webhooks = settings::resolve_webhooks(&config)?;
+        Some((sql, batches, objects, query, webhooks))
     } else {
         None
     };
@@ -51,10 +52,13 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
         None => None,
     };
     let mut projector_metrics = None;
+    let mut webhook_metrics = None;
     let metrics = Metrics::with_extra(|registry| {
         projector_metrics = Some(ProjectorMetrics::register(registry));
+        webhook_metrics = Some(terra_sink_webhooks::WebhookMetrics::register(registry));
     });
     let projector_metrics = projector_metrics.expect("registered above");
+    let webhook_metrics = webhook_metrics.expect("registered above");
     tracing::info!(
         mode = if standalone { "standalone" } else { "ingress" },
         log = log.backend(),
@@ -67,8 +71,20 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut projectors = Vec::new();
-    if let Some((sql, batches, objects, query)) = projection_settings {
+    if let Some((sql, batches, objects, query, webhooks)) = projection_settings {
         let target = project::open_sql(&sql, true, &shutdown).await?;
+        if let Some(webhooks) = webhooks {
+            let target = crate::webhooks::open_webhook_tables(&sql, &shutdown).await?;
+            projectors.push(crate::webhooks::spawn_webhooks(
+                webhooks,
+                &batches,
+                target,
+                log.clone(),
+                projector_metrics.clone(),
+                webhook_metrics,
+                shutdown.clone(),
+            )?);
+        }
         let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
         let service = query::for_standalone(&sql, query.pool_size, store, query.token_key)?;

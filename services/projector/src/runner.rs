@@ -330,11 +330,14 @@ macro_rules! retry {
 }
 use retry;
 
+/// How the reason of a record the sink refused starts (see [`as_dead_letter`]).
+pub const REJECTED_PREFIX: &str = "rejected by the sink: ";
+
 /// The record as a dead letter, keeping its body.
 fn as_dead_letter(planned: &Planned, why: &str) -> Planned {
     Planned {
         plan: Plan::Dead(DeadLetter {
-            reason: format!("rejected by the sink: {why}"),
+            reason: format!("{REJECTED_PREFIX}{why}"),
         }),
         ..planned.clone()
     }

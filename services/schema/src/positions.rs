@@ -14,6 +14,7 @@ use sqlx::{Any, Executor, Row, Transaction};
 
 use crate::SqlError;
 use crate::SqlTarget;
+use crate::{Dialect, Val, insert_rows};
 use crate::tables::{INGEST_POSITIONS, INGEST_POSITIONS_COLUMNS};
 
 /// A transaction on a target's `Any` pool.
@@ -31,9 +32,20 @@ pub async fn read(
     tx: &mut Tx,
     lock: bool,
 ) -> Result<BTreeMap<u32, u64>, SqlError> {
-    let table = target.table(INGEST_POSITIONS);
+    read_in(target, tx, INGEST_POSITIONS, lock).await
+}
+
+/// [`read`] from the positions table `base` (each projection that keeps positions has its
+/// own table of this shape: `ingest_positions`, `webhook_positions`).
+pub async fn read_in(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    base: &str,
+    lock: bool,
+) -> Result<BTreeMap<u32, u64>, SqlError> {
+    let table = target.table(base);
     if lock {
-        lock_writer(target, tx).await?;
+        lock_writer(target, tx, base).await?;
     }
     let lock_clause = if lock {
         target.dialect().for_update()
@@ -63,7 +75,7 @@ pub async fn read(
 /// COMMITTED transaction sees what committed before it); a second writer inserting the row at
 /// the same time waits on the first's uncommitted row the same way. On SQLite the write
 /// takes the database's write lock now, not at the first row written.
-async fn lock_writer(target: &SqlTarget, tx: &mut Tx) -> Result<(), SqlError> {
+async fn lock_writer(target: &SqlTarget, tx: &mut Tx, base: &str) -> Result<(), SqlError> {
     let [partition, next_offset, updated_at] = INGEST_POSITIONS_COLUMNS;
     let upsert = target
         .dialect()
@@ -71,7 +83,7 @@ async fn lock_writer(target: &SqlTarget, tx: &mut Tx) -> Result<(), SqlError> {
     tx.execute(
         format!(
             "INSERT INTO {} ({partition}, {next_offset}, {updated_at}) VALUES ({WRITER_LOCK_PARTITION}, 0, 0){upsert}",
-            target.table(INGEST_POSITIONS)
+            target.table(base)
         )
         .as_str(),
     )
@@ -82,9 +94,14 @@ async fn lock_writer(target: &SqlTarget, tx: &mut Tx) -> Result<(), SqlError> {
 /// The stored positions, outside any write (one statement; through the native pool of a
 /// [`SqlTarget::reader`]). Everything before them is visible.
 pub async fn stored(target: &SqlTarget) -> Result<BTreeMap<u32, u64>, SqlError> {
+    stored_in(target, INGEST_POSITIONS).await
+}
+
+/// [`stored`] from the positions table `base`.
+pub async fn stored_in(target: &SqlTarget, base: &str) -> Result<BTreeMap<u32, u64>, SqlError> {
     let stmt = target.statement(format!(
         "SELECT log_partition, next_offset FROM {} WHERE log_partition >= 0 ORDER BY log_partition",
-        target.table(INGEST_POSITIONS)
+        target.table(base)
     ));
     Ok(crate::read::fetch(target, &stmt)
         .await?
@@ -94,4 +111,44 @@ pub async fn stored(target: &SqlTarget) -> Result<BTreeMap<u32, u64>, SqlError> 
             (int(0) as u32, int(1).max(0) as u64)
         })
         .collect())
+}
+
+/// Writes the next offset after `last` (partition → last offset written) into the positions
+/// table `base`, inside the transaction that wrote the rows; a position never moves back.
+pub async fn write(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    base: &str,
+    last: &BTreeMap<u32, u64>,
+    now_ms: i64,
+) -> Result<(), SqlError> {
+    let rows: Vec<Vec<Val>> = last
+        .iter()
+        .map(|(&p, &offset)| {
+            vec![
+                Val::from(i64::from(p)),
+                Val::from(offset as i64 + 1),
+                Val::from(now_ms),
+            ]
+        })
+        .collect();
+    let [partition, next_offset, updated_at] = INGEST_POSITIONS_COLUMNS;
+    let suffix = target
+        .dialect()
+        .on_conflict_max("t", partition, next_offset, updated_at);
+    let table = match target.dialect() {
+        Dialect::Postgres => format!("{} AS t", target.table(base)),
+        _ => target.table(base),
+    };
+    for stmt in insert_rows(
+        target.dialect(),
+        &table,
+        &INGEST_POSITIONS_COLUMNS,
+        &[],
+        rows,
+        &suffix,
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    Ok(())
 }

@@ -23,6 +23,16 @@ pub const INGEST_DEAD_LETTERS: &str = "ingest_dead_letters";
 pub const INGEST_MIGRATIONS: &str = "ingest_migrations";
 /// The migrations applied to the webhook destination's tables.
 pub const WEBHOOK_MIGRATIONS: &str = "webhook_migrations";
+/// The webhook destination's consumed positions (the shape of `ingest_positions`).
+pub const WEBHOOK_POSITIONS: &str = "webhook_positions";
+/// Each event to deliver, with its body and forwarded headers.
+pub const WEBHOOK_EVENTS: &str = "webhook_events";
+/// Each endpoint's state.
+pub const WEBHOOK_ENDPOINTS: &str = "webhook_endpoints";
+/// One row per (event, endpoint) and its schedule.
+pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries";
+/// Every delivery attempt.
+pub const WEBHOOK_ATTEMPTS: &str = "webhook_attempts";
 
 /// Every table (not the view) of one projection, in creation order.
 pub const TABLES: &[&str] = &[

@@ -16,9 +16,9 @@ use terra_projector::plan::{EventPlan, Plan, Planned};
 use terra_projector::{SinkError, WriteStats};
 use terra_schema::positions::{self, Tx};
 use terra_schema::tables::{
-    INGEST_DEAD_LETTERS, INGEST_DEAD_LETTERS_COLUMNS, INGEST_POSITIONS, INGEST_POSITIONS_COLUMNS,
+    INGEST_DEAD_LETTERS, INGEST_DEAD_LETTERS_COLUMNS, INGEST_POSITIONS,
 };
-use terra_schema::{Dialect, SqlError, SqlTarget, Val, Variant, insert_rows};
+use terra_schema::{SqlError, SqlTarget, Val, Variant, insert_rows};
 
 use crate::payloads::write_payloads;
 use crate::sink_error;
@@ -93,35 +93,7 @@ async fn write_rows(
     }
     write_payloads(target, tx, &events, stats).await?;
 
-    let rows: Vec<Vec<Val>> = last
-        .iter()
-        .map(|(&p, &offset)| {
-            vec![
-                Val::from(i64::from(p)),
-                Val::from(offset as i64 + 1),
-                Val::from(now),
-            ]
-        })
-        .collect();
-    let [partition, next_offset, updated_at] = INGEST_POSITIONS_COLUMNS;
-    let suffix = target
-        .dialect()
-        .on_conflict_max("t", partition, next_offset, updated_at);
-    let table = match target.dialect() {
-        Dialect::Postgres => format!("{} AS t", target.table(INGEST_POSITIONS)),
-        _ => target.table(INGEST_POSITIONS),
-    };
-    for stmt in insert_rows(
-        target.dialect(),
-        &table,
-        &INGEST_POSITIONS_COLUMNS,
-        &[],
-        rows,
-        &suffix,
-    ) {
-        tx.execute(stmt.query()).await?;
-    }
-    Ok(())
+    positions::write(target, tx, INGEST_POSITIONS, last, now).await
 }
 
 async fn write_dead_letters(

@@ -2,20 +2,30 @@
 //! Terra sends it (the exact body, Terra's signature headers), with Terra's retry schedule
 //! kept durably in SQL.
 //!
-//! - `fanout`: the projector [`Sink`](terra_projector::Sink) (group `webhooks`): each event
+//! - [`fanout`]: the projector [`Sink`](terra_projector::Sink) (group `webhooks`): each event
 //!   becomes one delivery row per matching endpoint, written with the log positions in one
 //!   transaction, so every (event, endpoint) pair is created exactly once.
-//! - `dispatch`: workers that lease due deliveries (`FOR UPDATE SKIP LOCKED` on Postgres and
-//!   MySQL; one writer on SQLite), send them and record every attempt; per-endpoint and global
-//!   concurrency caps; `per_user` ordering; endpoints disabled, probed and re-enabled.
-//! - `send`, `sign`, `address`: one HTTP attempt: signing, the address guard (SSRF), the
-//!   response classified.
-//! - `store`: the SQL of the above; `admin`: what operators see and do (gRPC and CLI).
+//! - [`dispatch`]: one worker per endpoint leases its due deliveries (`FOR UPDATE SKIP
+//!   LOCKED` on Postgres and MySQL; one writer on SQLite), sends them and records every
+//!   attempt; per-endpoint and global concurrency caps; `per_user` ordering; endpoints
+//!   disabled, probed and re-enabled.
+//! - [`send`], [`sign`], [`address`]: one HTTP attempt: signing, the address guard (SSRF),
+//!   the response classified.
+//! - [`store`]: the SQL of the above; [`admin`]: what operators see and do (gRPC and CLI).
 
 pub mod address;
 pub mod admin;
+pub mod cache;
+pub mod dispatch;
 pub mod endpoint;
+pub mod fanout;
+pub mod metrics;
 pub mod send;
 pub mod sign;
+pub mod store;
+mod trace;
 
+pub use dispatch::Shared;
 pub use endpoint::{Endpoint, Filter, Ordering, Schedule, SignatureMode, WebhookSettings};
+pub use fanout::{FanOutSink, WEBHOOKS_GROUP};
+pub use metrics::WebhookMetrics;

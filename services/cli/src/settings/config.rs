@@ -43,6 +43,7 @@ pub struct Config {
     pub sql: SqlSection,
     pub objects: ObjectsSection,
     pub query: QuerySection,
+    pub webhooks: super::webhooks::WebhooksSection,
     pub telemetry: TelemetrySection,
 }
 
@@ -56,6 +57,7 @@ impl Default for Config {
             sql: SqlSection::default(),
             objects: ObjectsSection::default(),
             query: QuerySection::default(),
+            webhooks: super::webhooks::WebhooksSection::default(),
             telemetry: TelemetrySection::default(),
         }
     }
@@ -373,7 +375,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// A list, or one value for a list of one (a single flag such as `--signing-secret`, a
 /// single environment variable).
-fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -12,6 +12,7 @@ mod names;
 mod projections;
 mod query;
 mod secrets;
+mod webhooks;
 
 pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, DEFAULT_LOG,
@@ -33,6 +34,7 @@ pub use projections::{
 };
 pub use query::{QuerySettings, TOKEN_KEY_FILE, resolve_query};
 pub use secrets::{KafkaProperties, KafkaProperty, KafkaTable};
+pub use webhooks::{EndpointSection, WebhooksSection, resolve_webhooks};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,681 @@
+//! The SQL of the fan-out and the dispatcher: deliveries created with the log positions,
+//! leased when due, finished with their attempt.
+//!
+//! Leases: a worker takes due rows by setting `lease_until_ms` ahead and a `lease_token` of
+//! its own (Postgres and MySQL with `FOR UPDATE SKIP LOCKED`, so replicas never take the same
+//! row; SQLite has one writer). A worker that dies leaves its lease to run out, and the row is
+//! due again: every pending row has a next attempt. A worker that finishes after its lease ran
+//! out is fenced by the token: its attempt is recorded, the row is not touched.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use sqlx::{Executor, Row};
+use terra_projector::plan::Planned;
+use terra_schema::positions;
+use terra_schema::tables::{
+    WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS, WEBHOOK_POSITIONS,
+};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+
+use crate::endpoint::{Ordering, WebhookSettings};
+
+/// An event as the dispatcher sends it.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub envelope_id: String,
+    pub source: String,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub terra_reference: Option<String>,
+    pub terra_trace_id: Option<String>,
+    pub ordering_timestamp_ms: Option<i64>,
+    pub traceparent: Option<String>,
+    pub body: Bytes,
+}
+
+impl EventRow {
+    pub fn of_planned(planned: &Planned) -> Self {
+        let origin = &planned.origin;
+        Self {
+            envelope_id: planned.envelope_id.clone(),
+            source: origin.source.clone(),
+            event_type: planned.event_type.clone(),
+            user_id: origin.user_id.clone(),
+            terra_reference: origin.terra_reference.clone(),
+            terra_trace_id: origin.terra_trace_id.clone(),
+            ordering_timestamp_ms: origin.ordering_timestamp_ms,
+            traceparent: origin.traceparent.clone(),
+            body: planned.body.clone(),
+        }
+    }
+}
+
+/// What one fan-out batch wrote.
+#[derive(Debug, Default)]
+pub struct FanOut {
+    /// Records already fanned out (a replay).
+    pub replayed: usize,
+    /// Records written (with or without deliveries).
+    pub records: usize,
+    /// Deliveries created, per endpoint.
+    pub deliveries: BTreeMap<String, usize>,
+    /// The events that got deliveries (for the dispatcher's cache).
+    pub events: Vec<EventRow>,
+}
+
+/// Why a fan-out batch was not written.
+#[derive(Debug)]
+pub enum FanOutError {
+    Sql(SqlError),
+    /// The stored positions are before the batch: read again from them.
+    Behind(BTreeMap<u32, u64>),
+}
+
+impl From<SqlError> for FanOutError {
+    fn from(err: SqlError) -> Self {
+        Self::Sql(err)
+    }
+}
+
+impl From<sqlx::Error> for FanOutError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Sql(err.into())
+    }
+}
+
+/// Writes a batch's events and their deliveries (one per matching endpoint) with the batch's
+/// positions, in one transaction. Records at or before the stored positions are skipped.
+pub async fn fan_out(
+    target: &SqlTarget,
+    settings: &WebhookSettings,
+    batch: &[Planned],
+    now_ms: i64,
+) -> Result<FanOut, FanOutError> {
+    let mut tx = target.pool().begin().await?;
+    let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
+    let mut out = FanOut::default();
+    let mut started = std::collections::HashSet::new();
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut events: Vec<Vec<Val>> = Vec::new();
+    let mut deliveries: Vec<Vec<Val>> = Vec::new();
+    for planned in batch {
+        let partition = planned.position.partition;
+        let next = stored.get(&partition).copied().unwrap_or(0);
+        if planned.position.offset < next {
+            out.replayed += 1;
+            continue;
+        }
+        if started.insert(partition) && planned.position.offset > next {
+            tx.rollback().await?;
+            return Err(FanOutError::Behind(stored));
+        }
+        last.insert(partition, planned.position.offset);
+        out.records += 1;
+        // a record that did not decode has nothing to forward; one the database refused
+        // (found by the runner) is skipped, named in a warning
+        if planned.envelope_id.is_empty() {
+            continue;
+        }
+        if let terra_projector::plan::Plan::Dead(dead) = &planned.plan
+            && dead.reason.starts_with(terra_projector::runner::REJECTED_PREFIX)
+        {
+            tracing::warn!(partition, offset = planned.position.offset, reason = %dead.reason, "event not forwarded: the database refused it");
+            continue;
+        }
+        let origin = &planned.origin;
+        let matching: Vec<_> = settings
+            .endpoints
+            .iter()
+            .filter(|e| e.filter.matches(&planned.event_type, origin))
+            .collect();
+        if matching.is_empty() {
+            continue;
+        }
+        events.push(vec![
+            Val::from(&planned.envelope_id),
+            Val::from(i64::from(partition)),
+            Val::from(planned.position.offset as i64),
+            Val::from(&origin.source),
+            Val::from(&planned.event_type),
+            Val::from(origin.user_id.clone()),
+            Val::from(planned.received_at_ms),
+            Val::from(origin.terra_reference.clone()),
+            Val::from(origin.terra_trace_id.clone()),
+            Val::from(origin.ordering_timestamp_ms),
+            Val::from(origin.traceparent.clone()),
+            Val::Blob(planned.body.to_vec()),
+        ]);
+        for endpoint in matching {
+            deliveries.push(vec![
+                Val::from(&endpoint.name),
+                Val::from(&planned.envelope_id),
+                Val::from(origin.user_id.as_deref().map(ordering_key)),
+                Val::from(&planned.event_type),
+                Val::from("pending"),
+                Val::from(0),
+                Val::from(0),
+                Val::from(now_ms),
+            ]);
+            *out.deliveries.entry(endpoint.name.clone()).or_default() += 1;
+        }
+        out.events.push(EventRow::of_planned(planned));
+    }
+    let dialect = target.dialect();
+    for chunk in by_bytes(events, 11, STATEMENT_BYTES) {
+        for stmt in insert_rows(
+            dialect,
+            &target.table(WEBHOOK_EVENTS),
+            &EVENT_COLUMNS,
+            &[],
+            chunk,
+            &dialect.on_conflict_ignore(&["envelope_id"]),
+        ) {
+            tx.execute(stmt.query()).await?;
+        }
+    }
+    for stmt in insert_rows(
+        dialect,
+        &target.table(WEBHOOK_DELIVERIES),
+        &NEW_DELIVERY_COLUMNS,
+        &[],
+        deliveries,
+        &dialect.on_conflict_ignore(&["envelope_id", "endpoint"]),
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    if !last.is_empty() {
+        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Body bytes per INSERT at most (a row alone may be larger): under MySQL's
+/// `max_allowed_packet` (16 MiB by default on MariaDB, 64 MiB on MySQL 8).
+const STATEMENT_BYTES: usize = 4 << 20;
+
+/// Rows cut into runs whose blobs (column `blob`) add up to at most `limit` bytes.
+fn by_bytes(rows: Vec<Vec<Val>>, blob: usize, limit: usize) -> Vec<Vec<Vec<Val>>> {
+    let mut chunks: Vec<Vec<Vec<Val>>> = Vec::new();
+    let mut size = 0;
+    for row in rows {
+        let len = match row.get(blob) {
+            Some(Val::Blob(b)) => b.len(),
+            _ => 0,
+        };
+        if chunks.is_empty() || (size + len > limit && size > 0) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(last) = chunks.last_mut() {
+            last.push(row);
+        }
+    }
+    chunks
+}
+
+/// The key `per_user` orders by: the user id, or `sha256:<hex>` of one longer than the
+/// column (200 bytes).
+pub fn ordering_key(user_id: &str) -> String {
+    if user_id.len() <= 200 {
+        return user_id.to_owned();
+    }
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(user_id.as_bytes())))
+}
+
+const EVENT_COLUMNS: [&str; 12] = [
+    "envelope_id",
+    "log_partition",
+    "log_offset",
+    "source",
+    "event_type",
+    "user_id",
+    "received_at_ms",
+    "terra_reference",
+    "terra_trace_id",
+    "ordering_timestamp_ms",
+    "traceparent",
+    "body",
+];
+
+const NEW_DELIVERY_COLUMNS: [&str; 8] = [
+    "endpoint",
+    "envelope_id",
+    "user_id",
+    "event_type",
+    "state",
+    "attempts",
+    "next_attempt_at_ms",
+    "created_at_ms",
+];
+
+/// A delivery a worker holds.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: i64,
+    pub envelope_id: String,
+    /// Attempts started, this one included (probes do not count).
+    pub attempts: u32,
+    /// The lease's token (fences the result if the lease ran out meanwhile).
+    pub token: String,
+}
+
+/// What to lease.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    pub endpoint: &'a str,
+    pub ordering: Ordering,
+    pub limit: usize,
+    pub now_ms: i64,
+    pub lease_until_ms: i64,
+    pub token: &'a str,
+    /// A probe of a disabled endpoint: the oldest pending delivery whether due or not, and the
+    /// attempt does not count.
+    pub probe: bool,
+}
+
+/// Leases up to `limit` due deliveries of an endpoint, oldest due first (`per_user`: only a
+/// user's oldest pending one).
+pub async fn lease(target: &SqlTarget, req: &LeaseRequest<'_>) -> Result<Vec<Leased>, SqlError> {
+    let d = target.table(WEBHOOK_DELIVERIES);
+    let dialect = target.dialect();
+    let increment = if req.probe { 0 } else { 1 };
+    match dialect {
+        Dialect::Postgres | Dialect::Sqlite => {
+            let mut stmt = Stmt::new(
+                dialect,
+                format!("UPDATE {d} SET attempts = attempts + {increment}, lease_until_ms = "),
+            );
+            stmt.bind(req.lease_until_ms)
+                .push(", lease_token = ")
+                .bind(req.token)
+                .push(" WHERE id IN (");
+            push_pick(&mut stmt, &d, req);
+            if dialect == Dialect::Postgres {
+                stmt.push(" FOR UPDATE SKIP LOCKED");
+            }
+            stmt.push(") RETURNING id, envelope_id, attempts");
+            let rows = target.pool().fetch_all(stmt.query()).await?;
+            rows.iter().map(|r| leased_of(r, req.token)).collect()
+        }
+        Dialect::MySql => {
+            let mut pick = Stmt::new(dialect, "");
+            push_pick(&mut pick, &d, req);
+            pick.push(" FOR UPDATE SKIP LOCKED");
+            let mut tx = target.pool().begin().await?;
+            let ids: Vec<i64> = tx
+                .fetch_all(pick.query())
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let mut stmt = Stmt::new(
+                dialect,
+                format!("UPDATE {d} SET attempts = attempts + {increment}, lease_until_ms = "),
+            );
+            stmt.bind(req.lease_until_ms)
+                .push(", lease_token = ")
+                .bind(req.token)
+                .push(" WHERE id IN ")
+                .bind_list(ids.iter().copied());
+            tx.execute(stmt.query()).await?;
+            let mut read = Stmt::new(
+                dialect,
+                format!("SELECT id, envelope_id, attempts FROM {d} WHERE id IN "),
+            );
+            read.bind_list(ids.iter().copied()).push(" ORDER BY id");
+            let rows = tx.fetch_all(read.query()).await?;
+            tx.commit().await?;
+            rows.iter().map(|r| leased_of(r, req.token)).collect()
+        }
+    }
+}
+
+/// `SELECT c.id FROM deliveries c WHERE …` of [`lease`]: the endpoint's pending rows not
+/// leased, due (unless probing), a user's oldest first with `per_user`.
+fn push_pick(stmt: &mut Stmt, d: &str, req: &LeaseRequest<'_>) {
+    stmt.push(&format!("SELECT c.id FROM {d} c WHERE c.endpoint = "))
+        .bind(req.endpoint)
+        .push(" AND c.state = 'pending' AND (c.lease_until_ms IS NULL OR c.lease_until_ms < ")
+        .bind(req.now_ms)
+        .push(")");
+    if !req.probe {
+        stmt.push(" AND c.next_attempt_at_ms <= ").bind(req.now_ms);
+    }
+    if req.ordering == Ordering::PerUser {
+        stmt.push(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {d} p WHERE p.endpoint = c.endpoint AND p.user_id = c.user_id AND p.state = 'pending' AND p.id < c.id)"
+        ));
+    }
+    let order = if req.probe {
+        " ORDER BY c.id"
+    } else {
+        " ORDER BY c.next_attempt_at_ms, c.id"
+    };
+    stmt.push(&format!("{order} LIMIT {}", req.limit.max(1)));
+}
+
+/// A text column: MySQL reports text with a binary collation as a blob to the `Any` driver.
+pub fn text(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, SqlError> {
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(text) => Ok(text),
+        Err(_) => Ok(row
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
+}
+
+fn leased_of(row: &sqlx::any::AnyRow, token: &str) -> Result<Leased, SqlError> {
+    Ok(Leased {
+        token: token.to_owned(),
+        id: row.try_get(0)?,
+        envelope_id: text(row, 1)?.unwrap_or_default(),
+        attempts: row.try_get::<i32, _>(2).map(|n| n.max(0) as u32).or_else(|_| {
+            row.try_get::<i64, _>(2).map(|n| n.max(0) as u32)
+        })?,
+    })
+}
+
+/// The events of `ids` (envelope ids), as stored.
+pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, SqlError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = Stmt::new(
+        target.dialect(),
+        format!(
+            "SELECT envelope_id, source, event_type, user_id, terra_reference, terra_trace_id, ordering_timestamp_ms, traceparent, body FROM {} WHERE envelope_id IN ",
+            target.table(WEBHOOK_EVENTS)
+        ),
+    );
+    stmt.bind_list(ids.iter().copied());
+    let rows = target.pool().fetch_all(stmt.query()).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(EventRow {
+                envelope_id: text(row, 0)?.unwrap_or_default(),
+                source: text(row, 1)?.unwrap_or_default(),
+                event_type: text(row, 2)?.unwrap_or_default(),
+                user_id: text(row, 3)?,
+                terra_reference: text(row, 4)?,
+                terra_trace_id: text(row, 5)?,
+                ordering_timestamp_ms: row.try_get(6)?,
+                traceparent: text(row, 7)?,
+                body: Bytes::from(row.try_get::<Vec<u8>, _>(8)?),
+            })
+        })
+        .collect()
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    /// Pending again, due at this time.
+    Retry { at_ms: i64 },
+    /// Dead-lettered with the reason.
+    Dead { reason: String },
+    /// A failed probe: the delivery stays as it was (its schedule untouched).
+    Unchanged,
+}
+
+/// One finished attempt, to record.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub delivery_id: i64,
+    pub token: String,
+    pub attempt: u32,
+    pub probe: bool,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error_class: &'static str,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub next: Next,
+}
+
+/// Records finished attempts and moves their deliveries on, in one transaction. A delivery
+/// whose lease another worker took since (`token` no longer its) keeps its state; the attempt
+/// is recorded all the same. Returns how many deliveries moved.
+pub async fn finish(
+    target: &SqlTarget,
+    finished: &[Finished],
+    now_ms: i64,
+) -> Result<usize, SqlError> {
+    if finished.is_empty() {
+        return Ok(0);
+    }
+    let dialect = target.dialect();
+    let d = target.table(WEBHOOK_DELIVERIES);
+    let mut tx = target.pool().begin().await?;
+    let attempts: Vec<Vec<Val>> = finished
+        .iter()
+        .map(|f| {
+            vec![
+                Val::from(f.delivery_id),
+                Val::from(i64::from(f.attempt)),
+                Val::from(i64::from(f.probe)),
+                Val::from(f.started_at_ms),
+                Val::from(f.duration_ms),
+                Val::from(f.status.map(i64::from)),
+                Val::from(f.error_class),
+                Val::from(f.error.clone()),
+                Val::from(f.response.clone()),
+            ]
+        })
+        .collect();
+    for stmt in insert_rows(
+        dialect,
+        &target.table(WEBHOOK_ATTEMPTS),
+        &ATTEMPT_COLUMNS,
+        &[],
+        attempts,
+        "",
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    let mut moved = 0;
+    for f in finished {
+        let mut stmt = Stmt::new(dialect, format!("UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = "));
+        stmt.bind(f.status.map(i64::from));
+        match &f.next {
+            Next::Delivered => {
+                stmt.push(", state = 'delivered', last_error = NULL, finished_at_ms = ")
+                    .bind(now_ms);
+            }
+            Next::Retry { at_ms } => {
+                stmt.push(", next_attempt_at_ms = ")
+                    .bind(*at_ms)
+                    .push(", last_error = ")
+                    .bind(f.error.clone());
+            }
+            Next::Dead { reason } => {
+                stmt.push(", state = 'dead', last_error = ")
+                    .bind(reason.as_str())
+                    .push(", finished_at_ms = ")
+                    .bind(now_ms);
+            }
+            Next::Unchanged => {
+                stmt.push(", last_error = ").bind(f.error.clone());
+            }
+        }
+        stmt.push(" WHERE id = ")
+            .bind(f.delivery_id)
+            .push(" AND state = 'pending' AND lease_token = ")
+            .bind(f.token.as_str());
+        moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
+const ATTEMPT_COLUMNS: [&str; 9] = [
+    "delivery_id",
+    "attempt",
+    "probe",
+    "started_at_ms",
+    "duration_ms",
+    "status_code",
+    "error_class",
+    "error",
+    "response",
+];
+
+/// An endpoint's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub name: String,
+    pub state: String,
+    pub failing_since_ms: Option<i64>,
+    pub next_probe_at_ms: Option<i64>,
+}
+
+/// Makes sure each endpoint has a row (enabled when new).
+pub async fn register_endpoints(
+    target: &SqlTarget,
+    names: &[&str],
+    now_ms: i64,
+) -> Result<(), SqlError> {
+    let rows = names
+        .iter()
+        .map(|n| vec![Val::from(*n), Val::from("enabled"), Val::from(now_ms)])
+        .collect();
+    for stmt in insert_rows(
+        target.dialect(),
+        &target.table(WEBHOOK_ENDPOINTS),
+        &["name", "state", "changed_at_ms"],
+        &[],
+        rows,
+        &target.dialect().on_conflict_ignore(&["name"]),
+    ) {
+        target.pool().execute(stmt.query()).await?;
+    }
+    Ok(())
+}
+
+/// Every endpoint's stored state.
+pub async fn endpoint_rows(target: &SqlTarget) -> Result<Vec<EndpointRow>, SqlError> {
+    let rows = target
+        .pool()
+        .fetch_all(
+            format!(
+                "SELECT name, state, failing_since_ms, next_probe_at_ms FROM {}",
+                target.table(WEBHOOK_ENDPOINTS)
+            )
+            .as_str(),
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(EndpointRow {
+                name: text(row, 0)?.unwrap_or_default(),
+                state: text(row, 1)?.unwrap_or_default(),
+                failing_since_ms: row.try_get(2)?,
+                next_probe_at_ms: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// After a batch of attempts to one endpoint: a success clears its failing streak; failures
+/// start one (kept from the first).
+pub async fn record_health(
+    target: &SqlTarget,
+    endpoint: &str,
+    succeeded: bool,
+    now_ms: i64,
+) -> Result<(), SqlError> {
+    let table = target.table(WEBHOOK_ENDPOINTS);
+    let mut stmt = Stmt::new(target.dialect(), format!("UPDATE {table} SET "));
+    if succeeded {
+        stmt.push("failing_since_ms = NULL, last_success_ms = ").bind(now_ms);
+    } else {
+        stmt.push("failing_since_ms = COALESCE(failing_since_ms, ")
+            .bind(now_ms)
+            .push(")");
+    }
+    stmt.push(" WHERE name = ").bind(endpoint);
+    target.pool().execute(stmt.query()).await?;
+    Ok(())
+}
+
+/// Sets when a disabled endpoint is probed next.
+pub async fn set_next_probe(
+    target: &SqlTarget,
+    endpoint: &str,
+    at_ms: i64,
+) -> Result<(), SqlError> {
+    let mut stmt = Stmt::new(
+        target.dialect(),
+        format!(
+            "UPDATE {} SET next_probe_at_ms = ",
+            target.table(WEBHOOK_ENDPOINTS)
+        ),
+    );
+    stmt.bind(at_ms).push(" WHERE name = ").bind(endpoint);
+    target.pool().execute(stmt.query()).await?;
+    Ok(())
+}
+
+/// Per endpoint: pending deliveries due now, and the creation time of the oldest pending one.
+pub async fn backlog(
+    target: &SqlTarget,
+    now_ms: i64,
+) -> Result<BTreeMap<String, (i64, Option<i64>)>, SqlError> {
+    let mut stmt = Stmt::new(
+        target.dialect(),
+        format!(
+            "SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= "
+        ),
+    );
+    stmt.bind(now_ms).push(&format!(
+        " THEN 1 ELSE 0 END), MIN(created_at_ms) FROM {} WHERE state = 'pending' GROUP BY endpoint",
+        target.table(WEBHOOK_DELIVERIES)
+    ));
+    let rows = target.pool().fetch_all(stmt.query()).await?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let name = text(&row, 0)?.unwrap_or_default();
+        let due = row
+            .try_get::<i64, _>(1)
+            .or_else(|_| row.try_get::<f64, _>(1).map(|f| f as i64))
+            .or_else(|_| {
+                row.try_get::<String, _>(1)
+                    .map(|s| s.parse::<f64>().unwrap_or(0.0) as i64)
+            })
+            .unwrap_or(0);
+        let oldest: Option<i64> = row.try_get(2).ok().flatten();
+        out.insert(name, (due, oldest));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_cut_by_body_bytes_and_a_large_row_goes_alone() {
+        let row = |n: usize| vec![Val::from(1i64), Val::Blob(vec![0; n])];
+        let chunks = by_bytes(vec![row(3), row(3), row(3), row(10), row(1)], 1, 6);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn long_user_ids_are_ordered_by_their_hash() {
+        assert_eq!(ordering_key("u-1"), "u-1");
+        let long = "x".repeat(201);
+        let key = ordering_key(&long);
+        assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
+        assert_ne!(key, ordering_key(&"x".repeat(202)));
+    }
+}

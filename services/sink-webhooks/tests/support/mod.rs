@@ -1,0 +1,268 @@
+//! Test support: real HTTP receivers on loopback that check Terra's signature, the webhook
+//! destination (fan-out and dispatcher) run over a fresh database per test and an embedded
+//! log, and waits on the deliveries' states.
+
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
+
+pub mod receiver;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use sqlx::{Executor, Row};
+use terra_eventlog::EventLog;
+use terra_projector::{CancellationToken, ProjectorConfig, ProjectorMetrics};
+pub use terra_schema::Dialect;
+use terra_schema::{SqlTarget, TableSet};
+use terra_sink_webhooks::address::AddressPolicy;
+use terra_sink_webhooks::send::Sender;
+use terra_sink_webhooks::store::text;
+use terra_sink_webhooks::{
+    Endpoint, FanOutSink, Filter, Ordering, Schedule, Shared, SignatureMode, WebhookMetrics,
+    WebhookSettings,
+};
+use tokio::task::JoinHandle;
+
+pub use terra_testkit::{TestDb, TestLog, fixture, record};
+
+/// Runs each named `async fn(Dialect)` as a test on Postgres, MySQL and SQLite.
+macro_rules! on_every_dialect {
+    ($($name:ident),* $(,)?) => {
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Dialect::Postgres).await } )* }
+        mod mysql { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Dialect::MySql).await } )* }
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Dialect::Sqlite).await } )* }
+    };
+}
+
+pub const SECRET: &str = "whsec-test-secret-for-endpoints";
+
+/// An endpoint to `url` with the test secret, a millisecond schedule and no jitter.
+pub fn endpoint(name: &str, url: &str) -> Endpoint {
+    Endpoint {
+        name: name.to_owned(),
+        url: reqwest::Url::parse(url).expect("a URL"),
+        secrets: vec![SecretString::from(SECRET)],
+        signature: SignatureMode::Terra,
+        filter: Filter::default(),
+        headers: Vec::new(),
+        timeout: Duration::from_secs(2),
+        schedule: Schedule::new(vec![Duration::ZERO; 3]).expect("a schedule"),
+        ordering: Ordering::Unordered,
+        max_in_flight: 8,
+    }
+}
+
+/// Settings for tests: loopback allowed, fast polls, no jitter.
+pub fn settings(endpoints: Vec<Endpoint>) -> WebhookSettings {
+    WebhookSettings {
+        endpoints,
+        allow_cidrs: vec!["127.0.0.0/8".parse().expect("a CIDR")],
+        poll_interval: Duration::from_millis(20),
+        probe_interval: Duration::from_millis(300),
+        jitter: 0.0,
+        ..WebhookSettings::default()
+    }
+}
+
+/// A fresh database with the webhook tables.
+pub async fn database(dialect: Dialect) -> (TestDb, SqlTarget) {
+    let db = TestDb::new(dialect).await;
+    let target = SqlTarget::connect(&db.config()).expect("a SQL config");
+    terra_schema::migrate_set(&target, TableSet::Webhooks)
+        .await
+        .expect("webhook migrations");
+    (db, target)
+}
+
+/// The destination running (fan-out and dispatcher) until [`Running::stop`].
+pub struct Running {
+    pub shutdown: CancellationToken,
+    fan_out: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.fan_out.await;
+        let _ = self.dispatcher.await;
+    }
+}
+
+pub fn start(log: &EventLog, target: &SqlTarget, settings: WebhookSettings) -> Running {
+    start_with(log, target, settings, true)
+}
+
+/// `fan_out: false` runs a dispatcher alone (a second replica).
+pub fn start_with(
+    log: &EventLog,
+    target: &SqlTarget,
+    settings: WebhookSettings,
+    fan_out: bool,
+) -> Running {
+    let shutdown = CancellationToken::new();
+    let settings = Arc::new(settings);
+    let shared = Shared::new(&settings);
+    let metrics = WebhookMetrics::unregistered();
+    let fan_out = if fan_out {
+        let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
+        config.batch_wait = Duration::from_millis(10);
+        let mut sink = FanOutSink::new(
+            target.clone(),
+            settings.clone(),
+            shared.clone(),
+            metrics.clone(),
+        );
+        let log = log.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            terra_projector::run(
+                &config,
+                &log,
+                &mut sink,
+                &ProjectorMetrics::unregistered(),
+                stop,
+                |_| {},
+            )
+            .await
+            .expect("the fan-out runs");
+        })
+    } else {
+        tokio::spawn(async {})
+    };
+    let sender =
+        Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("a sender");
+    let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
+        target.clone(),
+        settings,
+        sender,
+        metrics,
+        shared,
+        shutdown.clone(),
+    ));
+    let dispatcher = tokio::spawn(async move {
+        dispatcher
+            .await
+            .expect("the dispatcher task")
+            .expect("the dispatcher runs");
+    });
+    Running {
+        shutdown,
+        fan_out,
+        dispatcher,
+    }
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone)]
+pub struct Row_ {
+    pub id: i64,
+    pub endpoint: String,
+    pub envelope_id: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+pub async fn deliveries(target: &SqlTarget) -> Vec<Row_> {
+    let rows = target
+        .pool()
+        .fetch_all(
+            format!(
+                "SELECT id, endpoint, envelope_id, state, attempts, last_error FROM {} ORDER BY id",
+                target.table("webhook_deliveries")
+            )
+            .as_str(),
+        )
+        .await
+        .expect("deliveries");
+    rows.iter()
+        .map(|r| Row_ {
+            id: r.try_get(0).expect("id"),
+            endpoint: text(r, 1).expect("endpoint").unwrap_or_default(),
+            envelope_id: text(r, 2).expect("envelope_id").unwrap_or_default(),
+            state: text(r, 3).expect("state").unwrap_or_default(),
+            attempts: r
+                .try_get::<i64, _>(4)
+                .or_else(|_| r.try_get::<i32, _>(4).map(i64::from))
+                .expect("attempts"),
+            last_error: text(r, 5).expect("last_error"),
+        })
+        .collect()
+}
+
+/// (status, error_class, probe) of every attempt of a delivery, in order.
+pub async fn attempts(target: &SqlTarget, delivery_id: i64) -> Vec<(Option<i64>, String, bool)> {
+    let rows = target
+        .pool()
+        .fetch_all(
+            format!(
+                "SELECT status_code, error_class, probe FROM {} WHERE delivery_id = {delivery_id} ORDER BY id",
+                target.table("webhook_attempts")
+            )
+            .as_str(),
+        )
+        .await
+        .expect("attempts");
+    rows.iter()
+        .map(|r| {
+            let status: Option<i64> = r
+                .try_get::<Option<i64>, _>(0)
+                .or_else(|_| r.try_get::<Option<i32>, _>(0).map(|v| v.map(i64::from)))
+                .expect("status");
+            let probe: i64 = r
+                .try_get::<i64, _>(2)
+                .or_else(|_| r.try_get::<i32, _>(2).map(i64::from))
+                .expect("probe");
+            (status, text(r, 1).expect("class").unwrap_or_default(), probe != 0)
+        })
+        .collect()
+}
+
+/// The endpoint's state and reason (`("", None)` until the dispatcher registered it).
+pub async fn endpoint_state(target: &SqlTarget, name: &str) -> (String, Option<String>) {
+    let row = target
+        .pool()
+        .fetch_optional(
+            format!(
+                "SELECT state, reason FROM {} WHERE name = '{name}'",
+                target.table("webhook_endpoints")
+            )
+            .as_str(),
+        )
+        .await
+        .expect("endpoint row");
+    match row {
+        Some(row) => (
+            text(&row, 0).expect("state").unwrap_or_default(),
+            text(&row, 1).expect("reason"),
+        ),
+        None => (String::new(), None),
+    }
+}
+
+/// Waits (up to `limit`) until `done` holds for the deliveries; panics with them otherwise.
+pub async fn wait_for(
+    target: &SqlTarget,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[Row_]) -> bool,
+) -> Vec<Row_> {
+    let started = Instant::now();
+    loop {
+        let rows = deliveries(target).await;
+        if done(&rows) {
+            return rows;
+        }
+        if started.elapsed() > limit {
+            panic!("{what}: not reached in {limit:?}; deliveries: {rows:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every delivery ended (delivered or dead), and there are `n` of them.
+pub fn all_ended(n: usize) -> impl Fn(&[Row_]) -> bool {
+    move |rows| rows.len() == n && rows.iter().all(|r| r.state != "pending")
+}
