@@ -18,6 +18,7 @@ mod objects;
 mod projector;
 mod query;
 mod tools;
+mod webhooks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");
 

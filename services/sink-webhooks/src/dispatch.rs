@@ -24,8 +24,9 @@ use crate::store::{self, EventRow, Finished, LeaseRequest, Leased, Next};
 
 /// Most deliveries one worker leases at once.
 const LEASE_BATCH: usize = 256;
-/// How long a lease outlives the attempt's timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// How long a lease outlives the attempt's timeout (the result is written within it; a
+/// worker that died holds its deliveries this long past their timeout).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Most results the writer records in one transaction.
 const FINISH_BATCH: usize = 1_000;
 
