@@ -67,6 +67,10 @@ step "S3/SQS-compatible server (moto)"
 MOTO_PID=""
 if [ "${TERRA_TEST_SKIP_MOTO:-0}" != 1 ]; then
   tests/moto.sh install
+  # independent verifiers for the webhook sender's tests, in moto's venv: Terra's Python SDK
+  # (1.x checks every v1 of a rotation) and the Standard Webhooks library
+  "$HOME/.cache/terra-ingest/moto-venv/bin/python" -c 'import terra.utils.verify_signature, standardwebhooks' 2>/dev/null \
+    || "$HOME/.cache/terra-ingest/moto-venv/bin/pip" install -q 'terra-python>=1.1,<2' 'standardwebhooks>=1.1,<2' >&2
   moto_env=$(tests/moto.sh start)
   eval "$moto_env"   # exports TERRA_TEST_S3_ENDPOINT, MOTO_PID, AWS_* test credentials
 else

@@ -164,7 +164,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, event_type: &str, origin: &Origin) -> bool {
-        let source_ok = self.sources.is_empty() || self.sources.iter().any(|s| *s == origin.source);
+        let source_ok = self.sources.is_empty() || self.sources.contains(&origin.source);
         let event_ok = self.events.is_empty()
             || self
                 .events
@@ -218,7 +218,10 @@ impl fmt::Debug for Endpoint {
             .field("secrets", &self.secrets.len())
             .field("signature", &self.signature)
             .field("filter", &self.filter)
-            .field("headers", &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .field("schedule", &self.schedule)
             .field("ordering", &self.ordering)
@@ -237,13 +240,41 @@ pub fn redacted_url(url: &reqwest::Url) -> String {
     shown.to_string()
 }
 
+/// Headers an endpoint's extra `headers` may not set: the ones the sender sets itself (the
+/// signatures, the body's type, Terra's headers, the idempotency key, the trace) and the
+/// ones that frame the request.
+pub const RESERVED_HEADERS: [&str; 20] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "te",
+    "upgrade",
+    "user-agent",
+    "terra-signature",
+    "x-terra-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "terra-reference",
+    "x-terra-trace-id",
+    "x-terra-ordering-timestamp",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+];
+
 /// Default for [`Endpoint::max_in_flight`].
 pub const DEFAULT_ENDPOINT_IN_FLIGHT: usize = 32;
 
 impl Endpoint {
     /// Checks what the settings cannot express by type; errors name the endpoint and setting.
     pub fn validate(&self) -> Result<(), String> {
-        let bad = |what: &str, why: String| Err(format!("webhook endpoint {:?}: {what}: {why}", self.name));
+        let bad = |what: &str, why: String| {
+            Err(format!("webhook endpoint {:?}: {what}: {why}", self.name))
+        };
         if self.name.is_empty()
             || self.name.len() > 200
             || !self
@@ -259,7 +290,10 @@ impl Endpoint {
         if self.secrets.is_empty() || self.secrets.len() > 2 {
             return bad(
                 "secrets",
-                format!("one secret, or two during a rotation, not {}", self.secrets.len()),
+                format!(
+                    "one secret, or two during a rotation, not {}",
+                    self.secrets.len()
+                ),
             );
         }
         if !(TIMEOUT_RANGE.0..=TIMEOUT_RANGE.1).contains(&self.timeout) {
@@ -267,6 +301,14 @@ impl Endpoint {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "at least 1".to_owned());
+        }
+        for (name, _) in &self.headers {
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return bad(
+                    "headers",
+                    format!("{name} is set by the sender and cannot be overridden"),
+                );
+            }
         }
         for event in &self.filter.events {
             if event.is_empty() {
@@ -331,7 +373,9 @@ impl WebhookSettings {
             return Err(format!("webhooks.jitter: {} is outside 0..1", self.jitter));
         }
         if self.probe_interval.is_zero() || self.poll_interval.is_zero() {
-            return Err("webhooks.probe_interval and webhooks.poll_interval: above zero".to_owned());
+            return Err(
+                "webhooks.probe_interval and webhooks.poll_interval: above zero".to_owned(),
+            );
         }
         Ok(())
     }
