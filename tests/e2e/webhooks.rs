@@ -47,10 +47,12 @@ async fn receiver(delay: Duration) -> (String, Received) {
                 }
                 let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let seq = json["seq"].as_str().unwrap().to_owned();
-                let mut verified = state.verified.lock().unwrap();
-                let first = !verified.contains(&seq);
-                verified.push(seq.clone());
-                drop(verified);
+                let first = {
+                    let mut verified = state.verified.lock().unwrap();
+                    let first = !verified.contains(&seq);
+                    verified.push(seq.clone());
+                    first
+                };
                 tokio::time::sleep(delay).await;
                 let n: u64 = seq.parse().unwrap();
                 if first && n % 5 == 0 {
