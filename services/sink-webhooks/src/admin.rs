@@ -29,8 +29,19 @@ pub use rows::{
 use rows::{Cells, attempt_row, delivery_row};
 
 const DELIVERY_COLUMNS: &str = "id, endpoint, envelope_id, user_id, event_type, state, attempts, next_attempt_at_ms, lease_until_ms, created_at_ms, finished_at_ms, last_status, last_error";
-// `probe` as 0/1: a BOOLEAN on Postgres, a TINYINT on MySQL, an INTEGER on SQLite
-const ATTEMPT_COLUMNS: &str = "id, attempt, CASE WHEN probe THEN 1 ELSE 0 END, started_at_ms, duration_ms, status_code, error_class, error, response";
+/// The attempt columns, `probe` as 0/1 whether the column is a BOOLEAN or an INTEGER
+/// (Postgres cannot test an INTEGER as a condition; sqlx's Any driver cannot decode SQLite's
+/// BOOLEAN).
+fn attempt_columns(target: &SqlTarget) -> &'static str {
+    match target.dialect() {
+        terra_schema::Dialect::Postgres => {
+            "id, attempt, CAST(probe AS INTEGER), started_at_ms, duration_ms, status_code, error_class, error, response"
+        }
+        _ => {
+            "id, attempt, CASE WHEN probe THEN 1 ELSE 0 END, started_at_ms, duration_ms, status_code, error_class, error, response"
+        }
+    }
+}
 
 /// Every endpoint in the tables (its state row, or deliveries waiting or dead) or in
 /// `configured` (no row yet: enabled), by name, with its backlog as of `now_ms`.
@@ -134,7 +145,8 @@ pub async fn delivery(
     };
     let row = delivery_row(row)?;
     let mut stmt = target.statement(format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM {} WHERE delivery_id = ",
+        "SELECT {} FROM {} WHERE delivery_id = ",
+        attempt_columns(target),
         target.table(ATTEMPTS)
     ));
     stmt.bind(id).push(" ORDER BY id");
