@@ -68,4 +68,20 @@ must_fail "tls.clientCaKey (mutual TLS) needs tls.secretName" --set queryService
 must_fail "queryService.pageTokenSecret.name" --set queryService.enabled=true \
   --set queryService.tokensSecret.name=terra-query-tokens --set queryService.insecureAllowPlaintextTokens=true \
   --set queryService.pageTokenSecret.name=
-echo "helm chart: lint, 5 renderings, schema validation, 5 refused renderings passed"
+# the webhook destination: endpoints from values into the config file, secrets mounted as files
+"$HELM" template terra "$chart" --set webhooks.enabled=true --set webhooks.allowCidrs[0]=10.0.0.0/8 \
+  --set-json 'webhooks.endpoints=[{"name":"analytics","url":"https://hooks.example.com/terra","secrets":[{"name":"analytics-webhook-secret","key":"secret"}],"events":["activity"],"schedule":["0s","5m"],"ordering":"per_user","maxInFlight":16},{"name":"warehouse","url":"https://warehouse.example.com/in"}]' \
+  > "$out/webhooks.yaml"
+"$VENV/bin/kubernetes-validate" --strict "$out/webhooks.yaml"
+grep -q 'args: \["project", "webhooks"\]' "$out/webhooks.yaml" || { echo "no project webhooks deployment"; exit 1; }
+grep -qF 'secret_files = ["/var/run/secrets/terra-ingest/webhooks/0-0/secret"]' "$out/webhooks.yaml" || { echo "the endpoint's secret file is not in the config"; exit 1; }
+grep -qF 'mountPath: /var/run/secrets/terra-ingest/webhooks/0-0' "$out/webhooks.yaml" || { echo "the endpoint's secret is not mounted"; exit 1; }
+grep -qF 'schedule = ["0s", "5m"]' "$out/webhooks.yaml" || { echo "the endpoint's schedule is not rendered"; exit 1; }
+[ "$(grep -c '\[\[webhooks.endpoints\]\]' "$out/webhooks.yaml")" = 2 ] || { echo "expected 2 endpoints in the config"; exit 1; }
+if grep -q 'component: webhooks' "$out/default.yaml"; then echo "the webhooks deployment is rendered although disabled"; exit 1; fi
+must_fail "webhooks.enabled needs at least one item in webhooks.endpoints" --set webhooks.enabled=true
+must_fail "webhooks.endpoints[0] needs a name and a url" --set webhooks.enabled=true --set webhooks.endpoints[0].name=a
+must_fail "is used twice" --set webhooks.enabled=true --set-json 'webhooks.endpoints=[{"name":"a","url":"https://a.example"},{"name":"a","url":"https://b.example"}]'
+must_fail "webhooks.endpoints[0].secrets[0] needs the name and key" --set webhooks.enabled=true \
+  --set-json 'webhooks.endpoints=[{"name":"a","url":"https://a.example","secrets":[{"name":"s"}]}]'
+echo "helm chart: lint, 6 renderings, schema validation, 9 refused renderings passed"

@@ -12,6 +12,7 @@ use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, LogUrl};
 
 mod at_rest;
+mod deliveries;
 mod large;
 mod log_repair;
 mod objects;

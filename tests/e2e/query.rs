@@ -273,6 +273,7 @@ async fn grpcio_from_the_moto_venv_reads_the_query_service_through_reflection() 
         .collect();
     assert!(
         services.contains(&"terra.ingest.v1.QueryService")
+            && services.contains(&"terra.ingest.v1.WebhookDeliveries")
             && services.contains(&"grpc.health.v1.Health"),
         "{services:?}"
     );

@@ -69,6 +69,9 @@ pub enum Command {
     Send(SendArgs),
     /// Check a captured delivery offline; exit code 0 only when the signature is valid.
     Verify(VerifyArgs),
+    /// Webhook deliveries: endpoints and their backlog, deliveries, re-queue, disable, enable.
+    #[command(subcommand)]
+    Deliveries(crate::deliveries::DeliveriesCommand),
 }
 
 /// `standalone`: the ingress, both projectors and the query service.
@@ -308,5 +311,6 @@ pub(crate) async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCo
         Command::Log(LogCommand::Repair(_)) => crate::project::repair_log(config()?),
         Command::Send(args) => crate::send::run(args).await,
         Command::Verify(args) => Ok(crate::verify::run(&args)),
+        Command::Deliveries(command) => crate::deliveries::run(config()?, command).await,
     }
 }

@@ -1,8 +1,9 @@
 //! `terra-ingest`: one binary with every service (`standalone`, `ingress`, `project sql`,
 //! `project objects`, `query`) and the operator tools (`migrate`, `rebuild`, `send`,
-//! `verify`).
+//! `verify`, `deliveries`).
 
 pub mod cli;
+pub mod deliveries;
 mod project;
 mod query;
 mod send;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use terra_query::{Query, QueryServerConfig, TokenKey};
+use terra_query::{Deliveries, Query, QueryServerConfig, TokenKey};
 use terra_runtime::CancellationToken;
 use terra_schema::SqlTarget;
 use terra_sink_objects::Store;
@@ -20,6 +20,16 @@ pub(crate) fn read_pool(sql: &SqlSettings, size: u32) -> anyhow::Result<SqlTarge
     let mut config = sql.config.clone();
     config.max_connections = size;
     SqlTarget::connect_read_only(&config).context("setting sql (the query service's read pool)")
+}
+
+/// The webhook deliveries service served beside the query API, over connections of its own
+/// that may write (re-queues, endpoint states): the query service's may be read-only.
+pub(crate) fn deliveries(sql: &SqlSettings) -> anyhow::Result<Deliveries> {
+    let mut config = sql.config.clone();
+    config.max_connections = 2;
+    let writer = SqlTarget::connect(&config)
+        .context("setting sql (the webhook deliveries service's connections)")?;
+    Ok(Deliveries::new(writer))
 }
 
 /// Binds and serves the query API until `shutdown` is cancelled.
@@ -54,7 +64,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
     writer.close().await;
     let pool = read_pool(&sql, query.pool_size)?;
     let store = Store::open(&objects.store)?;
-    let service = Query::new(pool, store, query.token_key);
+    let service = Query::new(pool, store, query.token_key).with_deliveries(deliveries(&sql)?);
     let handle = spawn(query.grpc_addr, query.server, service, shutdown).await?;
     handle.await.context("query task panicked")??;
     Ok(ExitCode::SUCCESS)
@@ -68,7 +78,7 @@ pub(crate) fn for_standalone(
     store: Store,
     key: TokenKey,
 ) -> anyhow::Result<Query> {
-    Ok(Query::new(read_pool(sql, pool_size)?, store, key))
+    Ok(Query::new(read_pool(sql, pool_size)?, store, key).with_deliveries(deliveries(sql)?))
 }
 
 #[cfg(test)]

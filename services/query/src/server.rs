@@ -1,4 +1,4 @@
-//! Serving the query API: bearer-token auth (tonic interceptor, [`crate::auth`]), optional
+//! Serving the query API (and the webhook deliveries API beside it, when given): bearer-token auth (tonic interceptor, [`crate::auth`]), optional
 //! TLS and mutual TLS, `grpc.health.v1` and server reflection (v1 and v1alpha), the
 //! connection limits of [`Limits`] (keepalive, streams per connection, connection age), and
 //! the secure defaults: with no token and no client CA the service binds only to loopback,
@@ -11,11 +11,13 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::BearerAuth;
+use crate::deliveries::Deliveries;
 use crate::limits::{Gates, Limits};
 use crate::proto::query_service_server::QueryServiceServer;
+use crate::proto::webhook_deliveries_server::WebhookDeliveriesServer;
 use crate::service::Query;
 
-/// The encoded descriptor set of query.proto (for reflection).
+/// The encoded descriptor set of query.proto and deliveries.proto (for reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/query_descriptor.bin"));
 
@@ -116,6 +118,11 @@ pub async fn run(
     // live tails end at shutdown, so in-flight streams finish and the server drains
     query.stopping = shutdown.clone();
     query.gates = Gates::new(&config.limits);
+    // one deadline and in-flight cap for both services
+    let deliveries = query.deliveries.take().map(|mut deliveries| {
+        deliveries.gates = query.gates.clone();
+        deliveries
+    });
     let drained = shutdown.clone();
     // clients that keep idle connections open must not hold the process past its drain time
     let drain_deadline = async move {
@@ -129,9 +136,21 @@ pub async fn run(
         .await;
     tokio::spawn(watch_database(
         query.sql.clone(),
-        health_reporter,
+        health_reporter.clone(),
         query.stopping.clone(),
+        false,
     ));
+    if let Some(deliveries) = &deliveries {
+        health_reporter
+            .set_serving::<WebhookDeliveriesServer<Deliveries>>()
+            .await;
+        tokio::spawn(watch_database(
+            deliveries.sql.clone(),
+            health_reporter,
+            query.stopping.clone(),
+            true,
+        ));
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -184,6 +203,9 @@ pub async fn run(
             query,
             BearerAuth::new(&config.tokens),
         ))
+        .add_optional_service(deliveries.map(|deliveries| {
+            WebhookDeliveriesServer::with_interceptor(deliveries, BearerAuth::new(&config.tokens))
+        }))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -200,13 +222,15 @@ pub async fn run(
 /// How often the health service re-checks the database.
 const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Keeps `grpc.health.v1` true: the query service (`terra.ingest.v1.QueryService`) is
+/// Keeps `grpc.health.v1` true: the query service (`terra.ingest.v1.QueryService`), or with
+/// `deliveries` the `terra.ingest.v1.WebhookDeliveries` service over its own connections, is
 /// SERVING while its database answers and NOT_SERVING while it does not (a readiness probe);
 /// the server as a whole (`""`) stays SERVING as long as the process runs (a liveness probe).
 async fn watch_database(
     sql: terra_schema::SqlTarget,
     reporter: tonic_health::server::HealthReporter,
     stopping: CancellationToken,
+    deliveries: bool,
 ) {
     let mut serving = true;
     loop {
@@ -220,14 +244,29 @@ async fn watch_database(
         );
         if up != serving {
             serving = up;
-            if up {
-                tracing::info!("database reachable again: query service SERVING");
-                reporter.set_serving::<QueryServiceServer<Query>>().await;
-            } else {
-                tracing::warn!("database unreachable: query service NOT_SERVING");
-                reporter
-                    .set_not_serving::<QueryServiceServer<Query>>()
-                    .await;
+            match (up, deliveries) {
+                (true, false) => {
+                    tracing::info!("database reachable again: query service SERVING");
+                    reporter.set_serving::<QueryServiceServer<Query>>().await;
+                }
+                (false, false) => {
+                    tracing::warn!("database unreachable: query service NOT_SERVING");
+                    reporter
+                        .set_not_serving::<QueryServiceServer<Query>>()
+                        .await;
+                }
+                (true, true) => {
+                    tracing::info!("database reachable again: webhook deliveries service SERVING");
+                    reporter
+                        .set_serving::<WebhookDeliveriesServer<Deliveries>>()
+                        .await;
+                }
+                (false, true) => {
+                    tracing::warn!("database unreachable: webhook deliveries service NOT_SERVING");
+                    reporter
+                        .set_not_serving::<WebhookDeliveriesServer<Deliveries>>()
+                        .await;
+                }
             }
         }
     }

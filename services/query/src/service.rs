@@ -50,6 +50,8 @@ pub struct Query {
     pub(crate) gates: Gates,
     /// The one live tail every watcher follows.
     pub(crate) tail: Arc<Tail>,
+    /// The `WebhookDeliveries` service served beside this one, when given.
+    pub(crate) deliveries: Option<crate::Deliveries>,
 }
 
 impl Query {
@@ -63,7 +65,15 @@ impl Query {
             stopping,
             gates: Gates::new(&Limits::default()),
             tail: Arc::new(Tail::new()),
+            deliveries: None,
         }
+    }
+
+    /// Serves `deliveries` (webhook endpoints and deliveries for operators) beside the query
+    /// API, under the same authentication and limits.
+    pub fn with_deliveries(mut self, deliveries: crate::Deliveries) -> Self {
+        self.deliveries = Some(deliveries);
+        self
     }
 
     /// Rows the shared live tail keeps for watchers that are momentarily behind (default
