@@ -37,9 +37,7 @@ async fn receiver(delay: Duration) -> (String, Received) {
                     vec![terra_core::SigningSecret::new(SECRET).unwrap()],
                     300,
                 );
-                let header = headers
-                    .get("terra-signature")
-                    .and_then(|v| v.to_str().ok());
+                let header = headers.get("terra-signature").and_then(|v| v.to_str().ok());
                 let now = terra_core::keys::now_ms() / 1000;
                 if verifier.verify(header, &body, now).is_err() {
                     *state.unsigned.lock().unwrap() += 1;
@@ -78,11 +76,7 @@ async fn fill_log(cwd: &Path, n: usize) {
     let signer = terra_core::SigningSecret::new(SECRET).unwrap();
     let client = reqwest::Client::new();
     for seq in 0..n {
-        let body = [
-            format!("{{\"seq\": \"{seq}\", ").as_bytes(),
-            &template[1..],
-        ]
-        .concat();
+        let body = [format!("{{\"seq\": \"{seq}\", ").as_bytes(), &template[1..]].concat();
         let now = terra_core::keys::now_ms() / 1000;
         let response = client
             .post(&url)
@@ -190,7 +184,11 @@ async fn kill_9_at_random_points_loses_no_delivery() {
     let killed = run_until_done(cwd.path(), "killed.db", &url, n).await;
     assert!(killed.values().all(|s| s == "delivered"), "{killed:?}");
     let verified: HashSet<String> = received.verified.lock().unwrap().iter().cloned().collect();
-    assert_eq!(verified.len(), n, "every event reached the receiver, signed");
+    assert_eq!(
+        verified.len(),
+        n,
+        "every event reached the receiver, signed"
+    );
     assert_eq!(*received.unsigned.lock().unwrap(), 0);
     let requests = received.verified.lock().unwrap().len();
     eprintln!(

@@ -131,12 +131,13 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 /// Runs one `deliveries` command.
 pub(crate) async fn run(config: Config, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
     let target = open(&config).await?;
+    let configured = crate::settings::configured_endpoint_names(&config);
     let now = terra_core::keys::now_ms();
     let result = match command {
         DeliveriesCommand::Endpoints(_) => {
             print!(
                 "{}",
-                endpoints_text(&admin::endpoints(&target, &[], now).await?)
+                endpoints_text(&admin::endpoints(&target, &configured, now).await?)
             );
             Ok(())
         }

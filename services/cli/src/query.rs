@@ -24,12 +24,12 @@ pub(crate) fn read_pool(sql: &SqlSettings, size: u32) -> anyhow::Result<SqlTarge
 
 /// The webhook deliveries service served beside the query API, over connections of its own
 /// that may write (re-queues, endpoint states): the query service's may be read-only.
-pub(crate) fn deliveries(sql: &SqlSettings) -> anyhow::Result<Deliveries> {
+pub(crate) fn deliveries(sql: &SqlSettings, configured: Vec<String>) -> anyhow::Result<Deliveries> {
     let mut config = sql.config.clone();
     config.max_connections = 2;
     let writer = SqlTarget::connect(&config)
         .context("setting sql (the webhook deliveries service's connections)")?;
-    Ok(Deliveries::new(writer))
+    Ok(Deliveries::new(writer).with_configured(configured))
 }
 
 /// Binds and serves the query API until `shutdown` is cancelled.
@@ -64,7 +64,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
     writer.close().await;
     let pool = read_pool(&sql, query.pool_size)?;
     let store = Store::open(&objects.store)?;
-    let service = Query::new(pool, store, query.token_key).with_deliveries(deliveries(&sql)?);
+    let service = Query::new(pool, store, query.token_key).with_deliveries(deliveries(
+        &sql,
+        settings::configured_endpoint_names(&config),
+    )?);
     let handle = spawn(query.grpc_addr, query.server, service, shutdown).await?;
     handle.await.context("query task panicked")??;
     Ok(ExitCode::SUCCESS)
@@ -77,8 +80,10 @@ pub(crate) fn for_standalone(
     pool_size: u32,
     store: Store,
     key: TokenKey,
+    configured: Vec<String>,
 ) -> anyhow::Result<Query> {
-    Ok(Query::new(read_pool(sql, pool_size)?, store, key).with_deliveries(deliveries(sql)?))
+    Ok(Query::new(read_pool(sql, pool_size)?, store, key)
+        .with_deliveries(deliveries(sql, configured)?))
 }
 
 #[cfg(test)]
@@ -113,7 +118,7 @@ mod tests {
             ..terra_sink_objects::StoreConfig::default()
         })
         .unwrap();
-        let query = for_standalone(&sql, 2, store, TokenKey::new("k")).unwrap();
+        let query = for_standalone(&sql, 2, store, TokenKey::new("k"), Vec::new()).unwrap();
         let pool = query.sql().pool();
         assert_eq!(pool.options().get_max_connections(), 2, "--query-pool-size");
         let mut held = Vec::new();

@@ -87,7 +87,13 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
         }
         let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
-        let service = query::for_standalone(&sql, query.pool_size, store, query.token_key)?;
+        let service = query::for_standalone(
+            &sql,
+            query.pool_size,
+            store,
+            query.token_key,
+            settings::configured_endpoint_names(&config),
+        )?;
         let grpc = query::spawn(query.grpc_addr, query.server, service, shutdown.clone()).await?;
         projectors.push(grpc);
         projectors.push(project::spawn_sql(

@@ -73,11 +73,23 @@ impl TableSet {
             Self::Projection => migrations(dialect, variant),
             Self::Webhooks => match dialect {
                 Dialect::Postgres => {
-                    vec![migration!("webhooks/postgres", 20261203000100, "webhook_tables")]
+                    vec![migration!(
+                        "webhooks/postgres",
+                        20261203000100,
+                        "webhook_tables"
+                    )]
                 }
-                Dialect::MySql => vec![migration!("webhooks/mysql", 20261203000100, "webhook_tables")],
+                Dialect::MySql => vec![migration!(
+                    "webhooks/mysql",
+                    20261203000100,
+                    "webhook_tables"
+                )],
                 Dialect::Sqlite => {
-                    vec![migration!("webhooks/sqlite", 20261203000100, "webhook_tables")]
+                    vec![migration!(
+                        "webhooks/sqlite",
+                        20261203000100,
+                        "webhook_tables"
+                    )]
                 }
             },
         }

@@ -14,8 +14,8 @@ use sqlx::{Any, Executor, Row, Transaction};
 
 use crate::SqlError;
 use crate::SqlTarget;
-use crate::{Dialect, Val, insert_rows};
 use crate::tables::{INGEST_POSITIONS, INGEST_POSITIONS_COLUMNS};
+use crate::{Dialect, Val, insert_rows};
 
 /// A transaction on a target's `Any` pool.
 pub type Tx = Transaction<'static, Any>;

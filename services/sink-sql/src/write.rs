@@ -15,9 +15,7 @@ use sqlx::Executor;
 use terra_projector::plan::{EventPlan, Plan, Planned};
 use terra_projector::{SinkError, WriteStats};
 use terra_schema::positions::{self, Tx};
-use terra_schema::tables::{
-    INGEST_DEAD_LETTERS, INGEST_DEAD_LETTERS_COLUMNS, INGEST_POSITIONS,
-};
+use terra_schema::tables::{INGEST_DEAD_LETTERS, INGEST_DEAD_LETTERS_COLUMNS, INGEST_POSITIONS};
 use terra_schema::{SqlError, SqlTarget, Val, Variant, insert_rows};
 
 use crate::payloads::write_payloads;

@@ -84,7 +84,10 @@ mod tests {
             assert_eq!(cache.get(id).map(|e| e.body.len()), Some(100));
         }
         cache.put(event("huge", 10_000));
-        assert!(cache.get("huge").is_none(), "larger than the budget: not kept");
+        assert!(
+            cache.get("huge").is_none(),
+            "larger than the budget: not kept"
+        );
         assert!(cache.get("d").is_some());
     }
 }

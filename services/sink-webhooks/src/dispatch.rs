@@ -140,7 +140,9 @@ pub async fn run(
     while workers.join_next().await.is_some() {}
     let _ = refresher.await;
     // every sender is gone once the workers are: the writer drains what is left and ends
-    writer.await.map_err(|e| SqlError::Unavailable(format!("result writer failed: {e}")))?;
+    writer
+        .await
+        .map_err(|e| SqlError::Unavailable(format!("result writer failed: {e}")))?;
     Ok(())
 }
 
@@ -309,10 +311,7 @@ impl Worker {
         Ok(leased)
     }
 
-    async fn events_of(
-        &self,
-        leased: &[Leased],
-    ) -> Result<HashMap<String, EventRow>, SqlError> {
+    async fn events_of(&self, leased: &[Leased]) -> Result<HashMap<String, EventRow>, SqlError> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         for l in leased {
@@ -344,11 +343,9 @@ impl Worker {
                     ordering_timestamp_ms: event.ordering_timestamp_ms,
                     traceparent: traceparent.as_deref(),
                 };
-                let result = tracing::Instrument::instrument(
-                    self.sender.send(&self.endpoint, &out),
-                    span,
-                )
-                .await;
+                let result =
+                    tracing::Instrument::instrument(self.sender.send(&self.endpoint, &out), span)
+                        .await;
                 let next = next_step(&self.endpoint, &self.settings, &delivery, &result, probe);
                 (result, next)
             }
@@ -500,7 +497,10 @@ async fn write_results(
             let entry = by_endpoint.entry(&r.endpoint).or_default();
             entry.0 |= r.delivered;
             entry.1 |= r.gone;
-            entry.2 |= matches!(r.finished.next, Next::Delivered | Next::Retry { .. } | Next::Dead { .. } | Next::Unchanged);
+            entry.2 |= matches!(
+                r.finished.next,
+                Next::Delivered | Next::Retry { .. } | Next::Dead { .. } | Next::Unchanged
+            );
         }
         for (endpoint, (succeeded, gone, _)) in by_endpoint {
             let change = endpoint_change(&settings, &views, endpoint, succeeded, gone, now);
@@ -523,7 +523,12 @@ async fn write_results(
             retry.done(());
             if let Some((state, reason)) = change {
                 let state = state.as_str();
-                tracing::warn!(endpoint, state, reason = reason.as_deref().unwrap_or(""), "webhook endpoint state changed");
+                tracing::warn!(
+                    endpoint,
+                    state,
+                    reason = reason.as_deref().unwrap_or(""),
+                    "webhook endpoint state changed"
+                );
                 metrics.state(endpoint, state);
             }
             // a finished delivery may let a user's next one go (per_user), a re-enabled

@@ -118,7 +118,9 @@ pub async fn fan_out(
             continue;
         }
         if let terra_projector::plan::Plan::Dead(dead) = &planned.plan
-            && dead.reason.starts_with(terra_projector::runner::REJECTED_PREFIX)
+            && dead
+                .reason
+                .starts_with(terra_projector::runner::REJECTED_PREFIX)
         {
             tracing::warn!(partition, offset = planned.position.offset, reason = %dead.reason, "event not forwarded: the database refused it");
             continue;
@@ -223,7 +225,10 @@ pub fn ordering_key(user_id: &str) -> String {
         return user_id.to_owned();
     }
     use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(user_id.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(user_id.as_bytes()))
+    )
 }
 
 const EVENT_COLUMNS: [&str; 12] = [
@@ -377,9 +382,10 @@ fn leased_of(row: &sqlx::any::AnyRow, token: &str) -> Result<Leased, SqlError> {
         token: token.to_owned(),
         id: row.try_get(0)?,
         envelope_id: text(row, 1)?.unwrap_or_default(),
-        attempts: row.try_get::<i32, _>(2).map(|n| n.max(0) as u32).or_else(|_| {
-            row.try_get::<i64, _>(2).map(|n| n.max(0) as u32)
-        })?,
+        attempts: row
+            .try_get::<i32, _>(2)
+            .map(|n| n.max(0) as u32)
+            .or_else(|_| row.try_get::<i64, _>(2).map(|n| n.max(0) as u32))?,
     })
 }
 
@@ -419,9 +425,13 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
 pub enum Next {
     Delivered,
     /// Pending again, due at this time.
-    Retry { at_ms: i64 },
+    Retry {
+        at_ms: i64,
+    },
     /// Dead-lettered with the reason.
-    Dead { reason: String },
+    Dead {
+        reason: String,
+    },
     /// A failed probe: the delivery stays as it was (its schedule untouched).
     Unchanged,
 }
@@ -484,7 +494,10 @@ pub async fn finish(
     }
     let mut moved = 0;
     for f in finished {
-        let mut stmt = Stmt::new(dialect, format!("UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = "));
+        let mut stmt = Stmt::new(
+            dialect,
+            format!("UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = "),
+        );
         stmt.bind(f.status.map(i64::from));
         match &f.next {
             Next::Delivered => {
@@ -596,7 +609,8 @@ pub async fn record_health(
     let table = target.table(WEBHOOK_ENDPOINTS);
     let mut stmt = Stmt::new(target.dialect(), format!("UPDATE {table} SET "));
     if succeeded {
-        stmt.push("failing_since_ms = NULL, last_success_ms = ").bind(now_ms);
+        stmt.push("failing_since_ms = NULL, last_success_ms = ")
+            .bind(now_ms);
     } else {
         stmt.push("failing_since_ms = COALESCE(failing_since_ms, ")
             .bind(now_ms)
@@ -632,9 +646,7 @@ pub async fn backlog(
 ) -> Result<BTreeMap<String, (i64, Option<i64>)>, SqlError> {
     let mut stmt = Stmt::new(
         target.dialect(),
-        format!(
-            "SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= "
-        ),
+        format!("SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= "),
     );
     stmt.bind(now_ms).push(&format!(
         " THEN 1 ELSE 0 END), MIN(created_at_ms) FROM {} WHERE state = 'pending' GROUP BY endpoint",

@@ -45,8 +45,13 @@ pub fn body(event_type: &str, user: &str, n: usize) -> Vec<u8> {
 
 async fn append(log: &TestLog, bodies: &[Vec<u8>]) {
     for b in bodies {
-        log.append(vec![record(b, None, terra_core::keys::now_ms() / 1000, Some("trace-1"))])
-            .await;
+        log.append(vec![record(
+            b,
+            None,
+            terra_core::keys::now_ms() / 1000,
+            Some("trace-1"),
+        )])
+        .await;
     }
 }
 
@@ -69,11 +74,18 @@ async fn every_event_reaches_every_matching_endpoint_signed_with_the_exact_body(
     bodies.extend((5..10).map(|n| body("sleep", &format!("user-{n}"), n)));
     append(&log, &bodies).await;
     let rows = wait_for(&target, LIMIT, "every delivery ends", all_ended(11 + 5)).await;
-    assert!(rows.iter().all(|r| r.state == "delivered" && r.attempts == 1), "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == "delivered" && r.attempts == 1),
+        "{rows:#?}"
+    );
     let seen = all.seen();
     assert_eq!(seen.len(), bodies.len());
     for b in &bodies {
-        let got: Vec<_> = seen.iter().filter(|s| s.body.as_ref() == b.as_slice()).collect();
+        let got: Vec<_> = seen
+            .iter()
+            .filter(|s| s.body.as_ref() == b.as_slice())
+            .collect();
         assert_eq!(got.len(), 1, "each body once, byte for byte");
         assert!(got[0].signed, "terra-signature verifies with Terra's rules");
         let h = &got[0].headers;
@@ -85,8 +97,16 @@ async fn every_event_reaches_every_matching_endpoint_signed_with_the_exact_body(
         );
     }
     let auths: Vec<_> = auth_only.seen();
-    assert_eq!(auths.len(), 5, "the filtered endpoint gets the authentication group only");
-    assert!(auths.iter().all(|s| s.body.starts_with(b"{\"type\": \"auth\"")));
+    assert_eq!(
+        auths.len(),
+        5,
+        "the filtered endpoint gets the authentication group only"
+    );
+    assert!(
+        auths
+            .iter()
+            .all(|s| s.body.starts_with(b"{\"type\": \"auth\""))
+    );
     running.stop().await;
     db.drop_now().await;
 }
@@ -95,7 +115,11 @@ async fn a_failing_endpoint_is_retried_on_its_schedule_then_delivered(dialect: D
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     let receiver = Receiver::start(Arc::new(|_, before| {
-        if before < 3 { Answer::Status(500) } else { Answer::Status(200) }
+        if before < 3 {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
     }))
     .await;
     let mut e = endpoint("flaky", &receiver.url());
@@ -112,7 +136,11 @@ async fn a_failing_endpoint_is_retried_on_its_schedule_then_delivered(dialect: D
     let seen = receiver.seen();
     for i in 1..seen.len() {
         let gap = seen[i].at - seen[i - 1].at;
-        assert!(gap >= delays[i], "attempt {i} came {gap:?} after the one before, not after {:?}", delays[i]);
+        assert!(
+            gap >= delays[i],
+            "attempt {i} came {gap:?} after the one before, not after {:?}",
+            delays[i]
+        );
     }
     running.stop().await;
     db.drop_now().await;
@@ -122,14 +150,21 @@ async fn a_used_up_schedule_is_a_dead_letter_with_the_reason(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     let receiver = Receiver::start(Arc::new(|_, _| Answer::Status(503))).await;
-    let running = start(&log.log, &target, settings(vec![endpoint("down", &receiver.url())]));
+    let running = start(
+        &log.log,
+        &target,
+        settings(vec![endpoint("down", &receiver.url())]),
+    );
     append(&log, &[body("activity", "u", 1), body("sleep", "u", 2)]).await;
     let rows = wait_for(&target, LIMIT, "dead-lettered", all_ended(2)).await;
     for row in &rows {
         assert_eq!(row.state, "dead");
         assert_eq!(row.attempts, 3);
         let reason = row.last_error.as_deref().unwrap_or_default();
-        assert!(reason.contains("3 attempt(s)") && reason.contains("HTTP 503"), "{reason}");
+        assert!(
+            reason.contains("3 attempt(s)") && reason.contains("HTTP 503"),
+            "{reason}"
+        );
     }
     assert_eq!(receiver.seen().len(), 6, "three attempts each, no more");
     running.stop().await;
@@ -140,17 +175,28 @@ async fn retry_after_is_honoured(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     let receiver = Receiver::start(Arc::new(|_, before| {
-        if before == 0 { Answer::RetryAfter(429, "1".to_owned()) } else { Answer::Status(200) }
+        if before == 0 {
+            Answer::RetryAfter(429, "1".to_owned())
+        } else {
+            Answer::Status(200)
+        }
     }))
     .await;
-    let running = start(&log.log, &target, settings(vec![endpoint("busy", &receiver.url())]));
+    let running = start(
+        &log.log,
+        &target,
+        settings(vec![endpoint("busy", &receiver.url())]),
+    );
     append(&log, &[body("activity", "u", 1)]).await;
     let rows = wait_for(&target, LIMIT, "delivered", all_ended(1)).await;
     assert_eq!(rows[0].state, "delivered");
     let seen = receiver.seen();
     assert_eq!(seen.len(), 2);
     let gap = seen[1].at - seen[0].at;
-    assert!(gap >= Duration::from_secs(1), "Retry-After: 1 honoured (the schedule said 0), came after {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(1),
+        "Retry-After: 1 honoured (the schedule said 0), came after {gap:?}"
+    );
     running.stop().await;
     db.drop_now().await;
 }
@@ -187,14 +233,25 @@ async fn gone_disables_the_endpoint_and_a_probe_re_enables_it_and_the_backlog_dr
     append(&log, &backlog).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rows = deliveries(&target).await;
-    assert!(rows.iter().all(|r| r.state == "pending"), "nothing dead while disabled: {rows:#?}");
+    assert!(
+        rows.iter().all(|r| r.state == "pending"),
+        "nothing dead while disabled: {rows:#?}"
+    );
     let probes = receiver.seen().len() - before_probes;
-    assert!(probes <= 3, "probed at its interval (1 s), not hammered: {probes} in 1.5 s");
+    assert!(
+        probes <= 3,
+        "probed at its interval (1 s), not hammered: {probes} in 1.5 s"
+    );
     receiver.set(Receiver::ok());
     let rows = wait_for(&target, LIMIT, "backlog drained", all_ended(6)).await;
     assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
     assert_eq!(endpoint_state(&target, "gone").await.0, "enabled");
-    let delivered: Vec<_> = receiver.seen().into_iter().filter(|s| s.status == 200).map(|s| s.body).collect();
+    let delivered: Vec<_> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.body)
+        .collect();
     let mut expected = vec![body("activity", "u", 0)];
     expected.extend(backlog);
     assert_eq!(
@@ -203,7 +260,10 @@ async fn gone_disables_the_endpoint_and_a_probe_re_enables_it_and_the_backlog_dr
         "the probe delivers the oldest, then the backlog in arrival order"
     );
     let first = rows[0].id;
-    assert!(attempts(&target, first).await.iter().any(|a| a.2), "probes are recorded as such");
+    assert!(
+        attempts(&target, first).await.iter().any(|a| a.2),
+        "probes are recorded as such"
+    );
     running.stop().await;
     db.drop_now().await;
 }
@@ -228,8 +288,15 @@ async fn an_endpoint_failing_too_long_is_disabled(dialect: Dialect) {
     assert!(reason.unwrap_or_default().contains("no delivery succeeded"));
     let after = receiver.seen().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(receiver.seen().len() <= after + 1, "a disabled endpoint is not sent to");
-    assert_eq!(deliveries(&target).await[0].state, "pending", "its delivery waits");
+    assert!(
+        receiver.seen().len() <= after + 1,
+        "a disabled endpoint is not sent to"
+    );
+    assert_eq!(
+        deliveries(&target).await[0].state,
+        "pending",
+        "its delivery waits"
+    );
     running.stop().await;
     db.drop_now().await;
 }
@@ -246,11 +313,21 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one(dialect: Dialect) {
         &target,
         settings(vec![stuck, endpoint("healthy", &healthy.url())]),
     );
-    let bodies: Vec<_> = (0..100).map(|n| body("activity", &format!("u{n}"), n)).collect();
+    let bodies: Vec<_> = (0..100)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
     append(&log, &bodies).await;
-    wait_for(&target, LIMIT, "the healthy endpoint has everything", |rows| {
-        rows.iter().filter(|r| r.endpoint == "healthy" && r.state == "delivered").count() == 100
-    })
+    wait_for(
+        &target,
+        LIMIT,
+        "the healthy endpoint has everything",
+        |rows| {
+            rows.iter()
+                .filter(|r| r.endpoint == "healthy" && r.state == "delivered")
+                .count()
+                == 100
+        },
+    )
     .await;
     let rows = deliveries(&target).await;
     let hung = rows.iter().filter(|r| r.endpoint == "hanging");
@@ -258,7 +335,11 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one(dialect: Dialect) {
         hung.clone().all(|r| r.state == "pending"),
         "the hanging endpoint's attempts are all still waiting for their timeout"
     );
-    assert_eq!(hanging.seen().len(), 8, "no more than its own cap in flight");
+    assert_eq!(
+        hanging.seen().len(),
+        8,
+        "no more than its own cap in flight"
+    );
     running.shutdown.cancel();
     db.drop_now().await;
 }
@@ -268,12 +349,21 @@ async fn per_user_order_holds_across_retries(dialect: Dialect) {
     let log = TestLog::new();
     // every delivery fails its first attempt
     let receiver = Receiver::start(Arc::new(|_, before| {
-        if before == 0 { Answer::Status(500) } else { Answer::Status(200) }
+        if before == 0 {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
     }))
     .await;
     let mut e = endpoint("ordered", &receiver.url());
     e.ordering = Ordering::PerUser;
-    e.schedule = Schedule::new(vec![Duration::ZERO, Duration::from_millis(30), Duration::from_millis(30)]).expect("schedule");
+    e.schedule = Schedule::new(vec![
+        Duration::ZERO,
+        Duration::from_millis(30),
+        Duration::from_millis(30),
+    ])
+    .expect("schedule");
     let running = start(&log.log, &target, settings(vec![e]));
     let mut bodies = Vec::new();
     for n in 0..30 {
@@ -284,8 +374,14 @@ async fn per_user_order_holds_across_retries(dialect: Dialect) {
     let seen = receiver.seen();
     let mut by_user: HashMap<String, Vec<usize>> = HashMap::new();
     for s in &seen {
-        let n = bodies.iter().position(|b| b.as_slice() == s.body.as_ref()).expect("a sent body");
-        by_user.entry(format!("user-{}", n % 3)).or_default().push(n);
+        let n = bodies
+            .iter()
+            .position(|b| b.as_slice() == s.body.as_ref())
+            .expect("a sent body");
+        by_user
+            .entry(format!("user-{}", n % 3))
+            .or_default()
+            .push(n);
     }
     for (user, sequence) in by_user {
         // each event twice (failed, then delivered), and never a later event before an
@@ -305,20 +401,29 @@ async fn a_receiver_down_and_back_gets_everything(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     // a port that was free: nothing listens there yet
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = probe.local_addr().expect("addr");
     drop(probe);
     let mut e = endpoint("later", &format!("http://{addr}/hook"));
     e.schedule = Schedule::new(vec![Duration::from_millis(200); 50]).expect("schedule");
     let running = start(&log.log, &target, settings(vec![e]));
-    let bodies: Vec<_> = (0..10).map(|n| body("activity", &format!("u{n}"), n)).collect();
+    let bodies: Vec<_> = (0..10)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
     append(&log, &bodies).await;
     wait_for(&target, LIMIT, "some attempts failed", |rows| {
         rows.len() == 10 && rows.iter().all(|r| r.attempts >= 2)
     })
     .await;
     let first = deliveries(&target).await[0].id;
-    assert!(attempts(&target, first).await.iter().all(|a| a.1 == "connect"));
+    assert!(
+        attempts(&target, first)
+            .await
+            .iter()
+            .all(|a| a.1 == "connect")
+    );
     let receiver = Receiver::start_on(addr, Receiver::ok()).await;
     let rows = wait_for(&target, LIMIT, "delivered once back", all_ended(10)).await;
     assert!(rows.iter().all(|r| r.state == "delivered"));
@@ -339,7 +444,10 @@ async fn a_refused_address_is_a_dead_letter_naming_it(dialect: Dialect) {
     assert_eq!(rows[0].state, "dead");
     let reason = rows[0].last_error.clone().unwrap_or_default();
     assert!(reason.contains("127.0.0.1"), "{reason}");
-    assert!(receiver.seen().is_empty(), "nothing reached the refused address");
+    assert!(
+        receiver.seen().is_empty(),
+        "nothing reached the refused address"
+    );
     running.stop().await;
     db.drop_now().await;
 }
@@ -363,14 +471,21 @@ mod replicas {
 async fn two_replicas_never_deliver_a_pair_twice_concurrently(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
-    let receiver = Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(20)))).await;
+    let receiver =
+        Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(20)))).await;
     let make = || settings(vec![endpoint("shared", &receiver.url())]);
     let first = start(&log.log, &target, make());
     let second = start_with(&log.log, &target, make(), false);
-    let bodies: Vec<_> = (0..200).map(|n| body("activity", &format!("u{n}"), n)).collect();
+    let bodies: Vec<_> = (0..200)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
     append(&log, &bodies).await;
     let rows = wait_for(&target, LIMIT, "all delivered", all_ended(200)).await;
-    assert!(rows.iter().all(|r| r.state == "delivered" && r.attempts == 1), "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == "delivered" && r.attempts == 1),
+        "{rows:#?}"
+    );
     assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
     let seen = receiver.seen();
     assert_eq!(seen.len(), 200, "each pair sent once");

@@ -34,7 +34,7 @@ pub use projections::{
 };
 pub use query::{QuerySettings, TOKEN_KEY_FILE, resolve_query};
 pub use secrets::{KafkaProperties, KafkaProperty, KafkaTable};
-pub use webhooks::{EndpointSection, WebhooksSection, resolve_webhooks};
+pub use webhooks::{EndpointSection, WebhooksSection, configured_endpoint_names, resolve_webhooks};
 
 #[cfg(test)]
 mod tests;

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use terra_sink_webhooks::endpoint::{
-    DEFAULT_ENDPOINT_IN_FLIGHT, DEFAULT_TIMEOUT, parse_duration,
-};
+use terra_sink_webhooks::endpoint::{DEFAULT_ENDPOINT_IN_FLIGHT, DEFAULT_TIMEOUT, parse_duration};
 use terra_sink_webhooks::{Endpoint, Filter, Ordering, Schedule, SignatureMode, WebhookSettings};
 
 use super::config::one_or_many;
@@ -127,7 +125,10 @@ pub fn resolve_webhooks(config: &super::Config) -> anyhow::Result<Option<Webhook
             name,
             url: url.clone(),
             secret_files: vec![file.clone()],
-            signature: section.signature.clone().unwrap_or_else(|| "terra".to_owned()),
+            signature: section
+                .signature
+                .clone()
+                .unwrap_or_else(|| "terra".to_owned()),
             schedule: section.retry_schedule.iter().cloned().collect(),
             ordering: section
                 .ordering
@@ -182,18 +183,18 @@ pub fn resolve_webhooks(config: &super::Config) -> anyhow::Result<Option<Webhook
     }
     for (i, s) in sections.iter().enumerate() {
         settings.endpoints.push(
-            build_endpoint(s).with_context(|| {
-                format!("setting webhooks.endpoints[{i}] ({:?})", s.name)
-            })?,
+            build_endpoint(s)
+                .with_context(|| format!("setting webhooks.endpoints[{i}] ({:?})", s.name))?,
         );
     }
-    settings.validate().map_err(|e| anyhow::anyhow!("setting {e}"))?;
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("setting {e}"))?;
     Ok(Some(settings))
 }
 
 fn build_endpoint(s: &EndpointSection) -> anyhow::Result<Endpoint> {
-    let url = reqwest::Url::parse(&s.url)
-        .map_err(|e| anyhow::anyhow!("url: not a URL ({e})"))?;
+    let url = reqwest::Url::parse(&s.url).map_err(|e| anyhow::anyhow!("url: not a URL ({e})"))?;
     let mut secrets: Vec<SecretString> = s.secrets.clone();
     for var in &s.secret_env {
         let value = std::env::var(var)
@@ -245,4 +246,15 @@ fn build_endpoint(s: &EndpointSection) -> anyhow::Result<Endpoint> {
         ordering: Ordering::parse(&s.ordering).map_err(|e| anyhow::anyhow!("ordering: {e}"))?,
         max_in_flight: s.max_in_flight,
     })
+}
+
+/// The names of the configured endpoints, without reading their secrets (the query service
+/// and `terra-ingest deliveries` list them; they need not hold the secrets).
+pub fn configured_endpoint_names(config: &super::Config) -> Vec<String> {
+    let section = &config.webhooks;
+    let mut names: Vec<String> = section.endpoints.iter().map(|e| e.name.clone()).collect();
+    if section.url.is_some() {
+        names.push(section.name.clone().unwrap_or_else(|| "default".to_owned()));
+    }
+    names
 }

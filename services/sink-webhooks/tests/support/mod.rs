@@ -131,8 +131,7 @@ pub fn start_with(
     } else {
         tokio::spawn(async {})
     };
-    let sender =
-        Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("a sender");
+    let sender = Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("a sender");
     let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
         target.clone(),
         settings,
@@ -215,7 +214,11 @@ pub async fn attempts(target: &SqlTarget, delivery_id: i64) -> Vec<(Option<i64>,
                 .try_get::<i64, _>(2)
                 .or_else(|_| r.try_get::<i32, _>(2).map(i64::from))
                 .expect("probe");
-            (status, text(r, 1).expect("class").unwrap_or_default(), probe != 0)
+            (
+                status,
+                text(r, 1).expect("class").unwrap_or_default(),
+                probe != 0,
+            )
         })
         .collect()
 }

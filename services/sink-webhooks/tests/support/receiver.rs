@@ -149,7 +149,9 @@ async fn handle(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> R
     let behaviour = r.behaviour.lock().expect("lock").clone();
     let answer = behaviour(&body, before);
     let response = match answer {
-        Answer::Status(code) => (StatusCode::from_u16(code).expect("status"), "answer").into_response(),
+        Answer::Status(code) => {
+            (StatusCode::from_u16(code).expect("status"), "answer").into_response()
+        }
         Answer::RetryAfter(code, after) => (
             StatusCode::from_u16(code).expect("status"),
             [("retry-after", after)],
