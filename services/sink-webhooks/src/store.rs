@@ -646,7 +646,7 @@ pub async fn backlog(
 ) -> Result<BTreeMap<String, (i64, Option<i64>)>, SqlError> {
     let mut stmt = Stmt::new(
         target.dialect(),
-        format!("SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= "),
+        "SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= ".to_owned(),
     );
     stmt.bind(now_ms).push(&format!(
         " THEN 1 ELSE 0 END), MIN(created_at_ms) FROM {} WHERE state = 'pending' GROUP BY endpoint",

@@ -38,3 +38,5 @@ pub use webhooks::{EndpointSection, WebhooksSection, configured_endpoint_names, 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhook_tests;

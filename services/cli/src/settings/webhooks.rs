@@ -182,10 +182,10 @@ pub fn resolve_webhooks(config: &super::Config) -> anyhow::Result<Option<Webhook
         settings.allow_cidrs.push(net);
     }
     for (i, s) in sections.iter().enumerate() {
-        settings.endpoints.push(
-            build_endpoint(s)
-                .with_context(|| format!("setting webhooks.endpoints[{i}] ({:?})", s.name))?,
-        );
+        let endpoint = build_endpoint(s)
+            .and_then(|e| e.validate().map(|()| e).map_err(anyhow::Error::msg))
+            .with_context(|| format!("setting webhooks.endpoints[{i}] ({:?})", s.name))?;
+        settings.endpoints.push(endpoint);
     }
     settings
         .validate()
