@@ -53,7 +53,7 @@ async fn receiver(delay: Duration) -> (String, Received) {
                 };
                 tokio::time::sleep(delay).await;
                 let n: u64 = seq.parse().unwrap();
-                if first && n % 5 == 0 {
+                if first && n.is_multiple_of(5) {
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     axum::http::StatusCode::OK
@@ -138,21 +138,23 @@ async fn states(cwd: &Path, db: &str) -> BTreeMap<String, String> {
 async fn run_until_done(cwd: &Path, db: &str, url: &str, n: usize) -> BTreeMap<String, String> {
     let mut child = project(cwd, db, url);
     let started = Instant::now();
-    loop {
+    let done = loop {
         let states = states(cwd, db).await;
         if states.len() == n && states.values().all(|s| s != "pending") {
-            let _ = child.kill();
-            let _ = child.wait();
-            return states;
+            break Ok(states);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not done in 120 s: {} deliveries, {} pending",
-            states.len(),
-            states.values().filter(|s| *s == "pending").count()
-        );
+        if started.elapsed() > Duration::from_secs(120) {
+            break Err(format!(
+                "not done in 120 s: {} deliveries, {} pending",
+                states.len(),
+                states.values().filter(|s| *s == "pending").count()
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    done.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

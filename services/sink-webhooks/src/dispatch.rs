@@ -8,14 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use terra_runtime::{Backoff, CancellationToken, Retry};
 use terra_schema::{SqlError, SqlTarget};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::admin::{self, EndpointState};
 use crate::cache::EventCache;
 use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::metrics::WebhookMetrics;
@@ -28,7 +27,7 @@ const LEASE_BATCH: usize = 256;
 /// worker that died holds its deliveries this long past their timeout).
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Most results the writer records in one transaction.
-const FINISH_BATCH: usize = 1_000;
+pub(crate) const FINISH_BATCH: usize = 1_000;
 
 /// What the fan-out and the dispatcher share in one process: endpoints to wake when they have
 /// new deliveries, and the events just written (so the dispatcher need not read them back).
@@ -66,13 +65,13 @@ impl Shared {
 /// An endpoint's state as the workers see it (refreshed from SQL, so an operator's change
 /// in another process reaches them within a poll interval).
 #[derive(Debug, Clone, Default)]
-struct View {
-    state: String,
-    failing_since_ms: Option<i64>,
-    next_probe_at_ms: Option<i64>,
+pub(crate) struct View {
+    pub(crate) state: String,
+    pub(crate) failing_since_ms: Option<i64>,
+    pub(crate) next_probe_at_ms: Option<i64>,
 }
 
-type Views = Arc<Mutex<HashMap<String, View>>>;
+pub(crate) type Views = Arc<Mutex<HashMap<String, View>>>;
 
 /// Runs the dispatcher until `shutdown`: attempts in flight finish (each is bounded by its
 /// endpoint's timeout) and their results are recorded before it returns.
@@ -89,7 +88,7 @@ pub async fn run(
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut retry = Retry::new(backoff, &shutdown, "webhook endpoints at start-up");
     loop {
-        match store::register_endpoints(&target, &names, now).await {
+        match crate::endpoints_store::register_endpoints(&target, &names, now).await {
             Ok(()) => break,
             Err(SqlError::Unavailable(why)) => {
                 if !retry.wait(&why).await {
@@ -100,7 +99,7 @@ pub async fn run(
         }
     }
     let views: Views = Arc::default();
-    load_views(&target, &settings, &views, &metrics).await;
+    crate::writer::load_views(&target, &settings, &views, &metrics).await;
     let (results, inbox) = mpsc::channel::<Outcome>(FINISH_BATCH * 4);
     let stop_sending = shutdown.child_token();
     let global = Arc::new(Semaphore::new(settings.max_in_flight));
@@ -121,7 +120,7 @@ pub async fn run(
         workers.spawn(worker.run(stop_sending.clone()));
     }
     drop(results);
-    let writer = tokio::spawn(write_results(
+    let writer = tokio::spawn(crate::writer::write_results(
         target.clone(),
         settings.clone(),
         inbox,
@@ -129,7 +128,7 @@ pub async fn run(
         shared.clone(),
         metrics.clone(),
     ));
-    let refresher = tokio::spawn(refresh(
+    let refresher = tokio::spawn(crate::writer::refresh(
         target.clone(),
         settings.clone(),
         views,
@@ -147,11 +146,11 @@ pub async fn run(
 }
 
 /// One attempt's result on its way to the writer.
-struct Outcome {
-    endpoint: String,
-    finished: Finished,
-    gone: bool,
-    delivered: bool,
+pub(crate) struct Outcome {
+    pub(crate) endpoint: String,
+    pub(crate) finished: Finished,
+    pub(crate) gone: bool,
+    pub(crate) delivered: bool,
 }
 
 struct Worker {
@@ -274,7 +273,7 @@ impl Worker {
             return Ok(0);
         }
         let next = now + self.settings.probe_interval.as_millis() as i64;
-        store::set_next_probe(&self.target, &self.endpoint.name, next).await?;
+        crate::endpoints_store::set_next_probe(&self.target, &self.endpoint.name, next).await?;
         if let Ok(mut views) = self.views.lock()
             && let Some(v) = views.get_mut(&self.endpoint.name)
         {
@@ -462,182 +461,4 @@ fn jittered(delay: Duration, fraction: f64) -> Duration {
 
 pub fn now_ms() -> i64 {
     terra_core::keys::now_ms()
-}
-
-/// Records results in batches (retrying outages: a result is never dropped while the process
-/// lives), then moves endpoints on: a success clears a failing streak and re-enables a
-/// disabled endpoint (a probe answered); a 410 disables it; a streak longer than
-/// `disable_after` disables it.
-async fn write_results(
-    target: SqlTarget,
-    settings: Arc<WebhookSettings>,
-    mut inbox: mpsc::Receiver<Outcome>,
-    views: Views,
-    shared: Shared,
-    metrics: WebhookMetrics,
-) {
-    let never = CancellationToken::new();
-    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut batch: Vec<Outcome> = Vec::with_capacity(FINISH_BATCH);
-    while inbox.recv_many(&mut batch, FINISH_BATCH).await > 0 {
-        let finished: Vec<Finished> = batch.iter().map(|r| r.finished.clone()).collect();
-        let mut retry = Retry::new(backoff, &never, "recording webhook attempts");
-        loop {
-            match store::finish(&target, &finished, now_ms()).await {
-                Ok(_) => break,
-                Err(err) => {
-                    retry.wait(&err.to_string()).await;
-                }
-            }
-        }
-        retry.done(());
-        let now = now_ms();
-        let mut by_endpoint: HashMap<&str, (bool, bool, bool)> = HashMap::new();
-        for r in &batch {
-            let entry = by_endpoint.entry(&r.endpoint).or_default();
-            entry.0 |= r.delivered;
-            entry.1 |= r.gone;
-            entry.2 |= matches!(
-                r.finished.next,
-                Next::Delivered | Next::Retry { .. } | Next::Dead { .. } | Next::Unchanged
-            );
-        }
-        for (endpoint, (succeeded, gone, _)) in by_endpoint {
-            let change = endpoint_change(&settings, &views, endpoint, succeeded, gone, now);
-            let mut retry = Retry::new(backoff, &never, "recording webhook endpoint health");
-            loop {
-                let done = async {
-                    store::record_health(&target, endpoint, succeeded, now).await?;
-                    if let Some((state, reason)) = &change {
-                        admin::set_state(&target, endpoint, *state, reason.as_deref(), now).await?;
-                    }
-                    Ok::<_, SqlError>(())
-                };
-                match done.await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        retry.wait(&err.to_string()).await;
-                    }
-                }
-            }
-            retry.done(());
-            if let Some((state, reason)) = change {
-                let state = state.as_str();
-                tracing::warn!(
-                    endpoint,
-                    state,
-                    reason = reason.as_deref().unwrap_or(""),
-                    "webhook endpoint state changed"
-                );
-                metrics.state(endpoint, state);
-            }
-            // a finished delivery may let a user's next one go (per_user), a re-enabled
-            // endpoint has its backlog due
-            shared.wake(endpoint);
-        }
-        batch.clear();
-    }
-}
-
-/// The state an endpoint moves to after a batch of its attempts, if any, updating the view.
-fn endpoint_change(
-    settings: &WebhookSettings,
-    views: &Views,
-    endpoint: &str,
-    succeeded: bool,
-    gone: bool,
-    now: i64,
-) -> Option<(EndpointState, Option<String>)> {
-    let mut views = views.lock().ok()?;
-    let view = views.entry(endpoint.to_owned()).or_default();
-    let current = view.state.clone();
-    let change = if succeeded {
-        view.failing_since_ms = None;
-        (current == "disabled").then_some((EndpointState::Enabled, None))
-    } else {
-        let since = *view.failing_since_ms.get_or_insert(now);
-        let too_long = now - since >= settings.disable_after.as_millis() as i64;
-        if current == "enabled" && gone {
-            Some((
-                EndpointState::Disabled,
-                Some("the endpoint answered 410 Gone".to_owned()),
-            ))
-        } else if current == "enabled" && too_long {
-            Some((
-                EndpointState::Disabled,
-                Some(format!(
-                    "no delivery succeeded for {} s",
-                    (now - since) / 1000
-                )),
-            ))
-        } else {
-            None
-        }
-    };
-    if let Some((state, _)) = &change {
-        view.state = state.as_str().to_owned();
-        view.next_probe_at_ms = None;
-        if *state == EndpointState::Enabled {
-            view.failing_since_ms = None;
-        }
-    }
-    change
-}
-
-async fn load_views(
-    target: &SqlTarget,
-    settings: &WebhookSettings,
-    views: &Views,
-    metrics: &WebhookMetrics,
-) {
-    let Ok(rows) = store::endpoint_rows(target).await else {
-        return;
-    };
-    let Ok(mut views) = views.lock() else {
-        return;
-    };
-    for row in rows {
-        if settings.endpoint(&row.name).is_none() {
-            continue;
-        }
-        metrics.state(&row.name, &row.state);
-        views.insert(
-            row.name,
-            View {
-                state: row.state,
-                failing_since_ms: row.failing_since_ms,
-                next_probe_at_ms: row.next_probe_at_ms,
-            },
-        );
-    }
-}
-
-/// Reads every endpoint's state (every poll interval: an operator may change it from another
-/// process) and the backlog metrics (every few seconds).
-async fn refresh(
-    target: SqlTarget,
-    settings: Arc<WebhookSettings>,
-    views: Views,
-    metrics: WebhookMetrics,
-    stop: CancellationToken,
-) {
-    let mut last_backlog = Instant::now() - Duration::from_secs(60);
-    while !stop.is_cancelled() {
-        load_views(&target, &settings, &views, &metrics).await;
-        if last_backlog.elapsed() >= Duration::from_secs(5) {
-            last_backlog = Instant::now();
-            let now = now_ms();
-            if let Ok(backlog) = store::backlog(&target, now).await {
-                for endpoint in &settings.endpoints {
-                    let (due, oldest) = backlog.get(&endpoint.name).copied().unwrap_or((0, None));
-                    let age = oldest.map_or(0, |t| (now - t).max(0));
-                    metrics.backlog(&endpoint.name, due, Duration::from_millis(age as u64));
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(settings.poll_interval) => {}
-            () = stop.cancelled() => {}
-        }
-    }
 }

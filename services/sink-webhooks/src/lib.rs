@@ -18,12 +18,14 @@ pub mod admin;
 pub mod cache;
 pub mod dispatch;
 pub mod endpoint;
+pub mod endpoints_store;
 pub mod fanout;
 pub mod metrics;
 pub mod send;
 pub mod sign;
 pub mod store;
 mod trace;
+mod writer;
 
 pub use dispatch::Shared;
 pub use endpoint::{Endpoint, Filter, Ordering, Schedule, SignatureMode, WebhookSettings};
