@@ -28,6 +28,9 @@ pub enum Command {
     Objects(crate::objects::ObjectsArgs),
     /// ListPayloads and GetPayload throughput and latency over 1M payload rows in Postgres.
     Query(crate::query::QueryArgs),
+    /// The webhook destination: a pre-filled log fanned out to 1 and 4 local endpoints, state
+    /// in SQLite and Postgres; against the same POSTs sent directly; one endpoint down.
+    Webhooks(crate::webhooks::WebhooksArgs),
     /// Open time of the embedded log at 1M and 10M records, with and without its indexes.
     LogOpen(crate::log_open::LogOpenArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
@@ -45,6 +48,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Objects(args) => crate::objects::run(args).await,
         Command::Query(args) => crate::query::run(args).await,
         Command::LogOpen(args) => crate::log_open::run(args).await,
+        Command::Webhooks(args) => crate::webhooks::run(args).await,
         Command::BareServer { http_addr } => crate::ingress::bare_server(&http_addr).await,
     }
 }
@@ -62,6 +66,7 @@ mod tests {
         for args in [
             vec!["sql", "--postgres", &url, "--mysql", &url],
             vec!["query", "--postgres", &url],
+            vec!["webhooks", "--postgres", &url],
         ] {
             let cli = Cli::try_parse_from(std::iter::once("terra-bench").chain(args.clone()))
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));

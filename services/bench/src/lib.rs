@@ -22,6 +22,9 @@ mod process;
 mod query;
 mod raw_load;
 mod sql;
+mod webhooks;
+mod webhooks_receiver;
+mod webhooks_run;
 
 use std::process::ExitCode;
 use std::time::Duration;

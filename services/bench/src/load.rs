@@ -59,13 +59,22 @@ fn user_object(user: usize) -> Value {
 }
 
 fn envelope_record(body: Vec<u8>, ordering_ms: i64) -> Record {
+    envelope_record_with_id(body, ordering_ms, uuid::Uuid::now_v7().to_string())
+}
+
+/// The log record of a webhook `body` received at `ordering_ms`, as the ingress writes it.
+pub(crate) fn envelope_record_with_id(
+    body: Vec<u8>,
+    ordering_ms: i64,
+    envelope_id: String,
+) -> Record {
     let c = terra_core::classify(&body).ok();
     let user_id = c.as_ref().and_then(|c| c.user_id.clone());
     let envelope = Envelope {
-        envelope_id: uuid::Uuid::now_v7().to_string(),
+        envelope_id,
         received_at: Some(prost_types::Timestamp {
-            seconds: ordering_ms / 1000,
-            nanos: 0,
+            seconds: ordering_ms.div_euclid(1000),
+            nanos: (ordering_ms.rem_euclid(1000) * 1_000_000) as i32,
         }),
         source: "default".into(),
         event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),

@@ -188,7 +188,7 @@ async fn measure(log: &EventLog, url: &str, args: &SqlArgs) -> anyhow::Result<Me
     })
 }
 
-async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::AnyPool::connect(server)
         .await
@@ -200,7 +200,7 @@ async fn fresh_database(server: &str) -> anyhow::Result<(String, String)> {
     Ok((database_url(server, &name), name))
 }
 
-async fn drop_database(server: &str, name: &str) {
+pub(crate) async fn drop_database(server: &str, name: &str) {
     if let Ok(admin) = sqlx::AnyPool::connect(server).await {
         let force = if server.starts_with("postgres") {
             " WITH (FORCE)"

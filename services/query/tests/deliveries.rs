@@ -52,8 +52,8 @@ async fn rows(t: &SqlTarget) {
         (2, 'a', 'env-2', NULL, 'auth', 'dead', 8, 0, 2000, 3000, 500, 'gave up after 8 attempts'), \
         (3, 'a', 'env-3', 'u2', 'sleep', 'delivered', 1, 0, 3000, 3001, 200, NULL)", t.table("webhook_deliveries"))).await;
     exec(t, &format!("INSERT INTO {} (id, delivery_id, attempt, probe, started_at_ms, duration_ms, status_code, error_class, error, response) VALUES \
-        (2, 1, 2, FALSE, 1500, 8000, NULL, 'timeout', 'no answer within 8s', NULL), \
-        (1, 1, 1, FALSE, 1000, 12, 503, 'status', NULL, 'busy')", t.table("webhook_attempts"))).await;
+        (2, 1, 2, 0, 1500, 8000, NULL, 'timeout', 'no answer within 8s', NULL), \
+        (1, 1, 1, 0, 1000, 12, 503, 'status', NULL, 'busy')", t.table("webhook_attempts"))).await;
 }
 
 fn find<'a>(list: &'a [WebhookEndpoint], name: &str) -> &'a WebhookEndpoint {

@@ -319,9 +319,9 @@ async fn one_delivery_with_its_attempts_in_order(dialect: Dialect) {
     delivery(&t, 8, "a", "e2", Some("u1"), "pending", 0, 1).await;
     let table = t.table("webhook_attempts");
     exec(&t, &format!("INSERT INTO {table} (id, delivery_id, attempt, probe, started_at_ms, duration_ms, status_code, error_class, error, response) VALUES \
-        (3, 7, 2, TRUE, 300, 8000, NULL, 'timeout', 'no answer within 8s', NULL), \
-        (1, 7, 1, FALSE, 100, 12, 503, 'status', NULL, 'busy'), \
-        (2, 8, 1, FALSE, 200, 5, 200, 'none', NULL, 'ok')")).await;
+        (3, 7, 2, 1, 300, 8000, NULL, 'timeout', 'no answer within 8s', NULL), \
+        (1, 7, 1, 0, 100, 12, 503, 'status', NULL, 'busy'), \
+        (2, 8, 1, 0, 200, 5, 200, 'none', NULL, 'ok')")).await;
     let (row, attempts) = admin::delivery(&t, 7).await.unwrap().expect("delivery 7");
     assert_eq!((row.id, row.envelope_id.as_str()), (7, "e1"));
     assert_eq!(attempts.len(), 2, "only this delivery's: {attempts:?}");

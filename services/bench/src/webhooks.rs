@@ -1,0 +1,396 @@
+//! `terra-bench webhooks`: a benchmark, not a test (it prints numbers, asserts nothing).
+//!
+//! 1. Fills a fresh embedded log with the realistic mix of `terra-bench sql` (signed-looking
+//!    data webhooks of several records each over many users, other events, re-deliveries).
+//! 2. Starts a fast receiver in this process (answers 200 at once, counts).
+//! 3. Per database (SQLite in a temporary file, Postgres in a fresh database per run): runs
+//!    the webhook destination (fan-out and dispatcher) over the whole log to 1 and then 4
+//!    endpoints: deliveries/s until every (event, endpoint) pair is `delivered` in SQL; the
+//!    receiver's ceiling (the same POSTs sent directly at the same concurrency) and the ratio;
+//!    then, on a fresh log and database, events appended at a steady rate below saturation:
+//!    p50/p99 from append to arrival at the receiver.
+//! 4. Two endpoints, both healthy, then one of them down (connection refused, a schedule of
+//!    hours): the healthy endpoint's deliveries/s in each, and the ratio.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use prost::Message;
+use terra_eventlog::EventLog;
+use terra_schema::{SqlConfig, SqlTarget, TableSet};
+use terra_sink_webhooks::{Endpoint, Schedule};
+
+use crate::load::{LoadShape, envelope_record_with_id, fill};
+use crate::sql::{drop_database, fresh_database};
+use crate::webhooks_receiver::{Receiver, ceiling};
+use crate::webhooks_run::{
+    Running, SECRET, endpoint, open_log, quick_schedule, settings, wait_delivered,
+};
+
+/// `Debug` shows the server URL without its password.
+#[derive(clap::Args)]
+pub struct WebhooksArgs {
+    /// Postgres server (a fresh database is created and dropped per run); "" skips it.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres: String,
+    /// Skip the SQLite runs.
+    #[arg(long)]
+    pub no_sqlite: bool,
+    /// Data webhooks in the pre-filled log (plus re-deliveries and other events).
+    #[arg(long, default_value_t = 10_000)]
+    pub webhooks: usize,
+    /// Data records per webhook (10: bodies of about 3 KB).
+    #[arg(long, default_value_t = 10)]
+    pub per_webhook: usize,
+    /// Distinct users.
+    #[arg(long, default_value_t = 2_000)]
+    pub users: usize,
+    /// Each endpoint's `max_in_flight` (the direct client uses the same concurrency).
+    #[arg(long, default_value_t = terra_sink_webhooks::endpoint::DEFAULT_ENDPOINT_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// The latency phase's rate, as a fraction of the measured deliveries/s.
+    #[arg(long, default_value_t = 0.5)]
+    pub load: f64,
+    /// Seconds of the latency phase (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+impl std::fmt::Debug for WebhooksArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksArgs")
+            .field("postgres", &terra_schema::redact(&self.postgres))
+            .field("webhooks", &self.webhooks)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
+    if args.webhooks == 0 || args.per_webhook == 0 || args.users == 0 || args.max_in_flight == 0 {
+        bail!("--webhooks, --per-webhook, --users and --max-in-flight must be at least 1");
+    }
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
+    let started = Instant::now();
+    let log = open_log(&dir.path().join("log"))?;
+    let filled = fill(
+        &log,
+        &LoadShape {
+            records: args.webhooks * args.per_webhook,
+            per_webhook: args.per_webhook,
+            users: args.users,
+        },
+    )
+    .await?;
+    let bodies = Arc::new(bodies_of(&log).await?);
+    println!(
+        "terra-bench webhooks: log of {} events ({} data webhooks, {} other events, {} re-deliveries), {} users, bodies of {:.1} KB on average, filled in {:.1} s; {} in flight per endpoint",
+        filled.log_records,
+        filled.data_webhooks,
+        filled.other_events,
+        filled.redeliveries,
+        args.users,
+        filled.bytes as f64 / filled.data_webhooks as f64 / 1e3,
+        started.elapsed().as_secs_f64(),
+        args.max_in_flight,
+    );
+    let receiver = Receiver::start().await?;
+    println!(
+        "{:<9} {:<16} {:>8} {:>13} {:>8} {:>15} {:>6} {:>10} {:>8} {:>8}",
+        "state",
+        "endpoints",
+        "pairs",
+        "deliveries/s",
+        "seconds",
+        "direct POSTs/s",
+        "ratio",
+        "at rate/s",
+        "p50 ms",
+        "p99 ms"
+    );
+    let mut databases = Vec::new();
+    if !args.no_sqlite {
+        databases.push(Db::Sqlite);
+    }
+    if !args.postgres.is_empty() {
+        databases.push(Db::Postgres(args.postgres.clone()));
+    }
+    let n = filled.log_records;
+    for db in &databases {
+        for endpoints in [1, 4] {
+            let all: Vec<usize> = (0..endpoints).collect();
+            let (rate, seconds) =
+                on_fresh(db, |t| throughput(&log, t, &receiver, &all, &[], n, &args)).await?;
+            let concurrency = (endpoints * args.max_in_flight).min(settings(vec![]).max_in_flight);
+            receiver.counts.reset();
+            let direct = ceiling(
+                &receiver,
+                &bodies,
+                endpoints,
+                n * endpoints,
+                concurrency,
+                SECRET,
+            )
+            .await?;
+            let at = (rate * args.load).max(1.0);
+            let (p50, p99) = match args.seconds {
+                0 => (f64::NAN, f64::NAN),
+                _ => on_fresh(db, |t| latency(t, &receiver, &bodies, endpoints, at, &args)).await?,
+            };
+            println!(
+                "{:<9} {:<16} {:>8} {:>13.0} {:>8.2} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1}",
+                db.name(),
+                endpoints,
+                n * endpoints,
+                rate,
+                seconds,
+                direct,
+                rate / direct,
+                at,
+                p50,
+                p99
+            );
+        }
+        let (both, _) =
+            on_fresh(db, |t| throughput(&log, t, &receiver, &[0], &[1], n, &args)).await?;
+        let (one_down, _) = on_fresh(db, |t| throughput_down(&log, t, &receiver, n, &args)).await?;
+        println!(
+            "{:<9} 2, 1 down: the healthy one's deliveries/s {:.0} with the other healthy, {:.0} with it down (connection refused), ratio {:.2}",
+            db.name(),
+            both,
+            one_down,
+            one_down / both
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Db {
+    fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Runs `f` on a fresh database with the webhook tables, dropped after.
+async fn on_fresh<T, F, Fut>(db: &Db, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(SqlTarget) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let dir = tempfile::tempdir()?;
+    let (url, drop_name) = match db {
+        Db::Sqlite => (
+            format!("sqlite://{}", dir.path().join("webhooks.db").display()),
+            None,
+        ),
+        Db::Postgres(server) => {
+            let (url, name) = fresh_database(server).await?;
+            (url, Some((server.clone(), name)))
+        }
+    };
+    let result = async {
+        let target = SqlTarget::connect(&SqlConfig::new(&url))?;
+        terra_schema::migrate_set(&target, TableSet::Webhooks).await?;
+        let out = f(target.clone()).await;
+        target.close().await;
+        out
+    }
+    .await;
+    if let Some((server, name)) = drop_name {
+        drop_database(&server, &name).await;
+    }
+    result
+}
+
+/// Every event of the log: (envelope id, body).
+async fn bodies_of(log: &EventLog) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let mut consumer = log.consumer(&format!("bench-bodies-{}", uuid::Uuid::new_v4().simple()))?;
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(10_000, Duration::from_millis(50)).await?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        for consumed in batch {
+            let envelope = terra_core::envelope::Envelope::decode(consumed.record.value.as_ref())?;
+            out.push((envelope.envelope_id, envelope.body));
+        }
+    }
+}
+
+/// The whole log to `healthy` endpoints (receiver paths) and `also` (more healthy ones whose
+/// time is not counted): deliveries/s of the `healthy` ones until all are `delivered`.
+async fn throughput(
+    log: &EventLog,
+    target: SqlTarget,
+    receiver: &Receiver,
+    healthy: &[usize],
+    also: &[usize],
+    n: usize,
+    args: &WebhooksArgs,
+) -> anyhow::Result<(f64, f64)> {
+    let endpoints = healthy
+        .iter()
+        .chain(also)
+        .map(|&i| {
+            endpoint(
+                format!("e{i}"),
+                &receiver.url(i),
+                args.max_in_flight,
+                quick_schedule(),
+            )
+        })
+        .collect();
+    measure(log, target, receiver, endpoints, healthy, n).await
+}
+
+/// Endpoint 0 healthy, a second one down (a closed port; its next attempt hours away).
+async fn throughput_down(
+    log: &EventLog,
+    target: SqlTarget,
+    receiver: &Receiver,
+    n: usize,
+    args: &WebhooksArgs,
+) -> anyhow::Result<(f64, f64)> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let hours = Schedule::new(vec![Duration::from_secs(3_600); 5]).expect("a schedule");
+    let endpoints = vec![
+        endpoint(
+            "e0".into(),
+            &receiver.url(0),
+            args.max_in_flight,
+            quick_schedule(),
+        ),
+        endpoint(
+            "down".into(),
+            &format!("http://{closed}/e/1"),
+            args.max_in_flight,
+            hours,
+        ),
+    ];
+    measure(log, target, receiver, endpoints, &[0], n).await
+}
+
+/// Runs the destination over the whole log; the time until the `timed` endpoints (receiver
+/// paths) have received every event and SQL has them all `delivered`.
+async fn measure(
+    log: &EventLog,
+    target: SqlTarget,
+    receiver: &Receiver,
+    endpoints: Vec<Endpoint>,
+    timed: &[usize],
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    receiver.counts.reset();
+    let names: Vec<String> = timed.iter().map(|i| format!("e{i}")).collect();
+    let started = Instant::now();
+    let running = Running::start(log, &target, settings(endpoints));
+    let arrived = receiver
+        .wait(
+            Duration::from_secs(300),
+            "every event at the receiver",
+            |c| timed.iter().all(|&i| c.of(i) >= n),
+        )
+        .await;
+    let confirmed = async {
+        arrived?;
+        for name in &names {
+            wait_delivered(&target, name, n).await?;
+        }
+        anyhow::Ok(started.elapsed().as_secs_f64())
+    }
+    .await;
+    running.stop().await?;
+    let seconds = confirmed?;
+    Ok(((n * timed.len()) as f64 / seconds, seconds))
+}
+
+/// On an empty log: events appended at `rate` deliveries/s (`rate / endpoints` events/s, in
+/// appends every 10 ms) for `--seconds` while the destination runs; p50 and p99 in ms from
+/// each append to the request's arrival at the receiver.
+async fn latency(
+    target: SqlTarget,
+    receiver: &Receiver,
+    bodies: &[(String, Bytes)],
+    endpoints: usize,
+    rate: f64,
+    args: &WebhooksArgs,
+) -> anyhow::Result<(f64, f64)> {
+    receiver.counts.reset();
+    let dir = tempfile::tempdir()?;
+    let log = open_log(&dir.path().join("log"))?;
+    let list = (0..endpoints)
+        .map(|i| {
+            endpoint(
+                format!("e{i}"),
+                &receiver.url(i),
+                args.max_in_flight,
+                quick_schedule(),
+            )
+        })
+        .collect();
+    let running = Running::start(&log, &target, settings(list));
+    let per_second = rate / endpoints as f64;
+    let total = (per_second * args.seconds as f64) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let appended = async {
+        while sent < total {
+            ticker.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * per_second) as usize).min(total);
+            let now_ms = terra_core::keys::now_ms();
+            let records: Vec<_> = (sent..due)
+                .map(|i| {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    let body = bodies[i % bodies.len()].1.to_vec();
+                    (id.clone(), envelope_record_with_id(body, now_ms, id))
+                })
+                .collect();
+            let now = Instant::now();
+            let records = {
+                let mut map = receiver.counts.appended.lock().expect("poisoned");
+                records
+                    .into_iter()
+                    .map(|(id, record)| {
+                        map.insert(id, now);
+                        record
+                    })
+                    .collect::<Vec<_>>()
+            };
+            sent = due;
+            if !records.is_empty() {
+                log.append(records).await?;
+            }
+        }
+        receiver
+            .wait(
+                Duration::from_secs(60),
+                "every latency event delivered",
+                |c| c.latencies.lock().expect("poisoned").len() >= total * endpoints,
+            )
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    running.stop().await?;
+    appended?;
+    let mut latencies = receiver.counts.latencies.lock().expect("poisoned").clone();
+    latencies.sort_unstable_by(f64::total_cmp);
+    let at = |p: f64| latencies[((latencies.len().max(1) - 1) as f64 * p) as usize];
+    if latencies.is_empty() {
+        bail!("no event appended in the latency phase (rate {rate:.0}/s)");
+    }
+    Ok((at(0.5), at(0.99)))
+}

@@ -1,0 +1,178 @@
+//! The fast receiver of `terra-bench webhooks` (axum on 127.0.0.1: counts each request per
+//! endpoint path and answers 200 at once; in the latency phase, the time from each event's
+//! append to its arrival), and the receiver's ceiling: the same POSTs sent to it directly.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use secrecy::SecretString;
+
+/// Endpoint paths the receiver serves: `/e/0` … `/e/{ENDPOINTS - 1}`.
+pub(crate) const ENDPOINTS: usize = 4;
+
+#[derive(Default)]
+pub(crate) struct Counts {
+    per_endpoint: [AtomicUsize; ENDPOINTS],
+    /// Envelope id → when it was appended (latency phase only).
+    pub(crate) appended: Mutex<HashMap<String, Instant>>,
+    /// Append-to-arrival, in ms, of each request whose envelope is in `appended`.
+    pub(crate) latencies: Mutex<Vec<f64>>,
+}
+
+impl Counts {
+    pub(crate) fn of(&self, endpoint: usize) -> usize {
+        self.per_endpoint[endpoint].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn total(&self) -> usize {
+        (0..ENDPOINTS).map(|i| self.of(i)).sum()
+    }
+
+    pub(crate) fn reset(&self) {
+        for c in &self.per_endpoint {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.appended.lock().expect("poisoned").clear();
+        self.latencies.lock().expect("poisoned").clear();
+    }
+}
+
+pub(crate) struct Receiver {
+    pub(crate) addr: SocketAddr,
+    pub(crate) counts: Arc<Counts>,
+}
+
+impl Receiver {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        let counts = Arc::new(Counts::default());
+        let app = axum::Router::new()
+            .route("/e/{i}", axum::routing::post(receive))
+            .with_state(Arc::clone(&counts));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { addr, counts })
+    }
+
+    pub(crate) fn url(&self, endpoint: usize) -> String {
+        format!("http://{}/e/{endpoint}", self.addr)
+    }
+
+    /// Waits until `done` holds for the counts (checked every 2 ms), at most `limit`.
+    pub(crate) async fn wait(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Counts) -> bool,
+    ) -> anyhow::Result<Instant> {
+        let started = Instant::now();
+        while !done(&self.counts) {
+            if started.elapsed() > limit {
+                bail!(
+                    "{what}: not reached in {limit:?} ({} requests received)",
+                    self.counts.total()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(Instant::now())
+    }
+}
+
+async fn receive(
+    State(counts): State<Arc<Counts>>,
+    Path(i): Path<usize>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> &'static str {
+    let at = Instant::now();
+    if let Some(c) = counts.per_endpoint.get(i) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    let id = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    if let Some(id) = id {
+        let appended = counts.appended.lock().expect("poisoned").get(id).copied();
+        if let Some(appended) = appended {
+            let ms = at.duration_since(appended).as_secs_f64() * 1000.0;
+            counts.latencies.lock().expect("poisoned").push(ms);
+        }
+    }
+    ""
+}
+
+/// Sends `total` POSTs straight to the receiver over `concurrency` tasks: the bodies (and
+/// envelope ids) of the log in turn, spread over `endpoints` paths, with the headers the
+/// destination sends (signed per request, as it signs). Returns requests/s.
+pub(crate) async fn ceiling(
+    receiver: &Receiver,
+    bodies: &Arc<Vec<(String, Bytes)>>,
+    endpoints: usize,
+    total: usize,
+    concurrency: usize,
+    secret: &str,
+) -> anyhow::Result<f64> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .context("failed to build the direct client")?;
+    let urls: Arc<Vec<reqwest::Url>> = Arc::new(
+        (0..endpoints)
+            .map(|i| reqwest::Url::parse(&receiver.url(i)))
+            .collect::<Result<_, _>>()?,
+    );
+    let secrets = Arc::new(vec![SecretString::from(secret)]);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, urls, secrets, next, bodies) = (
+            client.clone(),
+            Arc::clone(&urls),
+            Arc::clone(&secrets),
+            Arc::clone(&next),
+            Arc::clone(bodies),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(());
+                }
+                let (id, body) = &bodies[(i / endpoints) % bodies.len()];
+                let now = terra_core::keys::now_ms() / 1000;
+                let signature = terra_sink_webhooks::sign::terra_signature(&secrets, now, body)
+                    .map_err(anyhow::Error::msg)?;
+                let response = client
+                    .post(urls[i % endpoints].clone())
+                    .header("content-type", "application/json")
+                    .header("user-agent", terra_sink_webhooks::send::USER_AGENT_VALUE)
+                    .header("idempotency-key", id.as_str())
+                    .header("terra-signature", signature.as_str())
+                    .header("x-terra-signature", signature.as_str())
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("the receiver answered {}", response.status());
+                }
+                response.bytes().await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
