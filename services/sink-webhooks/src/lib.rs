@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod endpoints_store;
 pub mod fanout;
+pub mod finish;
 pub mod metrics;
 pub mod send;
 pub mod sign;

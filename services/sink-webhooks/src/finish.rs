@@ -1,0 +1,158 @@
+//! The end of attempts in SQL: every attempt recorded, each delivery moved on (delivered,
+//! due again, dead), fenced by its lease token; set-wise on Postgres.
+
+use sqlx::Executor;
+use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    /// Pending again, due at this time.
+    Retry {
+        at_ms: i64,
+    },
+    /// Dead-lettered with the reason.
+    Dead {
+        reason: String,
+    },
+    /// A failed probe: the delivery stays as it was (its schedule untouched).
+    Unchanged,
+}
+
+/// One finished attempt, to record.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub delivery_id: i64,
+    pub token: String,
+    pub attempt: u32,
+    pub probe: bool,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error_class: &'static str,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub next: Next,
+}
+
+/// Records finished attempts and moves their deliveries on, in one transaction. A delivery
+/// whose lease another worker took since (`token` no longer its) keeps its state; the attempt
+/// is recorded all the same. Returns how many deliveries moved.
+pub async fn finish(
+    target: &SqlTarget,
+    finished: &[Finished],
+    now_ms: i64,
+) -> Result<usize, SqlError> {
+    if finished.is_empty() {
+        return Ok(0);
+    }
+    let dialect = target.dialect();
+    let d = target.table(WEBHOOK_DELIVERIES);
+    let mut tx = target.pool().begin().await?;
+    let attempts: Vec<Vec<Val>> = finished
+        .iter()
+        .map(|f| {
+            vec![
+                Val::from(f.delivery_id),
+                Val::from(i64::from(f.attempt)),
+                Val::from(i64::from(f.probe)),
+                Val::from(f.started_at_ms),
+                Val::from(f.duration_ms),
+                Val::from(f.status.map(i64::from)),
+                Val::from(f.error_class),
+                Val::from(f.error.clone()),
+                Val::from(f.response.clone()),
+            ]
+        })
+        .collect();
+    for stmt in insert_rows(
+        dialect,
+        &target.table(WEBHOOK_ATTEMPTS),
+        &ATTEMPT_COLUMNS,
+        &[],
+        attempts,
+        "",
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    let mut moved = 0;
+    // Postgres: the deliveries delivered (the common case) in set-wise UPDATEs, the rest
+    // one by one
+    let (delivered, rest): (Vec<&Finished>, Vec<&Finished>) = finished
+        .iter()
+        .partition(|f| dialect == Dialect::Postgres && f.next == Next::Delivered);
+    for chunk in delivered.chunks(FINISH_CHUNK) {
+        let mut stmt = Stmt::new(
+            dialect,
+            format!(
+                "UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = v.status, state = 'delivered', last_error = NULL, finished_at_ms = "
+            ),
+        );
+        stmt.bind(now_ms).push(" FROM (VALUES ");
+        for (i, f) in chunk.iter().enumerate() {
+            stmt.push(if i == 0 { "(" } else { ", (" })
+                .bind_cast(f.delivery_id, Some("BIGINT"))
+                .push(", ")
+                .bind_cast(f.token.as_str(), Some("TEXT"))
+                .push(", ")
+                .bind_cast(f.status.map(i64::from), Some("INTEGER"))
+                .push(")");
+        }
+        stmt.push(&format!(
+            ") AS v(id, token, status) WHERE {d}.id = v.id AND {d}.state = 'pending' AND {d}.lease_token = v.token"
+        ));
+        moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
+    }
+    for f in rest {
+        let mut stmt = Stmt::new(
+            dialect,
+            format!("UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = "),
+        );
+        stmt.bind(f.status.map(i64::from));
+        match &f.next {
+            Next::Delivered => {
+                stmt.push(", state = 'delivered', last_error = NULL, finished_at_ms = ")
+                    .bind(now_ms);
+            }
+            Next::Retry { at_ms } => {
+                stmt.push(", next_attempt_at_ms = ")
+                    .bind(*at_ms)
+                    .push(", last_error = ")
+                    .bind(f.error.clone());
+            }
+            Next::Dead { reason } => {
+                stmt.push(", state = 'dead', last_error = ")
+                    .bind(reason.as_str())
+                    .push(", finished_at_ms = ")
+                    .bind(now_ms);
+            }
+            Next::Unchanged => {
+                stmt.push(", last_error = ").bind(f.error.clone());
+            }
+        }
+        stmt.push(" WHERE id = ")
+            .bind(f.delivery_id)
+            .push(" AND state = 'pending' AND lease_token = ")
+            .bind(f.token.as_str());
+        moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// Most deliveries per set-wise UPDATE of [`finish`] (3 parameters each).
+const FINISH_CHUNK: usize = 1_000;
+
+const ATTEMPT_COLUMNS: [&str; 9] = [
+    "delivery_id",
+    "attempt",
+    "probe",
+    "started_at_ms",
+    "duration_ms",
+    "status_code",
+    "error_class",
+    "error",
+    "response",
+];
