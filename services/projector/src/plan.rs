@@ -35,22 +35,6 @@ pub struct Planned {
     pub plan: Plan,
 }
 
-/// Where a record came from and Terra's request headers, for sinks that forward the event
-/// (the webhook destination).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// The configured source name.
-    pub source: String,
-    /// The envelope's `EventGroup` number.
-    pub event_group: i32,
-    pub user_id: Option<String>,
-    pub terra_reference: Option<String>,
-    pub terra_trace_id: Option<String>,
-    pub ordering_timestamp_ms: Option<i64>,
-    /// The W3C `traceparent` of the ingress request (the record header).
-    pub traceparent: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub enum Plan {
     /// A record no projection can use: kept in the dead-letter table with the reason.
@@ -144,60 +128,6 @@ pub struct PayloadRow {
     pub terra_reference: Option<String>,
 }
 
-/// Last-writer-wins order (terra-wire-format §5, design "idempotent projections"): the
-/// ordering timestamp (or receipt time), then the log position, then the record index. The
-/// one definition every sink compares by; its text form (`ts:partition:offset:index`, what
-/// object metadata keeps) is [`std::fmt::Display`] / [`std::str::FromStr`], its columns in
-/// SQL `terra_schema::tables::PAYLOAD_VERSION_COLUMNS`, in the same order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
-    pub ts_ms: i64,
-    pub partition: i64,
-    pub offset: i64,
-    pub index: i64,
-}
-
-impl Version {
-    /// From its four parts in significance order (as stored in SQL).
-    pub fn from_parts([ts_ms, partition, offset, index]: [i64; 4]) -> Self {
-        Self {
-            ts_ms,
-            partition,
-            offset,
-            index,
-        }
-    }
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}:{}",
-            self.ts_ms, self.partition, self.offset, self.index
-        )
-    }
-}
-
-/// A text that is not `ts:partition:offset:index`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a version (ts:partition:offset:index)")]
-pub struct BadVersion;
-
-impl std::str::FromStr for Version {
-    type Err = BadVersion;
-
-    fn from_str(text: &str) -> Result<Self, BadVersion> {
-        let mut parts = text.trim().split(':').map(|p| p.parse::<i64>());
-        let mut next = || parts.next().and_then(Result::ok).ok_or(BadVersion);
-        let version = Self::from_parts([next()?, next()?, next()?, next()?]);
-        match parts.next() {
-            None => Ok(version),
-            Some(_) => Err(BadVersion),
-        }
-    }
-}
-
 /// Decodes and plans one consumed record. Never fails: what cannot be projected is a
 /// [`Plan::Dead`] with the reason.
 pub fn plan(consumed: &Consumed) -> Planned {
@@ -221,13 +151,7 @@ pub fn plan(consumed: &Consumed) -> Planned {
         }
     };
     let mut planned = plan_envelope(position, &envelope);
-    if let Some(traceparent) = consumed
-        .record
-        .header(terra_core::envelope::HEADER_TRACEPARENT)
-        .and_then(|v| std::str::from_utf8(v).ok())
-    {
-        Arc::make_mut(&mut planned.origin).traceparent = Some(traceparent.to_owned());
-    }
+    Arc::make_mut(&mut planned.origin).traceparent = Origin::traceparent_of(consumed);
     planned
 }
 
@@ -258,15 +182,7 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         body_size: envelope.body.len() as i64,
         body_sha256,
         body: envelope.body.clone(),
-        origin: Arc::new(Origin {
-            source: envelope.source.clone(),
-            event_group: envelope.event_group,
-            user_id: envelope.user_id.clone(),
-            terra_reference: envelope.terra_reference.clone(),
-            terra_trace_id: envelope.terra_trace_id.clone(),
-            ordering_timestamp_ms: envelope.ordering_timestamp_ms,
-            traceparent: None,
-        }),
+        origin: Arc::new(Origin::of_envelope(envelope)),
         plan,
     }
 }
@@ -530,5 +446,10 @@ fn check_fields(plan: &EventPlan) -> Result<(), String> {
     Ok(())
 }
 
+mod origin;
 #[cfg(test)]
 mod tests;
+mod version;
+
+pub use origin::Origin;
+pub use version::{BadVersion, Version};
