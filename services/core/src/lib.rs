@@ -14,6 +14,8 @@ pub mod signature;
 #[cfg(test)]
 mod fuzz;
 
-pub use classify::{Classification, DataRecord, EventGroup, UserFields, classify};
+pub use classify::{
+    Classification, DataRecord, EventGroup, UserFields, classify, is_report_scoped,
+};
 pub use ids::{IdError, PayloadId, UserId};
 pub use signature::{SignatureError, SignatureHeader, SigningSecret, Verifier};

@@ -80,8 +80,15 @@ pub struct LifecycleChange {
     pub status: Option<String>,
     /// Identity of this history row: stable across Terra's re-deliveries.
     pub event_id: String,
+    /// The misc payload holding the event, and its identity (the sink may give the payload a
+    /// suffixed id, see `terra_core::keys`: the history row follows it).
     pub payload_id: String,
+    pub payload_identity: String,
 }
+
+/// `LifecycleChange::role` of an authentication event without a user (`auth_cancelled`):
+/// history only, under the user id `""`, the user-less history.
+pub const NO_USER_ROLE: &str = "none";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {
@@ -126,6 +133,12 @@ pub struct PayloadRow {
     pub body_sha256: String,
     pub terra_trace_id: Option<String>,
     pub terra_reference: Option<String>,
+    /// The customer's reference: the user's `reference_id`, else the body's own
+    /// (`auth_cancelled`'s top level, a lab report's `data.reference_id`). For pings.
+    pub reference_id: Option<String>,
+    /// True when `payload_id` is a base id the sink claims for this identity (suffixed when
+    /// another identity holds it); false when it is final (events without a user).
+    pub claims: bool,
 }
 
 /// Decodes and plans one consumed record. Never fails: what cannot be projected is a
@@ -232,6 +245,12 @@ fn event_plan(
             break;
         }
     }
+    let reference_id = classification
+        .user
+        .as_ref()
+        .or(classification.new_user.as_ref())
+        .and_then(|u| u.reference_id.clone())
+        .or_else(|| classification.reference_id.clone());
     let misc_payload_id = keys::event_payload_id(
         version,
         event_type,
@@ -239,7 +258,7 @@ fn event_plan(
         generated_ms,
     );
 
-    if classification.group == EventGroup::Data {
+    if classification.group == EventGroup::Data && !terra_core::is_report_scoped(event_type) {
         let user_id = classification
             .user_id
             .clone()
@@ -270,24 +289,40 @@ fn event_plan(
                 body_sha256: body_sha256.to_owned(),
                 terra_trace_id: envelope.terra_trace_id.clone(),
                 terra_reference: envelope.terra_reference.clone(),
+                reference_id: reference_id.clone(),
+                claims: true,
             });
         }
         return Ok(plan);
     }
 
-    // any other event is one misc row; Terra's re-deliveries share the trace id
-    let natural_key = envelope
-        .terra_trace_id
+    // any other event is one misc row. Its identity: the body's `event_id` where Terra
+    // names it the de-duplication key (lab reports: a re-delivery is a new delivery, new
+    // trace id, same event id), else the trace id Terra's retries share, else the body's
+    // hash (a retry without a trace id repeats the same bytes)
+    let natural_key = classification
+        .event_id
         .clone()
-        .unwrap_or_else(|| misc_payload_id.clone());
+        .filter(|_| terra_core::is_report_scoped(event_type))
+        .or_else(|| envelope.terra_trace_id.clone())
+        .unwrap_or_else(|| format!("sha256:{body_sha256}"));
+    let misc_identity = identity(
+        PayloadKind::Misc,
+        classification.user_id.as_deref(),
+        event_type,
+        &natural_key,
+    );
+    // without a user: no Terra row and no order against other such events, so the id is
+    // final with its suffix (`terra_core::keys`, suffix rule)
+    let claims = classification.user_id.is_some();
+    let misc_payload_id = if claims {
+        misc_payload_id
+    } else {
+        keys::with_suffix(&misc_payload_id, &misc_identity)
+    };
     plan.payloads.push(PayloadRow {
         kind: PayloadKind::Misc,
-        identity: identity(
-            PayloadKind::Misc,
-            classification.user_id.as_deref(),
-            event_type,
-            &natural_key,
-        ),
+        identity: misc_identity.clone(),
         payload_id: misc_payload_id.clone(),
         user_id: classification.user_id.clone(),
         data_type: classification.data_type.clone(),
@@ -303,6 +338,8 @@ fn event_plan(
         body_sha256: body_sha256.to_owned(),
         terra_trace_id: envelope.terra_trace_id.clone(),
         terra_reference: envelope.terra_reference.clone(),
+        reference_id: reference_id.clone(),
+        claims,
     });
 
     if classification.group == EventGroup::Authentication {
@@ -315,6 +352,7 @@ fn event_plan(
                 role,
                 status: status.clone(),
                 payload_id: misc_payload_id.clone(),
+                payload_identity: misc_identity.clone(),
             };
         match event_type {
             "user_reauth" => {
@@ -325,6 +363,18 @@ fn event_plan(
                 if let Some(new) = user_info(&classification.new_user) {
                     plan.lifecycle.push(change(new, "new_user", Some("active")));
                 }
+            }
+            _ if classification.user_id.is_none() => {
+                // `auth_cancelled` (and any authentication event without a user): kept in
+                // the user-less history, moving no user
+                let nobody = UserInfo {
+                    user_id: String::new(),
+                    provider: String::new(),
+                    reference_id: reference_id.clone(),
+                    scopes: None,
+                    created_at: generated_iso.clone(),
+                };
+                plan.lifecycle.push(change(nobody, NO_USER_ROLE, None));
             }
             _ => {
                 if let Some(mut user) = user_info(&classification.user) {

@@ -7,6 +7,7 @@
 //! - `write`: one batch, one transaction; `payloads` and `users`: its rows
 //!   ([`payload_inserts`]: the payload rows' plain INSERTs, for the benchmarks' raw load).
 
+mod claims;
 mod payloads;
 mod sink;
 mod users;

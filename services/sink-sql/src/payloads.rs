@@ -25,30 +25,57 @@ struct Existing {
     version: Version,
 }
 
+/// Writes the batch's payload rows; returns the final payload id of each identity whose
+/// id is not its row's `payload_id` (`crate::claims`), for the history rows.
 pub(crate) async fn write_payloads(
     target: &SqlTarget,
     tx: &mut Tx,
     events: &[(&Planned, &EventPlan)],
     stats: &mut WriteStats,
-) -> Result<(), SqlError> {
+) -> Result<HashMap<String, String>, SqlError> {
+    let identities: Vec<&str> = {
+        let mut ids: Vec<&str> = events
+            .iter()
+            .flat_map(|(_, e)| e.payloads.iter().map(|r| r.identity.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    if identities.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let existing = lookup_existing(target, tx, identities).await?;
+    let stored_ids: HashMap<String, String> = existing
+        .iter()
+        .map(|(k, v)| (k.clone(), v.payload_id.clone()))
+        .collect();
+    let final_ids = crate::claims::resolve(target, tx, events, &stored_ids).await?;
+    // the rows with their final ids
+    let renamed: Vec<(&Planned, PayloadRow)> = events
+        .iter()
+        .flat_map(|(planned, event)| {
+            event.payloads.iter().map(|row| {
+                let mut row = row.clone();
+                if let Some(id) = final_ids.get(&row.identity) {
+                    row.payload_id = id.clone();
+                }
+                (*planned, row)
+            })
+        })
+        .collect();
     // the newest copy of each identity within the batch
     let mut newest: HashMap<&str, (&Planned, &PayloadRow)> = HashMap::new();
     let mut candidates = 0;
-    for (planned, event) in events {
-        for row in &event.payloads {
-            candidates += 1;
-            match newest.get(row.identity.as_str()) {
-                Some((_, kept)) if kept.version > row.version => {}
-                _ => {
-                    newest.insert(&row.identity, (planned, row));
-                }
+    for (planned, row) in &renamed {
+        candidates += 1;
+        match newest.get(row.identity.as_str()) {
+            Some((_, kept)) if kept.version > row.version => {}
+            _ => {
+                newest.insert(&row.identity, (planned, row));
             }
         }
     }
-    if newest.is_empty() {
-        return Ok(());
-    }
-    let existing = lookup_existing(target, tx, newest.keys().copied().collect()).await?;
     let mut winners: Vec<(&Planned, &PayloadRow)> = Vec::with_capacity(newest.len());
     let (mut old_data, mut old_misc) = (Vec::new(), Vec::new());
     for (identity, (planned, row)) in &newest {
@@ -83,10 +110,13 @@ pub(crate) async fn write_payloads(
         }
     }
 
-    // one Terra row per payload id (two identities with the same id: the newer)
+    // one Terra row per payload id (unique per identity since the claims; rows an earlier
+    // version gave one id stay one row); none without a user: Terra's `user_id` is NOT NULL
     let mut by_payload_id: HashMap<&str, &PayloadRow> = HashMap::new();
     for (_, row) in &winners {
-        by_payload_id.insert(&row.payload_id, row);
+        if row.user_id.is_some() {
+            by_payload_id.insert(&row.payload_id, row);
+        }
     }
     let mut terra_rows: Vec<&PayloadRow> = by_payload_id.into_values().collect();
     terra_rows.sort_by_key(|row| row.version);
@@ -126,7 +156,7 @@ pub(crate) async fn write_payloads(
     ) {
         tx.execute(stmt.query()).await?;
     }
-    Ok(())
+    Ok(final_ids)
 }
 
 /// Plain multi-row INSERTs (no conflict handling) of Terra's rows for `terra_rows` and of the

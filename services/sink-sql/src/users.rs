@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use sqlx::{Executor, Row};
 
-use terra_projector::plan::{EventPlan, LifecycleChange, Plan, Planned, Version};
+use terra_projector::plan::{EventPlan, LifecycleChange, NO_USER_ROLE, Plan, Planned, Version};
 use terra_schema::positions::Tx;
 use terra_schema::tables::{
     INGEST_USER_EVENTS, INGEST_USER_EVENTS_COLUMNS, INGEST_USERS, INGEST_USERS_COLUMNS,
@@ -79,6 +79,7 @@ pub(crate) async fn write_lifecycle(
     tx: &mut Tx,
     planned: &Planned,
     change: &LifecycleChange,
+    payload_id: &str,
     now: i64,
 ) -> Result<(), SqlError> {
     let version = Version {
@@ -95,10 +96,10 @@ pub(crate) async fn write_lifecycle(
         Val::from(change.role),
         Val::from(change.status.clone()),
         Val::from(change.state),
-        Val::from(&user.provider),
+        Val::from((change.role != NO_USER_ROLE).then(|| user.provider.clone())),
         Val::from(user.reference_id.clone()),
         Val::from(user.scopes.clone()),
-        Val::from(&change.payload_id),
+        Val::from(payload_id),
         Val::from(&planned.envelope_id),
         Val::from(version.partition),
         Val::from(version.offset),
@@ -117,6 +118,10 @@ pub(crate) async fn write_lifecycle(
         &suffix,
     ) {
         tx.execute(stmt.query()).await?;
+    }
+    if change.role == NO_USER_ROLE {
+        // the user-less history: no user to move
+        return Ok(());
     }
 
     let mut select = Stmt::new(

@@ -84,12 +84,16 @@ async fn write_rows(
         })
         .collect();
     write_seen_users(target, tx, &events, now).await?;
+    // payloads first: they give the final payload ids the history rows point at
+    let final_ids = write_payloads(target, tx, &events, stats).await?;
     for (planned, event) in &events {
         for change in &event.lifecycle {
-            write_lifecycle(target, tx, planned, change, now).await?;
+            let payload_id = final_ids
+                .get(&change.payload_identity)
+                .unwrap_or(&change.payload_id);
+            write_lifecycle(target, tx, planned, change, payload_id, now).await?;
         }
     }
-    write_payloads(target, tx, &events, stats).await?;
 
     positions::write(target, tx, INGEST_POSITIONS, last, now).await
 }

@@ -8,7 +8,10 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Classification, DataRecord, EventGroup, UserFields, key_without_hash};
+use super::{
+    Classification, DataRecord, EventGroup, UserFields, is_report_scoped, key_without_hash,
+    start_of,
+};
 
 #[derive(Deserialize)]
 struct Top<'a> {
@@ -32,6 +35,10 @@ struct Top<'a> {
     scopes_removed: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    reference_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<Vec<MapOnly<Item<'a>>>>,
     athlete: Option<IgnoredAny>,
@@ -64,14 +71,16 @@ impl User<'_> {
     }
 }
 
+/// One record: the fields the identity reads, at the record's top level (flat shapes),
+/// under `metadata`, and under `details.metadata` (the `Value` path's `record_field`).
+/// Spelled out rather than `#[serde(flatten)]`, which would buffer every other field of the
+/// record (sample arrays) instead of skipping it.
 #[derive(Deserialize)]
 struct Item<'a> {
     #[serde(borrow)]
-    metadata: Option<MapOnly<Metadata<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct Metadata<'a> {
+    metadata: Option<MapOnly<Fields<'a>>>,
+    #[serde(borrow)]
+    details: Option<MapOnly<Details<'a>>>,
     #[serde(borrow)]
     summary_id: Option<Scalar<'a>>,
     #[serde(borrow)]
@@ -82,6 +91,70 @@ struct Metadata<'a> {
     id: Option<Scalar<'a>>,
     #[serde(borrow)]
     planned_date: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    timestamp: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    planned_workout_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    route_id: Option<Scalar<'a>>,
+}
+
+impl Item<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        text(match key {
+            "summary_id" => &self.summary_id,
+            "start_time" => &self.start_time,
+            "end_time" => &self.end_time,
+            "id" => &self.id,
+            "planned_date" => &self.planned_date,
+            "timestamp" => &self.timestamp,
+            "planned_workout_id" => &self.planned_workout_id,
+            "route_id" => &self.route_id,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Details<'a> {
+    #[serde(borrow)]
+    metadata: Option<MapOnly<Fields<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    summary_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    start_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    end_time: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    planned_date: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    timestamp: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    planned_workout_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    route_id: Option<Scalar<'a>>,
+}
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        text(match key {
+            "summary_id" => &self.summary_id,
+            "start_time" => &self.start_time,
+            "end_time" => &self.end_time,
+            "id" => &self.id,
+            "planned_date" => &self.planned_date,
+            "timestamp" => &self.timestamp,
+            "planned_workout_id" => &self.planned_workout_id,
+            "route_id" => &self.route_id,
+            _ => return None,
+        })
+    }
 }
 
 /// A struct read only from a JSON object. Derived structs also accept arrays (fields by
@@ -231,7 +304,7 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         None => (user_of(&new_user), user_of(&old_user)),
     };
     let mut records = Vec::new();
-    if group == EventGroup::Data {
+    if group == EventGroup::Data && !is_report_scoped(&event_type) {
         if event_type == "athlete" {
             if top.athlete.is_some() {
                 records.push(DataRecord {
@@ -243,19 +316,15 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
             }
         } else {
             for (index, MapOnly(item)) in top.data.iter().flatten().enumerate() {
-                let metadata = item.metadata.as_ref().map(|m| &m.0);
+                let details = item.details.as_ref().and_then(|d| d.0.metadata.as_ref());
                 let field = |key: &str| {
-                    let m = metadata?;
-                    text(match key {
-                        "summary_id" => &m.summary_id,
-                        "start_time" => &m.start_time,
-                        "end_time" => &m.end_time,
-                        "id" => &m.id,
-                        "planned_date" => &m.planned_date,
-                        _ => return None,
-                    })
+                    item.metadata
+                        .as_ref()
+                        .and_then(|m| m.0.get(key))
+                        .or_else(|| item.get(key))
+                        .or_else(|| details.and_then(|m| m.0.get(key)))
                 };
-                let start_time = field("start_time").or_else(|| field("planned_date"));
+                let start_time = start_of(&field);
                 // a record that needs its content hashed goes the `Value` way
                 let natural_key = key_without_hash(&event_type, &field, start_time.as_deref())?;
                 records.push(DataRecord {
@@ -282,5 +351,8 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         scopes_added: top.scopes_added.map(Cow::into_owned),
         scopes_removed: top.scopes_removed.map(Cow::into_owned),
         data_type: top.data_type.map(Cow::into_owned),
+        event_id: text(&top.event_id),
+        // `data.reference_id` (lab reports) is an object's: such bodies go the `Value` way
+        reference_id: top.reference_id.map(Cow::into_owned),
     })
 }

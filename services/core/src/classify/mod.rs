@@ -37,12 +37,16 @@ impl EventGroup {
             | "google_no_datasource"
             | "permission_change" => Self::Authentication,
             "activity" | "athlete" | "body" | "daily" | "menstruation" | "nutrition" | "sleep"
-            | "planned_workout" | "hormone" | "health_observation" => Self::Data,
+            | "planned_workout" | "hormone" | "health_observation" | "route" => Self::Data,
+            // Terra's OpenAPI webhook `lab_report`: "lab_report data event", report-scoped,
+            // without a user (projected as other payloads, see `is_report_scoped`)
+            "lab_report.completed" | "lab_report.failed" => Self::Data,
             "large_request_processing"
             | "large_request_sending"
             | "rate_limit_hit"
             | "processing" => Self::DataRequest,
-            "healthcheck" | "s3_payload" => Self::Misc,
+            // `s3_upload`: the name of the same event in the OpenAPI spec's `EventType` enum
+            "healthcheck" | "s3_payload" | "s3_upload" => Self::Misc,
             _ => Self::Other,
         }
     }
@@ -56,6 +60,13 @@ impl EventGroup {
             Self::Other => "other",
         }
     }
+}
+
+/// Data events about a report rather than a user (Terra's lab reports: no `user`, no
+/// `version`, one event per report, de-duplicated on the body's `event_id`). They are
+/// projected as one other payload each, never per record.
+pub fn is_report_scoped(event_type: &str) -> bool {
+    event_type.starts_with("lab_report.")
 }
 
 /// The body is not parseable JSON (it is still stored, flagged, by the ingress).
@@ -90,6 +101,12 @@ pub struct Classification {
     pub scopes_removed: Option<String>,
     /// The body's `data_type` (misc events that carry one).
     pub data_type: Option<String>,
+    /// The body's `event_id` (lab reports: stable across re-deliveries, the de-duplication
+    /// key Terra names).
+    pub event_id: Option<String>,
+    /// The customer's reference the event carries without a `user`: top-level
+    /// `reference_id` (`auth_cancelled`) or `data.reference_id` (lab reports).
+    pub reference_id: Option<String>,
 }
 
 /// The fields of one Terra `user` object the tables keep. Untrusted text.
@@ -200,7 +217,7 @@ fn classify_value(value: &Value) -> Classification {
         Some(user) => (Some(user), None),
         None => (user_of(&new_user), user_of(&old_user)),
     };
-    let records = if group == EventGroup::Data {
+    let records = if group == EventGroup::Data && !is_report_scoped(&event_type) {
         data_records(&event_type, top)
     } else {
         Vec::new()
@@ -220,6 +237,14 @@ fn classify_value(value: &Value) -> Classification {
         scopes_added: text("scopes_added"),
         scopes_removed: text("scopes_removed"),
         data_type: text("data_type"),
+        event_id: top.get("event_id").and_then(scalar_text),
+        reference_id: text("reference_id").or_else(|| {
+            top.get("data")?
+                .as_object()?
+                .get("reference_id")?
+                .as_str()
+                .map(str::to_owned)
+        }),
     }
 }
 
@@ -243,9 +268,8 @@ fn data_records(event_type: &str, top: &Map<String, Value>) -> Vec<DataRecord> {
         .iter()
         .enumerate()
         .map(|(index, item)| {
-            let metadata = item.get("metadata");
-            let field = |key: &str| metadata.and_then(|m| m.get(key)).and_then(scalar_text);
-            let start_time = field("start_time").or_else(|| field("planned_date"));
+            let field = |key: &str| record_field(item, key);
+            let start_time = start_of(&field);
             let end_time = field("end_time");
             DataRecord {
                 index,
@@ -255,6 +279,27 @@ fn data_records(event_type: &str, top: &Map<String, Value>) -> Vec<DataRecord> {
             }
         })
         .collect()
+}
+
+/// Where a record's fields are, whatever its shape: `metadata.<key>` (every data type),
+/// then the record's top level (`hormone`'s flat samples; the current `planned_workout`
+/// shape's `planned_workout_id` and `planned_date`; `route`), then `details.metadata.<key>`
+/// (the current `planned_workout`'s provider-side body). The keys read: `summary_id`,
+/// `start_time`, `end_time`, `id`, `planned_date`, `timestamp`, `planned_workout_id`,
+/// `route_id`.
+fn record_field(item: &Value, key: &str) -> Option<String> {
+    let at = |object: Option<&Value>| object.and_then(|o| o.get(key)).and_then(scalar_text);
+    at(item.get("metadata"))
+        .or_else(|| at(Some(item)))
+        .or_else(|| at(item.get("details").and_then(|d| d.get("metadata"))))
+}
+
+/// A record's period start: `start_time`, else a planned workout's `planned_date`, else a
+/// flat sample's `timestamp` (hormone).
+pub(crate) fn start_of(field: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    field("start_time")
+        .or_else(|| field("planned_date"))
+        .or_else(|| field("timestamp"))
 }
 
 /// terra-wire-format §5, with fallbacks so that every record gets a key that is stable
@@ -278,13 +323,21 @@ fn key_without_hash(
     field: &dyn Fn(&str) -> Option<String>,
     start_time: Option<&str>,
 ) -> Option<String> {
+    // Terra's de-duplication rules (docs/terra-compatibility.md, "identity" rows)
     let documented = match event_type {
-        "activity" | "sleep" => field("summary_id"),
-        "daily" | "body" | "nutrition" | "menstruation" => {
+        "activity" | "sleep" | "health_observation" => field("summary_id"),
+        "daily" | "body" | "menstruation" => {
             // the date as sent, before any timezone conversion
             start_time.map(|t| t.chars().take(10).collect())
         }
-        "planned_workout" => field("id"),
+        // "overwrite keyed on metadata.start_time" (the OpenAPI webhook `nutrition`)
+        "nutrition" => start_time.map(str::to_owned),
+        // flat samples keyed by their `timestamp`
+        "hormone" => field("timestamp"),
+        // current shape: `planned_workout_id`; older: `metadata.id`; provider-side only:
+        // `details.metadata.id` (all found by `record_field`)
+        "planned_workout" => field("planned_workout_id").or_else(|| field("id")),
+        "route" => field("route_id").or_else(|| field("id")),
         _ => field("summary_id").or_else(|| field("id")),
     };
     documented.or_else(|| start_time.map(str::to_owned))

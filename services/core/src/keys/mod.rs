@@ -3,9 +3,19 @@
 //!
 //! ```text
 //! <version>/<data_type>/<user_id>-<start_time>      data record (start time in UTC, seconds)
-//! <version>/<event_type>/<user_id>-<timestamp>      any other event (generation time, ms)
-//! <version>/<event_type>/<timestamp>                any other event without a user
+//! <version>/<event_type>/<user_id>-<timestamp>      any other event (generation time in UTC,
+//!                                                   seconds, as in Terra's bucket examples)
+//! <version>/<event_type>/<timestamp>~<id>           any other event without a user
 //! ```
+//!
+//! Suffix rule (never overwrite): these are *base* ids. The first identity (natural key) of
+//! a user that claims a base id keeps it, Terra-shaped; any other identity whose base id is
+//! already claimed gets [`with_suffix`]: `~` and the first 12 hex digits of its identity
+//! (`…-2026-03-12T14:30:00Z~1f3a9c04be22`). Claims are made in log order by each sink from
+//! its own state (the SQL payload index, the object store's claim markers) and never move,
+//! so a re-delivery keeps its id and both sinks agree. Events without a user have no order
+//! between them (they spread over partitions) and no Terra table row: their id always
+//! carries the suffix.
 //!
 //! The object key is the payload id plus `.json`, under an optional prefix. Every segment
 //! is untrusted text: it is percent-encoded (only `A-Z a-z 0-9 - _` pass through) and
@@ -25,8 +35,24 @@ const MAX_TYPE_SEGMENT: usize = 64;
 const MAX_VERSION_SEGMENT: usize = 32;
 const MAX_TIME_SEGMENT: usize = 64;
 /// Upper bound of any payload id (sum of the segment bounds and separators).
-pub const MAX_PAYLOAD_ID_LEN: usize =
-    MAX_VERSION_SEGMENT + MAX_TYPE_SEGMENT + MAX_USER_SEGMENT + MAX_TIME_SEGMENT + 3;
+pub const MAX_PAYLOAD_ID_LEN: usize = MAX_VERSION_SEGMENT
+    + MAX_TYPE_SEGMENT
+    + MAX_USER_SEGMENT
+    + MAX_TIME_SEGMENT
+    + 3
+    + SUFFIX_LEN;
+/// Hex digits of the identity in a suffix.
+const SUFFIX_HEX: usize = 12;
+/// `~` and the hex digits.
+pub const SUFFIX_LEN: usize = SUFFIX_HEX + 1;
+
+/// `base` made unique for `identity` (a hex digest; its first 12 digits are used): see the
+/// module's suffix rule.
+pub fn with_suffix(base: &str, identity: &str) -> String {
+    let hex: String = identity.chars().take(SUFFIX_HEX).collect();
+    debug_assert!(hex.len() == SUFFIX_HEX && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    format!("{base}~{hex}")
+}
 
 /// Percent-encodes `raw` so the result contains only `A-Z a-z 0-9 - _ %` and, when that is
 /// longer than `max`, keeps a prefix and appends `~` and a hash of the whole raw value.
@@ -92,8 +118,9 @@ pub fn data_payload_id(
     )
 }
 
-/// Payload id of any other event, generated at `generated_at_ms` (unix milliseconds: the
-/// ordering timestamp when Terra sent one, else the time it was received).
+/// Base payload id of any other event, generated at `generated_at_ms` (unix milliseconds:
+/// the ordering timestamp when Terra sent one, else the time it was received), to the second.
+/// Without a user the caller adds [`with_suffix`] (the module's suffix rule).
 pub fn event_payload_id(
     version: Option<&str>,
     event_type: &str,
@@ -105,7 +132,7 @@ pub fn event_payload_id(
     } else {
         event_type
     };
-    let time = encode_time(&unix_ms_to_utc(generated_at_ms));
+    let time = encode_time(&unix_ms_to_utc_seconds(generated_at_ms));
     let folder = format!(
         "{}/{}",
         version_segment(version),
