@@ -19,3 +19,8 @@ pub use classify::{
 };
 pub use ids::{IdError, PayloadId, UserId};
 pub use signature::{SignatureError, SignatureHeader, SigningSecret, Verifier};
+
+/// The part an authentication event without a user (`auth_cancelled`) plays in the lifecycle
+/// history: its history row has this role under the user id `""`, the user-less history
+/// that `ListUserEvents` returns for an empty user id.
+pub const NO_USER_ROLE: &str = "none";

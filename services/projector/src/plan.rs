@@ -88,7 +88,7 @@ pub struct LifecycleChange {
 
 /// `LifecycleChange::role` of an authentication event without a user (`auth_cancelled`):
 /// history only, under the user id `""`, the user-less history.
-pub const NO_USER_ROLE: &str = "none";
+pub use terra_core::NO_USER_ROLE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {

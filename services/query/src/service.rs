@@ -111,6 +111,20 @@ fn user_id(value: &str) -> Result<&str, Status> {
     }
 }
 
+/// A history's user: `None` for `""`, the user-less history (events without a user:
+/// `auth_cancelled`, lab reports, healthchecks, ...).
+fn history_user(value: &str) -> Result<Option<&str>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match terra_core::UserId::parse(value) {
+        Ok(_) => Ok(Some(value)),
+        Err(_) => Err(Status::invalid_argument(
+            "user_id must be 1-36 characters (or empty for the events without a user)",
+        )),
+    }
+}
+
 /// A page token: where the previous page ended, and a fingerprint of the filters it was for.
 #[derive(Serialize, Deserialize)]
 struct PageToken {
@@ -253,7 +267,7 @@ impl QueryService for Query {
         self.gates
             .call(async move {
                 let r = request.into_inner();
-                let id = user_id(&r.user_id)?.to_owned();
+                let id = history_user(&r.user_id)?.map(str::to_owned);
                 let size = page_size(r.page_size)?;
                 let filters = serde_json::to_string(&id).expect("serialises");
                 let after = self.open_page(&r.page_token, &filters)?;
@@ -262,7 +276,14 @@ impl QueryService for Query {
                     UserEventRow::COLUMNS,
                     UserEventRow::table(&self.sql)
                 ));
-                stmt.bind(&id);
+                match &id {
+                    Some(id) => stmt.bind(id),
+                    // the user-less history: history rows under "" with no part of a user
+                    None => stmt
+                        .bind("")
+                        .push(" AND user_role = ")
+                        .bind(terra_core::NO_USER_ROLE),
+                };
                 if let Some(after) = &after {
                     if after.len() != 4 {
                         return Err(Status::invalid_argument("page_token is invalid"));
@@ -315,7 +336,7 @@ impl QueryService for Query {
         self.gates
             .call(async move {
                 let r = request.into_inner();
-                let id = user_id(&r.user_id)?.to_owned();
+                let id = history_user(&r.user_id)?.map(str::to_owned);
                 let size = page_size(r.page_size)?;
                 let normalise =
                     |field: &str, value: &Option<String>| -> Result<Option<String>, Status> {
@@ -347,11 +368,14 @@ impl QueryService for Query {
                     .expect("serialises");
                 let after = self.open_page(&r.page_token, &filters)?;
                 let mut stmt = self.sql.statement(format!(
-                    "SELECT {} FROM {} WHERE user_id = ",
+                    "SELECT {} FROM {} WHERE user_id ",
                     PayloadIndexRow::COLUMNS,
                     PayloadIndexRow::table(&self.sql)
                 ));
-                stmt.bind(&id);
+                match &id {
+                    Some(id) => stmt.push("= ").bind(id),
+                    None => stmt.push("IS NULL"),
+                };
                 db::push_in(&mut stmt, "event_type", &types);
                 if let Some(from) = &from {
                     stmt.push(" AND start_utc >= ").bind(from);

@@ -103,12 +103,14 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("postgres", 20261124000200, "ingest_tables"),
             migration!("postgres", 20261124000300, "payload_position_index"),
             migration!("postgres", 20261124000400, "payload_user_order_index"),
+            migration!("postgres", 20261203000100, "terra_not_null"),
         ],
         (Dialect::Postgres, Variant::Supabase) => vec![
             migration!("supabase", 20261124000100, "terra_tables"),
             migration!("postgres", 20261124000200, "ingest_tables"),
             migration!("postgres", 20261124000300, "payload_position_index"),
             migration!("postgres", 20261124000400, "payload_user_order_index"),
+            migration!("supabase", 20261203000100, "terra_types"),
         ],
         (Dialect::MySql, _) => vec![
             migration!("mysql", 20261124000100, "terra_tables"),
@@ -116,12 +118,14 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("mysql", 20261124000300, "payload_position_index"),
             migration!("mysql", 20261124000400, "payload_user_order_index"),
             migration!("mysql", 20261125000100, "utf8mb4_binary"),
+            migration!("mysql", 20261203000100, "terra_not_null"),
         ],
         (Dialect::Sqlite, _) => vec![
             migration!("sqlite", 20261124000100, "terra_tables"),
             migration!("sqlite", 20261124000200, "ingest_tables"),
             migration!("sqlite", 20261124000300, "payload_position_index"),
             migration!("sqlite", 20261124000400, "payload_user_order_index"),
+            migration!("sqlite", 20261203000100, "terra_not_null"),
         ],
     }
 }

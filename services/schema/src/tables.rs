@@ -21,6 +21,9 @@ pub const INGEST_USER_EVENTS: &str = "ingest_user_events";
 pub const INGEST_DEAD_LETTERS: &str = "ingest_dead_letters";
 /// Applied migrations.
 pub const INGEST_MIGRATIONS: &str = "ingest_migrations";
+/// Misc rows of events without a user that an earlier version wrote into
+/// [`TERRA_MISC_PAYLOADS`] (whose `user_id` is NOT NULL since), moved by migration.
+pub const INGEST_MISC_WITHOUT_USER: &str = "ingest_misc_without_user";
 /// The migrations applied to the webhook destination's tables.
 pub const WEBHOOK_MIGRATIONS: &str = "webhook_migrations";
 /// The webhook destination's consumed positions (the shape of `ingest_positions`).
@@ -44,6 +47,7 @@ pub const TABLES: &[&str] = &[
     INGEST_USERS,
     INGEST_USER_EVENTS,
     INGEST_DEAD_LETTERS,
+    INGEST_MISC_WITHOUT_USER,
     INGEST_MIGRATIONS,
 ];
 /// The view over [`TERRA_MISC_PAYLOADS`].

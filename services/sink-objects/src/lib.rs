@@ -8,8 +8,10 @@
 //! - [`sink`]: the projector sink (last writer wins by version, idempotent writes, dead
 //!   letters).
 //! - [`sqs`]: the pings.
+//! - `claims`: which identity holds a base payload id (the suffix rule).
 //! - `write`: conditional writes, so the newest copy wins against concurrent writers.
 
+mod claims;
 pub mod layout;
 pub mod sink;
 pub mod sqs;

@@ -48,6 +48,8 @@ pub struct ObjectSink {
     config: ObjectSinkConfig,
     pinger: Option<Pinger>,
     versions: HashMap<String, Known>,
+    /// Base payload ids and the identity that holds each (`crate::claims`).
+    claims: HashMap<String, String>,
 }
 
 /// One object to write.
@@ -58,6 +60,8 @@ struct Intent {
     bytes: Bytes,
     version: Version,
     group: String,
+    user_id: Option<String>,
+    reference_id: Option<String>,
     healthcheck: bool,
 }
 
@@ -68,6 +72,7 @@ impl ObjectSink {
             config,
             pinger,
             versions: HashMap::new(),
+            claims: HashMap::new(),
         }
     }
 
@@ -75,7 +80,50 @@ impl ObjectSink {
         &self.store
     }
 
-    fn intents(&self, batch: &[Planned]) -> (Vec<Intent>, Vec<(String, Bytes)>, usize) {
+    /// The final payload id of every identity of the batch that claims a base id, claimed
+    /// in log order (first appearance), as the SQL projection claims them.
+    async fn resolve_claims(
+        &mut self,
+        batch: &[Planned],
+    ) -> Result<HashMap<String, String>, SinkError> {
+        let mut out = HashMap::new();
+        for planned in batch {
+            let Plan::Event(event) = &planned.plan else {
+                continue;
+            };
+            for row in event.payloads.iter().filter(|r| r.claims) {
+                if out.contains_key(&row.identity) {
+                    continue;
+                }
+                let holder = match self.claims.get(&row.payload_id) {
+                    Some(holder) => holder.clone(),
+                    None => {
+                        let holder =
+                            crate::claims::holder(&self.store, &row.payload_id, &row.identity)
+                                .await?;
+                        if self.claims.len() >= VERSION_CACHE_LIMIT {
+                            self.claims.clear();
+                        }
+                        self.claims.insert(row.payload_id.clone(), holder.clone());
+                        holder
+                    }
+                };
+                let id = if holder == row.identity {
+                    row.payload_id.clone()
+                } else {
+                    terra_core::keys::with_suffix(&row.payload_id, &row.identity)
+                };
+                out.insert(row.identity.clone(), id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn intents(
+        &self,
+        batch: &[Planned],
+        final_ids: &HashMap<String, String>,
+    ) -> (Vec<Intent>, Vec<(String, Bytes)>, usize) {
         let mut newest: HashMap<String, Intent> = HashMap::new();
         let mut dead = Vec::new();
         let mut dead_count = 0;
@@ -114,15 +162,21 @@ impl ObjectSink {
                                 .unwrap_or_else(|| planned.body.clone()),
                             _ => planned.body.clone(),
                         };
+                        let payload_id = final_ids
+                            .get(&row.identity)
+                            .unwrap_or(&row.payload_id)
+                            .clone();
                         let intent = Intent {
-                            key: self.store.key(&row.payload_id),
-                            payload_id: row.payload_id.clone(),
+                            key: self.store.key(&payload_id),
+                            payload_id,
                             bytes,
                             version: row.version,
                             group: row
                                 .user_id
                                 .clone()
                                 .unwrap_or_else(|| row.event_type.clone()),
+                            user_id: row.user_id.clone(),
+                            reference_id: row.reference_id.clone(),
                             healthcheck: row.event_type == "healthcheck",
                         };
                         match newest.get(&intent.key) {
@@ -153,7 +207,8 @@ impl Sink for ObjectSink {
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
-        let (intents, dead, dead_count) = self.intents(batch);
+        let final_ids = self.resolve_claims(batch).await?;
+        let (intents, dead, dead_count) = self.intents(batch, &final_ids);
         let mut stats = WriteStats {
             records: batch.len(),
             dead: dead_count,
@@ -211,6 +266,8 @@ impl Sink for ObjectSink {
                         &url,
                         self.config.expires_in.as_secs(),
                         &intent.payload_id,
+                        intent.user_id.as_deref(),
+                        intent.reference_id.as_deref(),
                         &intent.group,
                         &version,
                     ));

@@ -25,20 +25,28 @@ pub struct Ping {
 }
 
 impl Ping {
-    /// The `s3_payload` ping for a stored object.
+    /// The `s3_payload` ping for a stored object, with the fields of Terra's SQS messages:
+    /// `status`, `type`, `url`, `expires_in`, `payload_reference` (here the payload id: the
+    /// object key stem, the SQL row's `payload_id` and what `GetPayload` takes), `user_id`
+    /// and `reference_id` (`null` when the event has none), in Terra's `", "` / `": "` style.
     pub fn s3_payload(
         url: &str,
         expires_in_secs: u64,
         payload_reference: &str,
+        user_id: Option<&str>,
+        reference_id: Option<&str>,
         group: &str,
         version: &str,
     ) -> Self {
         let json = |s: &str| serde_json::to_string(s).expect("a string serialises");
+        let nullable = |s: Option<&str>| s.map_or_else(|| "null".to_owned(), json);
         Self {
             body: format!(
-                "{{\"status\": \"success\", \"type\": \"s3_payload\", \"url\": {}, \"expires_in\": {expires_in_secs}, \"payload_reference\": {}}}",
+                "{{\"status\": \"success\", \"type\": \"s3_payload\", \"url\": {}, \"expires_in\": {expires_in_secs}, \"payload_reference\": {}, \"user_id\": {}, \"reference_id\": {}}}",
                 json(url),
-                json(payload_reference)
+                json(payload_reference),
+                nullable(user_id),
+                nullable(reference_id)
             ),
             group: fifo_group(group),
             dedup: dedup_id(&[payload_reference, version]),
@@ -143,19 +151,25 @@ mod tests {
             "https://b.s3/k.json?X-Amz-Signature=a\"b",
             600,
             "2022-03-16/sleep/u-t",
+            Some("u"),
+            Some("acct-\"1"),
             "u",
             "1:0:0:0",
         );
+        // Terra's SQS message fields (docs/terra-compatibility.md, queue rows)
         assert_eq!(
             ping.body,
-            r#"{"status": "success", "type": "s3_payload", "url": "https://b.s3/k.json?X-Amz-Signature=a\"b", "expires_in": 600, "payload_reference": "2022-03-16/sleep/u-t"}"#
+            r#"{"status": "success", "type": "s3_payload", "url": "https://b.s3/k.json?X-Amz-Signature=a\"b", "expires_in": 600, "payload_reference": "2022-03-16/sleep/u-t", "user_id": "u", "reference_id": "acct-\"1"}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&ping.body).unwrap();
         assert_eq!(parsed["expires_in"], 600);
         assert_ne!(
             ping.dedup,
-            Ping::s3_payload("x", 600, "2022-03-16/sleep/u-t", "u", "2:0:0:0").dedup
+            Ping::s3_payload("x", 600, "2022-03-16/sleep/u-t", None, None, "u", "2:0:0:0").dedup
         );
+        let userless = Ping::s3_payload("x", 600, "k", None, None, "healthcheck", "1:0:0:0");
+        let parsed: serde_json::Value = serde_json::from_str(&userless.body).unwrap();
+        assert!(parsed["user_id"].is_null() && parsed["reference_id"].is_null());
         let health = Ping::healthcheck(br#"{"type": "healthcheck"}"#, "1:0:0:0");
         assert_eq!(health.body, r#"{"type": "healthcheck"}"#);
     }
@@ -176,7 +190,7 @@ mod tests {
         ];
         let mut seen = std::collections::BTreeSet::new();
         for user in &hostile {
-            let ping = Ping::s3_payload("u", 600, "k", user, "1:0:0:0");
+            let ping = Ping::s3_payload("u", 600, "k", Some(user), None, user, "1:0:0:0");
             assert!(valid(&ping.group), "{user:?} -> {:?}", ping.group);
             assert_eq!(ping.group, fifo_group(user), "one group per user");
             seen.insert(ping.group);
