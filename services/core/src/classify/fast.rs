@@ -40,7 +40,7 @@ struct Top<'a> {
     #[serde(borrow)]
     reference_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    data: Option<Vec<MapOnly<Item<'a>>>>,
+    data: Option<DataField<'a>>,
     athlete: Option<IgnoredAny>,
 }
 
@@ -68,6 +68,45 @@ impl User<'_> {
             scopes: owned(&self.scopes),
             created_at: owned(&self.created_at),
         }
+    }
+}
+
+/// `data`: the records of a data event, or the resource of a report-scoped event (lab
+/// reports), of which only `reference_id` is read.
+enum DataField<'a> {
+    Records(Vec<MapOnly<Item<'a>>>),
+    Report(Option<Cow<'a, str>>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DataField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = DataField<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of records or an object")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut records = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    records.push(item);
+                }
+                Ok(DataField::Records(records))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut reference_id = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "reference_id" {
+                        // the last one, as the `Value` path keeps it
+                        reference_id = map.next_value::<Option<Cow<'de, str>>>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(DataField::Report(reference_id))
+            }
+        }
+        deserializer.deserialize_any(DataVisitor)
     }
 }
 
@@ -315,7 +354,11 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
                 });
             }
         } else {
-            for (index, MapOnly(item)) in top.data.iter().flatten().enumerate() {
+            let items = match &top.data {
+                Some(DataField::Records(items)) => items.as_slice(),
+                _ => &[],
+            };
+            for (index, MapOnly(item)) in items.iter().enumerate() {
                 let details = item.details.as_ref().and_then(|d| d.0.metadata.as_ref());
                 let field = |key: &str| {
                     item.metadata
@@ -352,7 +395,9 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         scopes_removed: top.scopes_removed.map(Cow::into_owned),
         data_type: top.data_type.map(Cow::into_owned),
         event_id: text(&top.event_id),
-        // `data.reference_id` (lab reports) is an object's: such bodies go the `Value` way
-        reference_id: top.reference_id.map(Cow::into_owned),
+        reference_id: top.reference_id.map(Cow::into_owned).or_else(|| match top.data {
+            Some(DataField::Report(reference_id)) => reference_id.map(Cow::into_owned),
+            _ => None,
+        }),
     })
 }

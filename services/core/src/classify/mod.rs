@@ -354,3 +354,5 @@ fn scalar_text(value: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shapes;

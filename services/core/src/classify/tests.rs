@@ -12,6 +12,8 @@ fn fixture(name: &str) -> Vec<u8> {
 
 const GARMIN_USER: &str = "0d3c9a52-77f1-4b8e-9f0a-2b6c41e5d7a3";
 const OURA_USER: &str = "7b1e44d0-3c2a-4f5e-8d9b-61a0c2e8f4b7";
+/// The user of the OpenAPI spec's webhook examples.
+pub(super) const TERRA_EXAMPLE_USER: &str = "40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
 
 #[test]
 fn every_fixture_classifies() {
@@ -75,6 +77,15 @@ fn every_fixture_classifies() {
         ),
         ("healthcheck", "healthcheck", Misc, None, &[]),
         (
+            "hormone",
+            "hormone",
+            Data,
+            Some(TERRA_EXAMPLE_USER),
+            &["2026-05-07T08:00:00+02:00", "2026-05-08T08:05:00+02:00"],
+        ),
+        ("lab_report_completed", "lab_report.completed", Data, None, &[]),
+        ("lab_report_failed", "lab_report.failed", Data, None, &[]),
+        (
             "large_request_processing",
             "large_request_processing",
             DataRequest,
@@ -100,7 +111,8 @@ fn every_fixture_classifies() {
             "nutrition",
             Data,
             Some(OURA_USER),
-            &["2026-10-04"],
+            // Terra: "overwrite keyed on metadata.start_time"
+            &["2026-10-04T00:00:00.000000+00:00"],
         ),
         (
             "permission_change",
@@ -117,13 +129,28 @@ fn every_fixture_classifies() {
             &["pw-3310"],
         ),
         (
+            "planned_workout_current",
+            "planned_workout",
+            Data,
+            Some(TERRA_EXAMPLE_USER),
+            &["67890"],
+        ),
+        (
             "rate_limit_hit",
             "rate_limit_hit",
             DataRequest,
             Some(GARMIN_USER),
             &[],
         ),
+        (
+            "route",
+            "route",
+            Data,
+            Some(TERRA_EXAMPLE_USER),
+            &["295581149349019648"],
+        ),
         ("s3_payload", "s3_payload", Misc, None, &[]),
+        ("s3_upload", "s3_upload", Misc, None, &[]),
         ("sleep", "sleep", Data, Some(GARMIN_USER), &["slp-9031"]),
         (
             "user_reauth",

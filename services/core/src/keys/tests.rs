@@ -47,20 +47,49 @@ fn records_without_a_start_time_use_their_natural_key() {
     assert_eq!(id, "2022-03-16/planned_workout/u-2026-10-06");
 }
 
+/// Terra's bucket examples: `<version>/auth/<user>-2026-03-12T14:30:00Z.json`, the
+/// generation time to the second with `Z` (issue 14 §2).
 #[test]
-fn event_ids_use_generation_time_and_default_version() {
+fn event_ids_use_generation_time_to_the_second_and_default_version() {
     assert_eq!(
-        event_payload_id(None, "auth", Some("u-1"), 1_791_100_000_123),
-        "2022-03-16/auth/u-1-2026-10-04T07:46:40.123Z"
+        event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_999),
+        "2022-03-16/auth/u-1-2026-03-12T14:30:00Z"
     );
     assert_eq!(
         event_payload_id(Some("2022-03-16"), "healthcheck", None, 0),
-        "2022-03-16/healthcheck/1970-01-01T00:00:00.000Z"
+        "2022-03-16/healthcheck/1970-01-01T00:00:00Z"
     );
     assert_eq!(
         event_payload_id(None, "", None, 0),
-        "2022-03-16/unknown/1970-01-01T00:00:00.000Z"
+        "2022-03-16/unknown/1970-01-01T00:00:00Z"
     );
+    assert_eq!(
+        object_key("", &event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_000)),
+        "2022-03-16/auth/u-1-2026-03-12T14:30:00Z.json"
+    );
+}
+
+#[test]
+fn suffixes_keep_the_base_and_tell_identities_apart() {
+    let base = event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_000);
+    let a = with_suffix(&base, &"ab".repeat(32));
+    let b = with_suffix(&base, &"cd".repeat(32));
+    assert_eq!(a, format!("{base}~abababababab"));
+    assert_ne!(a, b);
+    assert_ne!(a, base);
+    // the longest base id still fits with its suffix
+    let long = data_payload_id(
+        Some(&"v".repeat(500)),
+        &"t".repeat(500),
+        &"\u{1F600}".repeat(100),
+        &crate::DataRecord {
+            index: 0,
+            natural_key: "k".repeat(500),
+            start_time: Some("x".repeat(500)),
+            end_time: None,
+        },
+    );
+    assert!(with_suffix(&long, &"0".repeat(64)).len() <= MAX_PAYLOAD_ID_LEN);
 }
 
 #[test]
