@@ -26,7 +26,9 @@ mod target;
 
 pub use dialect::{Dialect, Stmt, Val, insert_rows};
 pub use error::SqlError;
-pub use migrate::{MigrationReport, TableSet, Variant, migrate, migrate_set, pending, pending_set};
+pub use migrate::{
+    MigrationReport, TableSet, Variant, migrate, migrate_set, migrate_up_to, pending, pending_set,
+};
 pub use redact::{describe_db_error, describe_error, redact};
 pub use snapshot::{Snapshot, rows, snapshot};
 pub use target::{DEFAULT_SCHEMA, SqlConfig, SqlTarget};

@@ -145,6 +145,21 @@ pub async fn migrate(target: &SqlTarget) -> Result<MigrationReport, SqlError> {
 
 /// [`migrate`] for one set of tables.
 pub async fn migrate_set(target: &SqlTarget, set: TableSet) -> Result<MigrationReport, SqlError> {
+    migrate_set_up_to(target, set, i64::MAX).await
+}
+
+/// [`migrate`] with only the migrations up to `version`: the schema an earlier release left,
+/// for the upgrade tests.
+#[doc(hidden)]
+pub async fn migrate_up_to(target: &SqlTarget, version: i64) -> Result<MigrationReport, SqlError> {
+    migrate_set_up_to(target, TableSet::Projection, version).await
+}
+
+async fn migrate_set_up_to(
+    target: &SqlTarget,
+    set: TableSet,
+    up_to: i64,
+) -> Result<MigrationReport, SqlError> {
     let mut conn = target.pool.acquire().await?;
     let table = target.table(set.record_table());
     if target.dialect == Dialect::Postgres {
@@ -188,6 +203,9 @@ pub async fn migrate_set(target: &SqlTarget, set: TableSet) -> Result<MigrationR
             already: 0,
         };
         for migration in set.migrations(target.dialect, target.variant) {
+            if migration.version > up_to {
+                break;
+            }
             if applied_versions.contains(&migration.version) {
                 report.already += 1;
                 continue;
@@ -368,7 +386,12 @@ mod tests {
                                 || upper.contains("CREATE INDEX")
                                 || upper.contains("CREATE UNIQUE INDEX")
                                 || upper.contains("CREATE VIEW")
-                                || upper.contains("ALTER TABLE"),
+                                || upper.contains("ALTER TABLE")
+                                // moving rows Terra's columns cannot hold (20261203000100)
+                                || upper.contains("INSERT INTO")
+                                || upper.contains("DELETE FROM")
+                                || upper.contains("DROP VIEW")
+                                || upper.contains("DO $$"),
                             "{part}"
                         );
                     }

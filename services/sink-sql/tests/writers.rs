@@ -15,13 +15,13 @@ use terra_schema::{SqlConfig, SqlTarget};
 
 const T0: i64 = 1_780_000_000;
 
-/// Healthchecks: events without a user, whose only rows are in tables without a unique key
+/// Data-request events of one user: their payload rows are in a table without a unique key
 /// on Terra's side (`terra_misc_payloads`), so nothing but the positions can stop a copy.
 fn healthchecks(n: usize) -> Vec<terra_eventlog::Record> {
     (0..n)
         .map(|i| {
             let body = format!(
-                r#"{{"type": "healthcheck", "status": "success", "creation_timestamp": "2026-10-04T09:00:0{i}.000000+00:00", "trend_percentage": 0.0, "sent_webhooks_last_hour": {i}}}"#
+                r#"{{"type": "processing", "status": "processing", "message": "request {i}", "user": {{"user_id": "u-writers", "provider": "GARMIN"}}}}"#
             );
             record(body.as_bytes(), Some((T0 + i as i64) * 1000), T0, None)
         })

@@ -92,6 +92,25 @@ pub fn encode_segment(raw: &str, max: usize) -> String {
     out
 }
 
+/// The type folder: Terra's dotted types (`lab_report.completed`) as they are; anything else
+/// through [`encode_segment`]. Still injective: `encode_segment` never outputs a `.`, and a
+/// kept type is made of `a-z 0-9 _` runs joined by single dots (never `.` or `..`).
+fn type_segment(event_type: &str) -> String {
+    let dotted = event_type.len() <= MAX_TYPE_SEGMENT
+        && event_type.contains('.')
+        && event_type.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    if dotted {
+        event_type.to_owned()
+    } else {
+        encode_segment(event_type, MAX_TYPE_SEGMENT)
+    }
+}
+
 /// The `version` folder of a body (its `version` field, or today's default).
 fn version_segment(version: Option<&str>) -> String {
     encode_segment(version.unwrap_or(DEFAULT_VERSION), MAX_VERSION_SEGMENT)
@@ -133,11 +152,7 @@ pub fn event_payload_id(
         event_type
     };
     let time = encode_time(&unix_ms_to_utc_seconds(generated_at_ms));
-    let folder = format!(
-        "{}/{}",
-        version_segment(version),
-        encode_segment(event_type, MAX_TYPE_SEGMENT)
-    );
+    let folder = format!("{}/{}", version_segment(version), type_segment(event_type));
     match user_id {
         Some(user) => format!("{folder}/{}-{time}", encode_segment(user, MAX_USER_SEGMENT)),
         None => format!("{folder}/{time}"),

@@ -70,6 +70,20 @@ fn event_ids_use_generation_time_to_the_second_and_default_version() {
 }
 
 #[test]
+fn dotted_types_keep_their_name_and_hostile_ones_are_encoded() {
+    assert_eq!(
+        event_payload_id(None, "lab_report.completed", None, 0),
+        "2022-03-16/lab_report.completed/1970-01-01T00:00:00Z"
+    );
+    for hostile in ["..", ".", "a..b", ".a", "a.", "A.b", "a/b.c"] {
+        let id = event_payload_id(None, hostile, None, 0);
+        assert!(!id.split('/').any(|s| s == "." || s == ".."), "{id}");
+        assert_eq!(id.split('/').count(), 3, "{id}");
+        assert!(!id.split('/').nth(1).unwrap().contains('.'), "{hostile} -> {id}");
+    }
+}
+
+#[test]
 fn suffixes_keep_the_base_and_tell_identities_apart() {
     let base = event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_000);
     let a = with_suffix(&base, &"ab".repeat(32));

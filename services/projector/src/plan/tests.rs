@@ -110,8 +110,18 @@ fn lifecycle_steps_per_event() {
         assert_eq!(states, [state], "{name}");
     }
     let cancelled = plan_envelope(at(0), &envelope(&fixture("auth_cancelled"), None));
-    assert!(event(&cancelled).lifecycle.is_empty());
-    assert_eq!(event(&cancelled).payloads[0].kind, PayloadKind::Misc);
+    // no user: one step in the user-less history, moving nobody, with its reference
+    let steps = &event(&cancelled).lifecycle;
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        (steps[0].role, steps[0].user.user_id.as_str(), steps[0].state),
+        (crate::plan::NO_USER_ROLE, "", None)
+    );
+    assert_eq!(steps[0].user.reference_id.as_deref(), Some("acct-2210"));
+    let row = &event(&cancelled).payloads[0];
+    assert_eq!(row.kind, PayloadKind::Misc);
+    assert!(!row.claims, "without a user the id is final");
+    assert_eq!(steps[0].payload_id, row.payload_id);
 
     let change = plan_envelope(at(0), &envelope(&fixture("permission_change"), None));
     assert_eq!(
