@@ -11,8 +11,9 @@
 #                             the local-folder object tests still run)
 #
 # Naming convention: a test that needs moto (its S3/SQS server, TERRA_TEST_S3_ENDPOINT; its
-# binary, TERRA_TEST_MOTO_SERVER; or its venv's Python with boto3, botocore and grpcio,
-# TERRA_TEST_PYTHON) has `moto` in its name: in a module such as `s3_on_moto::`, or in the
+# binary, TERRA_TEST_MOTO_SERVER; or its venv's Python with boto3, botocore, grpcio and
+# terra-python, TERRA_TEST_PYTHON; npm's terra-api beside it, TERRA_TEST_TERRA_API_JS) has
+# `moto` in its name: in a module such as `s3_on_moto::`, or in the
 # function's name (`..._on_moto`, `..._from_the_moto_venv`). Without moto, the filter below
 # skips exactly those (`not test(/moto/)`), and a test that needs moto without saying so
 # panics naming this convention.
@@ -71,6 +72,13 @@ if [ "${TERRA_TEST_SKIP_MOTO:-0}" != 1 ]; then
   # (1.x checks every v1 of a rotation) and the Standard Webhooks library
   "$HOME/.cache/terra-ingest/moto-venv/bin/python" -c 'import terra.utils.verify_signature, standardwebhooks' 2>/dev/null \
     || "$HOME/.cache/terra-ingest/moto-venv/bin/pip" install -q 'terra-python>=1.1,<2' 'standardwebhooks>=1.1,<2' >&2
+  # Terra's JavaScript SDK (npm `terra-api`, verifyTerraWebhookSignature) for the same tests
+  # (tests/e2e/terra_sdks.rs); cached, installed once per machine
+  command -v npm >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm; }
+  TERRA_API_JS="$HOME/.cache/terra-ingest/terra-api-js"
+  [ -f "$TERRA_API_JS/node_modules/terra-api/package.json" ] \
+    || { mkdir -p "$TERRA_API_JS" && npm install --prefix "$TERRA_API_JS" --no-audit --no-fund --silent 'terra-api@>=2.0.21 <3' >&2; }
+  export TERRA_TEST_TERRA_API_JS="$TERRA_API_JS/node_modules"
   moto_env=$(tests/moto.sh start)
   eval "$moto_env"   # exports TERRA_TEST_S3_ENDPOINT, MOTO_PID, AWS_* test credentials
 else

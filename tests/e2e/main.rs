@@ -19,6 +19,7 @@ mod objects;
 mod projector;
 mod query;
 mod tools;
+mod terra_sdks;
 mod webhooks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");
