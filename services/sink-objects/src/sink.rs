@@ -322,6 +322,10 @@ pub(crate) fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
 }
 
 #[cfg(test)]
+#[path = "sink_tests.rs"]
+mod claim_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
