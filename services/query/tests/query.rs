@@ -336,7 +336,7 @@ async fn bad_arguments_are_invalid_argument(dialect: Dialect) {
             ..Default::default()
         },
         ListPayloadsRequest {
-            user_id: String::new(),
+            user_id: "x".repeat(37),
             ..Default::default()
         },
         // a token for other filters
