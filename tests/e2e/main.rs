@@ -18,8 +18,8 @@ mod log_repair;
 mod objects;
 mod projector;
 mod query;
-mod tools;
 mod terra_sdks;
+mod tools;
 mod webhooks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");

@@ -75,9 +75,12 @@ fn verdicts(dir: &Path, header: &str, body: &[u8]) -> (String, String) {
         file,
         header,
     ]));
-    let js = run(Command::new("node")
-        .env("NODE_PATH", &node_path)
-        .args([&format!("{tests}/verify_terra_js.js"), SECRET, file, header]));
+    let js = run(Command::new("node").env("NODE_PATH", &node_path).args([
+        &format!("{tests}/verify_terra_js.js"),
+        SECRET,
+        file,
+        header,
+    ]));
     (py, js)
 }
 
@@ -85,12 +88,20 @@ fn check_all(dir: &Path, deliveries: &[(String, Vec<u8>)], what: &str) {
     assert!(!deliveries.is_empty());
     for (header, body) in deliveries {
         let (py, js) = verdicts(dir, header, body);
-        assert_eq!((py.as_str(), js.as_str()), ("ok", "ok"), "{what}: {}", text(body));
+        assert_eq!(
+            (py.as_str(), js.as_str()),
+            ("ok", "ok"),
+            "{what}: {}",
+            text(body)
+        );
         // the same signature over other bytes: refused by both
         let mut tampered = body.clone();
         tampered.push(b' ');
         let (py, js) = verdicts(dir, header, &tampered);
-        assert!(py.starts_with("refused") && js.starts_with("refused"), "{what}: {py} / {js}");
+        assert!(
+            py.starts_with("refused") && js.starts_with("refused"),
+            "{what}: {py} / {js}"
+        );
     }
 }
 
@@ -102,22 +113,43 @@ async fn terras_python_and_js_sdks_verify_send_and_the_webhook_destination_on_mo
     // 1. `terra-ingest send`, straight to the receiver
     let (url, captured) = capture().await;
     for name in FIXTURES {
-        let out = terra_ingest(cwd, &["send", "--url", &url, "--fixture", name, "--secret", SECRET]);
+        let out = terra_ingest(
+            cwd,
+            &["send", "--url", &url, "--fixture", name, "--secret", SECRET],
+        );
         assert!(out.status.success(), "send {name}: {}", text(&out.stderr));
     }
     let sent = captured.lock().unwrap().clone();
     assert_eq!(sent.len(), FIXTURES.len());
     for (name, (_, body)) in FIXTURES.iter().zip(&sent) {
-        assert_eq!(Some(body.as_slice()), terra_core::fixtures::get(name), "exact bytes");
+        assert_eq!(
+            Some(body.as_slice()),
+            terra_core::fixtures::get(name),
+            "exact bytes"
+        );
     }
     check_all(cwd, &sent, "send");
 
     // 2. the webhook destination: the same fixtures through the ingress into the log, then
     // `project webhooks` to the receiver
-    let server = start(cwd, &["ingress", "--signing-secret", SECRET, "--data-dir", "d"]);
+    let server = start(
+        cwd,
+        &["ingress", "--signing-secret", SECRET, "--data-dir", "d"],
+    );
     let ingress = format!("http://{}/webhook", server.addr);
     for name in FIXTURES {
-        let out = terra_ingest(cwd, &["send", "--url", &ingress, "--fixture", name, "--secret", SECRET]);
+        let out = terra_ingest(
+            cwd,
+            &[
+                "send",
+                "--url",
+                &ingress,
+                "--fixture",
+                name,
+                "--secret",
+                SECRET,
+            ],
+        );
         assert!(out.status.success(), "send {name}: {}", text(&out.stderr));
     }
     drop(server);
@@ -148,7 +180,10 @@ async fn terras_python_and_js_sdks_verify_send_and_the_webhook_destination_on_mo
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while captured.lock().unwrap().len() < FIXTURES.len() {
-        assert!(Instant::now() < deadline, "the destination delivered every event");
+        assert!(
+            Instant::now() < deadline,
+            "the destination delivered every event"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = child.kill();

@@ -38,7 +38,9 @@ pub(crate) async fn holder(store: &Store, base: &str, identity: &str) -> Result<
 }
 
 fn claim_local(marker: PathBuf, identity: &str) -> std::io::Result<String> {
-    let parent = marker.parent().ok_or_else(|| std::io::Error::other("no folder"))?;
+    let parent = marker
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no folder"))?;
     private_fs::create_dir_all(parent)?;
     // the marker appears whole or not at all: written aside, then linked into place (a link
     // never replaces an existing name)

@@ -71,11 +71,19 @@ async fn records_sharing_a_base_key_get_an_object_each() {
     assert!(read(dir.path(), &suffixed).contains("\"second, edited\""));
 
     // two planned workouts on one date, in one body
-    let body = format!(r#"{{"type": "planned_workout", "user": {{"user_id": "{U}"}}, "data": [{{"planned_workout_id": "p-1", "planned_date": "2026-07-03"}}, {{"planned_workout_id": "p-2", "planned_date": "2026-07-03"}}], "version": "2022-03-16"}}"#);
+    let body = format!(
+        r#"{{"type": "planned_workout", "user": {{"user_id": "{U}"}}, "data": [{{"planned_workout_id": "p-1", "planned_date": "2026-07-03"}}, {{"planned_workout_id": "p-2", "planned_date": "2026-07-03"}}], "version": "2022-03-16"}}"#
+    );
     let both = planned(3, body.as_bytes(), T0 * 1000);
     let second_id = identity_of(&both, 1);
     sink.write(&[both]).await.unwrap();
     let date = format!("2022-03-16/planned_workout/{U}-2026-07-03");
     assert!(read(dir.path(), &date).contains("p-1"));
-    assert!(read(dir.path(), &terra_core::keys::with_suffix(&date, &second_id)).contains("p-2"));
+    assert!(
+        read(
+            dir.path(),
+            &terra_core::keys::with_suffix(&date, &second_id)
+        )
+        .contains("p-2")
+    );
 }

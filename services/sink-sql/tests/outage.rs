@@ -121,14 +121,12 @@ async fn a_database_outage_pauses_the_projector_and_skips_nothing_while_poison_i
         data_records
             + fixtures
                 .iter()
-                .filter(
-                    |(_, b)| {
-                        let c = terra_core::classify(b).unwrap();
-                        // one payload per event, lab reports too (report-scoped)
-                        c.group != terra_core::EventGroup::Data
-                            || terra_core::is_report_scoped(&c.event_type)
-                    }
-                )
+                .filter(|(_, b)| {
+                    let c = terra_core::classify(b).unwrap();
+                    // one payload per event, lab reports too (report-scoped)
+                    c.group != terra_core::EventGroup::Data
+                        || terra_core::is_report_scoped(&c.event_type)
+                })
                 .count(),
         "each event once: the second copies repeat the same bytes (the same events)"
     );

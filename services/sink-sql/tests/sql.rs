@@ -99,9 +99,21 @@ async fn every_fixture_lands_in_terras_tables(dialect: Dialect) {
         ),
     )
     .await;
-    let userless: Vec<_> = userless.into_iter().map(|r| r[0].clone().unwrap()).collect();
-    for t in ["auth_cancelled", "healthcheck", "lab_report.completed", "s3_payload", "s3_upload"] {
-        assert!(userless.iter().any(|x| x == t), "{t} missing from {userless:?}");
+    let userless: Vec<_> = userless
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    for t in [
+        "auth_cancelled",
+        "healthcheck",
+        "lab_report.completed",
+        "s3_payload",
+        "s3_upload",
+    ] {
+        assert!(
+            userless.iter().any(|x| x == t),
+            "{t} missing from {userless:?}"
+        );
         assert!(!types.iter().any(|x| x == t), "{t} has no Terra row");
     }
     // an athlete payload and an empty data array

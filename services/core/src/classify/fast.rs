@@ -395,9 +395,12 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         scopes_removed: top.scopes_removed.map(Cow::into_owned),
         data_type: top.data_type.map(Cow::into_owned),
         event_id: text(&top.event_id),
-        reference_id: top.reference_id.map(Cow::into_owned).or_else(|| match top.data {
-            Some(DataField::Report(reference_id)) => reference_id.map(Cow::into_owned),
-            _ => None,
-        }),
+        reference_id: top
+            .reference_id
+            .map(Cow::into_owned)
+            .or_else(|| match top.data {
+                Some(DataField::Report(reference_id)) => reference_id.map(Cow::into_owned),
+                _ => None,
+            }),
     })
 }

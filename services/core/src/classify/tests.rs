@@ -83,7 +83,13 @@ fn every_fixture_classifies() {
             Some(TERRA_EXAMPLE_USER),
             &["2026-05-07T08:00:00+02:00", "2026-05-08T08:05:00+02:00"],
         ),
-        ("lab_report_completed", "lab_report.completed", Data, None, &[]),
+        (
+            "lab_report_completed",
+            "lab_report.completed",
+            Data,
+            None,
+            &[],
+        ),
         ("lab_report_failed", "lab_report.failed", Data, None, &[]),
         (
             "large_request_processing",

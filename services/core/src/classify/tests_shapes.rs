@@ -29,7 +29,10 @@ fn lab_reports_have_no_user_no_records_and_their_event_id() {
             "lab_report_completed",
             "evt_4a2b8c1d-3f9e-4c0a-8b21-9d6e5f2a1c7b",
         ),
-        ("lab_report_failed", "evt_7c1f0a92-52c8-4a63-9082-7e50e2f5a1cd"),
+        (
+            "lab_report_failed",
+            "evt_7c1f0a92-52c8-4a63-9082-7e50e2f5a1cd",
+        ),
     ] {
         let c = both(&fixture(name));
         assert_eq!(c.group, EventGroup::Data, "{name}");
@@ -59,8 +62,14 @@ fn hormone_samples_are_keyed_and_started_by_their_timestamp() {
     assert_eq!(
         got,
         [
-            ("2026-05-07T08:00:00+02:00", Some("2026-05-07T08:00:00+02:00")),
-            ("2026-05-08T08:05:00+02:00", Some("2026-05-08T08:05:00+02:00")),
+            (
+                "2026-05-07T08:00:00+02:00",
+                Some("2026-05-07T08:00:00+02:00")
+            ),
+            (
+                "2026-05-08T08:05:00+02:00",
+                Some("2026-05-08T08:05:00+02:00")
+            ),
         ]
     );
 }
@@ -82,7 +91,11 @@ fn planned_workouts_in_both_shapes() {
     assert_eq!(c.records[0].start_time.as_deref(), Some("2026-07-04"));
     // two on one date: two identities
     let body = br#"{"type": "planned_workout", "user": {"user_id": "u"}, "data": [{"planned_workout_id": "1", "planned_date": "2026-07-03"}, {"planned_workout_id": "2", "planned_date": "2026-07-03"}]}"#;
-    let keys: Vec<_> = both(body).records.into_iter().map(|r| r.natural_key).collect();
+    let keys: Vec<_> = both(body)
+        .records
+        .into_iter()
+        .map(|r| r.natural_key)
+        .collect();
     assert_eq!(keys, ["1", "2"]);
 }
 

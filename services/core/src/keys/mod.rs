@@ -35,12 +35,8 @@ const MAX_TYPE_SEGMENT: usize = 64;
 const MAX_VERSION_SEGMENT: usize = 32;
 const MAX_TIME_SEGMENT: usize = 64;
 /// Upper bound of any payload id (sum of the segment bounds and separators).
-pub const MAX_PAYLOAD_ID_LEN: usize = MAX_VERSION_SEGMENT
-    + MAX_TYPE_SEGMENT
-    + MAX_USER_SEGMENT
-    + MAX_TIME_SEGMENT
-    + 3
-    + SUFFIX_LEN;
+pub const MAX_PAYLOAD_ID_LEN: usize =
+    MAX_VERSION_SEGMENT + MAX_TYPE_SEGMENT + MAX_USER_SEGMENT + MAX_TIME_SEGMENT + 3 + SUFFIX_LEN;
 /// Hex digits of the identity in a suffix.
 const SUFFIX_HEX: usize = 12;
 /// `~` and the hex digits.

@@ -64,7 +64,10 @@ fn event_ids_use_generation_time_to_the_second_and_default_version() {
         "2022-03-16/unknown/1970-01-01T00:00:00Z"
     );
     assert_eq!(
-        object_key("", &event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_000)),
+        object_key(
+            "",
+            &event_payload_id(None, "auth", Some("u-1"), 1_773_325_800_000)
+        ),
         "2022-03-16/auth/u-1-2026-03-12T14:30:00Z.json"
     );
 }
@@ -79,7 +82,10 @@ fn dotted_types_keep_their_name_and_hostile_ones_are_encoded() {
         let id = event_payload_id(None, hostile, None, 0);
         assert!(!id.split('/').any(|s| s == "." || s == ".."), "{id}");
         assert_eq!(id.split('/').count(), 3, "{id}");
-        assert!(!id.split('/').nth(1).unwrap().contains('.'), "{hostile} -> {id}");
+        assert!(
+            !id.split('/').nth(1).unwrap().contains('.'),
+            "{hostile} -> {id}"
+        );
     }
 }
 

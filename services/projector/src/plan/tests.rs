@@ -114,7 +114,11 @@ fn lifecycle_steps_per_event() {
     let steps = &event(&cancelled).lifecycle;
     assert_eq!(steps.len(), 1);
     assert_eq!(
-        (steps[0].role, steps[0].user.user_id.as_str(), steps[0].state),
+        (
+            steps[0].role,
+            steps[0].user.user_id.as_str(),
+            steps[0].state
+        ),
         (crate::plan::NO_USER_ROLE, "", None)
     );
     assert_eq!(steps[0].user.reference_id.as_deref(), Some("acct-2210"));
