@@ -28,7 +28,7 @@ fn free_port() -> u16 {
 /// Payload ids a body produces, and whether its stored body is the webhook body itself.
 fn expected(body: &[u8]) -> (Vec<String>, bool) {
     let c = terra_core::classify(body).unwrap();
-    if c.group == terra_core::EventGroup::Data {
+    if c.group == terra_core::EventGroup::Data && !terra_core::is_report_scoped(&c.event_type) {
         let ids = c
             .records
             .iter()
@@ -43,15 +43,34 @@ fn expected(body: &[u8]) -> (Vec<String>, bool) {
             .collect();
         (ids, c.records.len() == 1)
     } else {
-        (
-            vec![terra_core::keys::event_payload_id(
-                c.version.as_deref(),
-                &c.event_type,
-                c.user_id.as_deref(),
-                ORDERING_MS,
-            )],
-            true,
-        )
+        let base = terra_core::keys::event_payload_id(
+            c.version.as_deref(),
+            &c.event_type,
+            c.user_id.as_deref(),
+            ORDERING_MS,
+        );
+        if c.user_id.is_some() {
+            return (vec![base], true);
+        }
+        // without a user: the suffix of the event's identity (lab reports: their event_id;
+        // else, without a trace id, the body's hash)
+        let key = match c
+            .event_id
+            .filter(|_| terra_core::is_report_scoped(&c.event_type))
+        {
+            Some(event_id) => event_id,
+            None => format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body))
+            ),
+        };
+        let identity = terra_projector::plan::identity(
+            terra_projector::plan::PayloadKind::Misc,
+            None,
+            &c.event_type,
+            &key,
+        );
+        (vec![terra_core::keys::with_suffix(&base, &identity)], true)
     }
 }
 

@@ -13,7 +13,7 @@ use terra_core::envelope::Envelope;
 async fn every_fixture_is_accepted_and_stored_byte_for_byte() {
     let app = spawn(config(vec![source("default", &[SECRET])])).await;
     let fixtures = fixtures();
-    assert_eq!(fixtures.len(), 23);
+    assert_eq!(fixtures.len(), 29);
     let mut ids = Vec::new();
     for (name, body) in &fixtures {
         let response = app

@@ -211,22 +211,21 @@ pub fn payload_count(body: &[u8]) -> usize {
 /// The payload ids the projection derives from `body` delivered with ordering timestamp
 /// `ordering_ms` (the projection's key derivation, from terra-core).
 pub fn payload_ids(body: &[u8], ordering_ms: i64) -> Vec<String> {
-    use terra_core::keys::{data_payload_id, event_payload_id};
-    let c = terra_core::classify(body).unwrap();
-    if c.group == terra_core::EventGroup::Data {
-        let user = c.user_id.as_deref().unwrap_or("");
-        c.records
-            .iter()
-            .map(|r| data_payload_id(c.version.as_deref(), &c.event_type, user, r))
-            .collect()
-    } else {
-        let user = c.user_id.as_deref();
-        vec![event_payload_id(
-            c.version.as_deref(),
-            &c.event_type,
-            user,
-            ordering_ms,
-        )]
+    // the plan's ids: without a collision a claimed base id is the final one, and events
+    // without a user carry their suffix already (terra_core::keys, suffix rule)
+    let envelope = terra_testkit::envelope(body, Some(ordering_ms), T0, None);
+    let planned = terra_projector::plan::plan_envelope(
+        terra_eventlog::Position {
+            partition: 0,
+            offset: 0,
+        },
+        &envelope,
+    );
+    match planned.plan {
+        terra_projector::plan::Plan::Event(event) => {
+            event.payloads.into_iter().map(|p| p.payload_id).collect()
+        }
+        terra_projector::plan::Plan::Dead(dead) => panic!("poison: {}", dead.reason),
     }
 }
 

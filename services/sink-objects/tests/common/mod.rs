@@ -116,9 +116,13 @@ pub(crate) async fn keys(store: &Store) -> BTreeSet<String> {
         .object_store()
         .list(None)
         .map_ok(|m| m.location.to_string())
-        .try_collect()
+        .try_collect::<BTreeSet<String>>()
         .await
         .unwrap()
+        .into_iter()
+        // the suffix rule's claim markers are not payloads
+        .filter(|k| !k.split('/').any(|segment| segment == "_claims"))
+        .collect()
 }
 
 pub(crate) async fn get(store: &Store, key: &str) -> Vec<u8> {
