@@ -9,7 +9,10 @@
 //!   letters).
 //! - [`sqs`]: the pings.
 //! - `write`: conditional writes, so the newest copy wins against concurrent writers.
+//! - `errors`: which store failures pause the projector (outage, refusal) and which
+//!   dead-letter one record.
 
+mod errors;
 pub mod layout;
 pub mod sink;
 pub mod sqs;
@@ -18,7 +21,9 @@ mod write;
 
 pub use sink::{ObjectSink, ObjectSinkConfig};
 pub use sqs::{Pinger, SqsConfig};
-pub use store::{SUPABASE_BUCKET, Store, StoreConfig, StoreError};
+pub use store::{
+    AZURE_VERSION_METADATA, SUPABASE_BUCKET, Store, StoreConfig, StoreError, VERSION_METADATA,
+};
 
 /// The consumer group of the object projection.
 pub const OBJECTS_GROUP: &str = "objects";
