@@ -74,7 +74,14 @@ async fn standalone_stores_every_fixture_on_azurite_with_the_emulator_settings()
     let mut expected: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut names: Vec<String> = std::fs::read_dir(format!("{}/webhooks", super::fixtures_dir()))
         .unwrap()
-        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
     for name in &names {
@@ -90,7 +97,11 @@ async fn standalone_stores_every_fixture_on_azurite_with_the_emulator_settings()
                 "X-Terra-Ordering-Timestamp: 1780000000000",
             ],
         );
-        assert!(text(&out.stdout).starts_with("200"), "{name}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("200"),
+            "{name}: {}",
+            text(&out.stdout)
+        );
         let body = terra_testkit::fixture(name);
         let c = terra_core::classify(&body).unwrap();
         let mut keys = Vec::new();
@@ -140,7 +151,14 @@ async fn standalone_stores_every_fixture_on_azurite_with_the_emulator_settings()
     for (key, bytes) in &expected {
         let Some(bytes) = bytes else { continue };
         let path = object_store::path::Path::parse(key).unwrap();
-        let stored = store.object_store().get(&path).await.unwrap().bytes().await.unwrap();
+        let stored = store
+            .object_store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(&stored[..], &bytes[..], "{key}: stored as received");
         compared += 1;
     }
@@ -197,12 +215,18 @@ async fn project_objects_on_azurite_shows_a_missing_container_until_it_is_create
             }
         });
     }
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("projector did not start");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("projector did not start");
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
         let (http, addr) = (http.clone(), addr.clone());
         async move {
-            let r = http.get(format!("http://{addr}{path}")).send().await.unwrap();
+            let r = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -216,7 +240,10 @@ async fn project_objects_on_azurite_shows_a_missing_container_until_it_is_create
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status, 503);
-    assert!(why.contains("refuses writes") && why.contains("404") && why.contains("ContainerNotFound"), "{why}");
+    assert!(
+        why.contains("refuses writes") && why.contains("404") && why.contains("ContainerNotFound"),
+        "{why}"
+    );
     let (_, metrics) = get("/metrics").await;
     assert!(
         metrics.contains("terra_ingest_projector_sink_refused{sink=\"objects\"} 1"),
@@ -229,14 +256,20 @@ async fn project_objects_on_azurite_shows_a_missing_container_until_it_is_create
             && l.contains("ContainerNotFound")),
         "{logged:#?}"
     );
-    assert!(!logged.iter().any(|l| l.contains(azurite::ACCOUNT_KEY)), "no key in the log");
+    assert!(
+        !logged.iter().any(|l| l.contains(azurite::ACCOUNT_KEY)),
+        "no key in the log"
+    );
 
     // the operator creates the container: the projector goes on by itself
     azurite::create_container(&url, &container);
     let store = reader(&url, &container);
     let deadline = Instant::now() + Duration::from_secs(60);
     while listed(&store).await.len() < 2 || get("/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "not written after the container was made");
+        assert!(
+            Instant::now() < deadline,
+            "not written after the container was made"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, metrics) = get("/metrics").await;

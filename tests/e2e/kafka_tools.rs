@@ -152,7 +152,14 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
         let out = terra_ingest(
             dir.path(),
             &[
-                "send", "--url", &url, "--secret", "whsec_k", "--fixture", name, "-H",
+                "send",
+                "--url",
+                &url,
+                "--secret",
+                "whsec_k",
+                "--fixture",
+                name,
+                "-H",
                 &traceparent,
             ],
         );
@@ -182,27 +189,42 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
     for (&(partition, offset), s) in &sent {
         let read = kcat(&bootstrap, &topic, partition, offset);
         let name = &s.name;
-        assert_eq!(read.key, s.user_id.clone().unwrap_or_default(), "{name}: key = user id");
+        assert_eq!(
+            read.key,
+            s.user_id.clone().unwrap_or_default(),
+            "{name}: key = user id"
+        );
         assert!(
-            read.headers.contains(&format!("content-type={CONTENT_TYPE}")),
+            read.headers
+                .contains(&format!("content-type={CONTENT_TYPE}")),
             "{name}: {}",
             read.headers
         );
         assert!(
-            read.headers.contains(&format!("envelope-id={}", s.envelope_id)),
+            read.headers
+                .contains(&format!("envelope-id={}", s.envelope_id)),
             "{name}: {}",
             read.headers
         );
         assert!(
-            read.headers.contains(&format!("traceparent=00-{TRACE_ID}-")),
+            read.headers
+                .contains(&format!("traceparent=00-{TRACE_ID}-")),
             "{name}: the caller's trace goes on: {}",
             read.headers
         );
         let field = |f: &str| read.fields.get(f).cloned().unwrap_or_default();
         assert_eq!(field("body"), s.body, "{name}: the exact body");
-        assert_eq!(field("body_sha256"), sha2::Sha256::digest(&s.body).to_vec(), "{name}");
+        assert_eq!(
+            field("body_sha256"),
+            sha2::Sha256::digest(&s.body).to_vec(),
+            "{name}"
+        );
         assert_eq!(text(&field("envelope_id")), s.envelope_id, "{name}");
-        assert_eq!(text(&field("user_id")), s.user_id.clone().unwrap_or_default(), "{name}");
+        assert_eq!(
+            text(&field("user_id")),
+            s.user_id.clone().unwrap_or_default(),
+            "{name}"
+        );
     }
 
     // confluent-kafka, as a downstream team's consumer
@@ -212,7 +234,11 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
         .arg(repo().join("proto"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "consume_log.py: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "consume_log.py: {}",
+        text(&out.stderr)
+    );
     let mut read = 0;
     for line in text(&out.stdout).lines() {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -224,7 +250,11 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
         let name = &s.name;
         assert_eq!(record["key"].as_str(), s.user_id.as_deref(), "{name}");
         assert_eq!(record["headers"]["content-type"], CONTENT_TYPE, "{name}");
-        assert_eq!(record["headers"]["envelope-id"], s.envelope_id.as_str(), "{name}");
+        assert_eq!(
+            record["headers"]["envelope-id"],
+            s.envelope_id.as_str(),
+            "{name}"
+        );
         let body = base64_decode(record["body"].as_str().unwrap());
         assert_eq!(body, s.body, "{name}: the exact body");
         let envelope = &record["envelope"];
@@ -239,5 +269,7 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
 
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }

@@ -159,7 +159,10 @@ impl ProjectorMetrics {
             })
             .set(1);
         let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        refusals.insert(sink.to_owned(), cause.to_owned()).as_deref() != Some(cause)
+        refusals
+            .insert(sink.to_owned(), cause.to_owned())
+            .as_deref()
+            != Some(cause)
     }
 
     /// Records that `sink` wrote; true when it was refusing until now.

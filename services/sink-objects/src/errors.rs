@@ -45,7 +45,11 @@ pub(crate) struct Answer {
 }
 
 /// Error codes that name the object itself as too large.
-const TOO_LARGE_CODES: [&str; 3] = ["EntityTooLarge", "RequestBodyTooLarge", "RequestEntityTooLarge"];
+const TOO_LARGE_CODES: [&str; 3] = [
+    "EntityTooLarge",
+    "RequestBodyTooLarge",
+    "RequestEntityTooLarge",
+];
 
 pub(crate) fn classify(err: &object_store::Error) -> Class {
     use object_store::Error as E;
@@ -186,16 +190,46 @@ mod tests {
     #[test]
     fn statuses_and_codes_choose_the_class() {
         let cases = [
-            ("Server returned non-2xx status code: 503 Service Unavailable: ", Class::Outage),
-            ("Server returned non-2xx status code: 500 Internal Server Error: ", Class::Outage),
-            ("Server returned non-2xx status code: 429 Too Many Requests: ", Class::Outage),
-            ("Server returned non-2xx status code: 408 Request Timeout: ", Class::Outage),
-            ("Server returned non-2xx status code: 501 Not Implemented: ", Class::Refused),
-            ("Server returned non-2xx status code: 400 Bad Request: <Error><Code>InvalidMetadata</Code></Error>", Class::Refused),
-            ("Server returned non-2xx status code: 301 Moved Permanently: ", Class::Refused),
-            ("Received redirect without LOCATION, this normally indicates an incorrectly configured region", Class::Refused),
-            ("Server returned non-2xx status code: 413 Payload Too Large: ", Class::Rejected),
-            ("Server returned non-2xx status code: 400 Bad Request: <Error><Code>EntityTooLarge</Code></Error>", Class::Rejected),
+            (
+                "Server returned non-2xx status code: 503 Service Unavailable: ",
+                Class::Outage,
+            ),
+            (
+                "Server returned non-2xx status code: 500 Internal Server Error: ",
+                Class::Outage,
+            ),
+            (
+                "Server returned non-2xx status code: 429 Too Many Requests: ",
+                Class::Outage,
+            ),
+            (
+                "Server returned non-2xx status code: 408 Request Timeout: ",
+                Class::Outage,
+            ),
+            (
+                "Server returned non-2xx status code: 501 Not Implemented: ",
+                Class::Refused,
+            ),
+            (
+                "Server returned non-2xx status code: 400 Bad Request: <Error><Code>InvalidMetadata</Code></Error>",
+                Class::Refused,
+            ),
+            (
+                "Server returned non-2xx status code: 301 Moved Permanently: ",
+                Class::Refused,
+            ),
+            (
+                "Received redirect without LOCATION, this normally indicates an incorrectly configured region",
+                Class::Refused,
+            ),
+            (
+                "Server returned non-2xx status code: 413 Payload Too Large: ",
+                Class::Rejected,
+            ),
+            (
+                "Server returned non-2xx status code: 400 Bad Request: <Error><Code>EntityTooLarge</Code></Error>",
+                Class::Rejected,
+            ),
             ("HTTP error: error sending request: Connect", Class::Outage),
         ];
         for (text, class) in cases {

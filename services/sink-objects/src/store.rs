@@ -190,7 +190,8 @@ impl Store {
                     .with_retry(retry)
                     .with_client_options(client)
                     .with_virtual_hosted_style_request(!config.s3_path_style);
-                let mut builder = configure(builder, &config.options, |b, k, v| b.with_config(k, v))?;
+                let mut builder =
+                    configure(builder, &config.options, |b, k, v| b.with_config(k, v))?;
                 if let Some(endpoint) = &config.s3_endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }

@@ -41,13 +41,23 @@ fn store(bucket: &str) -> Store {
 }
 
 /// The sleep fixture with `is_nap` set, planned at `ordering_ms`.
-fn sleep_copy(is_nap: &str, ordering_ms: i64, offset: u64) -> (terra_projector::plan::Planned, Vec<u8>) {
+fn sleep_copy(
+    is_nap: &str,
+    ordering_ms: i64,
+    offset: u64,
+) -> (terra_projector::plan::Planned, Vec<u8>) {
     let body = String::from_utf8(fixture("sleep"))
         .unwrap()
         .replace("\"is_nap\": false", &format!("\"is_nap\": {is_nap}"))
         .into_bytes();
     let envelope = terra_testkit::envelope(&body, Some(ordering_ms), T0, None);
-    let planned = plan_envelope(Position { partition: 0, offset }, &envelope);
+    let planned = plan_envelope(
+        Position {
+            partition: 0,
+            offset,
+        },
+        &envelope,
+    );
     (planned, body)
 }
 
@@ -75,14 +85,28 @@ async fn gcs_a_stored_newer_copy_is_read_back_and_an_older_one_skipped() {
         terra_projector::plan::Plan::Event(e) => e.payloads[0].version.to_string(),
         _ => unreachable!("the sleep fixture is an event"),
     };
-    gcs::seed_object(&url, &bucket, &key, &newer_body, &[(VERSION_METADATA, &version)]);
+    gcs::seed_object(
+        &url,
+        &bucket,
+        &key,
+        &newer_body,
+        &[(VERSION_METADATA, &version)],
+    );
 
     let (older, _) = sleep_copy("false", T0 * 1000, 3);
     let mut sink = ObjectSink::new(store.clone(), ObjectSinkConfig::default(), None);
     let stats = sink.write(&[older]).await.unwrap();
-    assert_eq!((stats.superseded, stats.payloads), (1, 0), "the stored version decides");
+    assert_eq!(
+        (stats.superseded, stats.payloads),
+        (1, 0),
+        "the stored version decides"
+    );
     assert_eq!(get(&store, &key).await, newer_body, "the newer copy stays");
-    assert_eq!(keys(&store).await, [key].into(), "listed through the XML API");
+    assert_eq!(
+        keys(&store).await,
+        [key].into(),
+        "listed through the XML API"
+    );
 }
 
 #[tokio::test]
@@ -98,10 +122,12 @@ async fn gcs_a_put_the_emulator_refuses_is_a_refusal_that_skips_nothing() {
         .unwrap();
     let metrics = terra_projector::ProjectorMetrics::unregistered();
     let mut config = terra_projector::ProjectorConfig::new("objects");
-    config.backoff = terra_projector::Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+    config.backoff =
+        terra_projector::Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
     let stop = terra_projector::CancellationToken::new();
     let task = {
-        let (log, store, metrics, stop) = (log.clone(), store.clone(), metrics.clone(), stop.clone());
+        let (log, store, metrics, stop) =
+            (log.clone(), store.clone(), metrics.clone(), stop.clone());
         tokio::spawn(async move {
             let mut sink = ObjectSink::new(store, ObjectSinkConfig::default(), None);
             terra_projector::run(&config, &log, &mut sink, &metrics, stop, |_| {}).await
@@ -121,6 +147,10 @@ async fn gcs_a_put_the_emulator_refuses_is_a_refusal_that_skips_nothing() {
     assert!(cause.contains("invalid uploadType"), "{cause}");
     stop.cancel();
     let totals = task.await.unwrap().unwrap();
-    assert_eq!((totals.records, totals.dead), (0, 0), "nothing skipped, nothing dead-lettered");
+    assert_eq!(
+        (totals.records, totals.dead),
+        (0, 0),
+        "nothing skipped, nothing dead-lettered"
+    );
     assert!(keys(&store).await.is_empty());
 }

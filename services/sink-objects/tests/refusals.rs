@@ -31,13 +31,12 @@ fn spawn(log: &EventLog, store: &Store) -> Running {
     let mut config = ProjectorConfig::new("objects");
     config.batch_size = 4;
     config.batch_wait = Duration::from_millis(20);
-    config.backoff = terra_projector::Backoff::new(
-        Duration::from_millis(50),
-        Duration::from_millis(300),
-    );
+    config.backoff =
+        terra_projector::Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     let stop = CancellationToken::new();
     let task = {
-        let (log, store, metrics, stop) = (log.clone(), store.clone(), metrics.clone(), stop.clone());
+        let (log, store, metrics, stop) =
+            (log.clone(), store.clone(), metrics.clone(), stop.clone());
         tokio::spawn(async move {
             let mut sink = ObjectSink::new(store, ObjectSinkConfig::default(), None);
             terra_projector::run(&config, &log, &mut sink, &metrics, stop, |_| {})
@@ -61,7 +60,10 @@ impl Running {
             if let Some(cause) = self.metrics.refusal("objects") {
                 return cause;
             }
-            assert!(!self.task.is_finished(), "the projector stopped on a refusal");
+            assert!(
+                !self.task.is_finished(),
+                "the projector stopped on a refusal"
+            );
             assert!(Instant::now() < deadline, "no refusal reported");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -80,7 +82,10 @@ async fn wait_for_keys(store: &Store, count: usize) {
         if listed >= count {
             return;
         }
-        assert!(Instant::now() < deadline, "{listed} of {count} objects written");
+        assert!(
+            Instant::now() < deadline,
+            "{listed} of {count} objects written"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -125,7 +130,10 @@ async fn a_missing_bucket_is_a_refusal_until_it_exists(
     let cause = running.refusal().await;
     assert!(cause.contains("404"), "{cause}");
     assert!(cause.contains(code), "{cause}");
-    assert!(cause.contains("does the bucket or container exist"), "{cause}");
+    assert!(
+        cause.contains("does the bucket or container exist"),
+        "{cause}"
+    );
     assert_eq!(metric(&running.registry, "projector_sink_refused"), 1.0);
     assert!(metric(&running.registry, "projector_sink_errors") >= 1.0);
 
@@ -204,9 +212,15 @@ async fn a_wrong_key_on_azurite_is_a_refusal_naming_403_and_not_the_key() {
     let running = spawn(&log, &store);
     let cause = running.refusal().await;
     // the first request is the HEAD of the object (no body, so no Azure error code)
-    assert!(cause.contains("HEAD") && cause.contains("answered 403;"), "{cause}");
+    assert!(
+        cause.contains("HEAD") && cause.contains("answered 403;"),
+        "{cause}"
+    );
     assert!(cause.contains("credentials"), "{cause}");
-    assert!(!cause.contains(wrong) && !cause.contains("c2VjcmV0"), "{cause}");
+    assert!(
+        !cause.contains(wrong) && !cause.contains("c2VjcmV0"),
+        "{cause}"
+    );
     assert!(!cause.contains("is_nap"), "no body in the cause: {cause}");
     assert_eq!(metric(&running.registry, "projector_sink_refused"), 1.0);
     let totals = running.stop().await;
@@ -283,7 +297,10 @@ async fn an_object_over_a_proxy_body_limit_on_moto_is_dead_lettered_alone() {
     let (log, _dir) = log();
     let sleep = String::from_utf8(fixture("sleep")).unwrap();
     // the same delivery with a 6 KiB field: over the proxy's limit, object and body alike
-    let large = sleep.replace("\"is_nap\": false", &format!("\"is_nap\": false, \"pad\": \"{}\"", "x".repeat(6 * 1024)));
+    let large = sleep.replace(
+        "\"is_nap\": false",
+        &format!("\"is_nap\": false, \"pad\": \"{}\"", "x".repeat(6 * 1024)),
+    );
     let large = large.replace(terra_testkit::FIXTURE_USER, "large-user");
     let positions = log
         .append(vec![
@@ -304,14 +321,30 @@ async fn an_object_over_a_proxy_body_limit_on_moto_is_dead_lettered_alone() {
     assert_eq!((totals.records, totals.payloads, totals.dead), (3, 2, 1));
 
     let listed = keys(&store).await;
-    let stem = format!("_dead-letters/{}-{}", positions[1].partition, positions[1].offset);
+    let stem = format!(
+        "_dead-letters/{}-{}",
+        positions[1].partition, positions[1].offset
+    );
     let letter_key = store.key(&stem);
     assert!(listed.contains(&letter_key), "{listed:?}");
-    assert!(!listed.iter().any(|k| k.ends_with(".body")), "the body is over the limit too: {listed:?}");
-    assert!(!listed.iter().any(|k| k.contains("large-user")), "{listed:?}");
-    let letter: serde_json::Value = serde_json::from_slice(&get(&store, &letter_key).await).unwrap();
+    assert!(
+        !listed.iter().any(|k| k.ends_with(".body")),
+        "the body is over the limit too: {listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|k| k.contains("large-user")),
+        "{listed:?}"
+    );
+    let letter: serde_json::Value =
+        serde_json::from_slice(&get(&store, &letter_key).await).unwrap();
     let reason = letter["reason"].as_str().unwrap();
     assert!(reason.contains("413"), "{letter}");
-    assert!(letter["body_not_stored"].as_str().unwrap().contains("413"), "{letter}");
-    assert!(!letter.to_string().contains("xxxx"), "no body in the letter");
+    assert!(
+        letter["body_not_stored"].as_str().unwrap().contains("413"),
+        "{letter}"
+    );
+    assert!(
+        !letter.to_string().contains("xxxx"),
+        "no body in the letter"
+    );
 }

@@ -20,12 +20,14 @@ pub const ACCOUNT: &str = "devstoreaccount1";
 pub const ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-const CONVENTION: &str = "tests/run-all.sh starts Azurite and sets it; tests that need it have `azurite` in their names";
+const CONVENTION: &str =
+    "tests/run-all.sh starts Azurite and sets it; tests that need it have `azurite` in their names";
 
 /// `http://127.0.0.1:PORT` of the shared Azurite.
 pub fn url() -> String {
-    std::env::var("TERRA_TEST_AZURITE_URL")
-        .unwrap_or_else(|_| panic!("TERRA_TEST_AZURITE_URL must name Azurite's blob endpoint ({CONVENTION})"))
+    std::env::var("TERRA_TEST_AZURITE_URL").unwrap_or_else(|_| {
+        panic!("TERRA_TEST_AZURITE_URL must name Azurite's blob endpoint ({CONVENTION})")
+    })
 }
 
 /// The object_store settings that reach Azurite at `url` without the process environment

@@ -8,8 +8,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-const CONVENTION: &str =
-    "tests/run-all.sh starts fake-gcs-server and sets it; tests that need it have `gcs` in their names";
+const CONVENTION: &str = "tests/run-all.sh starts fake-gcs-server and sets it; tests that need it have `gcs` in their names";
 
 /// `http://127.0.0.1:PORT` of the shared emulator.
 pub fn url() -> String {
