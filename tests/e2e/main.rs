@@ -12,7 +12,9 @@ use terra_core::envelope::Envelope;
 use terra_eventlog::{EventLog, LogUrl};
 
 mod at_rest;
+mod azure;
 mod deliveries;
+mod kafka_tools;
 mod large;
 mod log_repair;
 mod objects;

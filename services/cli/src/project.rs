@@ -153,10 +153,14 @@ pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> 
     let mut registry = Registry::with_prefix("terra_ingest");
     let metrics = ProjectorMetrics::register(&mut registry);
     let store = terra_sink_objects::Store::open(&objects.store)?;
+    let readiness = StoreReadiness {
+        store,
+        metrics: metrics.clone(),
+    };
     let http = start_ops(
         config.projector.http_addr,
         registry,
-        Arc::new(StoreReadiness(store)),
+        Arc::new(readiness),
         shutdown.clone(),
     )
     .await?;
@@ -238,15 +242,23 @@ impl Readiness for SqlReadiness {
     }
 }
 
-/// `/readyz` of the object projector: the store answers (any answer but a failure to reach
-/// it will do).
-struct StoreReadiness(terra_sink_objects::Store);
+/// `/readyz` of the object projector: the store does not refuse the projector's writes (a
+/// refusal that will not pass by itself: credentials, permissions, a missing bucket, a
+/// setting it does not accept; see `terra_sink_objects`' `errors`), and it answers (any
+/// answer but a failure to reach it will do).
+struct StoreReadiness {
+    store: terra_sink_objects::Store,
+    metrics: ProjectorMetrics,
+}
 
 impl Readiness for StoreReadiness {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
+            if let Some(cause) = self.metrics.refusal(terra_sink_objects::OBJECTS_GROUP) {
+                return Err(format!("the object store refuses writes: {cause}"));
+            }
             let probe = object_store::path::Path::from("_readyz-probe");
-            match self.0.object_store().head(&probe).await {
+            match self.store.object_store().head(&probe).await {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }

@@ -1,8 +1,10 @@
 //! Prometheus metrics of the projectors: records and payloads written, batch latency,
-//! consumer lag per partition, dead letters, sink errors. Registered into a registry the
-//! caller owns (the ingress's in `standalone`, the projector's own `/metrics` otherwise).
+//! consumer lag per partition, dead letters, sink errors, sinks refusing writes (with the
+//! cause kept for readiness checks). Registered into a registry the caller owns (the
+//! ingress's in `standalone`, the projector's own `/metrics` otherwise).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +42,9 @@ pub struct ProjectorMetrics {
     superseded: Family<SinkLabel, Counter>,
     dead_lettered: Family<SinkLabel, Counter>,
     sink_errors: Family<SinkLabel, Counter>,
+    refused: Family<SinkLabel, Gauge>,
+    /// The cause of each sink's current refusal (see [`ProjectorMetrics::refusal`]).
+    refusals: Arc<Mutex<BTreeMap<String, String>>>,
     lag: Family<PartitionLabel, Gauge>,
     batch_seconds: HistogramFamily,
 }
@@ -54,6 +59,8 @@ impl ProjectorMetrics {
             superseded: Family::default(),
             dead_lettered: Family::default(),
             sink_errors: Family::default(),
+            refused: Family::default(),
+            refusals: Arc::default(),
             lag: Family::default(),
             batch_seconds: Family::new_with_constructor(batch_histogram),
         };
@@ -87,6 +94,11 @@ impl ProjectorMetrics {
             "sink_errors",
             "Sink outages (each retried with backoff)",
             metrics.sink_errors.clone(),
+        );
+        registry.register(
+            "sink_refused",
+            "1 while the sink refuses writes for a reason that will not pass by itself (credentials, permissions, a missing bucket, a setting it does not accept); the log says why",
+            metrics.refused.clone(),
         );
         registry.register(
             "consumer_lag",
@@ -136,6 +148,42 @@ impl ProjectorMetrics {
                 sink: sink.to_owned(),
             })
             .inc();
+    }
+
+    /// Records that `sink` refuses writes because of `cause`; true when the cause is new
+    /// (the sink was not refusing, or for another reason).
+    pub(crate) fn refused(&self, sink: &str, cause: &str) -> bool {
+        self.refused
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .set(1);
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        refusals
+            .insert(sink.to_owned(), cause.to_owned())
+            .as_deref()
+            != Some(cause)
+    }
+
+    /// Records that `sink` wrote; true when it was refusing until now.
+    pub(crate) fn accepted(&self, sink: &str) -> bool {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let was = refusals.remove(sink).is_some();
+        if was {
+            self.refused
+                .get_or_create(&SinkLabel {
+                    sink: sink.to_owned(),
+                })
+                .set(0);
+        }
+        was
+    }
+
+    /// Why `sink` refuses writes, while it does (from the first refusal until a write
+    /// succeeds): what a readiness check reports.
+    pub fn refusal(&self, sink: &str) -> Option<String> {
+        let refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        refusals.get(sink).cloned()
     }
 
     pub(crate) fn set_lag(&self, sink: &str, lag: &BTreeMap<u32, u64>) {

@@ -5,6 +5,10 @@
 //!   letter with the reason and its position; the projector moves on.
 //! - An outage (database or store down, deadlock, timeout) pauses the loop with capped
 //!   exponential backoff and retries the same batch: nothing is skipped.
+//! - A refusal (credentials, permissions, a missing bucket, a setting the sink does not
+//!   accept) is paused and retried the same way, since someone can fix it without a restart,
+//!   but it will not pass by itself: it is logged as an error naming the cause, counted and
+//!   shown (`ProjectorMetrics::refusal`, for readiness) until a write succeeds.
 //! - A sink that stores its positions (SQL) is the authority on where to resume: the runner
 //!   seeks the consumer there at start and whenever the sink reports a gap.
 
@@ -28,6 +32,12 @@ pub enum SinkError {
     /// The sink refuses something in this batch's data.
     #[error("sink rejected the data: {0}")]
     Rejected(String),
+    /// The sink refuses every write until someone acts (credentials, permissions, a missing
+    /// bucket, a setting it does not accept): retried like an outage, but reported as a
+    /// problem that will not pass by itself. The text names the cause, never a secret or a
+    /// value.
+    #[error("sink refused the write: {0}")]
+    Refused(String),
     /// The sink's stored positions are before this batch: read again from there.
     #[error("sink positions are behind the batch")]
     Behind(BTreeMap<u32, u64>),
@@ -323,7 +333,22 @@ macro_rules! retry {
                         break None;
                     }
                 }
-                other => break Some(retry.done(other)),
+                Err(SinkError::Refused(why)) => {
+                    $metrics.sink_error(retry.what());
+                    if $metrics.refused(retry.what(), &why) || retry.failures().is_power_of_two() {
+                        // a new cause at once, then as often as the retry's own lines
+                        tracing::error!(sink = retry.what(), cause = %why, "the sink refuses writes: this will not pass by itself; the batch is retried until it is fixed");
+                    }
+                    if !retry.wait(&why).await {
+                        break None;
+                    }
+                }
+                other => {
+                    if other.is_ok() && $metrics.accepted(retry.what()) {
+                        tracing::info!(sink = retry.what(), "the sink accepts writes again");
+                    }
+                    break Some(retry.done(other));
+                }
             }
         }
     }};

@@ -10,8 +10,11 @@
 //! - [`sqs`]: the pings.
 //! - `claims`: which identity holds a base payload id (the suffix rule).
 //! - `write`: conditional writes, so the newest copy wins against concurrent writers.
+//! - `errors`: which store failures pause the projector (outage, refusal) and which
+//!   dead-letter one record.
 
 mod claims;
+mod errors;
 pub mod layout;
 pub mod sink;
 pub mod sqs;
@@ -20,7 +23,9 @@ mod write;
 
 pub use sink::{ObjectSink, ObjectSinkConfig};
 pub use sqs::{Pinger, SqsConfig};
-pub use store::{SUPABASE_BUCKET, Store, StoreConfig, StoreError};
+pub use store::{
+    AZURE_VERSION_METADATA, SUPABASE_BUCKET, Store, StoreConfig, StoreError, VERSION_METADATA,
+};
 
 /// The consumer group of the object projection.
 pub const OBJECTS_GROUP: &str = "objects";

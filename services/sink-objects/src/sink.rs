@@ -65,6 +65,15 @@ struct Intent {
     healthcheck: bool,
 }
 
+/// A poison record's two objects: `_dead-letters/<partition>-<offset>.json` (what and why)
+/// and `.body` (the exact bytes).
+struct DeadLetter {
+    meta_key: String,
+    meta: serde_json::Value,
+    body_key: String,
+    body: Bytes,
+}
+
 impl ObjectSink {
     pub fn new(store: Store, config: ObjectSinkConfig, pinger: Option<Pinger>) -> Self {
         Self {
@@ -123,7 +132,7 @@ impl ObjectSink {
         &self,
         batch: &[Planned],
         final_ids: &HashMap<String, String>,
-    ) -> (Vec<Intent>, Vec<(String, Bytes)>, usize) {
+    ) -> (Vec<Intent>, Vec<DeadLetter>, usize) {
         let mut newest: HashMap<String, Intent> = HashMap::new();
         let mut dead = Vec::new();
         let mut dead_count = 0;
@@ -145,8 +154,12 @@ impl ObjectSink {
                     });
                     let meta_key = terra_core::keys::object_key(&self.store.prefix, &stem);
                     let body_key = format!("{}.body", meta_key.trim_end_matches(".json"));
-                    dead.push((meta_key, Bytes::from(meta.to_string())));
-                    dead.push((body_key, planned.body.clone()));
+                    dead.push(DeadLetter {
+                        meta_key,
+                        meta,
+                        body_key,
+                        body: planned.body.clone(),
+                    });
                 }
                 Plan::Event(event) => {
                     let split = if event.payloads.iter().any(|p| p.kind == PayloadKind::Data) {
@@ -214,8 +227,16 @@ impl Sink for ObjectSink {
             dead: dead_count,
             ..WriteStats::default()
         };
-        for (key, bytes) in dead {
-            put_plain(&self.store, &key, bytes).await?;
+        for letter in dead {
+            let mut meta = letter.meta;
+            match put_plain(&self.store, &letter.body_key, letter.body).await {
+                Ok(()) => {}
+                // the store refuses the body itself (too large for it): the log keeps the
+                // body, the letter says why it is not beside it
+                Err(SinkError::Rejected(why)) => meta["body_not_stored"] = why.into(),
+                Err(err) => return Err(err),
+            }
+            put_plain(&self.store, &letter.meta_key, Bytes::from(meta.to_string())).await?;
         }
         // writes run concurrently; each key at most once per batch
         let mut tasks = JoinSet::new();
@@ -302,9 +323,10 @@ impl ObjectSink {
 }
 
 /// The key as an object path, verbatim: `Path::from` would percent-encode the `%` and `~`
-/// of our already encoded keys, and the keys must equal the SQL `payload_id`s.
+/// of our already encoded keys, and the keys must equal the SQL `payload_id`s. A key that
+/// is not a path is this record's problem: it is dead-lettered.
 pub(crate) fn object_path(key: &str) -> Result<ObjectPath, SinkError> {
-    ObjectPath::parse(key).map_err(|e| SinkError::Fatal(format!("invalid object key: {e}")))
+    ObjectPath::parse(key).map_err(|e| SinkError::Rejected(format!("invalid object key: {e}")))
 }
 
 /// The versions folder beside a local objects folder (outside it, so the bucket layout is

@@ -20,7 +20,7 @@ use terra_eventlog::private_fs;
 pub const SUPABASE_BUCKET: &str = "terra-payloads";
 
 /// Where objects go.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct StoreConfig {
     /// `file://PATH`, a plain path, `s3://bucket`, `gs://bucket` or `az://container`.
     pub url: String,
@@ -33,6 +33,47 @@ pub struct StoreConfig {
     pub s3_path_style: bool,
     /// Allow `http://` endpoints (local servers only).
     pub allow_http: bool,
+    /// object_store settings by their configuration-key names (`azure_storage_endpoint`,
+    /// `google_service_account_key`, `aws_...`), applied over what the environment gives:
+    /// for programs that embed the sink and for tests, which cannot change the environment of
+    /// the process they run in. The command line reads the environment only. Values may be
+    /// secrets: `Debug` shows the names.
+    pub options: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_path_style", &self.s3_path_style)
+            .field("allow_http", &self.allow_http)
+            .field(
+                "options",
+                &self.options.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Applies `options` to an object_store builder through its `with_config`.
+fn configure<B, K>(
+    mut builder: B,
+    options: &[(String, String)],
+    with_config: impl Fn(B, K, &str) -> B,
+) -> Result<B, StoreError>
+where
+    K: std::str::FromStr<Err = object_store::Error>,
+{
+    for (key, value) in options {
+        let key = key
+            .parse::<K>()
+            .map_err(|e| StoreError::Config(format!("object store option {key:?}: {e}")))?;
+        builder = with_config(builder, key, value);
+    }
+    Ok(builder)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +99,16 @@ pub struct Store {
     /// like); false only for S3 with `AWS_CONDITIONAL_PUT=disabled`, for servers that
     /// refuse the headers.
     pub(crate) conditional: bool,
+    /// The user-metadata name the stored version goes under: `terra-ingest-version`, but
+    /// `terra_ingest_version` on Azure, whose metadata names must be C# identifiers (a `-`
+    /// is answered 400 `InvalidMetadata`, by Azure and by Azurite alike).
+    pub(crate) version_attribute: &'static str,
 }
+
+/// The metadata name of the stored version on S3 and GCS.
+pub const VERSION_METADATA: &str = "terra-ingest-version";
+/// The same on Azure (metadata names are C# identifiers there).
+pub const AZURE_VERSION_METADATA: &str = "terra_ingest_version";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,16 +179,19 @@ impl Store {
                     root: Some(root),
                     prefix,
                     kind: "file",
+                    version_attribute: VERSION_METADATA,
                     conditional: true,
                 })
             }
             "s3" | "s3a" => {
                 needs_bucket()?;
-                let mut builder = AmazonS3Builder::from_env()
+                let builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     .with_client_options(client)
                     .with_virtual_hosted_style_request(!config.s3_path_style);
+                let mut builder =
+                    configure(builder, &config.options, |b, k, v| b.with_config(k, v))?;
                 if let Some(endpoint) = &config.s3_endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
@@ -157,19 +210,18 @@ impl Store {
                     local: None,
                     prefix,
                     kind: "s3",
+                    version_attribute: VERSION_METADATA,
                     conditional,
                 })
             }
             "gs" => {
                 needs_bucket()?;
-                let gcs = Arc::new(
-                    GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(retry)
-                        .with_client_options(client)
-                        .build()
-                        .map_err(bad)?,
-                );
+                let builder = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry)
+                    .with_client_options(client);
+                let builder = configure(builder, &config.options, |b, k, v| b.with_config(k, v))?;
+                let gcs = Arc::new(builder.build().map_err(bad)?);
                 Ok(Self {
                     store: gcs.clone(),
                     signer: Some(gcs),
@@ -177,19 +229,18 @@ impl Store {
                     local: None,
                     prefix,
                     kind: "gcs",
+                    version_attribute: VERSION_METADATA,
                     conditional: true,
                 })
             }
             "az" | "azure" => {
                 needs_bucket()?;
-                let azure = Arc::new(
-                    MicrosoftAzureBuilder::from_env()
-                        .with_container_name(bucket)
-                        .with_retry(retry)
-                        .with_client_options(client)
-                        .build()
-                        .map_err(bad)?,
-                );
+                let builder = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(retry)
+                    .with_client_options(client);
+                let builder = configure(builder, &config.options, |b, k, v| b.with_config(k, v))?;
+                let azure = Arc::new(builder.build().map_err(bad)?);
                 Ok(Self {
                     store: azure.clone(),
                     signer: Some(azure),
@@ -198,6 +249,7 @@ impl Store {
                     prefix,
                     kind: "azure",
                     conditional: true,
+                    version_attribute: AZURE_VERSION_METADATA,
                 })
             }
             other => Err(StoreError::Config(format!(

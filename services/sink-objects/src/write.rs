@@ -26,10 +26,10 @@ use terra_eventlog::private_fs;
 use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
+use crate::errors::sink_error;
 use crate::sink::{object_path, sidecar_path};
 use crate::store::Store;
 
-const VERSION_ATTRIBUTE: &str = "terra-ingest-version";
 /// Lost races in a row before the write is given up as an outage (each one means another
 /// writer stored a copy in between; versions only grow, so this ends quickly).
 const MAX_CONFLICTS: usize = 16;
@@ -92,13 +92,13 @@ pub(crate) async fn put_plain(store: &Store, key: &str, bytes: Bytes) -> Result<
             .await
             .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")));
     }
-    let options = put_options(PutMode::Overwrite, None);
+    let options = put_options(store, PutMode::Overwrite, None);
     store
         .store
         .put_opts(&object_path(key)?, PutPayload::from_bytes(bytes), options)
         .await
         .map(drop)
-        .map_err(store_error)
+        .map_err(|e| sink_error(&format!("PUT {key}"), e))
 }
 
 /// What a remote store holds at a key.
@@ -128,7 +128,7 @@ async fn write_remote(
     for _ in 0..MAX_CONFLICTS {
         let stored = match current.take() {
             Some(stored) => stored,
-            None => head(store, &path).await?,
+            None => head(store, key, &path).await?,
         };
         let mode = match stored {
             Stored::Present {
@@ -143,7 +143,7 @@ async fn write_remote(
             }
             Stored::Present { tag, .. } => PutMode::Update(tag),
         };
-        let options = put_options(mode, Some(version));
+        let options = put_options(store, mode, Some(version));
         match store
             .store
             .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options)
@@ -162,7 +162,7 @@ async fn write_remote(
             ) => {
                 tracing::debug!(key, "object changed since it was read, checking again");
             }
-            Err(err) => return Err(store_error(err)),
+            Err(err) => return Err(sink_error(&format!("PUT {key}"), err)),
         }
     }
     Err(SinkError::Outage(format!(
@@ -170,7 +170,11 @@ async fn write_remote(
     )))
 }
 
-async fn head(store: &Store, path: &object_store::path::Path) -> Result<Stored, SinkError> {
+async fn head(
+    store: &Store,
+    key: &str,
+    path: &object_store::path::Path,
+) -> Result<Stored, SinkError> {
     let options = GetOptions {
         head: true,
         ..GetOptions::default()
@@ -179,7 +183,7 @@ async fn head(store: &Store, path: &object_store::path::Path) -> Result<Stored, 
         Ok(result) => Ok(Stored::Present {
             version: result
                 .attributes
-                .get(&Attribute::Metadata(VERSION_ATTRIBUTE.into()))
+                .get(&Attribute::Metadata(store.version_attribute.into()))
                 .and_then(|v| v.as_ref().parse().ok()),
             tag: UpdateVersion {
                 e_tag: result.meta.e_tag,
@@ -187,16 +191,16 @@ async fn head(store: &Store, path: &object_store::path::Path) -> Result<Stored, 
             },
         }),
         Err(object_store::Error::NotFound { .. }) => Ok(Stored::Absent),
-        Err(err) => Err(store_error(err)),
+        Err(err) => Err(sink_error(&format!("HEAD {key}"), err)),
     }
 }
 
-fn put_options(mode: PutMode, version: Option<Version>) -> PutOptions {
+fn put_options(store: &Store, mode: PutMode, version: Option<Version>) -> PutOptions {
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::ContentType, "application/json".into());
     if let Some(version) = version {
         attributes.insert(
-            Attribute::Metadata(VERSION_ATTRIBUTE.into()),
+            Attribute::Metadata(store.version_attribute.into()),
             version.to_string().into(),
         );
     }
@@ -207,15 +211,6 @@ fn put_options(mode: PutMode, version: Option<Version>) -> PutOptions {
     }
 }
 
-pub(crate) fn store_error(err: object_store::Error) -> SinkError {
-    match err {
-        object_store::Error::NotImplemented | object_store::Error::NotSupported { .. } => {
-            SinkError::Fatal(format!("object store: {err}"))
-        }
-        other => SinkError::Outage(format!("object store: {other}")),
-    }
-}
-
 fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError> {
     let local = store
         .local
@@ -223,7 +218,7 @@ fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError> {
         .ok_or_else(|| SinkError::Fatal("a local store without its folder".into()))?;
     local
         .path_to_filesystem(&object_path(key)?)
-        .map_err(store_error)
+        .map_err(|e| sink_error(key, e))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -1,5 +1,6 @@
-//! The object projection over a local folder and over a real S3-compatible server (moto's,
-//! started by tests/run-all.sh; `TERRA_TEST_S3_ENDPOINT`), fed through a real embedded log.
+//! The object projection over a local folder, a real S3-compatible server (moto's, started
+//! by tests/run-all.sh; `TERRA_TEST_S3_ENDPOINT`) and Azure's emulator (Azurite,
+//! `TERRA_TEST_AZURITE_URL`), fed through a real embedded log.
 //! The SQS pings are in `sqs.rs`, concurrent writers in `race.rs`.
 
 use std::collections::BTreeSet;
@@ -12,13 +13,15 @@ use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
 use terra_testkit::{T0, all_fixtures, fixture};
 
 mod common;
-use common::{Backend, get, keys, local, log, project, record, s3};
+use common::{Backend, azure, get, keys, local, log, project, record, s3};
 
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         mod local { $( #[tokio::test] async fn $name() { super::$name(super::local().await).await } )* }
         // `moto` in the name: tests/run-all.sh skips these without moto
         mod s3_on_moto { $( #[tokio::test] #[ignore = "needs an S3-compatible server: run tests/run-all.sh"] async fn $name() { super::$name(super::s3().await).await } )* }
+        // `azurite` in the name: tests/run-all.sh skips these without Azurite
+        mod azure_on_azurite { $( #[tokio::test] #[ignore = "needs Azurite: run tests/run-all.sh"] async fn $name() { super::$name(super::azure().await).await } )* }
     };
 }
 

@@ -1,6 +1,6 @@
-//! A store outage pauses the object projector and skips nothing: a private moto server (its
-//! binary from tests/run-all.sh, `TERRA_TEST_MOTO_SERVER`) on its own port is killed while
-//! records keep arriving, then started again.
+//! A store outage pauses the object projector and skips nothing: a private server on its own
+//! port (moto, its binary from tests/run-all.sh, `TERRA_TEST_MOTO_SERVER`; Azurite,
+//! `TERRA_TEST_AZURITE_BIN`) is killed while records keep arriving, then started again.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,7 @@ use terra_eventlog::{EventLog, Record};
 use terra_projector::CancellationToken;
 use terra_projector::{Backoff, ProjectorConfig, ProjectorMetrics};
 use terra_sink_objects::{ObjectSink, ObjectSinkConfig, Store, StoreConfig};
+use terra_testkit::azurite::{self, PrivateAzurite};
 
 struct Moto(Child);
 
@@ -79,34 +80,83 @@ async fn keys(store: &Store) -> Result<BTreeSet<String>, object_store::Error> {
         .await
 }
 
+/// A store server the test can stop and start on one port.
+#[derive(Clone, Copy)]
+enum Server {
+    Moto,
+    Azurite,
+}
+
+impl Server {
+    /// Starts it (empty: neither keeps anything across restarts) and makes the bucket.
+    async fn start(self, port: u16) -> Box<dyn std::any::Any> {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        match self {
+            Server::Moto => {
+                let moto = Moto::start(port);
+                let r = reqwest::Client::new()
+                    .put(format!("{endpoint}/outage-bucket"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                Box::new(moto)
+            }
+            Server::Azurite => {
+                let azurite = tokio::task::spawn_blocking(move || {
+                    let azurite = PrivateAzurite::start(port);
+                    azurite::create_container(&endpoint, "outage-bucket");
+                    azurite
+                })
+                .await
+                .unwrap();
+                Box::new(azurite)
+            }
+        }
+    }
+
+    fn store(self, port: u16) -> Store {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let config = match self {
+            Server::Moto => StoreConfig {
+                url: "s3://outage-bucket".into(),
+                s3_endpoint: Some(endpoint),
+                s3_region: Some("us-east-1".into()),
+                s3_path_style: true,
+                allow_http: true,
+                ..StoreConfig::default()
+            },
+            Server::Azurite => StoreConfig {
+                url: "az://outage-bucket".into(),
+                allow_http: true,
+                options: azurite::store_options(&endpoint),
+                ..StoreConfig::default()
+            },
+        };
+        Store::open(&config).unwrap()
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs moto's server binary: run tests/run-all.sh"]
 async fn a_store_outage_on_moto_pauses_the_projector_and_skips_nothing() {
+    an_outage_pauses_the_projector_and_skips_nothing(Server::Moto).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Azurite: run tests/run-all.sh"]
+async fn a_store_outage_on_azurite_pauses_the_projector_and_skips_nothing() {
+    an_outage_pauses_the_projector_and_skips_nothing(Server::Azurite).await;
+}
+
+async fn an_outage_pauses_the_projector_and_skips_nothing(server: Server) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let create_bucket = || async {
-        let r = reqwest::Client::new()
-            .put(format!("{endpoint}/outage-bucket"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    };
-    let moto = Moto::start(port);
-    create_bucket().await;
-    let store = Store::open(&StoreConfig {
-        url: "s3://outage-bucket".into(),
-        s3_endpoint: Some(endpoint.clone()),
-        s3_region: Some("us-east-1".into()),
-        s3_path_style: true,
-        allow_http: true,
-        ..StoreConfig::default()
-    })
-    .unwrap();
+    let running = server.start(port).await;
+    let store = server.store(port);
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::Embedded(
         terra_eventlog::embedded::EmbeddedLog::open(&dir.path().join("log"), 2).unwrap(),
@@ -140,7 +190,7 @@ async fn a_store_outage_on_moto_pauses_the_projector_and_skips_nothing() {
     }
 
     // the store goes away while deliveries keep arriving
-    drop(moto);
+    drop(running);
     log.append((5..15).map(|u| record(&daily_for(u), 2_000)).collect())
         .await
         .unwrap();
@@ -156,9 +206,8 @@ async fn a_store_outage_on_moto_pauses_the_projector_and_skips_nothing() {
         "an outage must not stop the projector"
     );
 
-    // back (moto keeps nothing across restarts: the bucket is made again)
-    let _moto = Moto::start(port);
-    create_bucket().await;
+    // back (empty: the bucket is made again)
+    let _running = server.start(port).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let listed = keys(&store).await.unwrap_or_default();
@@ -187,4 +236,9 @@ async fn a_store_outage_on_moto_pauses_the_projector_and_skips_nothing() {
         .unwrap();
     assert_eq!(totals.records, 15, "every record projected, none skipped");
     assert_eq!(totals.dead, 0);
+    assert_eq!(
+        metric(&registry, "projector_sink_refused"),
+        0.0,
+        "an outage is not a refusal"
+    );
 }

@@ -1,8 +1,8 @@
 //! Two writers, one key (issue 11 §4): two object sinks (two projector processes, a rebuild
 //! beside the live one) write an older and a newer copy of the same object at the same
 //! moment. Whatever the interleaving, the newer copy is the one left, with its version,
-//! on a local folder and on S3 (moto): the write is conditional on what was read, not
-//! checked and then put.
+//! on a local folder, on S3 (moto) and on Azure (Azurite): the write is conditional on what
+//! was read, not checked and then put.
 
 use std::sync::Arc;
 
@@ -14,13 +14,15 @@ use terra_testkit::{FIXTURE_USER, T0, fixture};
 use tokio::sync::Barrier;
 
 mod common;
-use common::{Backend, get, local, s3};
+use common::{Backend, azure, get, local, s3};
 
 macro_rules! on_every_store {
     ($($name:ident: $rounds:expr),* $(,)?) => {
         mod local { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::local().await, $rounds).await } )* }
         // `moto` in the name: tests/run-all.sh skips these without moto
         mod s3_on_moto { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] #[ignore = "needs an S3-compatible server: run tests/run-all.sh"] async fn $name() { super::$name(super::s3().await, $rounds).await } )* }
+        // `azurite` in the name: tests/run-all.sh skips these without Azurite
+        mod azure_on_azurite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] #[ignore = "needs Azurite: run tests/run-all.sh"] async fn $name() { super::$name(super::azure().await, $rounds).await } )* }
     };
 }
 

@@ -18,14 +18,9 @@ use tokio::task::JoinSet;
 use crate::cache::EventCache;
 use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::metrics::WebhookMetrics;
-use crate::send::{AttemptResult, ErrorClass, Outgoing, Sender};
-use crate::store::{self, EventRow, Finished, LeaseRequest, Leased, Next};
+use crate::send::{AttemptResult, ErrorClass, Sender};
+use crate::store::{Finished, Leased, Next};
 
-/// Most deliveries one worker leases at once.
-const LEASE_BATCH: usize = 256;
-/// How long a lease outlives the attempt's timeout (the result is written within it; a
-/// worker that died holds its deliveries this long past their timeout).
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Most results the writer records in one transaction.
 pub(crate) const FINISH_BATCH: usize = 1_000;
 
@@ -57,7 +52,7 @@ impl Shared {
         }
     }
 
-    fn notify(&self, endpoint: &str) -> Arc<Notify> {
+    pub(crate) fn notify(&self, endpoint: &str) -> Arc<Notify> {
         self.wake.get(endpoint).cloned().unwrap_or_default()
     }
 }
@@ -105,7 +100,7 @@ pub async fn run(
     let global = Arc::new(Semaphore::new(settings.max_in_flight));
     let mut workers = JoinSet::new();
     for endpoint in &settings.endpoints {
-        let worker = Worker {
+        let worker = crate::worker::Worker {
             target: target.clone(),
             settings: settings.clone(),
             endpoint: endpoint.clone(),
@@ -151,250 +146,6 @@ pub(crate) struct Outcome {
     pub(crate) finished: Finished,
     pub(crate) gone: bool,
     pub(crate) delivered: bool,
-}
-
-struct Worker {
-    target: SqlTarget,
-    settings: Arc<WebhookSettings>,
-    endpoint: Endpoint,
-    sender: Sender,
-    shared: Shared,
-    views: Views,
-    own: Arc<Semaphore>,
-    global: Arc<Semaphore>,
-    results: mpsc::Sender<Outcome>,
-    metrics: WebhookMetrics,
-}
-
-impl Worker {
-    async fn run(self, stop: CancellationToken) {
-        let worker = Arc::new(self);
-        let wake = worker.shared.notify(&worker.endpoint.name);
-        let mut sends = JoinSet::new();
-        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let what = format!("webhook endpoint {}", worker.endpoint.name);
-        let mut retry = Retry::new(backoff, &stop, &what);
-        while !stop.is_cancelled() {
-            while sends.try_join_next().is_some() {}
-            let view = worker.view();
-            let leased = match view.state.as_str() {
-                "enabled" | "" => worker.lease_due(&mut sends, &stop).await,
-                "disabled" => worker.probe(&mut sends, &view).await,
-                _ => Ok(0),
-            };
-            match leased {
-                Ok(n) => {
-                    retry.done(());
-                    if n > 0 && view.state != "disabled" {
-                        continue;
-                    }
-                }
-                Err(err) => {
-                    if !retry.wait(&err.to_string()).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(worker.settings.poll_interval) => {}
-                () = stop.cancelled() => {}
-            }
-        }
-        // attempts in flight end within their timeout; their results still reach the writer
-        while sends.join_next().await.is_some() {}
-    }
-
-    fn view(&self) -> View {
-        self.views
-            .lock()
-            .map(|v| v.get(&self.endpoint.name).cloned().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// Leases as many due deliveries as there are permits (waiting for one of each cap
-    /// first) and starts their attempts. Returns how many it leased.
-    async fn lease_due(
-        self: &Arc<Self>,
-        sends: &mut JoinSet<()>,
-        stop: &CancellationToken,
-    ) -> Result<usize, SqlError> {
-        let (own, global) = tokio::select! {
-            permits = async {
-                let own = self.own.clone().acquire_owned().await;
-                let global = self.global.clone().acquire_owned().await;
-                (own, global)
-            } => permits,
-            () = stop.cancelled() => return Ok(0),
-        };
-        let (Ok(mut own), Ok(mut global)) = (own, global) else {
-            return Ok(0);
-        };
-        let want = LEASE_BATCH.min(self.own.available_permits() + 1);
-        let want = want.min(self.global.available_permits() + 1);
-        if want > 1 {
-            if let Ok(more) = self.own.clone().try_acquire_many_owned(want as u32 - 1) {
-                own.merge(more);
-            }
-            if let Ok(more) = self.global.clone().try_acquire_many_owned(want as u32 - 1) {
-                global.merge(more);
-            }
-        }
-        let limit = own.num_permits().min(global.num_permits());
-        let leased = self.lease(limit, false).await?;
-        if leased.is_empty() {
-            return Ok(0);
-        }
-        let events = self.events_of(&leased).await?;
-        let n = leased.len();
-        for delivery in leased {
-            let own = own.split(1);
-            let global = global.split(1);
-            let event = events.get(&delivery.envelope_id).cloned();
-            let worker = self.clone();
-            sends.spawn(async move {
-                worker.attempt(delivery, event, false).await;
-                drop((own, global));
-            });
-        }
-        Ok(n)
-    }
-
-    /// A disabled endpoint: once its probe is due, its oldest pending delivery is sent as the
-    /// probe (a 2xx delivers it and re-enables the endpoint).
-    async fn probe(
-        self: &Arc<Self>,
-        sends: &mut JoinSet<()>,
-        view: &View,
-    ) -> Result<usize, SqlError> {
-        let now = now_ms();
-        if view.next_probe_at_ms.is_some_and(|at| at > now) || !sends.is_empty() {
-            return Ok(0);
-        }
-        let next = now + self.settings.probe_interval.as_millis() as i64;
-        crate::endpoints_store::set_next_probe(&self.target, &self.endpoint.name, next).await?;
-        if let Ok(mut views) = self.views.lock()
-            && let Some(v) = views.get_mut(&self.endpoint.name)
-        {
-            v.next_probe_at_ms = Some(next);
-        }
-        let leased = self.lease(1, true).await?;
-        let events = self.events_of(&leased).await?;
-        let n = leased.len();
-        for delivery in leased {
-            let event = events.get(&delivery.envelope_id).cloned();
-            let worker = self.clone();
-            sends.spawn(async move { worker.attempt(delivery, event, true).await });
-        }
-        Ok(n)
-    }
-
-    async fn lease(&self, limit: usize, probe: bool) -> Result<Vec<Leased>, SqlError> {
-        let now = now_ms();
-        let token = uuid::Uuid::new_v4().to_string();
-        let lease_until_ms = now + (self.endpoint.timeout + LEASE_MARGIN).as_millis() as i64;
-        let leased = store::lease(
-            &self.target,
-            &LeaseRequest {
-                endpoint: &self.endpoint.name,
-                ordering: self.endpoint.ordering,
-                limit,
-                now_ms: now,
-                lease_until_ms,
-                token: &token,
-                probe,
-            },
-        )
-        .await?;
-        Ok(leased)
-    }
-
-    async fn events_of(&self, leased: &[Leased]) -> Result<HashMap<String, EventRow>, SqlError> {
-        let mut found = HashMap::new();
-        let mut missing = Vec::new();
-        for l in leased {
-            match self.shared.cache.get(&l.envelope_id) {
-                Some(event) => {
-                    found.insert(l.envelope_id.clone(), event);
-                }
-                None => missing.push(l.envelope_id.as_str()),
-            }
-        }
-        for event in store::events(&self.target, &missing).await? {
-            found.insert(event.envelope_id.clone(), event);
-        }
-        Ok(found)
-    }
-
-    /// One attempt, its result sent to the writer.
-    async fn attempt(&self, delivery: Leased, event: Option<EventRow>, probe: bool) {
-        let name = &self.endpoint.name;
-        let (result, next) = match &event {
-            Some(event) => {
-                let span = crate::trace::attempt_span(name, &delivery, event);
-                let traceparent = crate::trace::outgoing_traceparent(&span, event);
-                let out = Outgoing {
-                    envelope_id: &event.envelope_id,
-                    body: &event.body,
-                    terra_reference: event.terra_reference.as_deref(),
-                    terra_trace_id: event.terra_trace_id.as_deref(),
-                    ordering_timestamp_ms: event.ordering_timestamp_ms,
-                    traceparent: traceparent.as_deref(),
-                };
-                let result =
-                    tracing::Instrument::instrument(self.sender.send(&self.endpoint, &out), span)
-                        .await;
-                let next = next_step(&self.endpoint, &self.settings, &delivery, &result, probe);
-                (result, next)
-            }
-            None => {
-                // the event row is written with its deliveries: only a hand-edited table lacks it
-                let result = AttemptResult {
-                    started_at_ms: now_ms(),
-                    duration: Duration::ZERO,
-                    status: None,
-                    class: ErrorClass::Other,
-                    error: Some("the event is missing from webhook_events".to_owned()),
-                    response: None,
-                    retry_after: None,
-                };
-                let next = Next::Dead {
-                    reason: "the event of this delivery is missing from webhook_events".to_owned(),
-                };
-                (result, next)
-            }
-        };
-        let outcome = match &next {
-            Next::Delivered => "delivered",
-            Next::Retry { .. } => "retry",
-            Next::Dead { .. } => "dead",
-            Next::Unchanged => "probe_failed",
-        };
-        self.metrics.attempt(name, outcome, result.duration);
-        let finished = Finished {
-            delivery_id: delivery.id,
-            token: delivery.token.clone(),
-            attempt: delivery.attempts,
-            probe,
-            started_at_ms: result.started_at_ms,
-            duration_ms: result.duration.as_millis() as i64,
-            status: result.status,
-            error_class: result.class.as_str(),
-            error: result.error.clone(),
-            response: result.response.clone(),
-            next,
-        };
-        let _ = self
-            .results
-            .send(Outcome {
-                endpoint: name.clone(),
-                finished,
-                gone: result.gone(),
-                delivered: result.delivered(),
-            })
-            .await;
-    }
 }
 
 /// Where a delivery goes after an attempt: delivered on a 2xx; dead at once when the

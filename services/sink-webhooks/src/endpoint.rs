@@ -338,6 +338,10 @@ pub struct WebhookSettings {
     pub poll_interval: Duration,
     /// ± this fraction of each scheduled delay, at random.
     pub jitter: f64,
+    /// What a lease adds to two attempt timeouts (see the `worker` module: a leased delivery
+    /// waits in its worker's queue for at most a timeout plus half of this). Not a setting:
+    /// tests shorten it.
+    pub lease_margin: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -351,6 +355,7 @@ impl Default for WebhookSettings {
             retry_after_max: Duration::from_secs(60 * 60),
             poll_interval: Duration::from_millis(250),
             jitter: 0.2,
+            lease_margin: Duration::from_secs(10),
         }
     }
 }

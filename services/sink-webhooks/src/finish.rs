@@ -78,11 +78,21 @@ pub async fn finish(
         tx.execute(stmt.query()).await?;
     }
     let mut moved = 0;
-    // Postgres: the deliveries delivered (the common case) in set-wise UPDATEs, the rest
-    // one by one
-    let (delivered, rest): (Vec<&Finished>, Vec<&Finished>) = finished
-        .iter()
-        .partition(|f| dialect == Dialect::Postgres && f.next == Next::Delivered);
+    // Postgres: the deliveries delivered (the common case) and those due again (a failing
+    // endpoint's) in set-wise UPDATEs, the rest one by one
+    let (set_wise, rest): (Vec<&Finished>, Vec<&Finished>) = finished.iter().partition(|f| {
+        dialect == Dialect::Postgres && matches!(f.next, Next::Delivered | Next::Retry { .. })
+    });
+    let (delivered, retry): (Vec<&Finished>, Vec<&Finished>) = set_wise
+        .into_iter()
+        .partition(|f| f.next == Next::Delivered);
+    let retry: Vec<(&Finished, i64)> = retry
+        .into_iter()
+        .filter_map(|f| match f.next {
+            Next::Retry { at_ms } => Some((f, at_ms)),
+            _ => None,
+        })
+        .collect();
     for chunk in delivered.chunks(FINISH_CHUNK) {
         let mut stmt = Stmt::new(
             dialect,
@@ -92,16 +102,33 @@ pub async fn finish(
         );
         stmt.bind(now_ms).push(" FROM (VALUES ");
         for (i, f) in chunk.iter().enumerate() {
-            stmt.push(if i == 0 { "(" } else { ", (" })
-                .bind_cast(f.delivery_id, Some("BIGINT"))
-                .push(", ")
-                .bind_cast(f.token.as_str(), Some("TEXT"))
-                .push(", ")
-                .bind_cast(f.status.map(i64::from), Some("INTEGER"))
-                .push(")");
+            stmt.push(if i == 0 { "(" } else { ", (" });
+            push_fence(&mut stmt, f);
+            stmt.push(")");
         }
         stmt.push(&format!(
             ") AS v(id, token, status) WHERE {d}.id = v.id AND {d}.state = 'pending' AND {d}.lease_token = v.token"
+        ));
+        moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
+    }
+    for chunk in retry.chunks(FINISH_CHUNK) {
+        let mut stmt = Stmt::new(
+            dialect,
+            format!(
+                "UPDATE {d} SET lease_until_ms = NULL, lease_token = NULL, last_status = v.status, next_attempt_at_ms = v.at, last_error = v.error FROM (VALUES "
+            ),
+        );
+        for (i, (f, at_ms)) in chunk.iter().enumerate() {
+            stmt.push(if i == 0 { "(" } else { ", (" });
+            push_fence(&mut stmt, f);
+            stmt.push(", ")
+                .bind_cast(*at_ms, Some("BIGINT"))
+                .push(", ")
+                .bind_cast(f.error.clone(), Some("TEXT"))
+                .push(")");
+        }
+        stmt.push(&format!(
+            ") AS v(id, token, status, at, error) WHERE {d}.id = v.id AND {d}.state = 'pending' AND {d}.lease_token = v.token"
         ));
         moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
     }
@@ -142,7 +169,16 @@ pub async fn finish(
     Ok(moved)
 }
 
-/// Most deliveries per set-wise UPDATE of [`finish`] (3 parameters each).
+/// `id, token, status` of a set-wise UPDATE's row, typed (a VALUES list has no types).
+fn push_fence(stmt: &mut Stmt, f: &Finished) {
+    stmt.bind_cast(f.delivery_id, Some("BIGINT"))
+        .push(", ")
+        .bind_cast(f.token.as_str(), Some("TEXT"))
+        .push(", ")
+        .bind_cast(f.status.map(i64::from), Some("INTEGER"));
+}
+
+/// Most deliveries per set-wise UPDATE of [`finish`] (5 parameters each at most).
 const FINISH_CHUNK: usize = 1_000;
 
 const ATTEMPT_COLUMNS: [&str; 9] = [

@@ -5,7 +5,7 @@
 //! - [`fanout`]: the projector [`Sink`](terra_projector::Sink) (group `webhooks`): each event
 //!   becomes one delivery row per matching endpoint, written with the log positions in one
 //!   transaction, so every (event, endpoint) pair is created exactly once.
-//! - [`dispatch`]: one worker per endpoint leases its due deliveries (`FOR UPDATE SKIP
+//! - [`dispatch`]: one worker per endpoint (`worker`) leases its due deliveries ahead of sending (`FOR UPDATE SKIP
 //!   LOCKED` on Postgres and MySQL; one writer on SQLite), sends them and records every
 //!   attempt; per-endpoint and global concurrency caps; `per_user` ordering; endpoints
 //!   disabled, probed and re-enabled.
@@ -26,6 +26,7 @@ pub mod send;
 pub mod sign;
 pub mod store;
 mod trace;
+mod worker;
 mod writer;
 
 pub use dispatch::Shared;

@@ -265,6 +265,8 @@ pub struct Leased {
     pub attempts: u32,
     /// The lease's token (fences the result if the lease ran out meanwhile).
     pub token: String,
+    /// When the lease runs out.
+    pub lease_until_ms: i64,
 }
 
 /// What to lease.
@@ -301,9 +303,9 @@ pub async fn lease(target: &SqlTarget, req: &LeaseRequest<'_>) -> Result<Vec<Lea
             if dialect == Dialect::Postgres {
                 stmt.push(" FOR UPDATE SKIP LOCKED");
             }
-            stmt.push(") RETURNING id, envelope_id, attempts");
+            stmt.push(") RETURNING id, envelope_id, attempts, next_attempt_at_ms");
             let rows = target.pool().fetch_all(stmt.query()).await?;
-            rows.iter().map(|r| leased_of(r, req.token)).collect()
+            in_lease_order(&rows, req)
         }
         Dialect::MySql => {
             let mut pick = Stmt::new(dialect, "");
@@ -332,14 +334,42 @@ pub async fn lease(target: &SqlTarget, req: &LeaseRequest<'_>) -> Result<Vec<Lea
             tx.execute(stmt.query()).await?;
             let mut read = Stmt::new(
                 dialect,
-                format!("SELECT id, envelope_id, attempts FROM {d} WHERE id IN "),
+                format!(
+                    "SELECT id, envelope_id, attempts, next_attempt_at_ms FROM {d} WHERE id IN "
+                ),
             );
-            read.bind_list(ids.iter().copied()).push(" ORDER BY id");
+            read.bind_list(ids.iter().copied());
             let rows = tx.fetch_all(read.query()).await?;
             tx.commit().await?;
-            rows.iter().map(|r| leased_of(r, req.token)).collect()
+            in_lease_order(&rows, req)
         }
     }
+}
+
+/// Hands leased deliveries (leased to be sent, not probes) back: their leases cleared and
+/// the attempt each lease counted taken back, so they are due again at once, as if never
+/// leased. A delivery whose lease another worker took since (its token changed) is left alone.
+pub async fn release(target: &SqlTarget, leased: &[Leased]) -> Result<(), SqlError> {
+    let d = target.table(WEBHOOK_DELIVERIES);
+    let mut by_token: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for l in leased {
+        by_token.entry(&l.token).or_default().push(l.id);
+    }
+    let mut tx = target.pool().begin().await?;
+    for (token, ids) in by_token {
+        let mut stmt = Stmt::new(
+            target.dialect(),
+            format!(
+                "UPDATE {d} SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, lease_until_ms = NULL, lease_token = NULL WHERE state = 'pending' AND lease_token = "
+            ),
+        );
+        stmt.bind(token)
+            .push(" AND id IN ")
+            .bind_list(ids.iter().copied());
+        tx.execute(stmt.query()).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `SELECT c.id FROM deliveries c WHERE …` of [`lease`]: the endpoint's pending rows not
@@ -376,9 +406,33 @@ pub fn text(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, SqlErro
     }
 }
 
-fn leased_of(row: &sqlx::any::AnyRow, token: &str) -> Result<Leased, SqlError> {
+/// The leased rows in the order they were picked in (`RETURNING` keeps none): by when they
+/// were due, then by id (a probe: by id).
+fn in_lease_order(
+    rows: &[sqlx::any::AnyRow],
+    req: &LeaseRequest<'_>,
+) -> Result<Vec<Leased>, SqlError> {
+    let mut leased = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                if req.probe {
+                    0
+                } else {
+                    r.try_get::<i64, _>(3)?
+                },
+                leased_of(r, req)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, SqlError>>()?;
+    leased.sort_by_key(|(due, l)| (*due, l.id));
+    Ok(leased.into_iter().map(|(_, l)| l).collect())
+}
+
+fn leased_of(row: &sqlx::any::AnyRow, req: &LeaseRequest<'_>) -> Result<Leased, SqlError> {
     Ok(Leased {
-        token: token.to_owned(),
+        token: req.token.to_owned(),
+        lease_until_ms: req.lease_until_ms,
         id: row.try_get(0)?,
         envelope_id: text(row, 1)?.unwrap_or_default(),
         attempts: row

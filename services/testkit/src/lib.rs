@@ -3,8 +3,11 @@
 //! `terra_core::envelope::Envelope::of_delivery`), a fresh database per test on the machine's
 //! Postgres and MariaDB (or a SQLite file), an embedded log in a temporary folder, and a
 //! private Postgres server a test may stop and start ([`PrivatePostgres`]), and pre-signed
-//! S3 URLs checked as S3 checks them ([`presigned`]).
+//! S3 URLs checked as S3 checks them ([`presigned`]), Azurite's containers and a private
+//! Azurite ([`azurite`]), the GCS emulator's buckets and seeded objects ([`gcs`]).
 
+pub mod azurite;
+pub mod gcs;
 pub mod presigned;
 mod private_postgres;
 

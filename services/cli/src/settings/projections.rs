@@ -124,6 +124,7 @@ pub fn resolve_objects(config: &Config) -> anyhow::Result<ObjectSettings> {
         s3_region: Some(section.s3_region.clone()),
         s3_endpoint: section.s3_endpoint.clone(),
         allow_http: section.s3_allow_http,
+        options: Vec::new(),
     };
     if let Some(endpoint) = &store.s3_endpoint
         && endpoint.starts_with("http://")

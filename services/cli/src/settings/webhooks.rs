@@ -168,6 +168,7 @@ pub fn resolve_webhooks(config: &super::Config) -> anyhow::Result<Option<Webhook
         retry_after_max: duration("webhooks.retry_after_max", &section.retry_after_max)?,
         poll_interval: duration("webhooks.poll_interval", &section.poll_interval)?,
         jitter: section.jitter,
+        ..WebhookSettings::default()
     };
     for cidr in &section.allow_cidrs {
         let net = cidr

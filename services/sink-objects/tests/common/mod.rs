@@ -1,6 +1,7 @@
 //! What the object sink's test binaries share: the stores (a local folder, a fresh bucket
-//! on moto's S3, `TERRA_TEST_S3_ENDPOINT`), an embedded log, the projector run to the end,
-//! and reads of what was stored.
+//! on moto's S3, `TERRA_TEST_S3_ENDPOINT`, a fresh container on Azurite,
+//! `TERRA_TEST_AZURITE_URL`), an embedded log, the projector run to the end, and reads of
+//! what was stored.
 
 // each test binary uses its own part of this
 #![allow(dead_code)]
@@ -74,12 +75,43 @@ pub(crate) async fn s3() -> Backend {
         s3_region: Some("us-east-1".into()),
         s3_path_style: true,
         allow_http: true,
+        ..StoreConfig::default()
     })
     .unwrap();
     Backend {
         store,
         _dir: tempfile::tempdir().unwrap(),
         bucket: Some(bucket),
+    }
+}
+
+/// A fresh container on the shared Azurite, reached with the emulator's account and key
+/// (object_store's Azure client, as in production; the endpoint is passed as a setting
+/// because a test cannot change its process's environment).
+pub(crate) async fn azure() -> Backend {
+    use terra_testkit::azurite;
+    let url = azurite::url();
+    let container = azurite::fresh_container();
+    let created = {
+        let (url, container) = (url.clone(), container.clone());
+        tokio::task::spawn_blocking(move || azurite::create_container(&url, &container))
+            .await
+            .unwrap()
+    };
+    assert_eq!(created, 201);
+    let store = Store::open(&StoreConfig {
+        url: format!("az://{container}"),
+        prefix: "terra".into(),
+        allow_http: true,
+        options: azurite::store_options(&url),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    assert_eq!(store.kind(), "azure");
+    Backend {
+        store,
+        _dir: tempfile::tempdir().unwrap(),
+        bucket: Some(container),
     }
 }
 
@@ -99,16 +131,17 @@ pub(crate) async fn project(log: &EventLog, sink: &mut ObjectSink, group: &str) 
     config.batch_wait = Duration::from_millis(20);
     config.stop_at_end = true;
     let rx = CancellationToken::new();
-    terra_projector::run(
-        &config,
-        log,
-        sink,
-        &ProjectorMetrics::unregistered(),
-        rx,
-        |_| {},
-    )
-    .await
-    .unwrap()
+    let metrics = ProjectorMetrics::unregistered();
+    let run = terra_projector::run(&config, log, sink, &metrics, rx, |_| {});
+    // an outage or a refusal is retried for ever: a guard against a hang, not a time limit
+    // on the work (which takes a second or two)
+    match tokio::time::timeout(Duration::from_secs(120), run).await {
+        Ok(totals) => totals.unwrap(),
+        Err(_) => panic!(
+            "the projector did not reach the end of the log; the store refuses writes: {:?}",
+            metrics.refusal("objects")
+        ),
+    }
 }
 
 pub(crate) async fn keys(store: &Store) -> BTreeSet<String> {
@@ -135,4 +168,14 @@ pub(crate) async fn get(store: &Store, key: &str) -> Vec<u8> {
         .await
         .unwrap()
         .to_vec()
+}
+
+/// The sum of every sample of metric `name` in `registry`.
+pub(crate) fn metric(registry: &prometheus_client::registry::Registry, name: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

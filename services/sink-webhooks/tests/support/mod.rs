@@ -269,3 +269,35 @@ pub async fn wait_for(
 pub fn all_ended(n: usize) -> impl Fn(&[Row_]) -> bool {
     move |rows| rows.len() == n && rows.iter().all(|r| r.state != "pending")
 }
+
+/// A Terra-shaped body of `event_type` for `user` (unique per `n`), in Terra's spelling.
+pub fn body(event_type: &str, user: &str, n: usize) -> Vec<u8> {
+    let user_json = format!(
+        "{{\"user_id\": \"{user}\", \"provider\": \"GARMIN\", \"last_webhook_update\": null, \"scopes\": null, \"reference_id\": \"ref-{n}\", \"active\": true}}"
+    );
+    match event_type {
+        "auth" => format!(
+            "{{\"type\": \"auth\", \"user\": {user_json}, \"status\": \"success\", \"reference_id\": \"ref-{n}\", \"widget_session_id\": \"w-{n}\", \"message\": \"User has successfully authenticated\", \"version\": \"2022-03-16\"}}"
+        ),
+        other => format!(
+            "{{\"type\": \"{other}\", \"user\": {user_json}, \"data\": [{{\"metadata\": {{\"summary_id\": \"s-{n}\", \"start_time\": \"2026-03-12T10:00:00.000000+00:00\", \"end_time\": \"2026-03-12T11:00:00.000000+00:00\", \"type\": 1, \"name\": \"run {n}\"}}}}], \"version\": \"2022-03-16\"}}"
+        ),
+    }
+    .into_bytes()
+}
+
+/// Appends each body as one record of the log.
+pub async fn append(log: &TestLog, bodies: &[Vec<u8>]) {
+    for b in bodies {
+        log.append(vec![record(
+            b,
+            None,
+            terra_core::keys::now_ms() / 1000,
+            Some("trace-1"),
+        )])
+        .await;
+    }
+}
+
+/// How long a test waits for what it expects.
+pub const LIMIT: Duration = Duration::from_secs(60);
