@@ -15,9 +15,9 @@ use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
 use terra_eventlog::private_fs;
 use terra_projector::SinkError;
 
+use crate::errors::sink_error;
 use crate::sink::{object_path, versions_dir};
 use crate::store::Store;
-use crate::write::store_error;
 
 /// The folder of the markers, beside the dead letters.
 pub(crate) const CLAIMS_FOLDER: &str = "_claims";
@@ -74,11 +74,14 @@ async fn claim_remote(store: &Store, base: &str, identity: &str) -> Result<Strin
     for _ in 0..3 {
         match store.store.get_opts(&path, GetOptions::default()).await {
             Ok(found) => {
-                let bytes = found.bytes().await.map_err(store_error)?;
+                let bytes = found
+                    .bytes()
+                    .await
+                    .map_err(|e| sink_error(&format!("GET {key}"), e))?;
                 return Ok(String::from_utf8_lossy(&bytes).into_owned());
             }
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(err) => return Err(store_error(err)),
+            Err(err) => return Err(sink_error(&format!("GET {key}"), err)),
         }
         let mode = if store.conditional {
             PutMode::Create
@@ -98,7 +101,7 @@ async fn claim_remote(store: &Store, base: &str, identity: &str) -> Result<Strin
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
             ) => {}
-            Err(err) => return Err(store_error(err)),
+            Err(err) => return Err(sink_error(&format!("PUT {key}"), err)),
         }
     }
     Err(SinkError::Outage(format!(
