@@ -89,8 +89,9 @@ impl ObjectSink {
         &self.store
     }
 
-    /// The final payload id of every identity of the batch that claims a base id, claimed
-    /// in log order (first appearance), as the SQL projection claims them.
+    /// The final payload id of every `(identity, base id)` of the batch ([`claim_key`]),
+    /// claimed in log order (first appearance), as the SQL projection claims them: every
+    /// copy of a record resolves alike, whatever the batch boundaries.
     async fn resolve_claims(
         &mut self,
         batch: &[Planned],
@@ -101,7 +102,8 @@ impl ObjectSink {
                 continue;
             };
             for row in event.payloads.iter().filter(|r| r.claims) {
-                if out.contains_key(&row.identity) {
+                let claim = claim_key(&row.identity, &row.payload_id);
+                if out.contains_key(&claim) {
                     continue;
                 }
                 let holder = match self.claims.get(&row.payload_id) {
@@ -122,7 +124,7 @@ impl ObjectSink {
                 } else {
                     terra_core::keys::with_suffix(&row.payload_id, &row.identity)
                 };
-                out.insert(row.identity.clone(), id);
+                out.insert(claim, id);
             }
         }
         Ok(out)
@@ -176,7 +178,7 @@ impl ObjectSink {
                             _ => planned.body.clone(),
                         };
                         let payload_id = final_ids
-                            .get(&row.identity)
+                            .get(&claim_key(&row.identity, &row.payload_id))
                             .unwrap_or(&row.payload_id)
                             .clone();
                         let intent = Intent {
@@ -327,6 +329,11 @@ impl ObjectSink {
 /// is not a path is this record's problem: it is dead-lettered.
 pub(crate) fn object_path(key: &str) -> Result<ObjectPath, SinkError> {
     ObjectPath::parse(key).map_err(|e| SinkError::Rejected(format!("invalid object key: {e}")))
+}
+
+/// The key of a `(identity, base id)` pair in the resolved ids.
+fn claim_key(identity: &str, base: &str) -> String {
+    format!("{identity}\n{base}")
 }
 
 /// The versions folder beside a local objects folder (outside it, so the bucket layout is

@@ -1,8 +1,8 @@
 //! Payload ids unique per identity (`terra_core::keys`, suffix rule): the first identity
 //! that claims a base id keeps it, Terra-shaped; another identity whose base id is already
 //! held (in the payload index, or earlier in this batch in log order) gets the suffixed id.
-//! An identity the index already holds keeps the id it was given, so re-deliveries land on
-//! the same row and object. The object sink applies the same rule in the same order.
+//! Claims never move, so re-deliveries land on the same row and object. The object sink
+//! applies the same rule in the same order.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,33 +14,30 @@ use terra_schema::{SqlError, SqlTarget, Stmt};
 
 const LOOKUP_CHUNK: usize = 1_000;
 
-/// The final payload id of every identity in the batch whose id differs from its row's
-/// `payload_id` (`stored`: identity → the id the index holds for it).
+/// `(identity, base id)` of a payload row: what a final id is resolved for.
+pub(crate) fn claim_key(identity: &str, base: &str) -> String {
+    format!("{identity}\n{base}")
+}
+
+/// The final payload id of every `(identity, base id)` of the batch ([`claim_key`]) that
+/// claims a base id: the base when the identity holds it (or is the first to claim it, in
+/// log order), else the suffixed id. Every copy of a record resolves alike, whatever the
+/// batch boundaries, as in the object sink.
 pub(crate) async fn resolve(
     target: &SqlTarget,
     tx: &mut Tx,
     events: &[(&Planned, &EventPlan)],
-    stored: &HashMap<String, String>,
 ) -> Result<HashMap<String, String>, SqlError> {
-    // new identities claiming a base id, in log order (first appearance)
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let mut claiming: Vec<(&str, &str)> = Vec::new();
-    let mut out: HashMap<String, String> = HashMap::new();
     for (_, event) in events {
-        for row in &event.payloads {
-            if !seen.insert(row.identity.as_str()) {
-                continue;
-            }
-            match stored.get(&row.identity) {
-                Some(id) if *id != row.payload_id => {
-                    out.insert(row.identity.clone(), id.clone());
-                }
-                Some(_) => {}
-                None if row.claims => claiming.push((&row.identity, &row.payload_id)),
-                None => {}
+        for row in event.payloads.iter().filter(|r| r.claims) {
+            if seen.insert(claim_key(&row.identity, &row.payload_id)) {
+                claiming.push((&row.identity, &row.payload_id));
             }
         }
     }
+    let mut out: HashMap<String, String> = HashMap::new();
     if claiming.is_empty() {
         return Ok(out);
     }
@@ -65,18 +62,15 @@ pub(crate) async fn resolve(
         }
     }
     for (identity, base) in claiming {
-        match holders.get(base) {
-            Some(holder) if holder != identity => {
-                out.insert(
-                    identity.to_owned(),
-                    terra_core::keys::with_suffix(base, identity),
-                );
-            }
-            Some(_) => {}
-            None => {
-                holders.insert(base.to_owned(), identity.to_owned());
-            }
-        }
+        let holder = holders
+            .entry(base.to_owned())
+            .or_insert_with(|| identity.to_owned());
+        let id = if holder == identity {
+            base.to_owned()
+        } else {
+            terra_core::keys::with_suffix(base, identity)
+        };
+        out.insert(claim_key(identity, base), id);
     }
     Ok(out)
 }

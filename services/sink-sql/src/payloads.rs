@@ -25,8 +25,8 @@ struct Existing {
     version: Version,
 }
 
-/// Writes the batch's payload rows; returns the final payload id of each identity whose
-/// id is not its row's `payload_id` (`crate::claims`), for the history rows.
+/// Writes the batch's payload rows; returns the final payload ids by
+/// `crate::claims::claim_key`, for the history rows.
 pub(crate) async fn write_payloads(
     target: &SqlTarget,
     tx: &mut Tx,
@@ -46,18 +46,15 @@ pub(crate) async fn write_payloads(
         return Ok(HashMap::new());
     }
     let existing = lookup_existing(target, tx, identities).await?;
-    let stored_ids: HashMap<String, String> = existing
-        .iter()
-        .map(|(k, v)| (k.clone(), v.payload_id.clone()))
-        .collect();
-    let final_ids = crate::claims::resolve(target, tx, events, &stored_ids).await?;
+    let final_ids = crate::claims::resolve(target, tx, events).await?;
     // the rows with their final ids
     let renamed: Vec<(&Planned, PayloadRow)> = events
         .iter()
         .flat_map(|(planned, event)| {
             event.payloads.iter().map(|row| {
                 let mut row = row.clone();
-                if let Some(id) = final_ids.get(&row.identity) {
+                let key = crate::claims::claim_key(&row.identity, &row.payload_id);
+                if let Some(id) = final_ids.get(&key) {
                     row.payload_id = id.clone();
                 }
                 (*planned, row)

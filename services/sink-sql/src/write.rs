@@ -88,9 +88,8 @@ async fn write_rows(
     let final_ids = write_payloads(target, tx, &events, stats).await?;
     for (planned, event) in &events {
         for change in &event.lifecycle {
-            let payload_id = final_ids
-                .get(&change.payload_identity)
-                .unwrap_or(&change.payload_id);
+            let key = crate::claims::claim_key(&change.payload_identity, &change.payload_id);
+            let payload_id = final_ids.get(&key).unwrap_or(&change.payload_id);
             write_lifecycle(target, tx, planned, change, payload_id, now).await?;
         }
     }

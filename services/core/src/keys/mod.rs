@@ -13,7 +13,7 @@
 //! already claimed gets [`with_suffix`]: `~` and the first 12 hex digits of its identity
 //! (`…-2026-03-12T14:30:00Z~1f3a9c04be22`). Claims are made in log order by each sink from
 //! its own state (the SQL payload index, the object store's claim markers) and never move,
-//! so a re-delivery keeps its id and both sinks agree. Events without a user have no order
+//! so a re-delivery resolves to the same id and both sinks agree. Events without a user have no order
 //! between them (they spread over partitions) and no Terra table row: their id always
 //! carries the suffix.
 //!
