@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 }
 
 /// Payload ids a body produces, and whether its stored body is the webhook body itself.
-fn expected(body: &[u8]) -> (Vec<String>, bool) {
+pub(super) fn expected(body: &[u8]) -> (Vec<String>, bool) {
     let c = terra_core::classify(body).unwrap();
     if c.group == terra_core::EventGroup::Data && !terra_core::is_report_scoped(&c.event_type) {
         let ids = c

@@ -76,6 +76,8 @@ async fn keys(store: &Store) -> Result<BTreeSet<String>, object_store::Error> {
         .object_store()
         .list(None)
         .map_ok(|m| m.location.to_string())
+        // the suffix rule's claim markers are not payloads
+        .try_filter(|k| std::future::ready(!k.starts_with("_claims/")))
         .try_collect()
         .await
 }
