@@ -81,10 +81,24 @@ async fn gcs_a_stored_newer_copy_is_read_back_and_an_older_one_skipped() {
     let key = sleep_key(&store);
     // what another projector stored: the newer copy, with its version
     let (newer, newer_body) = sleep_copy("true", T0 * 1000 + 1, 7);
-    let version = match &newer.plan {
-        terra_projector::plan::Plan::Event(e) => e.payloads[0].version.to_string(),
+    let (version, payload_id, identity) = match &newer.plan {
+        terra_projector::plan::Plan::Event(e) => (
+            e.payloads[0].version.to_string(),
+            e.payloads[0].payload_id.clone(),
+            e.payloads[0].identity.clone(),
+        ),
         _ => unreachable!("the sleep fixture is an event"),
     };
+    // and its claim of Terra's key (the suffix rule's marker), so the sink reads it and
+    // needs no PUT, which this emulator refuses
+    let claim = store.key(&format!("_claims/{payload_id}"));
+    gcs::seed_object(
+        &url,
+        &bucket,
+        claim.trim_end_matches(".json"),
+        identity.as_bytes(),
+        &[],
+    );
     gcs::seed_object(
         &url,
         &bucket,
