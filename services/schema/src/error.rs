@@ -19,6 +19,19 @@ pub enum SqlError {
     Schema(String),
 }
 
+/// What a database error means for a projector's sink (the SQL sink's and the webhook
+/// fan-out's alike): data it refuses is poison, settings and schemas are fatal, anything else
+/// an outage to wait out.
+impl From<SqlError> for terra_projector::SinkError {
+    fn from(err: SqlError) -> Self {
+        match err {
+            SqlError::Rejected(why) => Self::Rejected(why),
+            SqlError::Config(why) | SqlError::Schema(why) => Self::Fatal(why),
+            SqlError::Unavailable(why) => Self::Outage(why),
+        }
+    }
+}
+
 impl From<sqlx::Error> for SqlError {
     fn from(err: sqlx::Error) -> Self {
         classify(&err)

@@ -27,14 +27,10 @@ impl SqlSink {
     }
 }
 
-/// What a database error means for the projector: data it refuses is poison, settings and
-/// schemas are fatal, anything else an outage to wait out.
+/// What a database error means for the projector (terra-schema's `From<SqlError>`): data it
+/// refuses is poison, settings and schemas are fatal, anything else an outage to wait out.
 pub fn sink_error(err: SqlError) -> SinkError {
-    match err {
-        SqlError::Rejected(why) => SinkError::Rejected(why),
-        SqlError::Config(why) | SqlError::Schema(why) => SinkError::Fatal(why),
-        SqlError::Unavailable(why) => SinkError::Outage(why),
-    }
+    err.into()
 }
 
 impl Sink for SqlSink {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use terra_projector::plan::Planned;
 use terra_projector::{Sink, SinkError, WriteStats};
+use terra_schema::SqlTarget;
 use terra_schema::tables::WEBHOOK_POSITIONS;
-use terra_schema::{SqlError, SqlTarget};
 
 use crate::dispatch::{Shared, now_ms};
 use crate::endpoint::WebhookSettings;
@@ -41,15 +41,6 @@ impl FanOutSink {
     }
 }
 
-/// What a database error means for the projector (as for the SQL sink).
-pub fn sink_error(err: SqlError) -> SinkError {
-    match err {
-        SqlError::Rejected(why) => SinkError::Rejected(why),
-        SqlError::Config(why) | SqlError::Schema(why) => SinkError::Fatal(why),
-        SqlError::Unavailable(why) => SinkError::Outage(why),
-    }
-}
-
 impl Sink for FanOutSink {
     fn name(&self) -> &str {
         WEBHOOKS_GROUP
@@ -59,14 +50,14 @@ impl Sink for FanOutSink {
         terra_schema::positions::stored_in(&self.target, WEBHOOK_POSITIONS)
             .await
             .map(Some)
-            .map_err(sink_error)
+            .map_err(SinkError::from)
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
         let out = match store::fan_out(&self.target, &self.settings, batch, now_ms()).await {
             Ok(out) => out,
             Err(FanOutError::Behind(stored)) => return Err(SinkError::Behind(stored)),
-            Err(FanOutError::Sql(err)) => return Err(sink_error(err)),
+            Err(FanOutError::Sql(err)) => return Err(err.into()),
         };
         for event in out.events {
             self.shared.cache.put(event);
