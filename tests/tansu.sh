@@ -16,6 +16,8 @@ case "${1:-}" in
     echo "installing tansu $VERSION (first run on this machine only)"
     cargo install tansu --version "$VERSION" --locked --features libsql --target-dir "${HOME}/.cache/tansu-target" >&2
     echo "$VERSION" > "$BIN.version"
+    # the binary is what is cached; its build directory (GBs) would only fill the disk
+    rm -rf "${HOME}/.cache/tansu-target"
     ;;
   start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -31,6 +31,10 @@ pub enum Command {
     /// The webhook destination: a pre-filled log fanned out to 1 and 4 local endpoints, state
     /// in SQLite and Postgres; against the same POSTs sent directly; one endpoint down.
     Webhooks(crate::webhooks::WebhooksArgs),
+    /// `terra-ingest standalone` on its defaults under distinct signed webhooks, at saturation
+    /// and at a fixed rate: acked/s, latency, each projection's lag per second (report, CSV,
+    /// SVG chart), time to catch up, peak RSS; the bare server's ceiling in the same run.
+    Standalone(crate::standalone::StandaloneArgs),
     /// Open time of the embedded log at 1M and 10M records, with and without its indexes.
     LogOpen(crate::log_open::LogOpenArgs),
     /// (internal) The bare comparison server: reads each body and answers 200.
@@ -49,6 +53,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => crate::query::run(args).await,
         Command::LogOpen(args) => crate::log_open::run(args).await,
         Command::Webhooks(args) => crate::webhooks::run(args).await,
+        Command::Standalone(args) => crate::standalone::run(args).await,
         Command::BareServer { http_addr } => crate::ingress::bare_server(&http_addr).await,
     }
 }

@@ -8,20 +8,27 @@
 //! - `objects` ([`objects`]): the object projector into a folder and an S3-compatible bucket.
 //! - `query` ([`query`]): the gRPC query service over a loaded Postgres.
 //! - `log-open` ([`log_open`]): the embedded log's open time at 1M and 10M records.
+//! - `standalone` ([`standalone`], [`standalone_load`], [`corpus`], [`plot`]): the whole
+//!   product on its defaults under distinct signed webhooks, each projection's lag per second
+//!   (a report, a CSV and an SVG chart), beside the bare server's ceiling.
 //!
 //! Shared: the pre-filled log's mixed load ([`load`]), signed deliveries ([`deliveries`]) and
 //! the `terra-ingest` binary as a child process ([`process`]).
 
 pub mod cli;
+mod corpus;
 mod deliveries;
 mod ingress;
 mod load;
 mod log_open;
 mod objects;
+mod plot;
 mod process;
 mod query;
 mod raw_load;
 mod sql;
+mod standalone;
+mod standalone_load;
 mod webhooks;
 mod webhooks_receiver;
 mod webhooks_run;

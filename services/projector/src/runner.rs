@@ -96,6 +96,12 @@ pub const DEFAULT_BATCH_SIZE: usize = 1_000;
 /// record may wait for company, traded against transactions per second.
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a batch that has started stays open for more records unless set
+/// (`projector.batch_linger_ms`): under load the log hands over a few records per group
+/// commit, and a transaction (SQL) or a sync (folder) per handful of records would cost more
+/// CPU than the records themselves; a few milliseconds gather hundreds.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
+
 /// Settings of one projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -103,8 +109,10 @@ pub struct ProjectorConfig {
     pub group: String,
     /// Most records per batch.
     pub batch_size: usize,
-    /// Longest wait for a batch to fill.
+    /// Longest wait for the first record of a batch (an idle projector wakes this often).
     pub batch_wait: Duration,
+    /// Once a batch has its first record, how long it waits for more (up to `batch_size`).
+    pub batch_linger: Duration,
     pub backoff: Backoff,
     /// Stop once the log is read to the end (rebuilds, benchmarks) instead of following it.
     pub stop_at_end: bool,
@@ -116,6 +124,7 @@ impl ProjectorConfig {
             group: group.into(),
             batch_size: DEFAULT_BATCH_SIZE,
             batch_wait: DEFAULT_BATCH_WAIT,
+            batch_linger: DEFAULT_BATCH_LINGER,
             backoff: Backoff::DEFAULT,
             stop_at_end: false,
         }
@@ -171,10 +180,27 @@ pub async fn run<S: Sink>(
         if shutdown.is_cancelled() {
             break;
         }
-        let consumed = tokio::select! {
+        let mut consumed = tokio::select! {
             polled = consumer.poll(config.batch_size, config.batch_wait) => polled?,
             () = shutdown.cancelled() => continue,
         };
+        // a batch that started stays open for its linger, so it gathers what arrives
+        if !consumed.is_empty() && consumed.len() < config.batch_size {
+            let until = tokio::time::Instant::now() + config.batch_linger;
+            while consumed.len() < config.batch_size {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let more = consumer
+                    .poll(config.batch_size - consumed.len(), left)
+                    .await?;
+                if more.is_empty() {
+                    break;
+                }
+                consumed.extend(more);
+            }
+        }
         if last_lag.elapsed() >= Duration::from_secs(2) || consumed.is_empty() {
             if let Ok(lag) = consumer.lag().await {
                 metrics.set_lag(sink.name(), &lag);

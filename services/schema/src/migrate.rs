@@ -104,6 +104,7 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("postgres", 20261124000300, "payload_position_index"),
             migration!("postgres", 20261124000400, "payload_user_order_index"),
             migration!("postgres", 20261203000100, "terra_not_null"),
+            migration!("postgres", 20261204000100, "drop_redundant_user_index"),
         ],
         (Dialect::Postgres, Variant::Supabase) => vec![
             migration!("supabase", 20261124000100, "terra_tables"),
@@ -111,6 +112,7 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("postgres", 20261124000300, "payload_position_index"),
             migration!("postgres", 20261124000400, "payload_user_order_index"),
             migration!("supabase", 20261203000100, "terra_types"),
+            migration!("postgres", 20261204000100, "drop_redundant_user_index"),
         ],
         (Dialect::MySql, _) => vec![
             migration!("mysql", 20261124000100, "terra_tables"),
@@ -119,6 +121,7 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("mysql", 20261124000400, "payload_user_order_index"),
             migration!("mysql", 20261125000100, "utf8mb4_binary"),
             migration!("mysql", 20261203000100, "terra_not_null"),
+            migration!("mysql", 20261204000100, "drop_redundant_user_index"),
         ],
         (Dialect::Sqlite, _) => vec![
             migration!("sqlite", 20261124000100, "terra_tables"),
@@ -126,6 +129,7 @@ fn migrations(dialect: Dialect, variant: Variant) -> Vec<Migration> {
             migration!("sqlite", 20261124000300, "payload_position_index"),
             migration!("sqlite", 20261124000400, "payload_user_order_index"),
             migration!("sqlite", 20261203000100, "terra_not_null"),
+            migration!("sqlite", 20261204000100, "drop_redundant_user_index"),
         ],
     }
 }

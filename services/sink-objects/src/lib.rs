@@ -10,12 +10,15 @@
 //! - [`sqs`]: the pings.
 //! - `claims`: which identity holds a base payload id (the suffix rule).
 //! - `write`: conditional writes, so the newest copy wins against concurrent writers.
+//! - `local`: a local folder's versions and claims in one embedded index, a batch's objects
+//!   written by a few threads and synced once.
 //! - `errors`: which store failures pause the projector (outage, refusal) and which
 //!   dead-letter one record.
 
 mod claims;
 mod errors;
 pub mod layout;
+mod local;
 pub mod sink;
 pub mod sqs;
 pub mod store;

@@ -1,10 +1,11 @@
 //! The object sink: one object per data record and per other event, at the key the core
 //! library derives (so SQL `payload_id`s and keys agree), last writer wins by version
 //! (ordering timestamp, then log position, then record index). The version of what is stored
-//! is kept with it: user metadata `terra-ingest-version` on S3/GCS/Azure, a sidecar file
-//! beside a local folder (`.<folder>-versions/`; a local folder's files are 0600 in 0700
-//! folders, see `terra_eventlog::private_fs`); each write is conditional on what it read,
-//! so a concurrent writer cannot make an older copy win (`crate::write`). A bounded cache
+//! is kept with it: user metadata `terra-ingest-version` on S3/GCS/Azure (each write
+//! conditional on what it read, so a concurrent writer cannot make an older copy win:
+//! `crate::write`), an embedded index beside a local folder (`.<folder>-versions/`, one
+//! transaction per batch: `crate::local`; a local folder's files are 0600 in 0700 folders,
+//! see `terra_eventlog::private_fs`). A bounded cache
 //! saves the lookup for keys this process wrote. Writes are idempotent, so at-least-once consumption (the log's
 //! committed positions) gives exactly-once state. Poison goes to `_dead-letters/`.
 
@@ -19,9 +20,10 @@ use terra_projector::{Sink, SinkError, WriteStats};
 use tokio::task::JoinSet;
 
 use crate::layout::split_records;
+use crate::local::{LocalIndex, LocalWrite};
 use crate::sqs::{Ping, Pinger};
 use crate::store::Store;
-use crate::write::{Known, Outcome, put_plain, write_versioned};
+use crate::write::{Known, Outcome, local_file, put_plain, write_versioned};
 
 /// Most versions remembered (about 100 bytes each); beyond that the cache starts over.
 const VERSION_CACHE_LIMIT: usize = 100_000;
@@ -50,6 +52,8 @@ pub struct ObjectSink {
     versions: HashMap<String, Known>,
     /// Base payload ids and the identity that holds each (`crate::claims`).
     claims: HashMap<String, String>,
+    /// A local folder's index of versions and claims, opened at the first write.
+    local: Option<LocalIndex>,
 }
 
 /// One object to write.
@@ -82,6 +86,7 @@ impl ObjectSink {
             pinger,
             versions: HashMap::new(),
             claims: HashMap::new(),
+            local: None,
         }
     }
 
@@ -96,38 +101,67 @@ impl ObjectSink {
         &mut self,
         batch: &[Planned],
     ) -> Result<HashMap<String, String>, SinkError> {
-        let mut out = HashMap::new();
-        for planned in batch {
-            let Plan::Event(event) = &planned.plan else {
-                continue;
-            };
-            for row in event.payloads.iter().filter(|r| r.claims) {
-                let claim = claim_key(&row.identity, &row.payload_id);
-                if out.contains_key(&claim) {
-                    continue;
-                }
-                let holder = match self.claims.get(&row.payload_id) {
-                    Some(holder) => holder.clone(),
-                    None => {
-                        let holder =
-                            crate::claims::holder(&self.store, &row.payload_id, &row.identity)
-                                .await?;
-                        if self.claims.len() >= VERSION_CACHE_LIMIT {
-                            self.claims.clear();
-                        }
-                        self.claims.insert(row.payload_id.clone(), holder.clone());
-                        holder
-                    }
-                };
-                let id = if holder == row.identity {
-                    row.payload_id.clone()
-                } else {
-                    terra_core::keys::with_suffix(&row.payload_id, &row.identity)
-                };
-                out.insert(claim, id);
+        // the claimed rows in log order, and the base ids this process does not know yet
+        let rows: Vec<_> = batch
+            .iter()
+            .filter_map(|planned| match &planned.plan {
+                Plan::Event(event) => Some(event.payloads.iter().filter(|r| r.claims)),
+                Plan::Dead(_) => None,
+            })
+            .flatten()
+            .collect();
+        let mut unknown: Vec<(String, String)> = Vec::new();
+        for row in &rows {
+            if !self.claims.contains_key(&row.payload_id)
+                && !unknown.iter().any(|(base, _)| base == &row.payload_id)
+            {
+                unknown.push((row.payload_id.clone(), row.identity.clone()));
             }
         }
+        if !unknown.is_empty() {
+            let held = match self.local_index().await? {
+                Some(index) => index.claim(&unknown).await?,
+                None => {
+                    let mut held = HashMap::new();
+                    for (base, identity) in &unknown {
+                        let holder = crate::claims::holder(&self.store, base, identity).await?;
+                        held.insert(base.clone(), holder);
+                    }
+                    held
+                }
+            };
+            if self.claims.len() + held.len() > VERSION_CACHE_LIMIT {
+                self.claims.clear();
+            }
+            self.claims.extend(held);
+        }
+        let mut out = HashMap::new();
+        for row in rows {
+            let Some(holder) = self.claims.get(&row.payload_id) else {
+                return Err(SinkError::Outage(format!(
+                    "the claim of {} was not resolved",
+                    row.payload_id
+                )));
+            };
+            let id = if *holder == row.identity {
+                row.payload_id.clone()
+            } else {
+                terra_core::keys::with_suffix(&row.payload_id, &row.identity)
+            };
+            out.insert(claim_key(&row.identity, &row.payload_id), id);
+        }
         Ok(out)
+    }
+
+    /// The local folder's index, opened at first use; `None` for other stores.
+    async fn local_index(&mut self) -> Result<Option<&mut LocalIndex>, SinkError> {
+        let Some(root) = &self.store.root else {
+            return Ok(None);
+        };
+        if self.local.is_none() {
+            self.local = Some(LocalIndex::open(root).await?);
+        }
+        Ok(self.local.as_mut())
     }
 
     fn intents(
@@ -240,27 +274,14 @@ impl Sink for ObjectSink {
             }
             put_plain(&self.store, &letter.meta_key, Bytes::from(meta.to_string())).await?;
         }
-        // writes run concurrently; each key at most once per batch
-        let mut tasks = JoinSet::new();
-        let mut pending = intents.into_iter();
+        let had_dead = dead_count > 0;
+        let outcomes = if self.store.root.is_some() {
+            self.write_local(intents, had_dead).await?
+        } else {
+            self.write_remote(intents).await?
+        };
         let mut written = Vec::new();
-        loop {
-            while tasks.len() < CONCURRENCY {
-                let Some(intent) = pending.next() else { break };
-                let known = self.versions.get(&intent.key).cloned();
-                let store = self.store.clone();
-                tasks.spawn(async move {
-                    let bytes = intent.bytes.clone();
-                    write_versioned(&store, &intent.key, bytes, intent.version, known)
-                        .await
-                        .map(|outcome| (intent, outcome))
-                });
-            }
-            let Some(done) = tasks.join_next().await else {
-                break;
-            };
-            let (intent, outcome) =
-                done.map_err(|e| SinkError::Outage(format!("write task failed: {e}")))??;
+        for (intent, outcome) in outcomes {
             match outcome {
                 Outcome::Written(known) => {
                     if self.versions.len() >= VERSION_CACHE_LIMIT {
@@ -303,6 +324,77 @@ impl Sink for ObjectSink {
 }
 
 impl ObjectSink {
+    /// A remote store's writes: concurrent, each conditional on what it read.
+    async fn write_remote(
+        &mut self,
+        intents: Vec<Intent>,
+    ) -> Result<Vec<(Intent, Outcome)>, SinkError> {
+        let mut tasks = JoinSet::new();
+        let mut pending = intents.into_iter();
+        let mut outcomes = Vec::new();
+        loop {
+            while tasks.len() < CONCURRENCY {
+                let Some(intent) = pending.next() else { break };
+                let known = self.versions.get(&intent.key).cloned();
+                let store = self.store.clone();
+                tasks.spawn(async move {
+                    let bytes = intent.bytes.clone();
+                    write_versioned(&store, &intent.key, bytes, intent.version, known)
+                        .await
+                        .map(|outcome| (intent, outcome))
+                });
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            outcomes.push(done.map_err(|e| SinkError::Outage(format!("write task failed: {e}")))??);
+        }
+        Ok(outcomes)
+    }
+
+    /// A local folder's writes: one transaction of its index for the whole batch
+    /// (`crate::local`); `sync` when something else of the batch (dead letters) needs the
+    /// batch's sync even if no object is written.
+    async fn write_local(
+        &mut self,
+        intents: Vec<Intent>,
+        sync: bool,
+    ) -> Result<Vec<(Intent, Outcome)>, SinkError> {
+        let mut outcomes = Vec::new();
+        let mut writes = Vec::with_capacity(intents.len());
+        let mut by_key = HashMap::with_capacity(intents.len());
+        for intent in intents {
+            if let Some(known) = self.versions.get(&intent.key)
+                && known.version > intent.version
+            {
+                // stored versions only grow, so the folder holds at least this one
+                outcomes.push((intent, Outcome::Superseded(known.version)));
+                continue;
+            }
+            writes.push(LocalWrite::new(
+                intent.key.clone(),
+                local_file(&self.store, &intent.key)?,
+                intent.bytes.clone(),
+                intent.version,
+            ));
+            by_key.insert(intent.key.clone(), intent);
+        }
+        let Some(index) = self.local_index().await? else {
+            return Err(SinkError::Fatal("a local store without its folder".into()));
+        };
+        for (write, outcome) in index.write_batch(writes, sync).await? {
+            let Some(intent) = by_key.remove(&write.key) else {
+                continue;
+            };
+            let outcome = match outcome {
+                Ok(()) => Outcome::Written(Known::version(write.version)),
+                Err(newer) => Outcome::Superseded(newer),
+            };
+            outcomes.push((intent, outcome));
+        }
+        Ok(outcomes)
+    }
+
     /// A URL the ping's receiver can GET the object from: pre-signed for cloud stores, a
     /// `file://` URL for a local folder.
     async fn url(&self, key: &str) -> Result<String, SinkError> {
@@ -346,6 +438,8 @@ pub(crate) fn versions_dir(root: &std::path::Path) -> PathBuf {
     root.with_file_name(format!(".{name}-versions"))
 }
 
+/// Where an earlier version kept the version of `key` (imported into the index: `crate::local`).
+#[cfg(test)]
 pub(crate) fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
     versions_dir(root).join(key)
 }

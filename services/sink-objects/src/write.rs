@@ -10,12 +10,10 @@
 //!   newer tag. S3 servers must honour `If-None-Match` / `If-Match` (AWS since 2024, MinIO,
 //!   R2, moto); one that cannot is configured with `AWS_CONDITIONAL_PUT=disabled` and then
 //!   gets a plain check-then-put.
-//! - A local folder: the version file in the sidecar tree is locked (`flock`, so other
-//!   processes and other tasks wait), read, and rewritten in place after the object is
-//!   renamed into place, all under the lock.
+//! - A local folder: the whole batch is one transaction of the folder's index
+//!   (`crate::local`), which writers of the folder take in turns.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -27,15 +25,12 @@ use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
 use crate::errors::sink_error;
-use crate::sink::{object_path, sidecar_path};
+use crate::sink::object_path;
 use crate::store::Store;
 
 /// Lost races in a row before the write is given up as an outage (each one means another
 /// writer stored a copy in between; versions only grow, so this ends quickly).
 const MAX_CONFLICTS: usize = 16;
-/// Length of a version file: a version's text (at most 83 bytes, four `i64`s and three
-/// colons) padded with spaces, so each rewrite in place covers all of the last one.
-const VERSION_FILE_LEN: usize = 96;
 
 /// What this process knows of a stored object: its version, and the store's tag for it
 /// when this process wrote it (so the next replacement needs no read first).
@@ -72,16 +67,11 @@ pub(crate) async fn write_versioned(
         // stored versions only grow, so the store holds at least this one
         return Ok(Outcome::Superseded(known.version));
     }
-    match &store.root {
-        Some(root) => {
-            let file = local_file(store, key)?;
-            let sidecar = sidecar_path(root, key);
-            blocking(move || write_local(&file, &sidecar, &bytes, version))
-                .await
-                .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")))
-        }
-        None => write_remote(store, key, bytes, version, known).await,
-    }
+    debug_assert!(
+        store.root.is_none(),
+        "a local folder writes through its index"
+    );
+    write_remote(store, key, bytes, version, known).await
 }
 
 /// An object without a version (dead letters: one per log position, so any copy is right).
@@ -211,7 +201,7 @@ fn put_options(store: &Store, mode: PutMode, version: Option<Version>) -> PutOpt
     }
 }
 
-fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError> {
+pub(crate) fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError> {
     let local = store
         .local
         .as_ref()
@@ -229,52 +219,10 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
-/// The local folder's conditional write: under an exclusive lock on the key's version file
-/// (held until the file is closed), the stored version is read, the object renamed into
-/// place and the version written over the old one. Writers of one key, in this process or
-/// another, take turns, so the newest copy is the one left.
-fn write_local(
-    file: &Path,
-    sidecar: &Path,
-    bytes: &[u8],
-    version: Version,
-) -> std::io::Result<Outcome> {
-    let mut versions = loop {
-        match private_fs::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(sidecar)
-        {
-            Ok(versions) => break versions,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let parent = sidecar.parent().ok_or(e)?;
-                private_fs::create_dir_all(parent)?;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    versions.lock()?;
-    let mut text = String::new();
-    versions.read_to_string(&mut text)?;
-    if let Ok(stored) = text.parse::<Version>()
-        && stored > version
-    {
-        return Ok(Outcome::Superseded(stored));
-    }
-    write_private_object(file, bytes)?;
-    let mut record = version.to_string().into_bytes();
-    debug_assert!(record.len() < VERSION_FILE_LEN, "a version fits its file");
-    record.resize(VERSION_FILE_LEN, b' ');
-    versions.write_all_at(&record, 0)?;
-    Ok(Outcome::Written(Known::version(version)))
-}
-
 /// Writes one object of a local folder as `LocalFileSystem` would (a staged `<file>#<n>`,
 /// which listings skip, renamed into place, so readers never see half an object), but the
 /// staged file is made 0600 and missing folders 0700.
-fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut attempt = 1u32;
     let (mut staged, staged_path) = loop {
         let mut name = file.as_os_str().to_owned();
@@ -301,42 +249,4 @@ fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&staged_path);
     }
     written
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_longest_version_fits_its_file() {
-        let longest = Version::from_parts([i64::MIN, i64::MIN, i64::MIN, i64::MIN]);
-        assert!(longest.to_string().len() < VERSION_FILE_LEN);
-    }
-
-    #[test]
-    fn a_padded_version_file_reads_back_and_old_unpadded_ones_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("objects/a.json");
-        let sidecar = dir.path().join(".objects-versions/a.json");
-        let v = |ts| Version::from_parts([ts, 0, 0, 0]);
-        // a file an earlier version wrote: the bare text, longer than the next one
-        std::fs::create_dir_all(sidecar.parent().unwrap()).unwrap();
-        std::fs::write(&sidecar, "100000000:2:3:4").unwrap();
-        assert!(matches!(
-            write_local(&file, &sidecar, b"old", v(5)).unwrap(),
-            Outcome::Superseded(_)
-        ));
-        assert!(matches!(
-            write_local(&file, &sidecar, b"new", v(200_000_000)).unwrap(),
-            Outcome::Written(_)
-        ));
-        assert!(matches!(
-            write_local(&file, &sidecar, b"newer", v(300_000_000)).unwrap(),
-            Outcome::Written(_)
-        ));
-        let text = std::fs::read_to_string(&sidecar).unwrap();
-        assert_eq!(text.len(), VERSION_FILE_LEN);
-        assert_eq!(text.parse::<Version>(), Ok(v(300_000_000)));
-        assert_eq!(std::fs::read(&file).unwrap(), b"newer");
-    }
 }

@@ -285,9 +285,18 @@ async fn local_folder_objects_dead_letters_and_versions_are_private_under_umask_
     let modes = modes_under(&dir.path().join("data"));
     let files = modes.iter().filter(|(_, is_dir, _)| !is_dir).count();
     assert!(
-        files > 2 * all_fixtures().len(),
-        "objects, versions and dead letters: {files}"
+        files > all_fixtures().len() + 2,
+        "objects, dead letters and the versions index: {files}"
     );
+    // the versions and claims are in the folder's index (and its WAL), private as the rest
+    let index = dir.path().join("data/.objects-versions/_index.sqlite3");
+    for file in [index.clone(), index.with_extension("sqlite3-wal")] {
+        assert!(
+            modes.iter().any(|(p, is_dir, _)| !is_dir && *p == file),
+            "{} missing: {modes:?}",
+            file.display()
+        );
+    }
     for (path, is_dir, mode) in &modes {
         let want = if *is_dir { 0o700 } else { 0o600 };
         assert_eq!(*mode, want, "{} is {mode:o}", path.display());

@@ -1,0 +1,545 @@
+//! A local folder's versions and claims, in one embedded index instead of a file per object
+//! (issue 16): `.<folder>-versions/_index.sqlite3` (SQLite in WAL, 0600 like every file of
+//! the folder). A batch is one write transaction (`BEGIN IMMEDIATE`, so projectors of the
+//! same folder, in this process or another, take turns as they did on the sidecar files'
+//! locks): the stored versions of the batch's keys are read, the newer objects are written
+//! (each staged and renamed into place, by a bounded set of threads) and the new versions
+//! stored; after the commit the filesystem is synced once (`syncfs`: objects, folders, dead
+//! letters, claims and the index's WAL reach the disk before the batch's positions are
+//! committed in the log).
+//!
+//! Folders written by an earlier version (a sidecar file per object under
+//! `.<folder>-versions/`, claim markers under its `_claims/`) are imported into the index
+//! the first time it is opened; the old files are left where they are.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::Digest;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+use terra_eventlog::private_fs;
+use terra_projector::SinkError;
+use terra_projector::plan::Version;
+
+use crate::sink::versions_dir;
+use crate::write::write_private_object;
+
+/// The index's file name inside the versions folder (no key can be this: keys end `.json`).
+const INDEX_FILE: &str = "_index.sqlite3";
+/// Threads writing one batch's objects.
+const WRITERS: usize = 4;
+/// Keys per `IN (...)` lookup.
+const CHUNK: usize = 500;
+
+/// One object of a batch to write unless a newer version is stored.
+pub(crate) struct LocalWrite {
+    pub(crate) key: String,
+    pub(crate) file: PathBuf,
+    pub(crate) bytes: Bytes,
+    pub(crate) version: Version,
+    /// SHA-256 of `bytes`, hex.
+    pub(crate) digest: String,
+}
+
+impl LocalWrite {
+    pub(crate) fn new(key: String, file: PathBuf, bytes: Bytes, version: Version) -> Self {
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        Self {
+            key,
+            file,
+            bytes,
+            version,
+            digest,
+        }
+    }
+}
+
+/// What happened to a [`LocalWrite`]: written, or the newer version that was kept.
+pub(crate) type LocalOutcome = Result<(), Version>;
+
+pub(crate) struct LocalIndex {
+    conn: SqliteConnection,
+    /// The folder's filesystem, for `syncfs`.
+    root: std::fs::File,
+    /// Claims stored since the last sync.
+    unsynced_claims: bool,
+}
+
+fn outage(what: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Outage(format!("object store: {what}: {e}"))
+}
+
+impl LocalIndex {
+    /// Opens (or creates, importing an earlier version's sidecar files) the index of `root`.
+    pub(crate) async fn open(root: &Path) -> Result<Self, SinkError> {
+        let dir = versions_dir(root);
+        let path = dir.join(INDEX_FILE);
+        let fresh = !path.exists();
+        let made = path.clone();
+        blocking(move || {
+            private_fs::create_dir_all(made.parent().expect("in a folder"))?;
+            // made 0600 before SQLite opens it: its -wal and -shm take the same mode
+            private_fs::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&made)
+                .map(drop)
+        })
+        .await
+        .map_err(|e| outage("cannot create the versions index", e))?;
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // every batch ends with a syncfs, which makes the WAL durable too
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(60));
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| outage("cannot open the versions index", e))?;
+        for ddl in [
+            // digest: SHA-256 of the stored bytes, so a copy with the same bytes (Terra's retries,
+            // re-deliveries) moves the version without rewriting the file
+            "CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, version TEXT NOT NULL, digest TEXT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS claims (base TEXT PRIMARY KEY, identity TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        ] {
+            sqlx::query(ddl)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| outage("cannot create the versions index", e))?;
+        }
+        let root_file =
+            std::fs::File::open(root).map_err(|e| outage("cannot open the folder", e))?;
+        let mut index = Self {
+            conn,
+            root: root_file,
+            unsynced_claims: false,
+        };
+        let imported: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'sidecars_imported'")
+                .fetch_optional(&mut index.conn)
+                .await
+                .map_err(|e| outage("cannot read the versions index", e))?;
+        if imported.is_none() {
+            index.import(&dir, fresh).await?;
+        }
+        Ok(index)
+    }
+
+    /// Reads the sidecar files and claim markers an earlier version wrote into the index.
+    async fn import(&mut self, dir: &Path, fresh: bool) -> Result<(), SinkError> {
+        let walked = dir.to_owned();
+        let (versions, claims) = blocking(move || read_sidecars(&walked))
+            .await
+            .map_err(|e| outage("cannot read the earlier version files", e))?;
+        if !versions.is_empty() || !claims.is_empty() || !fresh {
+            tracing::info!(
+                versions = versions.len(),
+                claims = claims.len(),
+                "importing the object folder's version files into its index"
+            );
+        }
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        for (key, version) in &versions {
+            sqlx::query(
+                "INSERT INTO versions (key, version) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(version.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        }
+        for (base, identity) in &claims {
+            sqlx::query(
+                "INSERT INTO claims (base, identity) VALUES (?, ?) ON CONFLICT (base) DO NOTHING",
+            )
+            .bind(base)
+            .bind(identity)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        }
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('sidecars_imported', ?) ON CONFLICT (name) DO NOTHING")
+            .bind(versions.len().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        tx.commit().await.map_err(|e| outage("versions index", e))
+    }
+
+    /// The identity holding each base id: the stored claim, else the first identity asking
+    /// for it here (`wanted` is in log order), which is stored.
+    pub(crate) async fn claim(
+        &mut self,
+        wanted: &[(String, String)],
+    ) -> Result<HashMap<String, String>, SinkError> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        let bases: Vec<&str> = wanted.iter().map(|(b, _)| b.as_str()).collect();
+        let mut held: HashMap<String, String> = lookup(
+            &mut tx,
+            "SELECT base, identity, NULL FROM claims WHERE base IN",
+            &bases,
+        )
+        .await?
+        .into_iter()
+        .map(|(base, (identity, _))| (base, identity))
+        .collect();
+        for (base, identity) in wanted {
+            if held.contains_key(base) {
+                continue;
+            }
+            sqlx::query("INSERT INTO claims (base, identity) VALUES (?, ?)")
+                .bind(base)
+                .bind(identity)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| outage("versions index", e))?;
+            held.insert(base.clone(), identity.clone());
+            self.unsynced_claims = true;
+        }
+        tx.commit().await.map_err(|e| outage("versions index", e))?;
+        Ok(held)
+    }
+
+    /// Writes each object unless a newer version is stored, syncs, stores the versions.
+    /// `sync`: sync even when no object is written (the batch wrote dead letters).
+    pub(crate) async fn write_batch(
+        &mut self,
+        writes: Vec<LocalWrite>,
+        sync: bool,
+    ) -> Result<Vec<(LocalWrite, LocalOutcome)>, SinkError> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| outage("versions index", e))?;
+        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+        let stored = lookup(
+            &mut tx,
+            "SELECT key, version, digest FROM versions WHERE key IN",
+            &keys,
+        )
+        .await?;
+        let (mut to_write, mut outcomes, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
+        for write in writes {
+            let (version, digest) = match stored.get(&write.key) {
+                Some((version, digest)) => (Version::from_str(version).ok(), digest.as_deref()),
+                None => (None, None),
+            };
+            match version {
+                Some(newer) if newer > write.version => outcomes.push((write, Err(newer))),
+                // the same bytes are there already: only the version moves
+                Some(_) if digest == Some(write.digest.as_str()) => unchanged.push(write),
+                _ => to_write.push(write),
+            }
+        }
+        let root = self.root.try_clone().map_err(|e| outage("sync", e))?;
+        let sync = sync || self.unsynced_claims || !to_write.is_empty();
+        let written = write_all(to_write).await?;
+        for write in written.iter().chain(&unchanged) {
+            sqlx::query("INSERT INTO versions (key, version, digest) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET version = excluded.version, digest = excluded.digest")
+                .bind(&write.key)
+                .bind(write.version.to_string())
+                .bind(&write.digest)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| outage("versions index", e))?;
+        }
+        tx.commit().await.map_err(|e| outage("versions index", e))?;
+        // after the commit, so the index's WAL is synced with the objects; a failed sync
+        // fails the batch, which is written again (a version equal to the stored one is
+        // rewritten)
+        if sync {
+            blocking(move || rustix::fs::syncfs(&root).map_err(std::io::Error::from))
+                .await
+                .map_err(|e| outage("cannot sync the folder", e))?;
+            self.unsynced_claims = false;
+        }
+        outcomes.extend(written.into_iter().chain(unchanged).map(|w| (w, Ok(()))));
+        Ok(outcomes)
+    }
+}
+
+/// The rows whose first column is in `values`, by that column.
+async fn lookup(
+    conn: &mut SqliteConnection,
+    select: &str,
+    values: &[&str],
+) -> Result<HashMap<String, (String, Option<String>)>, SinkError> {
+    let mut out = HashMap::new();
+    for chunk in values.chunks(CHUNK) {
+        let sql = format!("{select} ({})", vec!["?"; chunk.len()].join(", "));
+        let mut query = sqlx::query_as::<_, (String, String, Option<String>)>(&sql);
+        for value in chunk {
+            query = query.bind(*value);
+        }
+        for (k, v, digest) in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| outage("versions index", e))?
+        {
+            out.insert(k, (v, digest));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the objects from up to [`WRITERS`] of tokio's blocking threads (the batch then
+/// syncs once).
+async fn write_all(mut writes: Vec<LocalWrite>) -> Result<Vec<LocalWrite>, SinkError> {
+    let per = writes.len().div_ceil(WRITERS).max(1);
+    let mut tasks = Vec::with_capacity(WRITERS);
+    while !writes.is_empty() {
+        let chunk: Vec<LocalWrite> = writes.drain(..per.min(writes.len())).collect();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            chunk
+                .iter()
+                .try_for_each(|w| write_private_object(&w.file, &w.bytes))
+                .map(|()| chunk)
+        }));
+    }
+    let mut written = Vec::new();
+    for task in tasks {
+        let chunk = task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| outage("cannot write an object", e))?;
+        written.extend(chunk);
+    }
+    Ok(written)
+}
+
+/// What an earlier version kept as files: `(key, version)` and `(base id, identity)`.
+type Sidecars = (Vec<(String, Version)>, Vec<(String, String)>);
+
+/// The versions and claims an earlier version kept as files under `dir`.
+fn read_sidecars(dir: &Path) -> std::io::Result<Sidecars> {
+    let (mut versions, mut claims) = (Vec::new(), Vec::new());
+    let mut pending = vec![dir.to_owned()];
+    while let Some(folder) = pending.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let name = relative.to_string_lossy().into_owned();
+            if name.starts_with(INDEX_FILE) || name.contains('#') {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            match name.strip_prefix(&format!("{}/", crate::claims::CLAIMS_FOLDER)) {
+                Some(base) => claims.push((base.to_owned(), text)),
+                None => {
+                    if let Ok(version) = text.trim_end().parse::<Version>() {
+                        versions.push((name, version));
+                    }
+                }
+            }
+        }
+    }
+    Ok((versions, claims))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ts: i64) -> Version {
+        Version::from_parts([ts, 0, 0, 0])
+    }
+
+    fn write(root: &Path, key: &str, bytes: &'static [u8], version: Version) -> LocalWrite {
+        LocalWrite::new(
+            key.to_owned(),
+            root.join(key),
+            Bytes::from_static(bytes),
+            version,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_earlier_versions_files_are_imported_and_still_decide() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        std::fs::create_dir_all(&root).unwrap();
+        // as an earlier version left them: a padded version file, a bare one, a claim marker
+        let sidecars = versions_dir(&root);
+        std::fs::create_dir_all(sidecars.join("2022-03-16/sleep")).unwrap();
+        std::fs::create_dir_all(sidecars.join("_claims/2022-03-16/sleep")).unwrap();
+        let padded = format!("{:<96}", v(500).to_string());
+        std::fs::write(sidecars.join("2022-03-16/sleep/a.json"), padded).unwrap();
+        std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(100).to_string()).unwrap();
+        std::fs::write(sidecars.join("_claims/2022-03-16/sleep/a"), "identity-1").unwrap();
+
+        let mut index = LocalIndex::open(&root).await.unwrap();
+        let held = index
+            .claim(&[
+                ("2022-03-16/sleep/a".into(), "identity-2".into()),
+                ("2022-03-16/sleep/c".into(), "identity-3".into()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            held["2022-03-16/sleep/a"], "identity-1",
+            "the imported claim holds"
+        );
+        assert_eq!(
+            held["2022-03-16/sleep/c"], "identity-3",
+            "a new base id is claimed"
+        );
+        let outcomes = index
+            .write_batch(
+                vec![
+                    write(&root, "2022-03-16/sleep/a.json", b"older", v(400)),
+                    write(&root, "2022-03-16/sleep/b.json", b"newer", v(200)),
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+        let by_key: HashMap<_, _> = outcomes.iter().map(|(w, o)| (w.key.as_str(), *o)).collect();
+        assert_eq!(by_key["2022-03-16/sleep/a.json"], Err(v(500)));
+        assert_eq!(by_key["2022-03-16/sleep/b.json"], Ok(()));
+        assert!(!root.join("2022-03-16/sleep/a.json").exists());
+        assert_eq!(
+            std::fs::read(root.join("2022-03-16/sleep/b.json")).unwrap(),
+            b"newer"
+        );
+
+        // imported once: a reopened index keeps what it stored since, and claims stay put
+        drop(index);
+        std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(50).to_string()).unwrap();
+        let mut index = LocalIndex::open(&root).await.unwrap();
+        let outcomes = index
+            .write_batch(
+                vec![write(&root, "2022-03-16/sleep/b.json", b"old", v(150))],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0].1, Err(v(200)));
+        let held = index
+            .claim(&[("2022-03-16/sleep/c".into(), "identity-4".into())])
+            .await
+            .unwrap();
+        assert_eq!(held["2022-03-16/sleep/c"], "identity-3");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_whole_and_equal_versions_are_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut index = LocalIndex::open(&root).await.unwrap();
+        let writes: Vec<_> = (0..37)
+            .map(|i| {
+                let key = format!("v/k{i}.json");
+                LocalWrite::new(
+                    key.clone(),
+                    root.join(&key),
+                    Bytes::from(format!("{i}")),
+                    v(10),
+                )
+            })
+            .collect();
+        let outcomes = index.write_batch(writes, false).await.unwrap();
+        assert_eq!(outcomes.len(), 37);
+        assert!(outcomes.iter().all(|(_, o)| o.is_ok()));
+        for i in 0..37 {
+            assert_eq!(
+                std::fs::read_to_string(root.join(format!("v/k{i}.json"))).unwrap(),
+                i.to_string()
+            );
+        }
+        // a replay of the same version (a batch written again after a failed sync) rewrites
+        let again = index
+            .write_batch(
+                vec![write(&root, "v/k3.json", b"same version", v(10))],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again[0].1, Ok(()));
+        assert_eq!(
+            std::fs::read(root.join("v/k3.json")).unwrap(),
+            b"same version"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_copy_with_the_same_bytes_moves_the_version_without_a_new_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut index = LocalIndex::open(&root).await.unwrap();
+        let first = index
+            .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+            .await
+            .unwrap();
+        assert_eq!(first[0].1, Ok(()));
+        let inode = std::fs::metadata(root.join("v/a.json")).unwrap().ino();
+        // a retry: same bytes, later version: kept as the stored version, file untouched
+        let retry = index
+            .write_batch(vec![write(&root, "v/a.json", b"body", v(20))], false)
+            .await
+            .unwrap();
+        assert_eq!(retry[0].1, Ok(()));
+        assert_eq!(
+            std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+            inode
+        );
+        let older = index
+            .write_batch(vec![write(&root, "v/a.json", b"other", v(15))], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            older[0].1,
+            Err(v(20)),
+            "the retry's version is the stored one"
+        );
+        // different bytes, newer: a new file
+        let newer = index
+            .write_batch(vec![write(&root, "v/a.json", b"changed", v(30))], false)
+            .await
+            .unwrap();
+        assert_eq!(newer[0].1, Ok(()));
+        assert_eq!(std::fs::read(root.join("v/a.json")).unwrap(), b"changed");
+        assert_ne!(
+            std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+            inode
+        );
+    }
+}
