@@ -1,7 +1,8 @@
 //! Distinct webhook bodies for the end-to-end benchmark (`standalone`): every fixture as a
 //! template in which the user, the records' ids and their days are replaced per delivery, so
 //! delivery `seq` is new data for the projections (its own rows and objects), not a copy the
-//! sinks skip. Delivery `seq` uses template `seq % T`, user `(seq / T) % users` and day
+//! sinks skip. Data types are in the rotation [`DATA_WEIGHT`] times each, other events once
+//! (Terra's traffic is mostly data). Delivery `seq` uses template `seq % T`, user `(seq / T) % users` and day
 //! `seq / (T · users)` after 2021-01-01: no two deliveries name the same record (Terra's
 //! de-duplication keys: summary ids, the day of `start_time`, timestamps, planned dates,
 //! event ids). Bodies keep Terra's separators (`", "`, `": "`).
@@ -14,6 +15,9 @@ const ID_KEYS: &[&str] = &["summary_id", "id", "planned_workout_id", "event_id"]
 const DAY_KEYS: &[&str] = &["start_time", "end_time", "timestamp", "planned_date"];
 
 // placeholders no fixture contains and JSON does not escape
+/// How many times each data type is in the rotation (other events: once).
+pub(crate) const DATA_WEIGHT: usize = 4;
+
 const USER: &str = "@@U@@";
 const SEQ: &str = "@@S@@";
 const DAY: &str = "@@D@@";
@@ -23,6 +27,8 @@ const MARK: usize = USER.len();
 struct Template {
     name: &'static str,
     parts: Vec<Part>,
+    /// Which of a data type's copies in the rotation this is: its own days.
+    copy: u64,
 }
 
 enum Part {
@@ -57,10 +63,17 @@ impl Corpus {
             if !text.contains(SEQ) && text.starts_with('{') && text.len() > 2 {
                 text = format!("{{\"bench_seq\": {SEQ}, {}", &text[1..]);
             }
-            templates.push(Template {
-                name,
-                parts: split(&text),
-            });
+            // Terra's traffic is mostly data: each data type is in the rotation four times,
+            // every other event once
+            let data = terra_core::classify::classify(body)
+                .is_ok_and(|c| c.group == terra_core::classify::EventGroup::Data);
+            for copy in 0..if data { DATA_WEIGHT } else { 1 } {
+                templates.push(Template {
+                    name,
+                    parts: split(&text),
+                    copy: copy as u64,
+                });
+            }
         }
         anyhow::ensure!(!templates.is_empty(), "no fixture parses as JSON");
         Ok(Self { templates, users })
@@ -76,7 +89,8 @@ impl Corpus {
         let t = self.len();
         let template = &self.templates[(seq % t) as usize];
         let user = format!("bench-{:08}", (seq / t) % self.users);
-        let day = date_after_2021(seq / (t * self.users));
+        // each copy of a type has its own days: records keyed by their day stay distinct
+        let day = date_after_2021(seq / (t * self.users) * DATA_WEIGHT as u64 + template.copy);
         let seq_text = seq.to_string();
         let mut out = Vec::with_capacity(1200);
         for part in &template.parts {
@@ -196,6 +210,7 @@ mod tests {
         let corpus = Corpus::new(3).unwrap();
         let t = corpus.len();
         let mut seen = std::collections::HashSet::new();
+        let mut days = std::collections::HashSet::new();
         for seq in 0..(t * 3 * 2) {
             let (body, name) = corpus.body(seq);
             let value: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
@@ -207,16 +222,16 @@ mod tests {
                 assert_eq!(user.as_str(), Some(expected.as_str()), "{name}");
             }
             if name == "activity" {
-                let day = if seq < t * 3 {
-                    "2021-01-01"
-                } else {
-                    "2021-01-02"
-                };
-                let start = value.pointer("/data/0/metadata/start_time").unwrap();
-                assert!(start.as_str().unwrap().starts_with(day), "{start}");
                 let id = value.pointer("/data/0/metadata/summary_id").unwrap();
                 assert_eq!(id.as_str(), Some(format!("act-55821-{seq}").as_str()));
                 assert!(String::from_utf8_lossy(&body).contains("\"type\": \"activity\", "));
+            }
+            // records keyed by their day (daily): one per (user, day), whatever the copy
+            if name == "daily" {
+                let start = value.pointer("/data/0/metadata/start_time").unwrap();
+                let user = value.pointer("/user/user_id").unwrap();
+                let key = format!("{user} {}", &start.as_str().unwrap()[..10]);
+                assert!(days.insert(key.clone()), "daily {key} twice");
             }
         }
     }

@@ -56,6 +56,12 @@ pub struct StandaloneArgs {
     /// Folder the report, `lag.csv` and `lag.svg` are written to.
     #[arg(long, default_value = "target/terra-bench/standalone")]
     pub out: PathBuf,
+    /// Keep the data dirs (their paths are printed) instead of removing them at the end. On
+    /// an ext4 without a journal (as on the development machines) the inodes of a removed tree
+    /// are skipped by every file created in the next minutes, which slows the object
+    /// projector of a run started soon after: keep them, and remove them when done measuring.
+    #[arg(long)]
+    pub keep_data: bool,
     /// Server log level (RUST_LOG of the child).
     #[arg(long, default_value = "warn")]
     pub server_log: String,
@@ -176,7 +182,11 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         runs.push(one_run(&args, &terra_ingest, pace, args.rate_seconds, &mut dirs).await?);
     }
     report(&args, bare.as_ref(), &runs)?;
-    drop(dirs);
+    if args.keep_data {
+        for dir in dirs {
+            println!("kept: {}", dir.keep().display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -308,9 +318,10 @@ fn report(
     let templates = Corpus::new(args.users)?.len();
     writeln!(
         text,
-        "terra-bench standalone: {} users, {templates} templates (every fixture), {} % re-deliveries, {} % older copies; \
+        "terra-bench standalone: {} users, {templates} templates (every fixture; each data type {}x), {} % re-deliveries, {} % older copies; \
          standalone on its defaults (embedded log, SQLite, local folder){}",
         args.users,
+        crate::corpus::DATA_WEIGHT,
         args.redeliveries,
         args.older,
         if args.server_args.is_empty() {

@@ -70,9 +70,7 @@ pub(crate) fn spawn_sql(
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let mut config = ProjectorConfig::new(terra_sink_sql::SQL_GROUP);
-    config.batch_size = batches.size;
-    config.batch_wait = batches.wait;
+    let config = batches.projector_config(terra_sink_sql::SQL_GROUP);
     tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
     tokio::spawn(supervise(
         "sql",
@@ -126,9 +124,7 @@ pub(crate) async fn spawn_objects(
         Some(sqs) => Some(terra_sink_objects::Pinger::connect(sqs).await),
         None => None,
     };
-    let mut config = ProjectorConfig::new(terra_sink_objects::OBJECTS_GROUP);
-    config.batch_size = batches.size;
-    config.batch_wait = batches.wait;
+    let config = batches.projector_config(terra_sink_objects::OBJECTS_GROUP);
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
     let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(

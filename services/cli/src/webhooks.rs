@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use terra_eventlog::EventLog;
-use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_projector::ProjectorMetrics;
 use terra_runtime::{Backoff, CancellationToken, Retry};
 use terra_schema::{SqlError, SqlTarget, TableSet};
 use terra_sink_webhooks::address::AddressPolicy;
@@ -64,9 +64,7 @@ pub(crate) fn spawn_webhooks(
         .map_err(|e| anyhow::anyhow!("failed to set up the webhook HTTP client: {e}"))?;
     let settings = Arc::new(settings);
     let shared = Shared::new(&settings);
-    let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
-    config.batch_size = batches.size;
-    config.batch_wait = batches.wait;
+    let config = batches.projector_config(terra_sink_webhooks::WEBHOOKS_GROUP);
     tracing::info!(
         dialect = target.dialect().as_str(),
         endpoints = settings.endpoints.len(),

@@ -198,19 +198,22 @@ impl LocalIndex {
         .into_iter()
         .map(|(base, (identity, _))| (base, identity))
         .collect();
+        let mut new_claims: Vec<[&str; 2]> = Vec::new();
         for (base, identity) in wanted {
             if held.contains_key(base) {
                 continue;
             }
-            sqlx::query("INSERT INTO claims (base, identity) VALUES (?, ?)")
-                .bind(base)
-                .bind(identity)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| outage("versions index", e))?;
             held.insert(base.clone(), identity.clone());
-            self.unsynced_claims = true;
+            new_claims.push([base, identity]);
         }
+        insert_rows(
+            &mut tx,
+            "INSERT INTO claims (base, identity) VALUES",
+            "",
+            &new_claims,
+        )
+        .await?;
+        self.unsynced_claims |= !new_claims.is_empty();
         tx.commit().await.map_err(|e| outage("versions index", e))?;
         Ok(held)
     }
@@ -250,15 +253,18 @@ impl LocalIndex {
         let root = self.root.try_clone().map_err(|e| outage("sync", e))?;
         let sync = sync || self.unsynced_claims || !to_write.is_empty();
         let written = write_all(to_write).await?;
-        for write in written.iter().chain(&unchanged) {
-            sqlx::query("INSERT INTO versions (key, version, digest) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET version = excluded.version, digest = excluded.digest")
-                .bind(&write.key)
-                .bind(write.version.to_string())
-                .bind(&write.digest)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| outage("versions index", e))?;
-        }
+        let versions: Vec<[String; 3]> = written
+            .iter()
+            .chain(&unchanged)
+            .map(|w| [w.key.clone(), w.version.to_string(), w.digest.clone()])
+            .collect();
+        insert_rows(
+            &mut tx,
+            "INSERT INTO versions (key, version, digest) VALUES",
+            "ON CONFLICT (key) DO UPDATE SET version = excluded.version, digest = excluded.digest",
+            &versions,
+        )
+        .await?;
         tx.commit().await.map_err(|e| outage("versions index", e))?;
         // after the commit, so the index's WAL is synced with the objects; a failed sync
         // fails the batch, which is written again (a version equal to the stored one is
@@ -272,6 +278,33 @@ impl LocalIndex {
         outcomes.extend(written.into_iter().chain(unchanged).map(|w| (w, Ok(()))));
         Ok(outcomes)
     }
+}
+
+/// Inserts `rows` with multi-row statements of up to [`CHUNK`] rows (`<insert> (?, ..), .. <suffix>`).
+async fn insert_rows<const N: usize, T: AsRef<str>>(
+    conn: &mut SqliteConnection,
+    insert: &str,
+    suffix: &str,
+    rows: &[[T; N]],
+) -> Result<(), SinkError> {
+    let one = format!("({})", vec!["?"; N].join(", "));
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "{insert} {} {suffix}",
+            vec![one.as_str(); chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            for value in row {
+                query = query.bind(value.as_ref());
+            }
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| outage("versions index", e))?;
+    }
+    Ok(())
 }
 
 /// The rows whose first column is in `values`, by that column.

@@ -111,10 +111,9 @@ impl ObjectSink {
             .flatten()
             .collect();
         let mut unknown: Vec<(String, String)> = Vec::new();
+        let mut asked = std::collections::HashSet::new();
         for row in &rows {
-            if !self.claims.contains_key(&row.payload_id)
-                && !unknown.iter().any(|(base, _)| base == &row.payload_id)
-            {
+            if !self.claims.contains_key(&row.payload_id) && asked.insert(&row.payload_id) {
                 unknown.push((row.payload_id.clone(), row.identity.clone()));
             }
         }

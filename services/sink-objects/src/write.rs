@@ -223,6 +223,55 @@ async fn blocking<T: Send + 'static>(
 /// which listings skip, renamed into place, so readers never see half an object), but the
 /// staged file is made 0600 and missing folders 0700.
 pub(crate) fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use rustix::io::Errno;
+    match write_linked(file, bytes) {
+        Ok(()) => Ok(()),
+        // the object exists (a newer copy replaces it), or this filesystem has no O_TMPFILE
+        // or this system no /proc: stage under a name and rename over
+        Err(e)
+            if [
+                Errno::EXIST,
+                Errno::OPNOTSUPP,
+                Errno::ISDIR,
+                Errno::INVAL,
+                Errno::NOENT,
+            ]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error())) =>
+        {
+            write_renamed(file, bytes)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A new object as one unnamed file (`O_TMPFILE`, 0600) in its folder, linked under its name
+/// once whole: one directory entry made, none removed, and nothing half-written is ever
+/// visible (a crash before the link leaves no file).
+fn write_linked(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let parent = file
+        .parent()
+        .ok_or_else(|| std::io::Error::other("an object path without a folder"))?;
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(private_fs::FILE_MODE);
+    let fd = match rustix::fs::open(parent, flags, mode) {
+        Err(rustix::io::Errno::NOENT) => {
+            private_fs::create_dir_all(parent)?;
+            rustix::fs::open(parent, flags, mode)?
+        }
+        other => other?,
+    };
+    let mut unnamed = std::fs::File::from(fd);
+    unnamed.write_all(bytes)?;
+    let proc_path = format!("/proc/self/fd/{}", unnamed.as_raw_fd());
+    rustix::fs::linkat(CWD, proc_path.as_str(), CWD, file, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(())
+}
+
+/// An object staged as `<file>#<n>` and renamed into place (over an older copy).
+fn write_renamed(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut attempt = 1u32;
     let (mut staged, staged_path) = loop {
         let mut name = file.as_os_str().to_owned();

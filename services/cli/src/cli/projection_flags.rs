@@ -20,6 +20,14 @@ pub struct BatchArgs {
         value_name = "MS"
     )]
     pub batch_wait_ms: Option<u64>,
+    /// How long a started batch stays open for more records, milliseconds (0: none).
+    #[arg(
+        id = "projector.batch_linger_ms",
+        long = "batch-linger-ms",
+        env = "TERRA_INGEST_BATCH_LINGER_MS",
+        value_name = "MS"
+    )]
+    pub batch_linger_ms: Option<u64>,
 }
 
 /// `--batch-size` alone (`rebuild` has no wait: it reads the log to its end).

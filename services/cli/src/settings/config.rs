@@ -221,6 +221,7 @@ pub struct ProjectorSection {
     pub http_addr: SocketAddr,
     pub batch_size: usize,
     pub batch_wait_ms: u64,
+    pub batch_linger_ms: u64,
 }
 
 impl Default for ProjectorSection {
@@ -229,6 +230,7 @@ impl Default for ProjectorSection {
             http_addr: DEFAULT_PROJECTOR_HTTP_ADDR,
             batch_size: terra_projector::DEFAULT_BATCH_SIZE,
             batch_wait_ms: millis(terra_projector::DEFAULT_BATCH_WAIT),
+            batch_linger_ms: millis(terra_projector::DEFAULT_BATCH_LINGER),
         }
     }
 }

@@ -83,6 +83,7 @@ pub(crate) fn moved(old: &str) -> Option<&'static str> {
         ("kafka", "[log.kafka]"),
         ("batch_size", "[projector] batch_size"),
         ("batch_wait_ms", "[projector] batch_wait_ms"),
+        ("batch_linger_ms", "[projector] batch_linger_ms"),
         ("sql", "[sql] url"),
         ("sql_file", "[sql] url_file"),
         ("sql_schema", "[sql] schema"),

@@ -73,8 +73,21 @@ pub fn resolve_sql(config: &Config) -> anyhow::Result<SqlSettings> {
 pub struct Batches {
     /// Most log records per batch (one transaction).
     pub size: usize,
-    /// Longest wait for a batch to fill.
+    /// Longest wait for the first record of a batch.
     pub wait: Duration,
+    /// How long a started batch waits for more records.
+    pub linger: Duration,
+}
+
+impl Batches {
+    /// A projector of `group` with these batches.
+    pub fn projector_config(&self, group: &str) -> terra_projector::ProjectorConfig {
+        let mut config = terra_projector::ProjectorConfig::new(group);
+        config.batch_size = self.size;
+        config.batch_wait = self.wait;
+        config.batch_linger = self.linger;
+        config
+    }
 }
 
 pub fn resolve_batches(config: &Config) -> anyhow::Result<Batches> {
@@ -91,9 +104,16 @@ pub fn resolve_batches(config: &Config) -> anyhow::Result<Batches> {
             names::setting("projector.batch_wait_ms")
         );
     }
+    if section.batch_linger_ms > 10_000 {
+        bail!(
+            "setting {}: must be between 0 and 10000",
+            names::setting("projector.batch_linger_ms")
+        );
+    }
     Ok(Batches {
         size: section.batch_size,
         wait: Duration::from_millis(section.batch_wait_ms),
+        linger: Duration::from_millis(section.batch_linger_ms),
     })
 }
 

@@ -56,6 +56,10 @@ fn defaults() {
         resolve_batches(&c).unwrap().wait,
         terra_projector::ProjectorConfig::new("x").batch_wait
     );
+    assert_eq!(
+        resolve_batches(&c).unwrap().linger,
+        terra_projector::ProjectorConfig::new("x").batch_linger
+    );
 }
 
 #[test]
@@ -252,6 +256,10 @@ fn sql_settings_default_to_sqlite_in_the_data_dir_and_name_bad_values() {
         (
             "[projector]\nbatch_wait_ms = 0\n",
             "setting projector.batch_wait_ms",
+        ),
+        (
+            "[projector]\nbatch_linger_ms = 10001\n",
+            "setting projector.batch_linger_ms",
         ),
         ("[sql]\nschema = \"a;b\"\n", "sql.schema"),
     ] {
