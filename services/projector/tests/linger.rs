@@ -66,8 +66,7 @@ async fn batches_with(linger: Duration) -> Vec<usize> {
     }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
-    let seen = sizes.lock().unwrap().clone();
-    seen
+    sizes.lock().unwrap().clone()
 }
 
 #[tokio::test]
