@@ -249,13 +249,13 @@ async fn migrate_project_and_rebuild_from_the_command_line() {
     let out = terra_ingest(cwd, &["migrate", "--sql", &url]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("5 migration(s) applied"),
+        text(&out.stdout).contains("6 migration(s) applied"),
         "{}",
         text(&out.stdout)
     );
     let out = terra_ingest(cwd, &["migrate", "--sql", &url]);
     assert!(
-        text(&out.stdout).contains("0 migration(s) applied, 5 already present"),
+        text(&out.stdout).contains("0 migration(s) applied, 6 already present"),
         "{}",
         text(&out.stdout)
     );

@@ -68,7 +68,7 @@ fn draw(out: &mut String, panel: &Panel, top: f64) {
             label = v.round()
         );
     }
-    let step = (x_max / 10.0).max(1.0).ceil();
+    let step = nice((x_max / 10.0).max(1.0));
     let mut t = 0.0;
     while t <= x_max {
         let _ = writeln!(
