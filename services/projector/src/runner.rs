@@ -102,6 +102,11 @@ pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
 /// CPU than the records themselves; a few milliseconds gather hundreds.
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 
+/// A batch lingers only when its first poll brought at least this many records: the log is
+/// handing them over in bulk (the ingress is busy). One or two records at a time mean a
+/// quiet log, where waiting would only add latency.
+pub const LINGER_FROM_RECORDS: usize = 8;
+
 /// Settings of one projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -111,7 +116,8 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// Longest wait for the first record of a batch (an idle projector wakes this often).
     pub batch_wait: Duration,
-    /// Once a batch has its first record, how long it waits for more (up to `batch_size`).
+    /// Once a batch has started with at least [`LINGER_FROM_RECORDS`] records, how long it
+    /// waits for more (up to `batch_size`).
     pub batch_linger: Duration,
     pub backoff: Backoff,
     /// Stop once the log is read to the end (rebuilds, benchmarks) instead of following it.
@@ -184,8 +190,8 @@ pub async fn run<S: Sink>(
             polled = consumer.poll(config.batch_size, config.batch_wait) => polled?,
             () = shutdown.cancelled() => continue,
         };
-        // a batch that started stays open for its linger, so it gathers what arrives
-        if !consumed.is_empty() && consumed.len() < config.batch_size {
+        // a batch that started in bulk stays open for its linger, so it gathers what arrives
+        if consumed.len() >= LINGER_FROM_RECORDS && consumed.len() < config.batch_size {
             let until = tokio::time::Instant::now() + config.batch_linger;
             while consumed.len() < config.batch_size {
                 let left = until.saturating_duration_since(tokio::time::Instant::now());

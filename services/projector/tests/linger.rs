@@ -1,5 +1,6 @@
-//! A started batch stays open for its linger (`ProjectorConfig::batch_linger`): records that
-//! arrive a little after the first one join its batch instead of making batches of their own.
+//! A batch that starts in bulk stays open for its linger (`ProjectorConfig::batch_linger`):
+//! records that arrive a little after join it instead of making batches of their own; a
+//! batch started by a quiet log does not wait.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,9 @@ impl Sink for Sizes {
     }
 }
 
-/// One record, then nine more 100 ms later; the batch sizes the sink saw.
-async fn batches_with(linger: Duration) -> Vec<usize> {
+/// `first` records (eight: a log delivering in bulk), then nine more 100 ms later; the batch
+/// sizes the sink saw.
+async fn batches_with(linger: Duration, first: i64) -> Vec<usize> {
     let log = TestLog::new();
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let mut config = ProjectorConfig::new("sizes");
@@ -48,15 +50,17 @@ async fn batches_with(linger: Duration) -> Vec<usize> {
         })
     };
     let body = fixture("sleep");
-    log.append(vec![record(&body, None, 1_780_000_000, None)])
-        .await;
+    let firsts = (0..first)
+        .map(|i| record(&body, None, 1_780_000_000 + i, None))
+        .collect();
+    log.append(firsts).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let nine = (0..9)
-        .map(|i| record(&body, None, 1_780_000_001 + i, None))
+        .map(|i| record(&body, None, 1_780_000_100 + i, None))
         .collect();
     log.append(nine).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sizes.lock().unwrap().iter().sum::<usize>() < 10 {
+    while sizes.lock().unwrap().iter().sum::<usize>() < first as usize + 9 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",
@@ -70,11 +74,23 @@ async fn batches_with(linger: Duration) -> Vec<usize> {
 }
 
 #[tokio::test]
-async fn a_started_batch_gathers_what_arrives_during_its_linger() {
-    assert_eq!(batches_with(Duration::from_millis(1_000)).await, vec![10]);
+async fn a_batch_started_in_bulk_gathers_what_arrives_during_its_linger() {
+    assert_eq!(
+        batches_with(Duration::from_millis(1_000), 8).await,
+        vec![17]
+    );
 }
 
 #[tokio::test]
-async fn without_a_linger_the_first_record_goes_alone() {
-    assert_eq!(batches_with(Duration::ZERO).await, vec![1, 9]);
+async fn without_a_linger_each_poll_is_a_batch() {
+    assert_eq!(batches_with(Duration::ZERO, 8).await, vec![8, 9]);
+}
+
+#[tokio::test]
+async fn a_batch_started_by_a_quiet_log_does_not_linger() {
+    // one record at a time: written at once, whatever the linger
+    assert_eq!(
+        batches_with(Duration::from_millis(1_000), 1).await,
+        vec![1, 9]
+    );
 }

@@ -236,7 +236,10 @@ async fn upgrade_from_the_previous_schema(dialect: Dialect, variant: Variant) {
     let report = terra_schema::migrate(&target).await.unwrap();
     // this one, and the later ones (the redundant index dropped, 20261204000100)
     assert!(
-        report.applied.first().is_some_and(|m| m.starts_with("20261203000100_")),
+        report
+            .applied
+            .first()
+            .is_some_and(|m| m.starts_with("20261203000100_")),
         "{report:?}"
     );
     assert_eq!(count(&target, "terra_users").await, before_users);
