@@ -179,18 +179,10 @@ fn terra_json(value: &Value) -> String {
     }
 }
 
-/// `YYYY-MM-DD`, `days` after 2021-01-01 (civil-from-days, proleptic Gregorian).
+/// `YYYY-MM-DD`, `days` after 2021-01-01 (day 18,628 of the Unix epoch).
 fn date_after_2021(days: u64) -> String {
-    let z = 18_628 + days as i64 + 719_468; // 2021-01-01 is day 18628 of the Unix epoch
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let ms = (18_628 + days as i64) * 86_400_000;
+    terra_core::keys::unix_ms_to_utc_seconds(ms)[..10].to_owned()
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
 use crate::sink::versions_dir;
-use crate::write::write_private_object;
+use crate::write::{blocking, write_private_object};
 
 /// The index's file name inside the versions folder (no key can be this: keys end `.json`).
 const INDEX_FILE: &str = "_index.sqlite3";
@@ -395,14 +395,6 @@ fn read_sidecars(dir: &Path) -> std::io::Result<Sidecars> {
         }
     }
     Ok((versions, claims))
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[cfg(test)]

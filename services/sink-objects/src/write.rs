@@ -211,7 +211,8 @@ pub(crate) fn local_file(store: &Store, key: &str) -> Result<PathBuf, SinkError>
         .map_err(|e| sink_error(key, e))
 }
 
-async fn blocking<T: Send + 'static>(
+/// `work` on tokio's blocking threads.
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     tokio::task::spawn_blocking(work)
