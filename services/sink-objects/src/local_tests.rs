@@ -1,0 +1,170 @@
+//! Tests of the folder's versions index (`crate::local`).
+
+use super::*;
+
+fn v(ts: i64) -> Version {
+    Version::from_parts([ts, 0, 0, 0])
+}
+
+fn write(root: &Path, key: &str, bytes: &'static [u8], version: Version) -> LocalWrite {
+    LocalWrite::new(
+        key.to_owned(),
+        root.join(key),
+        Bytes::from_static(bytes),
+        version,
+    )
+}
+
+#[tokio::test]
+async fn an_earlier_versions_files_are_imported_and_still_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    // as an earlier version left them: a padded version file, a bare one, a claim marker
+    let sidecars = versions_dir(&root);
+    std::fs::create_dir_all(sidecars.join("2022-03-16/sleep")).unwrap();
+    std::fs::create_dir_all(sidecars.join("_claims/2022-03-16/sleep")).unwrap();
+    let padded = format!("{:<96}", v(500).to_string());
+    std::fs::write(sidecars.join("2022-03-16/sleep/a.json"), padded).unwrap();
+    std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(100).to_string()).unwrap();
+    std::fs::write(sidecars.join("_claims/2022-03-16/sleep/a"), "identity-1").unwrap();
+
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    let held = index
+        .claim(&[
+            ("2022-03-16/sleep/a".into(), "identity-2".into()),
+            ("2022-03-16/sleep/c".into(), "identity-3".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        held["2022-03-16/sleep/a"], "identity-1",
+        "the imported claim holds"
+    );
+    assert_eq!(
+        held["2022-03-16/sleep/c"], "identity-3",
+        "a new base id is claimed"
+    );
+    let outcomes = index
+        .write_batch(
+            vec![
+                write(&root, "2022-03-16/sleep/a.json", b"older", v(400)),
+                write(&root, "2022-03-16/sleep/b.json", b"newer", v(200)),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let by_key: HashMap<_, _> = outcomes.iter().map(|(w, o)| (w.key.as_str(), *o)).collect();
+    assert_eq!(by_key["2022-03-16/sleep/a.json"], Err(v(500)));
+    assert_eq!(by_key["2022-03-16/sleep/b.json"], Ok(()));
+    assert!(!root.join("2022-03-16/sleep/a.json").exists());
+    assert_eq!(
+        std::fs::read(root.join("2022-03-16/sleep/b.json")).unwrap(),
+        b"newer"
+    );
+
+    // imported once: a reopened index keeps what it stored since, and claims stay put
+    drop(index);
+    std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(50).to_string()).unwrap();
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    let outcomes = index
+        .write_batch(
+            vec![write(&root, "2022-03-16/sleep/b.json", b"old", v(150))],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].1, Err(v(200)));
+    let held = index
+        .claim(&[("2022-03-16/sleep/c".into(), "identity-4".into())])
+        .await
+        .unwrap();
+    assert_eq!(held["2022-03-16/sleep/c"], "identity-3");
+}
+
+#[tokio::test]
+async fn a_batch_is_written_whole_and_equal_versions_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    let writes: Vec<_> = (0..37)
+        .map(|i| {
+            let key = format!("v/k{i}.json");
+            LocalWrite::new(
+                key.clone(),
+                root.join(&key),
+                Bytes::from(format!("{i}")),
+                v(10),
+            )
+        })
+        .collect();
+    let outcomes = index.write_batch(writes, false).await.unwrap();
+    assert_eq!(outcomes.len(), 37);
+    assert!(outcomes.iter().all(|(_, o)| o.is_ok()));
+    for i in 0..37 {
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("v/k{i}.json"))).unwrap(),
+            i.to_string()
+        );
+    }
+    // a replay of the same version (a batch written again after a failed sync) rewrites
+    let again = index
+        .write_batch(
+            vec![write(&root, "v/k3.json", b"same version", v(10))],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again[0].1, Ok(()));
+    assert_eq!(
+        std::fs::read(root.join("v/k3.json")).unwrap(),
+        b"same version"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_copy_with_the_same_bytes_moves_the_version_without_a_new_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    let first = index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+        .await
+        .unwrap();
+    assert_eq!(first[0].1, Ok(()));
+    let inode = std::fs::metadata(root.join("v/a.json")).unwrap().ino();
+    // a retry: same bytes, later version: kept as the stored version, file untouched
+    let retry = index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(20))], false)
+        .await
+        .unwrap();
+    assert_eq!(retry[0].1, Ok(()));
+    assert_eq!(
+        std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+        inode
+    );
+    let older = index
+        .write_batch(vec![write(&root, "v/a.json", b"other", v(15))], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        older[0].1,
+        Err(v(20)),
+        "the retry's version is the stored one"
+    );
+    // different bytes, newer: a new file
+    let newer = index
+        .write_batch(vec![write(&root, "v/a.json", b"changed", v(30))], false)
+        .await
+        .unwrap();
+    assert_eq!(newer[0].1, Ok(()));
+    assert_eq!(std::fs::read(root.join("v/a.json")).unwrap(), b"changed");
+    assert_ne!(
+        std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+        inode
+    );
+}
