@@ -30,6 +30,8 @@ use crate::write::{blocking, write_private_object};
 
 /// The index's file name inside the versions folder (no key can be this: keys end `.json`).
 const INDEX_FILE: &str = "_index.sqlite3";
+/// Locked (`flock`) while the index is opened, beside it.
+const OPEN_LOCK_FILE: &str = "_index.open-lock";
 /// Threads writing one batch's objects.
 const WRITERS: usize = 4;
 /// Keys per `IN (...)` lookup.
@@ -78,17 +80,29 @@ impl LocalIndex {
     pub(crate) async fn open(root: &Path) -> Result<Self, SinkError> {
         let dir = versions_dir(root);
         let path = dir.join(INDEX_FILE);
-        let fresh = !path.exists();
         let made = path.clone();
-        blocking(move || {
+        let lock = dir.join(OPEN_LOCK_FILE);
+        // Held until the index is open, made and imported: sinks opening the same folder at
+        // once (in this process or another) would otherwise each hold SQLite's shared lock
+        // while asking for the exclusive one (switching a new file to WAL, the DDL), and
+        // SQLite answers one of them "database is locked" at once rather than wait for a
+        // deadlock (the busy timeout does not apply).
+        let (_opening, fresh) = blocking(move || {
             private_fs::create_dir_all(made.parent().expect("in a folder"))?;
+            let lock = private_fs::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(lock)?;
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+            let fresh = !made.exists();
             // made 0600 before SQLite opens it: its -wal and -shm take the same mode
             private_fs::options()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&made)
-                .map(drop)
+                .open(&made)?;
+            Ok((lock, fresh))
         })
         .await
         .map_err(|e| outage("cannot create the versions index", e))?;
@@ -384,7 +398,7 @@ fn read_sidecars(dir: &Path) -> std::io::Result<Sidecars> {
                 continue;
             };
             let name = relative.to_string_lossy().into_owned();
-            if name.starts_with(INDEX_FILE) || name.contains('#') {
+            if name.starts_with(INDEX_FILE) || name == OPEN_LOCK_FILE || name.contains('#') {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;

@@ -168,3 +168,30 @@ async fn a_newer_copy_with_the_same_bytes_moves_the_version_without_a_new_file()
         inode
     );
 }
+
+/// Sinks of one folder opening its new index at the same moment (two projectors started
+/// together; the race test's writers): every one opens. Without the open lock SQLite answered
+/// one of them "database is locked" at once (CI, issue 16's index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sinks_opening_a_new_index_at_once_all_open() {
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        std::fs::create_dir_all(&root).unwrap();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let opening: Vec<_> = (0..8)
+            .map(|_| {
+                let (root, start) = (root.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    LocalIndex::open(&root).await.map(drop)
+                })
+            })
+            .collect();
+        for open in opening {
+            if let Err(e) = open.await.unwrap() {
+                panic!("round {round}: {e}");
+            }
+        }
+    }
+}
