@@ -190,18 +190,29 @@ async fn projects_from_kafka(log_url: String, dialect: Dialect) {
         .map(|(_, b)| record(b, Some(T0 * 1000), T0, None))
         .collect();
     log.append(records[..half].to_vec()).await.unwrap();
+    let ends = log.end_offsets().await.unwrap();
     let stats = project(&log, &target, "sql", 4).await;
-    assert_eq!(stats.records, half);
+    assert_eq!(
+        stats.records, half,
+        "first half: {stats:?}, log ends {ends:?}"
+    );
     let before = snapshot(&target).await;
     log.append(records[half..].to_vec()).await.unwrap();
     // a group with no commits at all still starts where the database ends
+    let stored = terra_schema::positions::stored(&target).await.unwrap();
+    let ends = log.end_offsets().await.unwrap();
     let stats = project(&log, &target, "sql-other", 4).await;
-    assert_eq!(stats.records, fixtures.len() - half);
-    assert_eq!(stats.replayed, 0);
+    let context = format!("second half: {stats:?}, stored {stored:?}, log ends {ends:?}");
+    assert_eq!(stats.records, fixtures.len() - half, "{context}");
+    assert_eq!(stats.replayed, 0, "{context}");
     let after = snapshot(&target).await;
-    assert!(after[1].len() >= before[1].len());
+    assert!(after[1].len() >= before[1].len(), "{context}");
     let positions = terra_schema::positions::stored(&target).await.unwrap();
-    assert_eq!(positions.values().sum::<u64>() as usize, fixtures.len());
+    assert_eq!(
+        positions.values().sum::<u64>() as usize,
+        fixtures.len(),
+        "{context}, stored after {positions:?}"
+    );
     db.drop_now().await;
 }
 
