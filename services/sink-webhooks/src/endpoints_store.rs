@@ -113,25 +113,20 @@ pub async fn backlog(
 ) -> Result<BTreeMap<String, (i64, Option<i64>)>, SqlError> {
     let mut stmt = Stmt::new(
         target.dialect(),
-        "SELECT endpoint, SUM(CASE WHEN next_attempt_at_ms <= ".to_owned(),
+        // COUNT, not SUM: MySQL's SUM is a DECIMAL, which the Any driver cannot decode (the
+        // backlog metrics stayed 0 on MySQL/MariaDB)
+        "SELECT endpoint, COUNT(CASE WHEN next_attempt_at_ms <= ".to_owned(),
     );
     stmt.bind(now_ms).push(&format!(
-        " THEN 1 ELSE 0 END), MIN(created_at_ms) FROM {} WHERE state = 'pending' GROUP BY endpoint",
+        " THEN 1 END), MIN(created_at_ms) FROM {} WHERE state = 'pending' GROUP BY endpoint",
         target.table(WEBHOOK_DELIVERIES)
     ));
     let rows = target.pool().fetch_all(stmt.query()).await?;
     let mut out = BTreeMap::new();
     for row in rows {
         let name = text(&row, 0)?.unwrap_or_default();
-        let due = row
-            .try_get::<i64, _>(1)
-            .or_else(|_| row.try_get::<f64, _>(1).map(|f| f as i64))
-            .or_else(|_| {
-                row.try_get::<String, _>(1)
-                    .map(|s| s.parse::<f64>().unwrap_or(0.0) as i64)
-            })
-            .unwrap_or(0);
-        let oldest: Option<i64> = row.try_get(2).ok().flatten();
+        let due: i64 = row.try_get(1)?;
+        let oldest: Option<i64> = row.try_get(2)?;
         out.insert(name, (due, oldest));
     }
     Ok(out)

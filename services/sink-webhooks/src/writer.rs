@@ -179,12 +179,16 @@ pub(crate) async fn refresh(
         if last_backlog.elapsed() >= Duration::from_secs(5) {
             last_backlog = Instant::now();
             let now = now_ms();
-            if let Ok(backlog) = endpoints_store::backlog(&target, now).await {
-                for endpoint in &settings.endpoints {
-                    let (due, oldest) = backlog.get(&endpoint.name).copied().unwrap_or((0, None));
-                    let age = oldest.map_or(0, |t| (now - t).max(0));
-                    metrics.backlog(&endpoint.name, due, Duration::from_millis(age as u64));
+            match endpoints_store::backlog(&target, now).await {
+                Ok(backlog) => {
+                    for endpoint in &settings.endpoints {
+                        let (due, oldest) =
+                            backlog.get(&endpoint.name).copied().unwrap_or((0, None));
+                        let age = oldest.map_or(0, |t| (now - t).max(0));
+                        metrics.backlog(&endpoint.name, due, Duration::from_millis(age as u64));
+                    }
                 }
+                Err(err) => tracing::warn!(error = %err, "cannot read the webhook backlog"),
             }
         }
         tokio::select! {

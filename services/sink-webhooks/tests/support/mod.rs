@@ -101,10 +101,26 @@ pub fn start_with(
     settings: WebhookSettings,
     fan_out: bool,
 ) -> Running {
+    start_measured(
+        log,
+        target,
+        settings,
+        fan_out,
+        WebhookMetrics::unregistered(),
+    )
+}
+
+/// As [`start_with`], counting into `metrics`.
+pub fn start_measured(
+    log: &EventLog,
+    target: &SqlTarget,
+    settings: WebhookSettings,
+    fan_out: bool,
+    metrics: WebhookMetrics,
+) -> Running {
     let shutdown = CancellationToken::new();
     let settings = Arc::new(settings);
     let shared = Shared::new(&settings);
-    let metrics = WebhookMetrics::unregistered();
     let fan_out = if fan_out {
         let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
         config.batch_wait = Duration::from_millis(10);
