@@ -83,6 +83,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Neither the fan-out nor the dispatcher has ended (an error ends them with a panic).
+    pub fn is_running(&self) -> bool {
+        !self.fan_out.is_finished() && !self.dispatcher.is_finished()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.fan_out.await;
