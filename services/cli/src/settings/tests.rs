@@ -234,7 +234,7 @@ fn sql_settings_default_to_sqlite_in_the_data_dir_and_name_bad_values() {
     let s = resolve_sql(&c).unwrap();
     assert_eq!(s.config.url, "sqlite://d/terra.db");
     assert_eq!(s.config.schema, "terra");
-    assert_eq!(resolve_batches(&c).unwrap().size, 1000);
+    assert_eq!(resolve_batches(&c).unwrap().size, 4000);
     let c = config(
         "[sql]\nurl = \"postgres://h/db\"\nschema = \"ours\"\nsupabase = true\n[projector]\nbatch_size = 50\n",
         &["migrate"],
