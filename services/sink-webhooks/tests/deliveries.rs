@@ -84,14 +84,7 @@ async fn every_event_reaches_every_matching_endpoint_signed_with_the_exact_body(
 async fn a_failing_endpoint_is_retried_on_its_schedule_then_delivered(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
-    let receiver = Receiver::start(Arc::new(|_, before| {
-        if before < 3 {
-            Answer::Status(500)
-        } else {
-            Answer::Status(200)
-        }
-    }))
-    .await;
+    let receiver = Receiver::start(Receiver::failing_first(3, 500)).await;
     let mut e = endpoint("flaky", &receiver.url());
     let delays = [0, 100, 200, 300, 400].map(Duration::from_millis).to_vec();
     e.schedule = Schedule::new(delays.clone()).expect("schedule");

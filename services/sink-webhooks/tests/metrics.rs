@@ -33,10 +33,7 @@ async fn the_metrics_count_what_happened(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     // refuses each body once, then takes it
-    let flaky = Receiver::start(Arc::new(|_, before| {
-        Answer::Status(if before == 0 { 500 } else { 200 })
-    }))
-    .await;
+    let flaky = Receiver::start(Receiver::failing_first(1, 500)).await;
     let down = Receiver::start(Arc::new(|_, _| Answer::Status(503))).await;
     let mut waiting = endpoint("waiting", &down.url());
     // the second attempt an hour after the first: pending, not due

@@ -7,9 +7,7 @@
 #[macro_use]
 mod support;
 
-use std::sync::Arc;
-
-use support::receiver::{Answer, Receiver};
+use support::receiver::Receiver;
 use support::*;
 
 on_every_dialect!(requeued_dead_letters_are_sent_again_and_delivered);
@@ -18,22 +16,8 @@ async fn requeued_dead_letters_are_sent_again_and_delivered(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     // each body is refused three times (the test schedule: three attempts), then taken
-    let recovering = Receiver::start(Arc::new(|_, before| {
-        if before < 3 {
-            Answer::Status(503)
-        } else {
-            Answer::Status(200)
-        }
-    }))
-    .await;
-    let other = Receiver::start(Arc::new(|_, before| {
-        if before < 3 {
-            Answer::Status(503)
-        } else {
-            Answer::Status(200)
-        }
-    }))
-    .await;
+    let recovering = Receiver::start(Receiver::failing_first(3, 503)).await;
+    let other = Receiver::start(Receiver::failing_first(3, 503)).await;
     let running = start(
         &log.log,
         &target,

@@ -90,6 +90,11 @@ impl Receiver {
         Arc::new(|_, _| Answer::Status(200))
     }
 
+    /// Answers each body `status` its first `times` times, then 200.
+    pub fn failing_first(times: usize, status: u16) -> Behaviour {
+        Arc::new(move |_, before| Answer::Status(if before < times { status } else { 200 }))
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
