@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::cache::EventCache;
 use crate::endpoint::{Endpoint, WebhookSettings};
+use crate::first::{Lane, LaneEndpoint};
 use crate::metrics::WebhookMetrics;
 use crate::send::{AttemptResult, ErrorClass, Sender};
 use crate::store::{Finished, Leased, Next};
@@ -30,6 +31,8 @@ pub(crate) const FINISH_BATCH: usize = 1_000;
 pub struct Shared {
     wake: Arc<HashMap<String, Arc<Notify>>>,
     pub cache: EventCache,
+    /// Set by the dispatcher: lets the fan-out send first attempts itself.
+    lane: Arc<Mutex<Option<Arc<Lane>>>>,
 }
 
 impl Shared {
@@ -43,6 +46,17 @@ impl Shared {
                     .collect(),
             ),
             cache: EventCache::new(64 << 20),
+            lane: Arc::default(),
+        }
+    }
+
+    pub(crate) fn lane(&self) -> Option<Arc<Lane>> {
+        self.lane.lock().ok()?.clone()
+    }
+
+    fn set_lane(&self, lane: Option<Arc<Lane>>) {
+        if let Ok(mut slot) = self.lane.lock() {
+            *slot = lane;
         }
     }
 
@@ -98,8 +112,22 @@ pub async fn run(
     let (results, inbox) = mpsc::channel::<Outcome>(FINISH_BATCH * 4);
     let stop_sending = shutdown.child_token();
     let global = Arc::new(Semaphore::new(settings.max_in_flight));
+    let own: Vec<Arc<Semaphore>> = settings
+        .endpoints
+        .iter()
+        .map(|e| Arc::new(Semaphore::new(e.max_in_flight)))
+        .collect();
+    shared.set_lane(Some(Arc::new(Lane {
+        sender: sender.clone(),
+        settings: settings.clone(),
+        views: views.clone(),
+        global: global.clone(),
+        results: results.downgrade(),
+        metrics: metrics.clone(),
+        endpoints: own.iter().cloned().map(LaneEndpoint::new).collect(),
+    })));
     let mut workers = JoinSet::new();
-    for endpoint in &settings.endpoints {
+    for (endpoint, own) in settings.endpoints.iter().zip(own) {
         let worker = crate::worker::Worker {
             target: target.clone(),
             settings: settings.clone(),
@@ -107,7 +135,7 @@ pub async fn run(
             sender: sender.clone(),
             shared: shared.clone(),
             views: views.clone(),
-            own: Arc::new(Semaphore::new(endpoint.max_in_flight)),
+            own,
             global: global.clone(),
             results: results.clone(),
             metrics: metrics.clone(),
@@ -131,6 +159,7 @@ pub async fn run(
         stop_sending.clone(),
     ));
     stop_sending.cancelled().await;
+    shared.set_lane(None);
     while workers.join_next().await.is_some() {}
     let _ = refresher.await;
     // every sender is gone once the workers are: the writer drains what is left and ends
@@ -143,7 +172,8 @@ pub async fn run(
 /// One attempt's result on its way to the writer.
 pub(crate) struct Outcome {
     pub(crate) endpoint: String,
-    pub(crate) finished: Finished,
+    /// `None`: already recorded (first attempts written by the fan-out).
+    pub(crate) finished: Option<Finished>,
     pub(crate) gone: bool,
     pub(crate) delivered: bool,
 }
@@ -188,6 +218,16 @@ pub fn next_step(
     }
     Next::Retry {
         at_ms: now_ms() + delay.as_millis() as i64,
+    }
+}
+
+/// The `outcome` label of an attempt's metric.
+pub(crate) fn outcome_label(next: &Next) -> &'static str {
+    match next {
+        Next::Delivered => "delivered",
+        Next::Retry { .. } => "retry",
+        Next::Dead { .. } => "dead",
+        Next::Unchanged => "probe_failed",
     }
 }
 

@@ -342,6 +342,9 @@ pub struct WebhookSettings {
     /// waits in its worker's queue for at most a timeout plus half of this). Not a setting:
     /// tests shorten it.
     pub lease_margin: Duration,
+    /// First attempts sent by the fan-out itself (see the `first` module). Not a setting:
+    /// tests of the dispatcher's leases turn it off.
+    pub first_from_fan_out: bool,
 }
 
 impl Default for WebhookSettings {
@@ -356,6 +359,7 @@ impl Default for WebhookSettings {
             poll_interval: Duration::from_millis(250),
             jitter: 0.2,
             lease_margin: Duration::from_secs(10),
+            first_from_fan_out: true,
         }
     }
 }

@@ -1,19 +1,27 @@
-//! The fan-out as a projector [`Sink`] (group `webhooks`): each batch's events and their
-//! deliveries (one per matching endpoint) written with the batch's positions in one
-//! transaction, then the endpoints with new deliveries woken.
+//! The fan-out as a projector [`Sink`] (group `webhooks`): each batch's deliveries (one per
+//! matching endpoint) written with the batch's positions in one transaction, every
+//! (event, endpoint) pair exactly once. Where the dispatcher runs in the same process, the
+//! first attempts to quick endpoints are sent before that transaction and written with it
+//! ([`crate::first`]); the other deliveries are written pending, and their endpoints woken.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use terra_projector::plan::Planned;
+use sqlx::Executor;
+use terra_projector::plan::{Plan, Planned};
 use terra_projector::{Sink, SinkError, WriteStats};
-use terra_schema::SqlTarget;
-use terra_schema::tables::WEBHOOK_POSITIONS;
+use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
+use terra_schema::{Dialect, SqlError, SqlTarget, Val, insert_rows, positions};
 
 use crate::dispatch::{Shared, now_ms};
 use crate::endpoint::WebhookSettings;
+use crate::finish::{ATTEMPT_COLUMNS, attempt_row};
+use crate::first::{First, Lane, health};
 use crate::metrics::WebhookMetrics;
-use crate::store::{self, FanOutError};
+use crate::store::{EventRow, Finished, Leased, Next};
+
+mod sql;
+use sql::{EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, insert_deliveries};
 
 /// The consumer group of the webhook destination.
 pub const WEBHOOKS_GROUP: &str = "webhooks";
@@ -54,7 +62,8 @@ impl Sink for FanOutSink {
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
-        let out = match store::fan_out(&self.target, &self.settings, batch, now_ms()).await {
+        let lane = self.shared.lane();
+        let out = match fan_out(&self.target, &self.settings, lane.as_ref(), batch).await {
             Ok(out) => out,
             Err(FanOutError::Behind(stored)) => return Err(SinkError::Behind(stored)),
             Err(FanOutError::Sql(err)) => return Err(err.into()),
@@ -65,8 +74,15 @@ impl Sink for FanOutSink {
         let mut created = 0;
         for (endpoint, n) in &out.deliveries {
             self.metrics.created(endpoint, *n);
-            self.shared.wake(endpoint);
             created += n;
+        }
+        for endpoint in &out.pending {
+            self.shared.wake(endpoint);
+        }
+        if let Some(lane) = lane {
+            for (endpoint, (delivered, gone)) in &out.first {
+                lane.recorded(endpoint, *delivered, *gone).await;
+            }
         }
         Ok(WriteStats {
             records: out.records,
@@ -75,4 +91,259 @@ impl Sink for FanOutSink {
             ..WriteStats::default()
         })
     }
+}
+
+/// What one fan-out batch wrote.
+#[derive(Debug, Default)]
+pub struct FanOut {
+    /// Records already fanned out (a replay).
+    pub replayed: usize,
+    /// Records written (with or without deliveries).
+    pub records: usize,
+    /// Deliveries created, per endpoint.
+    pub deliveries: BTreeMap<String, usize>,
+    /// The events kept for the dispatcher (those with a delivery still to send).
+    pub events: Vec<EventRow>,
+    /// Endpoints with deliveries left pending.
+    pub pending: Vec<String>,
+    /// Endpoints that had first attempts: (any delivered, any answered 410).
+    pub first: Vec<(String, (bool, bool))>,
+}
+
+/// Why a fan-out batch was not written.
+#[derive(Debug)]
+pub enum FanOutError {
+    Sql(SqlError),
+    /// The stored positions are before the batch: read again from them.
+    Behind(BTreeMap<u32, u64>),
+}
+
+impl From<SqlError> for FanOutError {
+    fn from(err: SqlError) -> Self {
+        Self::Sql(err)
+    }
+}
+
+impl From<sqlx::Error> for FanOutError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Sql(err.into())
+    }
+}
+
+/// A batch's events with deliveries, and its (event, endpoint) pairs.
+#[derive(Default)]
+struct Pairs {
+    replayed: usize,
+    records: usize,
+    last: BTreeMap<u32, u64>,
+    events: Vec<Arc<EventRow>>,
+    /// (partition, offset, received at) of each event.
+    at: Vec<(i64, i64, i64)>,
+    /// (event, endpoint): indexes into `events` and the settings' endpoints.
+    pairs: Vec<(usize, usize)>,
+}
+
+/// The batch's pairs, records at or before the stored positions skipped; `None` when the
+/// stored positions are before the batch.
+fn pairs_of(
+    settings: &WebhookSettings,
+    batch: &[Planned],
+    stored: &BTreeMap<u32, u64>,
+) -> Option<Pairs> {
+    let mut p = Pairs::default();
+    let mut started = std::collections::HashSet::new();
+    for planned in batch {
+        let partition = planned.position.partition;
+        let next = stored.get(&partition).copied().unwrap_or(0);
+        if planned.position.offset < next {
+            p.replayed += 1;
+            continue;
+        }
+        if started.insert(partition) && planned.position.offset > next {
+            return None;
+        }
+        p.last.insert(partition, planned.position.offset);
+        p.records += 1;
+        // a record that did not decode has nothing to forward; one the database refused
+        // (found by the runner) is skipped, named in a warning
+        if planned.envelope_id.is_empty() {
+            continue;
+        }
+        if let Plan::Dead(dead) = &planned.plan
+            && dead
+                .reason
+                .starts_with(terra_projector::runner::REJECTED_PREFIX)
+        {
+            tracing::warn!(partition, offset = planned.position.offset, reason = %dead.reason, "event not forwarded: the database refused it");
+            continue;
+        }
+        let event = p.events.len();
+        for (i, endpoint) in settings.endpoints.iter().enumerate() {
+            if endpoint
+                .filter
+                .matches(&planned.event_type, &planned.origin)
+            {
+                p.pairs.push((event, i));
+            }
+        }
+        if p.pairs.last().is_some_and(|&(e, _)| e == event) {
+            p.events.push(Arc::new(EventRow::of_planned(planned)));
+            p.at.push((
+                i64::from(partition),
+                planned.position.offset as i64,
+                planned.received_at_ms,
+            ));
+        }
+    }
+    Some(p)
+}
+
+/// Writes a batch's deliveries (one per matching endpoint) with the batch's positions, in one
+/// transaction, first attempts sent before where `lane` says so. Records at or before the
+/// stored positions are skipped.
+pub(crate) async fn fan_out(
+    target: &SqlTarget,
+    settings: &WebhookSettings,
+    lane: Option<&Arc<Lane>>,
+    batch: &[Planned],
+) -> Result<FanOut, FanOutError> {
+    let eligible = lane
+        .map(|l| l.eligible())
+        .filter(|e| e.iter().any(|yes| *yes));
+    // Postgres, MySQL: the writer lock is held while first attempts are in flight, so a
+    // second fan-out waits and then finds the batch written. SQLite (one node, one writer
+    // that the dispatcher needs meanwhile): positions read now, checked again under the lock.
+    let hold = target.dialect() != Dialect::Sqlite || eligible.is_none();
+    let mut tx = target.pool().begin().await?;
+    let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, hold).await?;
+    let Some(p) = pairs_of(settings, batch, &stored) else {
+        tx.rollback().await?;
+        return Err(FanOutError::Behind(stored));
+    };
+    let (firsts, mut tx) = match (lane, &eligible) {
+        (Some(lane), Some(eligible)) if !p.pairs.is_empty() => {
+            let send: Vec<bool> = p.pairs.iter().map(|&(_, e)| eligible[e]).collect();
+            if hold {
+                (lane.first_attempts(&p.events, &p.pairs, &send).await, tx)
+            } else {
+                tx.rollback().await?;
+                let firsts = lane.first_attempts(&p.events, &p.pairs, &send).await;
+                let mut tx = target.pool().begin().await?;
+                let again = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
+                if again != stored {
+                    tx.rollback().await?;
+                    return Err(FanOutError::Behind(again));
+                }
+                (firsts, tx)
+            }
+        }
+        _ => (p.pairs.iter().map(|_| First::NotSent).collect(), tx),
+    };
+    let now = now_ms();
+    let mut out = FanOut {
+        replayed: p.replayed,
+        records: p.records,
+        ..FanOut::default()
+    };
+    let mut keep = vec![false; p.events.len()];
+    let mut rows = Vec::with_capacity(p.pairs.len());
+    for (&(event, endpoint), first) in p.pairs.iter().zip(&firsts) {
+        let name = &settings.endpoints[endpoint].name;
+        keep[event] |= !matches!(
+            first,
+            First::Done {
+                next: Next::Delivered,
+                ..
+            }
+        );
+        rows.push(delivery_row(name, &p.events[event], first, now));
+        *out.deliveries.entry(name.clone()).or_default() += 1;
+        if matches!(first, First::NotSent | First::InFlight { .. }) && !out.pending.contains(name) {
+            out.pending.push(name.clone());
+        }
+    }
+    let dialect = target.dialect();
+    let events: Vec<Vec<Val>> = (0..p.events.len())
+        .filter(|&i| keep[i])
+        .map(|i| event_row(&p.events[i], p.at[i]))
+        .collect();
+    for chunk in by_bytes(events, 11, STATEMENT_BYTES) {
+        for stmt in insert_rows(
+            dialect,
+            &target.table(WEBHOOK_EVENTS),
+            &EVENT_COLUMNS,
+            &[],
+            chunk,
+            &dialect.on_conflict_ignore(&["envelope_id"]),
+        ) {
+            tx.execute(stmt.query()).await?;
+        }
+    }
+    let sent: Vec<String> = p
+        .pairs
+        .iter()
+        .zip(&firsts)
+        .filter(|(_, f)| !matches!(f, First::NotSent))
+        .map(|(&(event, _), _)| p.events[event].envelope_id.clone())
+        .collect();
+    let ids = insert_deliveries(target, &mut tx, rows, (!sent.is_empty()).then_some(sent)).await?;
+    let id_of = |event: usize, endpoint: usize| {
+        let key = (
+            p.events[event].envelope_id.clone(),
+            settings.endpoints[endpoint].name.clone(),
+        );
+        ids.get(&key).copied()
+    };
+    out.first = health(&firsts, &p.pairs, settings.endpoints.len())
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.map(|h| (settings.endpoints[i].name.clone(), h)))
+        .collect();
+    let mut attempts = Vec::new();
+    let mut told = Vec::new();
+    for (&(event, endpoint), first) in p.pairs.iter().zip(firsts) {
+        match first {
+            First::Done { result, next } => {
+                let Some(id) = id_of(event, endpoint) else {
+                    continue;
+                };
+                let delivery = Leased {
+                    id,
+                    envelope_id: String::new(),
+                    attempts: 1,
+                    token: String::new(),
+                    lease_until_ms: 0,
+                };
+                attempts.push(attempt_row(&Finished::of(&delivery, false, &result, next)));
+            }
+            First::InFlight { id: tell, .. } => {
+                if let Some(id) = id_of(event, endpoint) {
+                    told.push((tell, id));
+                }
+            }
+            First::NotSent => {}
+        }
+    }
+    for stmt in insert_rows(
+        dialect,
+        &target.table(WEBHOOK_ATTEMPTS),
+        &ATTEMPT_COLUMNS,
+        &[],
+        attempts,
+        "",
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    if !p.last.is_empty() {
+        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &p.last, now).await?;
+    }
+    tx.commit().await?;
+    for (tell, id) in told {
+        let _ = tell.send(id);
+    }
+    out.events = (0..p.events.len())
+        .filter(|&i| keep[i])
+        .map(|i| (*p.events[i]).clone())
+        .collect();
+    Ok(out)
 }

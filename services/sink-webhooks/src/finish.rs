@@ -5,6 +5,9 @@ use sqlx::Executor;
 use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES};
 use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
 
+use crate::send::AttemptResult;
+use crate::store::Leased;
+
 /// Where a delivery goes after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -37,6 +40,40 @@ pub struct Finished {
     pub next: Next,
 }
 
+impl Finished {
+    /// The end of `delivery`'s attempt that gave `result`.
+    pub fn of(delivery: &Leased, probe: bool, result: &AttemptResult, next: Next) -> Self {
+        Self {
+            delivery_id: delivery.id,
+            token: delivery.token.clone(),
+            attempt: delivery.attempts,
+            probe,
+            started_at_ms: result.started_at_ms,
+            duration_ms: result.duration.as_millis() as i64,
+            status: result.status,
+            error_class: result.class.as_str(),
+            error: result.error.clone(),
+            response: result.response.clone(),
+            next,
+        }
+    }
+}
+
+/// An attempt's row (columns [`ATTEMPT_COLUMNS`]).
+pub(crate) fn attempt_row(f: &Finished) -> Vec<Val> {
+    vec![
+        Val::from(f.delivery_id),
+        Val::from(i64::from(f.attempt)),
+        Val::from(i64::from(f.probe)),
+        Val::from(f.started_at_ms),
+        Val::from(f.duration_ms),
+        Val::from(f.status.map(i64::from)),
+        Val::from(f.error_class),
+        Val::from(f.error.clone()),
+        Val::from(f.response.clone()),
+    ]
+}
+
 /// Records finished attempts and moves their deliveries on, in one transaction. A delivery
 /// whose lease another worker took since (`token` no longer its) keeps its state; the attempt
 /// is recorded all the same. Returns how many deliveries moved.
@@ -51,22 +88,7 @@ pub async fn finish(
     let dialect = target.dialect();
     let d = target.table(WEBHOOK_DELIVERIES);
     let mut tx = target.pool().begin().await?;
-    let attempts: Vec<Vec<Val>> = finished
-        .iter()
-        .map(|f| {
-            vec![
-                Val::from(f.delivery_id),
-                Val::from(i64::from(f.attempt)),
-                Val::from(i64::from(f.probe)),
-                Val::from(f.started_at_ms),
-                Val::from(f.duration_ms),
-                Val::from(f.status.map(i64::from)),
-                Val::from(f.error_class),
-                Val::from(f.error.clone()),
-                Val::from(f.response.clone()),
-            ]
-        })
-        .collect();
+    let attempts: Vec<Vec<Val>> = finished.iter().map(attempt_row).collect();
     for stmt in insert_rows(
         dialect,
         &target.table(WEBHOOK_ATTEMPTS),
@@ -181,7 +203,7 @@ fn push_fence(stmt: &mut Stmt, f: &Finished) {
 /// Most deliveries per set-wise UPDATE of [`finish`] (5 parameters each at most).
 const FINISH_CHUNK: usize = 1_000;
 
-const ATTEMPT_COLUMNS: [&str; 9] = [
+pub(crate) const ATTEMPT_COLUMNS: [&str; 9] = [
     "delivery_id",
     "attempt",
     "probe",

@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod endpoints_store;
 pub mod fanout;
 pub mod finish;
+mod first;
 pub mod metrics;
 pub mod send;
 pub mod sign;

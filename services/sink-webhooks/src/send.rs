@@ -39,6 +39,20 @@ pub struct Outgoing<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+impl<'a> Outgoing<'a> {
+    /// `event` as sent, with the attempt's `traceparent`.
+    pub fn of(event: &'a crate::store::EventRow, traceparent: Option<&'a str>) -> Self {
+        Self {
+            envelope_id: &event.envelope_id,
+            body: &event.body,
+            terra_reference: event.terra_reference.as_deref(),
+            terra_trace_id: event.terra_trace_id.as_deref(),
+            ordering_timestamp_ms: event.ordering_timestamp_ms,
+            traceparent,
+        }
+    }
+}
+
 /// Why an attempt did not deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use sqlx::{Executor, Row};
 use terra_projector::plan::Planned;
-use terra_schema::positions;
-use terra_schema::tables::{WEBHOOK_DELIVERIES, WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
-use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+use terra_schema::tables::{WEBHOOK_DELIVERIES, WEBHOOK_EVENTS};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt};
 
-use crate::endpoint::{Ordering, WebhookSettings};
+use crate::endpoint::Ordering;
 pub use crate::finish::{Finished, Next, finish};
 
 /// An event as the dispatcher sends it.
@@ -50,173 +49,6 @@ impl EventRow {
     }
 }
 
-/// What one fan-out batch wrote.
-#[derive(Debug, Default)]
-pub struct FanOut {
-    /// Records already fanned out (a replay).
-    pub replayed: usize,
-    /// Records written (with or without deliveries).
-    pub records: usize,
-    /// Deliveries created, per endpoint.
-    pub deliveries: BTreeMap<String, usize>,
-    /// The events that got deliveries (for the dispatcher's cache).
-    pub events: Vec<EventRow>,
-}
-
-/// Why a fan-out batch was not written.
-#[derive(Debug)]
-pub enum FanOutError {
-    Sql(SqlError),
-    /// The stored positions are before the batch: read again from them.
-    Behind(BTreeMap<u32, u64>),
-}
-
-impl From<SqlError> for FanOutError {
-    fn from(err: SqlError) -> Self {
-        Self::Sql(err)
-    }
-}
-
-impl From<sqlx::Error> for FanOutError {
-    fn from(err: sqlx::Error) -> Self {
-        Self::Sql(err.into())
-    }
-}
-
-/// Writes a batch's events and their deliveries (one per matching endpoint) with the batch's
-/// positions, in one transaction. Records at or before the stored positions are skipped.
-pub async fn fan_out(
-    target: &SqlTarget,
-    settings: &WebhookSettings,
-    batch: &[Planned],
-    now_ms: i64,
-) -> Result<FanOut, FanOutError> {
-    let mut tx = target.pool().begin().await?;
-    let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
-    let mut out = FanOut::default();
-    let mut started = std::collections::HashSet::new();
-    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut events: Vec<Vec<Val>> = Vec::new();
-    let mut deliveries: Vec<Vec<Val>> = Vec::new();
-    for planned in batch {
-        let partition = planned.position.partition;
-        let next = stored.get(&partition).copied().unwrap_or(0);
-        if planned.position.offset < next {
-            out.replayed += 1;
-            continue;
-        }
-        if started.insert(partition) && planned.position.offset > next {
-            tx.rollback().await?;
-            return Err(FanOutError::Behind(stored));
-        }
-        last.insert(partition, planned.position.offset);
-        out.records += 1;
-        // a record that did not decode has nothing to forward; one the database refused
-        // (found by the runner) is skipped, named in a warning
-        if planned.envelope_id.is_empty() {
-            continue;
-        }
-        if let terra_projector::plan::Plan::Dead(dead) = &planned.plan
-            && dead
-                .reason
-                .starts_with(terra_projector::runner::REJECTED_PREFIX)
-        {
-            tracing::warn!(partition, offset = planned.position.offset, reason = %dead.reason, "event not forwarded: the database refused it");
-            continue;
-        }
-        let origin = &planned.origin;
-        let matching: Vec<_> = settings
-            .endpoints
-            .iter()
-            .filter(|e| e.filter.matches(&planned.event_type, origin))
-            .collect();
-        if matching.is_empty() {
-            continue;
-        }
-        events.push(vec![
-            Val::from(&planned.envelope_id),
-            Val::from(i64::from(partition)),
-            Val::from(planned.position.offset as i64),
-            Val::from(&origin.source),
-            Val::from(&planned.event_type),
-            Val::from(origin.user_id.clone()),
-            Val::from(planned.received_at_ms),
-            Val::from(origin.terra_reference.clone()),
-            Val::from(origin.terra_trace_id.clone()),
-            Val::from(origin.ordering_timestamp_ms),
-            Val::from(origin.traceparent.clone()),
-            Val::Blob(planned.body.to_vec()),
-        ]);
-        for endpoint in matching {
-            deliveries.push(vec![
-                Val::from(&endpoint.name),
-                Val::from(&planned.envelope_id),
-                Val::from(origin.user_id.as_deref().map(ordering_key)),
-                Val::from(&planned.event_type),
-                Val::from("pending"),
-                Val::from(0),
-                Val::from(0),
-                Val::from(now_ms),
-            ]);
-            *out.deliveries.entry(endpoint.name.clone()).or_default() += 1;
-        }
-        out.events.push(EventRow::of_planned(planned));
-    }
-    let dialect = target.dialect();
-    for chunk in by_bytes(events, 11, STATEMENT_BYTES) {
-        for stmt in insert_rows(
-            dialect,
-            &target.table(WEBHOOK_EVENTS),
-            &EVENT_COLUMNS,
-            &[],
-            chunk,
-            &dialect.on_conflict_ignore(&["envelope_id"]),
-        ) {
-            tx.execute(stmt.query()).await?;
-        }
-    }
-    for stmt in insert_rows(
-        dialect,
-        &target.table(WEBHOOK_DELIVERIES),
-        &NEW_DELIVERY_COLUMNS,
-        &[],
-        deliveries,
-        &dialect.on_conflict_ignore(&["envelope_id", "endpoint"]),
-    ) {
-        tx.execute(stmt.query()).await?;
-    }
-    if !last.is_empty() {
-        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms).await?;
-    }
-    tx.commit().await?;
-    Ok(out)
-}
-
-/// Body bytes per INSERT at most (a row alone may be larger): under MySQL's
-/// `max_allowed_packet` (16 MiB by default on MariaDB, 64 MiB on MySQL 8).
-const STATEMENT_BYTES: usize = 4 << 20;
-
-/// Rows cut into runs whose blobs (column `blob`) add up to at most `limit` bytes.
-fn by_bytes(rows: Vec<Vec<Val>>, blob: usize, limit: usize) -> Vec<Vec<Vec<Val>>> {
-    let mut chunks: Vec<Vec<Vec<Val>>> = Vec::new();
-    let mut size = 0;
-    for row in rows {
-        let len = match row.get(blob) {
-            Some(Val::Blob(b)) => b.len(),
-            _ => 0,
-        };
-        if chunks.is_empty() || (size + len > limit && size > 0) {
-            chunks.push(Vec::new());
-            size = 0;
-        }
-        size += len;
-        if let Some(last) = chunks.last_mut() {
-            last.push(row);
-        }
-    }
-    chunks
-}
-
 /// The key `per_user` orders by: the user id, or `sha256:<hex>` of one longer than the
 /// column (200 bytes).
 pub fn ordering_key(user_id: &str) -> String {
@@ -229,32 +61,6 @@ pub fn ordering_key(user_id: &str) -> String {
         hex::encode(sha2::Sha256::digest(user_id.as_bytes()))
     )
 }
-
-const EVENT_COLUMNS: [&str; 12] = [
-    "envelope_id",
-    "log_partition",
-    "log_offset",
-    "source",
-    "event_type",
-    "user_id",
-    "received_at_ms",
-    "terra_reference",
-    "terra_trace_id",
-    "ordering_timestamp_ms",
-    "traceparent",
-    "body",
-];
-
-const NEW_DELIVERY_COLUMNS: [&str; 8] = [
-    "endpoint",
-    "envelope_id",
-    "user_id",
-    "event_type",
-    "state",
-    "attempts",
-    "next_attempt_at_ms",
-    "created_at_ms",
-];
 
 /// A delivery a worker holds.
 #[derive(Debug, Clone)]
@@ -476,14 +282,6 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_are_cut_by_body_bytes_and_a_large_row_goes_alone() {
-        let row = |n: usize| vec![Val::from(1i64), Val::Blob(vec![0; n])];
-        let chunks = by_bytes(vec![row(3), row(3), row(3), row(10), row(1)], 1, 6);
-        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![2, 1, 1, 1]);
-    }
 
     #[test]
     fn long_user_ids_are_ordered_by_their_hash() {

@@ -13,12 +13,16 @@ pub(crate) fn attempt_span(endpoint: &str, delivery: &Leased, event: &EventRow) 
         "webhook.delivery",
         otel.kind = "producer",
         endpoint,
-        delivery_id = delivery.id,
+        delivery_id = tracing::field::Empty,
         attempt = delivery.attempts,
         envelope_id = %event.envelope_id,
     );
     if span.is_disabled() {
         return span;
+    }
+    // a first attempt sent by the fan-out has no id yet (its row is written after it)
+    if delivery.id > 0 {
+        span.record("delivery_id", delivery.id);
     }
     if let Some(traceparent) = &event.traceparent {
         let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();

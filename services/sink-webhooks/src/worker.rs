@@ -22,7 +22,7 @@ use terra_schema::{SqlError, SqlTarget};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::dispatch::{Outcome, Shared, View, Views, next_step, now_ms};
+use crate::dispatch::{Outcome, Shared, View, Views, next_step, now_ms, outcome_label};
 use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::metrics::WebhookMetrics;
 use crate::send::{AttemptResult, ErrorClass, Outgoing, Sender};
@@ -130,12 +130,32 @@ impl Worker {
                 delivery,
             }));
         }
+        let must_have = (self.endpoint.timeout + self.settings.lease_margin / 2).as_millis() as i64;
+        // waiting for a permit (the caps are shared with the fan-out's first attempts and the
+        // other endpoints) ends when the queue's leases get too short to cover an attempt: they
+        // are handed back then, before they run out and another replica takes them
+        let stale_at = queue
+            .iter()
+            .map(|q| q.delivery.lease_until_ms - must_have)
+            .min()
+            .unwrap_or(i64::MAX);
+        let patience = Duration::from_millis((stale_at - now_ms()).max(0) as u64);
         let first = tokio::select! {
             permits = async {
                 let own = self.own.clone().acquire_owned().await;
                 let global = self.global.clone().acquire_owned().await;
                 (own, global)
             } => permits,
+            () = tokio::time::sleep(patience) => {
+                let now = now_ms();
+                let (stale, fresh): (Vec<Queued>, Vec<Queued>) = queue
+                    .drain(..)
+                    .partition(|q| q.delivery.lease_until_ms - now < must_have);
+                queue.extend(fresh);
+                let n = stale.len();
+                self.hand_back(stale.into_iter().map(|q| q.delivery)).await;
+                return Ok(n);
+            }
             () = stop.cancelled() => return Ok(0),
         };
         let (Ok(own), Ok(global)) = first else {
@@ -143,7 +163,6 @@ impl Worker {
         };
         let mut permits = Some((own, global));
         let (mut started, mut stale) = (0, Vec::new());
-        let must_have = (self.endpoint.timeout + self.settings.lease_margin / 2).as_millis() as i64;
         while let Some(next) = queue.pop_front() {
             let Some((own, global)) = permits.take().or_else(|| self.try_permits()) else {
                 queue.push_front(next);
@@ -262,14 +281,7 @@ impl Worker {
             Some(event) => {
                 let span = crate::trace::attempt_span(name, &delivery, event);
                 let traceparent = crate::trace::outgoing_traceparent(&span, event);
-                let out = Outgoing {
-                    envelope_id: &event.envelope_id,
-                    body: &event.body,
-                    terra_reference: event.terra_reference.as_deref(),
-                    terra_trace_id: event.terra_trace_id.as_deref(),
-                    ordering_timestamp_ms: event.ordering_timestamp_ms,
-                    traceparent: traceparent.as_deref(),
-                };
+                let out = Outgoing::of(event, traceparent.as_deref());
                 let result =
                     tracing::Instrument::instrument(self.sender.send(&self.endpoint, &out), span)
                         .await;
@@ -293,31 +305,14 @@ impl Worker {
                 (result, next)
             }
         };
-        let outcome = match &next {
-            Next::Delivered => "delivered",
-            Next::Retry { .. } => "retry",
-            Next::Dead { .. } => "dead",
-            Next::Unchanged => "probe_failed",
-        };
-        self.metrics.attempt(name, outcome, result.duration);
-        let finished = Finished {
-            delivery_id: delivery.id,
-            token: delivery.token.clone(),
-            attempt: delivery.attempts,
-            probe,
-            started_at_ms: result.started_at_ms,
-            duration_ms: result.duration.as_millis() as i64,
-            status: result.status,
-            error_class: result.class.as_str(),
-            error: result.error.clone(),
-            response: result.response.clone(),
-            next,
-        };
+        self.metrics
+            .attempt(name, outcome_label(&next), result.duration);
+        let finished = Finished::of(&delivery, probe, &result, next);
         let _ = self
             .results
             .send(Outcome {
                 endpoint: name.clone(),
-                finished,
+                finished: Some(finished),
                 gone: result.gone(),
                 delivered: result.delivered(),
             })

@@ -14,7 +14,7 @@ use crate::dispatch::{FINISH_BATCH, Outcome, Shared, View, Views, now_ms};
 use crate::endpoint::WebhookSettings;
 use crate::endpoints_store;
 use crate::metrics::WebhookMetrics;
-use crate::store::{self, Finished, Next};
+use crate::store::{self, Finished};
 
 /// Records results in batches (retrying outages: a result is never dropped while the process
 /// lives), then moves endpoints on: a success clears a failing streak and re-enables a
@@ -32,7 +32,7 @@ pub(crate) async fn write_results(
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut batch: Vec<Outcome> = Vec::with_capacity(FINISH_BATCH);
     while inbox.recv_many(&mut batch, FINISH_BATCH).await > 0 {
-        let finished: Vec<Finished> = batch.iter().map(|r| r.finished.clone()).collect();
+        let finished: Vec<Finished> = batch.iter().filter_map(|r| r.finished.clone()).collect();
         let mut retry = Retry::new(backoff, &never, "recording webhook attempts");
         loop {
             match store::finish(&target, &finished, now_ms()).await {
@@ -44,17 +44,13 @@ pub(crate) async fn write_results(
         }
         retry.done(());
         let now = now_ms();
-        let mut by_endpoint: HashMap<&str, (bool, bool, bool)> = HashMap::new();
+        let mut by_endpoint: HashMap<&str, (bool, bool)> = HashMap::new();
         for r in &batch {
             let entry = by_endpoint.entry(&r.endpoint).or_default();
             entry.0 |= r.delivered;
             entry.1 |= r.gone;
-            entry.2 |= matches!(
-                r.finished.next,
-                Next::Delivered | Next::Retry { .. } | Next::Dead { .. } | Next::Unchanged
-            );
         }
-        for (endpoint, (succeeded, gone, _)) in by_endpoint {
+        for (endpoint, (succeeded, gone)) in by_endpoint {
             let change = endpoint_change(&settings, &views, endpoint, succeeded, gone, now);
             let mut retry = Retry::new(backoff, &never, "recording webhook endpoint health");
             loop {

@@ -124,7 +124,9 @@ async fn stopping_hands_the_queued_deliveries_back_uncounted(dialect: Dialect) {
         Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(150)))).await;
     let mut e = endpoint("slow", &receiver.url());
     e.max_in_flight = 1;
-    let running = start(&log.log, &target, settings(vec![e]));
+    let mut s = settings(vec![e]);
+    s.first_from_fan_out = false;
+    let running = start(&log.log, &target, s);
     let bodies: Vec<_> = (0..12)
         .map(|n| body("activity", &format!("u{n}"), n))
         .collect();
@@ -169,6 +171,7 @@ async fn a_queued_delivery_whose_lease_would_not_cover_its_attempt_is_handed_bac
         e.timeout = Duration::from_millis(300);
         let mut s = settings(vec![e]);
         s.lease_margin = Duration::from_millis(400);
+        s.first_from_fan_out = false;
         s
     };
     let first = start(&log.log, &target, make());

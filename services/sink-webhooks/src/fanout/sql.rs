@@ -1,0 +1,209 @@
+//! The fan-out's rows: events, deliveries (pending, or as their first attempt left them) and
+//! the statements that write them.
+
+use std::collections::HashMap;
+
+use sqlx::{Executor, Row};
+use terra_schema::positions::Tx;
+use terra_schema::tables::WEBHOOK_DELIVERIES;
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+
+use crate::first::First;
+use crate::store::{EventRow, Next, ordering_key, text};
+
+/// Body bytes per INSERT at most (a row alone may be larger): under MySQL's
+/// `max_allowed_packet` (16 MiB by default on MariaDB, 64 MiB on MySQL 8).
+pub(super) const STATEMENT_BYTES: usize = 4 << 20;
+
+/// Rows cut into runs whose blobs (column `blob`) add up to at most `limit` bytes.
+pub(super) fn by_bytes(rows: Vec<Vec<Val>>, blob: usize, limit: usize) -> Vec<Vec<Vec<Val>>> {
+    let mut chunks: Vec<Vec<Vec<Val>>> = Vec::new();
+    let mut size = 0;
+    for row in rows {
+        let len = match row.get(blob) {
+            Some(Val::Blob(b)) => b.len(),
+            _ => 0,
+        };
+        if chunks.is_empty() || (size + len > limit && size > 0) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(last) = chunks.last_mut() {
+            last.push(row);
+        }
+    }
+    chunks
+}
+
+pub(super) const EVENT_COLUMNS: [&str; 12] = [
+    "envelope_id",
+    "log_partition",
+    "log_offset",
+    "source",
+    "event_type",
+    "user_id",
+    "received_at_ms",
+    "terra_reference",
+    "terra_trace_id",
+    "ordering_timestamp_ms",
+    "traceparent",
+    "body",
+];
+
+const DELIVERY_COLUMNS: [&str; 13] = [
+    "endpoint",
+    "envelope_id",
+    "user_id",
+    "event_type",
+    "state",
+    "attempts",
+    "next_attempt_at_ms",
+    "created_at_ms",
+    "finished_at_ms",
+    "last_status",
+    "last_error",
+    "lease_until_ms",
+    "lease_token",
+];
+
+/// An event's row; `at`: its (partition, offset, received at).
+pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
+    let (partition, offset, received_at_ms) = at;
+    vec![
+        Val::from(&event.envelope_id),
+        Val::from(partition),
+        Val::from(offset),
+        Val::from(&event.source),
+        Val::from(&event.event_type),
+        Val::from(event.user_id.clone()),
+        Val::from(received_at_ms),
+        Val::from(event.terra_reference.clone()),
+        Val::from(event.terra_trace_id.clone()),
+        Val::from(event.ordering_timestamp_ms),
+        Val::from(event.traceparent.clone()),
+        Val::Blob(event.body.to_vec()),
+    ]
+}
+
+/// A delivery's row: pending and due now when not sent; as its first attempt left it
+/// (delivered, due again, dead); pending and leased to an attempt still in flight.
+pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now: i64) -> Vec<Val> {
+    let none = || Val::from(None::<i64>);
+    let mut row = vec![
+        Val::from(endpoint),
+        Val::from(&event.envelope_id),
+        Val::from(event.user_id.as_deref().map(ordering_key)),
+        Val::from(&event.event_type),
+    ];
+    let status = |result: &crate::send::AttemptResult| Val::from(result.status.map(i64::from));
+    let rest = match first {
+        First::NotSent => vec![
+            Val::from("pending"),
+            Val::from(0),
+            Val::from(now),
+            Val::from(now),
+            none(),
+            none(),
+            Val::from(None::<String>),
+            none(),
+            Val::from(None::<String>),
+        ],
+        First::InFlight {
+            token,
+            lease_until_ms,
+            ..
+        } => vec![
+            Val::from("pending"),
+            Val::from(1),
+            Val::from(now),
+            Val::from(now),
+            none(),
+            none(),
+            Val::from(None::<String>),
+            Val::from(*lease_until_ms),
+            Val::from(token.as_str()),
+        ],
+        First::Done { result, next } => {
+            let (state, next_at, finished, error) = match next {
+                Next::Delivered => ("delivered", now, Some(now), None),
+                Next::Retry { at_ms } => ("pending", *at_ms, None, result.error.clone()),
+                Next::Dead { reason } => ("dead", now, Some(now), Some(reason.clone())),
+                Next::Unchanged => ("pending", now, None, result.error.clone()),
+            };
+            vec![
+                Val::from(state),
+                Val::from(1),
+                Val::from(next_at),
+                Val::from(now),
+                Val::from(finished),
+                status(result),
+                Val::from(error),
+                none(),
+                Val::from(None::<String>),
+            ]
+        }
+    };
+    row.extend(rest);
+    row
+}
+
+/// Inserts the deliveries; with `ids`, returns the id of each by (envelope id, endpoint)
+/// (`RETURNING` on Postgres and SQLite, read back on MySQL).
+pub(super) async fn insert_deliveries(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    rows: Vec<Vec<Val>>,
+    ids: Option<Vec<String>>,
+) -> Result<HashMap<(String, String), i64>, SqlError> {
+    let dialect = target.dialect();
+    let d = target.table(WEBHOOK_DELIVERIES);
+    let mut suffix = dialect.on_conflict_ignore(&["envelope_id", "endpoint"]);
+    let returning = ids.is_some() && dialect != Dialect::MySql;
+    if returning {
+        suffix.push_str(" RETURNING id, envelope_id, endpoint");
+    }
+    let mut found = HashMap::new();
+    for stmt in insert_rows(dialect, &d, &DELIVERY_COLUMNS, &[], rows, &suffix) {
+        if returning {
+            for row in tx.fetch_all(stmt.query()).await? {
+                found.insert(id_key(&row)?, row.try_get(0)?);
+            }
+        } else {
+            tx.execute(stmt.query()).await?;
+        }
+    }
+    if let (Some(envelopes), false) = (ids, returning) {
+        for chunk in envelopes.chunks(1_000) {
+            let mut stmt = Stmt::new(
+                dialect,
+                format!("SELECT id, envelope_id, endpoint FROM {d} WHERE envelope_id IN "),
+            );
+            stmt.bind_list(chunk.iter().map(String::as_str));
+            for row in tx.fetch_all(stmt.query()).await? {
+                found.insert(id_key(&row)?, row.try_get(0)?);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn id_key(row: &sqlx::any::AnyRow) -> Result<(String, String), SqlError> {
+    Ok((
+        text(row, 1)?.unwrap_or_default(),
+        text(row, 2)?.unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_cut_by_body_bytes_and_a_large_row_goes_alone() {
+        let row = |n: usize| vec![Val::from(1i64), Val::Blob(vec![0; n])];
+        let chunks = by_bytes(vec![row(3), row(3), row(3), row(10), row(1)], 1, 6);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1]);
+    }
+}

@@ -1,0 +1,182 @@
+//! First attempts sent by the fan-out itself: a delivery answered at once is written once,
+//! delivered, with its one attempt, and its body is not kept; one that failed is written
+//! pending with its next attempt and its body; one cut off in flight is leased to its attempt
+//! and recorded once. On Postgres, MariaDB and SQLite.
+
+#[macro_use]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Executor;
+use support::receiver::{Answer, Receiver};
+use support::*;
+use terra_schema::SqlTarget;
+
+on_every_dialect!(
+    a_quick_endpoint_gets_its_first_attempt_from_the_fan_out_and_no_body_is_kept,
+    first_attempts_cut_off_in_flight_are_recorded_once,
+);
+
+/// The envelope ids of the kept events (bodies), sorted.
+async fn kept_events(target: &SqlTarget) -> Vec<String> {
+    let sql = format!(
+        "SELECT envelope_id FROM {} ORDER BY envelope_id",
+        target.table("webhook_events")
+    );
+    let rows = target.pool().fetch_all(sql.as_str()).await.unwrap();
+    rows.iter()
+        .map(|r| terra_sink_webhooks::store::text(r, 0).unwrap().unwrap())
+        .collect()
+}
+
+async fn a_quick_endpoint_gets_its_first_attempt_from_the_fan_out_and_no_body_is_kept(
+    dialect: Dialect,
+) {
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let ok = Receiver::start(Receiver::ok()).await;
+    // the bodies of users "retry-…" are refused once, then taken
+    let flaky = Receiver::start(Arc::new(|body, before| {
+        let retry = String::from_utf8_lossy(body).contains("\"retry-");
+        Answer::Status(if retry && before == 0 { 503 } else { 200 })
+    }))
+    .await;
+    let mut schedule = endpoint("flaky", &flaky.url());
+    schedule.schedule =
+        terra_sink_webhooks::Schedule::new(vec![Duration::ZERO, Duration::from_millis(300)])
+            .unwrap();
+    let running = start(
+        &log.log,
+        &target,
+        settings(vec![endpoint("ok", &ok.url()), schedule]),
+    );
+    // a first event, once delivered, shows the dispatcher (and so the fan-out's lane) is up
+    append(&log, &[body("activity", "warm-up", 99)]).await;
+    let warm = wait_for(&target, LIMIT, "the first event delivered", all_ended(2)).await;
+    let bodies: Vec<_> = (0..30)
+        .map(|n| {
+            let user = if n % 10 == 3 { "retry-" } else { "u-" };
+            body("activity", &format!("{user}{n}"), n)
+        })
+        .collect();
+    append(&log, &bodies).await;
+    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(62)).await;
+    running.stop().await;
+    let warm: Vec<&str> = warm.iter().map(|r| r.envelope_id.as_str()).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| !warm.contains(&r.envelope_id.as_str()))
+        .collect();
+    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
+    let mut retried: Vec<String> = Vec::new();
+    for row in &rows {
+        let attempts = attempts(&target, row.id).await;
+        let statuses: Vec<Option<i64>> = attempts.iter().map(|a| a.0).collect();
+        if row.attempts == 2 {
+            assert_eq!(row.endpoint, "flaky", "{row:?}");
+            assert_eq!(statuses, vec![Some(503), Some(200)], "{row:?}");
+            retried.push(row.envelope_id.clone());
+        } else {
+            assert_eq!(row.attempts, 1, "{row:?}");
+            assert_eq!(statuses, vec![Some(200)], "{row:?}: one attempt recorded");
+        }
+    }
+    assert_eq!(retried.len(), 3, "the three retry- users: {rows:#?}");
+    retried.sort();
+    let kept: Vec<String> = kept_events(&target)
+        .await
+        .into_iter()
+        .filter(|e| !warm.contains(&e.as_str()))
+        .collect();
+    assert_eq!(
+        kept, retried,
+        "only events with a delivery left to send keep their body"
+    );
+    assert_eq!(ok.seen().len(), 31, "each event sent once to ok");
+    assert_eq!(flaky.seen().len(), 34, "31 first attempts and 3 retries");
+    db.drop_now().await;
+}
+
+/// Two replicas (the second without a fan-out); attempts of 150 ms, one at a time, so the
+/// fan-out's wait ends with attempts waiting for a permit (left to the dispatchers) and one in
+/// flight (leased to itself). Every pair is sent once and counted once.
+async fn first_attempts_cut_off_in_flight_are_recorded_once(dialect: Dialect) {
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let receiver =
+        Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(150)))).await;
+    let make = || {
+        let mut e = endpoint("shared", &receiver.url());
+        e.max_in_flight = 1;
+        e.timeout = Duration::from_millis(300);
+        let mut s = settings(vec![e]);
+        s.lease_margin = Duration::from_millis(400);
+        s
+    };
+    let first = start(&log.log, &target, make());
+    let second = start_with(&log.log, &target, make(), false);
+    let bodies: Vec<_> = (0..24)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
+    append(&log, &bodies).await;
+    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(24)).await;
+    first.stop().await;
+    second.stop().await;
+    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
+    assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
+    assert_eq!(receiver.seen().len(), 24, "each pair sent once");
+    for row in &rows {
+        assert_eq!(row.attempts, 1, "{row:?}: counted once");
+        assert_eq!(
+            attempts(&target, row.id).await.len(),
+            1,
+            "{row:?}: recorded once"
+        );
+    }
+    db.drop_now().await;
+}
+
+mod shared_log {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        two_fan_outs_send_each_pair_once(Dialect::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        two_fan_outs_send_each_pair_once(Dialect::MySql).await;
+    }
+}
+
+/// Two whole replicas, each with a fan-out, over one log and one database (Postgres, MySQL:
+/// SQLite serves one node): the positions' writer lock is held while first attempts are in
+/// flight, so the second fan-out finds each batch written and sends nothing of it.
+async fn two_fan_outs_send_each_pair_once(dialect: Dialect) {
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let receiver = Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(5)))).await;
+    let make = || settings(vec![endpoint("shared", &receiver.url())]);
+    let first = start(&log.log, &target, make());
+    let second = start(&log.log, &target, make());
+    for round in 0..10 {
+        let bodies: Vec<_> = (0..20)
+            .map(|n| body("activity", &format!("u{round}-{n}"), round * 100 + n))
+            .collect();
+        append(&log, &bodies).await;
+    }
+    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(200)).await;
+    first.stop().await;
+    second.stop().await;
+    assert!(
+        rows.iter()
+            .all(|r| r.state == "delivered" && r.attempts == 1),
+        "{rows:#?}"
+    );
+    assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
+    assert_eq!(receiver.seen().len(), 200, "each pair sent once");
+    db.drop_now().await;
+}
