@@ -10,12 +10,12 @@ use std::sync::Arc;
 use sqlx::Executor;
 use terra_projector::plan::{Plan, Planned};
 use terra_projector::{Sink, SinkError, WriteStats};
-use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
+use terra_schema::tables::{WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
 use terra_schema::{Dialect, SqlError, SqlTarget, Val, insert_rows, positions};
 
 use crate::dispatch::{Shared, now_ms};
 use crate::endpoint::WebhookSettings;
-use crate::finish::{ATTEMPT_COLUMNS, attempt_row};
+use crate::finish::{attempt_row, insert_attempts};
 use crate::first::{First, Lane, health};
 use crate::metrics::WebhookMetrics;
 use crate::store::{EventRow, Finished, Leased, Next};
@@ -324,16 +324,7 @@ pub(crate) async fn fan_out(
             First::NotSent => {}
         }
     }
-    for stmt in insert_rows(
-        dialect,
-        &target.table(WEBHOOK_ATTEMPTS),
-        &ATTEMPT_COLUMNS,
-        &[],
-        attempts,
-        "",
-    ) {
-        tx.execute(stmt.query()).await?;
-    }
+    insert_attempts(target, &mut tx, attempts).await?;
     if !p.last.is_empty() {
         positions::write(target, &mut tx, WEBHOOK_POSITIONS, &p.last, now).await?;
     }

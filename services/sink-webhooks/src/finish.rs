@@ -2,6 +2,7 @@
 //! due again, dead), fenced by its lease token; set-wise on Postgres.
 
 use sqlx::Executor;
+use terra_schema::positions::Tx;
 use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES};
 use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
 
@@ -59,6 +60,25 @@ impl Finished {
     }
 }
 
+/// Inserts attempt rows ([`attempt_row`]).
+pub(crate) async fn insert_attempts(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    rows: Vec<Vec<Val>>,
+) -> Result<(), SqlError> {
+    for stmt in insert_rows(
+        target.dialect(),
+        &target.table(WEBHOOK_ATTEMPTS),
+        &ATTEMPT_COLUMNS,
+        &[],
+        rows,
+        "",
+    ) {
+        tx.execute(stmt.query()).await?;
+    }
+    Ok(())
+}
+
 /// An attempt's row (columns [`ATTEMPT_COLUMNS`]).
 pub(crate) fn attempt_row(f: &Finished) -> Vec<Val> {
     vec![
@@ -88,17 +108,7 @@ pub async fn finish(
     let dialect = target.dialect();
     let d = target.table(WEBHOOK_DELIVERIES);
     let mut tx = target.pool().begin().await?;
-    let attempts: Vec<Vec<Val>> = finished.iter().map(attempt_row).collect();
-    for stmt in insert_rows(
-        dialect,
-        &target.table(WEBHOOK_ATTEMPTS),
-        &ATTEMPT_COLUMNS,
-        &[],
-        attempts,
-        "",
-    ) {
-        tx.execute(stmt.query()).await?;
-    }
+    insert_attempts(target, &mut tx, finished.iter().map(attempt_row).collect()).await?;
     let mut moved = 0;
     // Postgres: the deliveries delivered (the common case) and those due again (a failing
     // endpoint's) in set-wise UPDATEs, the rest one by one
@@ -203,7 +213,7 @@ fn push_fence(stmt: &mut Stmt, f: &Finished) {
 /// Most deliveries per set-wise UPDATE of [`finish`] (5 parameters each at most).
 const FINISH_CHUNK: usize = 1_000;
 
-pub(crate) const ATTEMPT_COLUMNS: [&str; 9] = [
+const ATTEMPT_COLUMNS: [&str; 9] = [
     "delivery_id",
     "attempt",
     "probe",

@@ -298,11 +298,13 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one(dialect: Dialect) {
         hung.clone().all(|r| r.state == "pending"),
         "the hanging endpoint's attempts are all still waiting for their timeout"
     );
-    assert_eq!(
-        hanging.seen().len(),
-        8,
-        "no more than its own cap in flight"
-    );
+    // its first 8 attempts may still be on their way (the healthy one can be done first)
+    let started = std::time::Instant::now();
+    while hanging.seen().len() < 8 && started.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hanging.seen().len(), 8, "its own cap in flight, no more");
     running.shutdown.cancel();
     db.drop_now().await;
 }

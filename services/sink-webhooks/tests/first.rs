@@ -99,43 +99,10 @@ async fn a_quick_endpoint_gets_its_first_attempt_from_the_fan_out_and_no_body_is
     db.drop_now().await;
 }
 
-/// Two replicas (the second without a fan-out); attempts of 150 ms, one at a time, so the
-/// fan-out's wait ends with attempts waiting for a permit (left to the dispatchers) and one in
-/// flight (leased to itself). Every pair is sent once and counted once.
+/// The fan-out's wait ends with first attempts waiting for a permit (left to the
+/// dispatchers) and one in flight (leased to itself), a second replica's dispatcher beside.
 async fn first_attempts_cut_off_in_flight_are_recorded_once(dialect: Dialect) {
-    let (db, target) = database(dialect).await;
-    let log = TestLog::new();
-    let receiver =
-        Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(150)))).await;
-    let make = || {
-        let mut e = endpoint("shared", &receiver.url());
-        e.max_in_flight = 1;
-        e.timeout = Duration::from_millis(300);
-        let mut s = settings(vec![e]);
-        s.lease_margin = Duration::from_millis(400);
-        s
-    };
-    let first = start(&log.log, &target, make());
-    let second = start_with(&log.log, &target, make(), false);
-    let bodies: Vec<_> = (0..24)
-        .map(|n| body("activity", &format!("u{n}"), n))
-        .collect();
-    append(&log, &bodies).await;
-    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(24)).await;
-    first.stop().await;
-    second.stop().await;
-    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
-    assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
-    assert_eq!(receiver.seen().len(), 24, "each pair sent once");
-    for row in &rows {
-        assert_eq!(row.attempts, 1, "{row:?}: counted once");
-        assert_eq!(
-            attempts(&target, row.id).await.len(),
-            1,
-            "{row:?}: recorded once"
-        );
-    }
-    db.drop_now().await;
+    slow_replicas_send_each_pair_once(dialect, true).await;
 }
 
 mod shared_log {

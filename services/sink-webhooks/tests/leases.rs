@@ -159,39 +159,7 @@ async fn stopping_hands_the_queued_deliveries_back_uncounted(dialect: Dialect) {
 async fn a_queued_delivery_whose_lease_would_not_cover_its_attempt_is_handed_back(
     dialect: Dialect,
 ) {
-    let (db, target) = database(dialect).await;
-    let log = TestLog::new();
-    let receiver =
-        Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(150)))).await;
     // leases of 2 x 300 ms + 400 ms: a queued delivery goes only with 500 ms of lease left,
     // so of each worker's 8 leased at once only the first few go before it is handed back
-    let make = || {
-        let mut e = endpoint("shared", &receiver.url());
-        e.max_in_flight = 1;
-        e.timeout = Duration::from_millis(300);
-        let mut s = settings(vec![e]);
-        s.lease_margin = Duration::from_millis(400);
-        s.first_from_fan_out = false;
-        s
-    };
-    let first = start(&log.log, &target, make());
-    let second = start_with(&log.log, &target, make(), false);
-    let bodies: Vec<_> = (0..24)
-        .map(|n| body("activity", &format!("u{n}"), n))
-        .collect();
-    append(&log, &bodies).await;
-    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(24)).await;
-    first.stop().await;
-    second.stop().await;
-    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
-    assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
-    assert_eq!(receiver.seen().len(), 24, "each pair sent once");
-    for (id, counted, recorded, _) in counted_and_recorded(&target).await {
-        assert_eq!(
-            (counted, recorded),
-            (1, 1),
-            "delivery {id}: one attempt, counted once"
-        );
-    }
-    db.drop_now().await;
+    slow_replicas_send_each_pair_once(dialect, false).await;
 }

@@ -322,3 +322,46 @@ pub async fn append(log: &TestLog, bodies: &[Vec<u8>]) {
 
 /// How long a test waits for what it expects.
 pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Two replicas (the second without a fan-out) and attempts of 150 ms, one at a time, with
+/// leases of 2 x 300 ms + 400 ms: queued leases go stale and are handed back, and (with
+/// `first_from_fan_out`) the fan-out's wait ends with first attempts waiting for a permit
+/// and one in flight. Every pair is sent once, counted once and recorded once.
+pub async fn slow_replicas_send_each_pair_once(dialect: Dialect, first_from_fan_out: bool) {
+    use receiver::{Answer, Receiver};
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let receiver =
+        Receiver::start(Arc::new(|_, _| Answer::SlowOk(Duration::from_millis(150)))).await;
+    let make = || {
+        let mut e = endpoint("shared", &receiver.url());
+        e.max_in_flight = 1;
+        e.timeout = Duration::from_millis(300);
+        let mut s = settings(vec![e]);
+        s.lease_margin = Duration::from_millis(400);
+        s.first_from_fan_out = first_from_fan_out;
+        s
+    };
+    let first = start(&log.log, &target, make());
+    let second = start_with(&log.log, &target, make(), false);
+    let bodies: Vec<_> = (0..24)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
+    append(&log, &bodies).await;
+    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(24)).await;
+    first.stop().await;
+    second.stop().await;
+    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:#?}");
+    assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
+    assert_eq!(receiver.seen().len(), 24, "each pair sent once");
+    for row in &rows {
+        let recorded = attempts(&target, row.id).await.len();
+        assert_eq!(
+            (row.attempts, recorded),
+            (1, 1),
+            "delivery {}: one attempt, counted once",
+            row.id
+        );
+    }
+    db.drop_now().await;
+}
