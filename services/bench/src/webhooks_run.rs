@@ -69,14 +69,24 @@ impl Running {
         let settings = Arc::new(settings);
         let shared = Shared::new(&settings);
         let metrics = WebhookMetrics::unregistered();
-        let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
-        config.batch_wait = Duration::from_millis(10);
-        let mut sink = FanOutSink::new(
+        // the dispatcher first: the fan-out waits for it to start
+        let sender =
+            Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("an HTTP client");
+        let dispatching = terra_sink_webhooks::dispatch::run(
             target.clone(),
             settings.clone(),
-            shared.clone(),
+            sender,
             metrics.clone(),
+            shared.clone(),
+            stop.clone(),
         );
+        let dispatcher = tokio::spawn(async move {
+            dispatching.await?;
+            anyhow::Ok(())
+        });
+        let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
+        config.batch_wait = Duration::from_millis(10);
+        let mut sink = FanOutSink::new(target.clone(), settings, shared, metrics);
         let (log, fan_out_stop) = (log.clone(), stop.clone());
         let fan_out = tokio::spawn(async move {
             terra_projector::run(
@@ -86,22 +96,6 @@ impl Running {
                 &ProjectorMetrics::unregistered(),
                 fan_out_stop,
                 |_| {},
-            )
-            .await?;
-            anyhow::Ok(())
-        });
-        let target = target.clone();
-        let dispatch_stop = stop.clone();
-        let dispatcher = tokio::spawn(async move {
-            let sender = Sender::new(AddressPolicy::new(settings.allow_cidrs.clone()))
-                .map_err(anyhow::Error::msg)?;
-            terra_sink_webhooks::dispatch::run(
-                target,
-                settings,
-                sender,
-                metrics,
-                shared,
-                dispatch_stop,
             )
             .await?;
             anyhow::Ok(())

@@ -70,26 +70,22 @@ pub(crate) fn spawn_webhooks(
         endpoints = settings.endpoints.len(),
         "webhook destination starting"
     );
-    let sink = FanOutSink::new(
+    // the dispatcher first: the fan-out waits for it to start
+    let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
         target.clone(),
         settings.clone(),
-        shared.clone(),
+        sender,
         metrics.clone(),
-    );
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    let sink = FanOutSink::new(target, settings, shared, metrics);
     let fan_out = tokio::spawn(project::supervise(
         "webhook",
         config,
         log,
         sink,
         projector_metrics,
-        shutdown.clone(),
-    ));
-    let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
-        target,
-        settings,
-        sender,
-        metrics,
-        shared,
         shutdown.clone(),
     ));
     Ok(tokio::spawn(async move {

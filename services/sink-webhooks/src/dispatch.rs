@@ -55,6 +55,11 @@ impl Shared {
     }
 
     fn set_lane(&self, lane: Option<Arc<Lane>>) {
+        if lane.is_none()
+            && let Some(old) = self.lane()
+        {
+            old.close();
+        }
         if let Ok(mut slot) = self.lane.lock() {
             *slot = lane;
         }
@@ -82,16 +87,84 @@ pub(crate) struct View {
 
 pub(crate) type Views = Arc<Mutex<HashMap<String, View>>>;
 
-/// Runs the dispatcher until `shutdown`: attempts in flight finish (each is bounded by its
-/// endpoint's timeout) and their results are recorded before it returns.
-pub async fn run(
+/// The dispatcher, to run until `shutdown`: attempts in flight finish (each is bounded by its
+/// endpoint's timeout) and their results are recorded before it returns. Calling this (before
+/// the future runs) tells the fan-out of this `shared` that a dispatcher is starting: it waits
+/// for it (see [`crate::first`]), so call it before starting the fan-out.
+pub fn run(
     target: SqlTarget,
     settings: Arc<WebhookSettings>,
     sender: Sender,
     metrics: WebhookMetrics,
     shared: Shared,
     shutdown: CancellationToken,
+) -> impl std::future::Future<Output = Result<(), SqlError>> + Send + 'static {
+    let views: Views = Arc::default();
+    let (results, inbox) = mpsc::channel::<Outcome>(FINISH_BATCH * 4);
+    let global = Arc::new(Semaphore::new(settings.max_in_flight));
+    let own: Vec<Arc<Semaphore>> = settings
+        .endpoints
+        .iter()
+        .map(|e| Arc::new(Semaphore::new(e.max_in_flight)))
+        .collect();
+    let lane = Arc::new(Lane::new(
+        sender.clone(),
+        settings.clone(),
+        views.clone(),
+        global.clone(),
+        results.downgrade(),
+        metrics.clone(),
+        own.iter().cloned().map(LaneEndpoint::new).collect(),
+    ));
+    shared.set_lane(Some(lane.clone()));
+    let parts = Parts {
+        target,
+        settings,
+        sender,
+        metrics,
+        shared,
+        views,
+        global,
+        own,
+        results,
+    };
+    async move {
+        let served = serve(parts, inbox, &lane, shutdown).await;
+        lane.close();
+        served
+    }
+}
+
+/// What [`run`] sets up before it runs.
+struct Parts {
+    target: SqlTarget,
+    settings: Arc<WebhookSettings>,
+    sender: Sender,
+    metrics: WebhookMetrics,
+    shared: Shared,
+    views: Views,
+    global: Arc<Semaphore>,
+    own: Vec<Arc<Semaphore>>,
+    results: mpsc::Sender<Outcome>,
+}
+
+async fn serve(
+    parts: Parts,
+    inbox: mpsc::Receiver<Outcome>,
+    lane: &Lane,
+    shutdown: CancellationToken,
 ) -> Result<(), SqlError> {
+    let Parts {
+        target,
+        settings,
+        sender,
+        metrics,
+        shared,
+        views,
+        global,
+        own,
+        results,
+    } = parts;
     let now = now_ms();
     let names: Vec<&str> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -101,31 +174,19 @@ pub async fn run(
             Ok(()) => break,
             Err(SqlError::Unavailable(why)) => {
                 if !retry.wait(&why).await {
+                    shared.set_lane(None);
                     return Ok(());
                 }
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                shared.set_lane(None);
+                return Err(err);
+            }
         }
     }
-    let views: Views = Arc::default();
     crate::writer::load_views(&target, &settings, &views, &metrics).await;
-    let (results, inbox) = mpsc::channel::<Outcome>(FINISH_BATCH * 4);
+    lane.ready();
     let stop_sending = shutdown.child_token();
-    let global = Arc::new(Semaphore::new(settings.max_in_flight));
-    let own: Vec<Arc<Semaphore>> = settings
-        .endpoints
-        .iter()
-        .map(|e| Arc::new(Semaphore::new(e.max_in_flight)))
-        .collect();
-    shared.set_lane(Some(Arc::new(Lane {
-        sender: sender.clone(),
-        settings: settings.clone(),
-        views: views.clone(),
-        global: global.clone(),
-        results: results.downgrade(),
-        metrics: metrics.clone(),
-        endpoints: own.iter().cloned().map(LaneEndpoint::new).collect(),
-    })));
     let mut workers = JoinSet::new();
     for (endpoint, own) in settings.endpoints.iter().zip(own) {
         let worker = crate::worker::Worker {

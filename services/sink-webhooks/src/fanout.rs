@@ -23,6 +23,9 @@ use crate::store::{EventRow, Finished, Leased, Next};
 mod sql;
 use sql::{EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, insert_deliveries};
 
+/// The longest the fan-out waits for the dispatcher of its process to start.
+const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The consumer group of the webhook destination.
 pub const WEBHOOKS_GROUP: &str = "webhooks";
 
@@ -63,6 +66,11 @@ impl Sink for FanOutSink {
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
         let lane = self.shared.lane();
+        if let Some(lane) = &lane {
+            // the dispatcher of this process is starting: its first batches can then have
+            // first attempts too
+            lane.wait_ready(LANE_WAIT).await;
+        }
         let out = match fan_out(&self.target, &self.settings, lane.as_ref(), batch).await {
             Ok(out) => out,
             Err(FanOutError::Behind(stored)) => return Err(SinkError::Behind(stored)),

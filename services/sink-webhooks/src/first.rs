@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering as Atomic};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::dispatch::{Outcome, Views, next_step, now_ms, outcome_label};
 use crate::endpoint::{Ordering, WebhookSettings};
@@ -41,15 +41,18 @@ const COOL_DOWN_MAX: Duration = Duration::from_secs(600);
 /// What the fan-out needs to send first attempts: the dispatcher's sender, permits (the same
 /// caps as its workers) and result writer. Set up by [`crate::dispatch::run`].
 pub(crate) struct Lane {
-    pub(crate) sender: Sender,
-    pub(crate) settings: Arc<WebhookSettings>,
-    pub(crate) views: Views,
-    pub(crate) global: Arc<Semaphore>,
+    sender: Sender,
+    settings: Arc<WebhookSettings>,
+    views: Views,
+    global: Arc<Semaphore>,
     /// Weak: the writer ends once the workers and the batches in flight are done with it.
-    pub(crate) results: mpsc::WeakSender<Outcome>,
-    pub(crate) metrics: WebhookMetrics,
+    results: mpsc::WeakSender<Outcome>,
+    metrics: WebhookMetrics,
     /// Per endpoint (the settings' order): its cap and when it may have first attempts again.
-    pub(crate) endpoints: Vec<LaneEndpoint>,
+    endpoints: Vec<LaneEndpoint>,
+    /// `Some(true)` once the dispatcher has registered the endpoints and read their states;
+    /// `Some(false)` while it starts; `None` once it stopped.
+    state: watch::Sender<Option<bool>>,
 }
 
 pub(crate) struct LaneEndpoint {
@@ -89,9 +92,47 @@ const WAITING: u64 = 0;
 const CANCELLED: u64 = 1;
 
 impl Lane {
+    pub(crate) fn new(
+        sender: Sender,
+        settings: Arc<WebhookSettings>,
+        views: Views,
+        global: Arc<Semaphore>,
+        results: mpsc::WeakSender<Outcome>,
+        metrics: WebhookMetrics,
+        endpoints: Vec<LaneEndpoint>,
+    ) -> Self {
+        Self {
+            sender,
+            settings,
+            views,
+            global,
+            results,
+            metrics,
+            endpoints,
+            state: watch::Sender::new(Some(false)),
+        }
+    }
+
+    /// The dispatcher is up: the endpoints' states are known.
+    pub(crate) fn ready(&self) {
+        self.state.send_replace(Some(true));
+    }
+
+    /// The dispatcher stopped (or never started).
+    pub(crate) fn close(&self) {
+        self.state.send_replace(None);
+    }
+
+    /// Waits (up to `limit`) while the dispatcher starts.
+    pub(crate) async fn wait_ready(&self, limit: Duration) {
+        let mut state = self.state.subscribe();
+        let _ = tokio::time::timeout(limit, state.wait_for(|s| *s != Some(false))).await;
+    }
+
     /// Which endpoints (by index) take first attempts from the fan-out now.
     pub(crate) fn eligible(&self) -> Vec<bool> {
         let now = now_ms();
+        let up = *self.state.borrow() == Some(true);
         let views = self.views.lock().map(|v| v.clone()).unwrap_or_default();
         self.settings
             .endpoints
@@ -99,10 +140,9 @@ impl Lane {
             .zip(&self.endpoints)
             .map(|(e, lane)| {
                 let state = views.get(&e.name).map_or("", |v| v.state.as_str());
-                self.settings.first_from_fan_out
+                up && self.settings.first_from_fan_out
                     && e.ordering == Ordering::Unordered
-                    && e.schedule.delay_before(0) == Some(Duration::ZERO)
-                    && matches!(state, "enabled" | "")
+                    && state == "enabled"
                     && lane.slow_until_ms.load(Atomic::Relaxed) <= now
             })
             .collect()

@@ -126,6 +126,16 @@ pub fn start_measured(
     let shutdown = CancellationToken::new();
     let settings = Arc::new(settings);
     let shared = Shared::new(&settings);
+    // the dispatcher first: the fan-out waits for it to start
+    let sender = Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("a sender");
+    let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
+        target.clone(),
+        settings.clone(),
+        sender,
+        metrics.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
     let fan_out = if fan_out {
         let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
         config.batch_wait = Duration::from_millis(10);
@@ -152,15 +162,6 @@ pub fn start_measured(
     } else {
         tokio::spawn(async {})
     };
-    let sender = Sender::new(AddressPolicy::new(settings.allow_cidrs.clone())).expect("a sender");
-    let dispatcher = tokio::spawn(terra_sink_webhooks::dispatch::run(
-        target.clone(),
-        settings,
-        sender,
-        metrics,
-        shared,
-        shutdown.clone(),
-    ));
     let dispatcher = tokio::spawn(async move {
         dispatcher
             .await
