@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use terra_runtime::{Backoff, CancellationToken, Retry};
 use terra_schema::{SqlError, SqlTarget};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use crate::cache::EventCache;
 use crate::endpoint::{Endpoint, WebhookSettings};
-use crate::first::{Lane, LaneEndpoint};
+use crate::first::Lane;
 use crate::metrics::WebhookMetrics;
 use crate::send::{AttemptResult, ErrorClass, Sender};
 use crate::store::{Finished, Leased, Next};
@@ -99,72 +99,33 @@ pub fn run(
     shared: Shared,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = Result<(), SqlError>> + Send + 'static {
-    let views: Views = Arc::default();
     let (results, inbox) = mpsc::channel::<Outcome>(FINISH_BATCH * 4);
-    let global = Arc::new(Semaphore::new(settings.max_in_flight));
-    let own: Vec<Arc<Semaphore>> = settings
-        .endpoints
-        .iter()
-        .map(|e| Arc::new(Semaphore::new(e.max_in_flight)))
-        .collect();
-    let lane = Arc::new(Lane::new(
-        sender.clone(),
-        settings.clone(),
-        views.clone(),
-        global.clone(),
-        results.downgrade(),
-        metrics.clone(),
-        own.iter().cloned().map(LaneEndpoint::new).collect(),
-    ));
+    let lane = Arc::new(Lane::new(sender, settings, results.downgrade(), metrics));
     shared.set_lane(Some(lane.clone()));
-    let parts = Parts {
-        target,
-        settings,
-        sender,
-        metrics,
-        shared,
-        views,
-        global,
-        own,
-        results,
-    };
     async move {
-        let served = serve(parts, inbox, &lane, shutdown).await;
+        let served = serve(target, shared, (results, inbox), &lane, shutdown).await;
         lane.close();
         served
     }
 }
 
-/// What [`run`] sets up before it runs.
-struct Parts {
-    target: SqlTarget,
-    settings: Arc<WebhookSettings>,
-    sender: Sender,
-    metrics: WebhookMetrics,
-    shared: Shared,
-    views: Views,
-    global: Arc<Semaphore>,
-    own: Vec<Arc<Semaphore>>,
-    results: mpsc::Sender<Outcome>,
-}
-
+/// The dispatcher's tasks: registers the endpoints, then runs a worker per endpoint, the
+/// result writer and the refresher until `shutdown`.
 async fn serve(
-    parts: Parts,
-    inbox: mpsc::Receiver<Outcome>,
+    target: SqlTarget,
+    shared: Shared,
+    (results, inbox): (mpsc::Sender<Outcome>, mpsc::Receiver<Outcome>),
     lane: &Lane,
     shutdown: CancellationToken,
 ) -> Result<(), SqlError> {
-    let Parts {
-        target,
-        settings,
+    let Lane {
         sender,
-        metrics,
-        shared,
+        settings,
         views,
         global,
-        own,
-        results,
-    } = parts;
+        metrics,
+        ..
+    } = lane;
     let now = now_ms();
     let names: Vec<&str> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -184,11 +145,11 @@ async fn serve(
             }
         }
     }
-    crate::writer::load_views(&target, &settings, &views, &metrics).await;
+    crate::writer::load_views(&target, settings, views, metrics).await;
     lane.ready();
     let stop_sending = shutdown.child_token();
     let mut workers = JoinSet::new();
-    for (endpoint, own) in settings.endpoints.iter().zip(own) {
+    for (i, endpoint) in settings.endpoints.iter().enumerate() {
         let worker = crate::worker::Worker {
             target: target.clone(),
             settings: settings.clone(),
@@ -196,7 +157,7 @@ async fn serve(
             sender: sender.clone(),
             shared: shared.clone(),
             views: views.clone(),
-            own,
+            own: lane.own(i),
             global: global.clone(),
             results: results.clone(),
             metrics: metrics.clone(),
@@ -215,8 +176,8 @@ async fn serve(
     let refresher = tokio::spawn(crate::writer::refresh(
         target.clone(),
         settings.clone(),
-        views,
-        metrics,
+        views.clone(),
+        metrics.clone(),
         stop_sending.clone(),
     ));
     stop_sending.cancelled().await;

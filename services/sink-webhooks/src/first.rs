@@ -41,13 +41,15 @@ const COOL_DOWN_MAX: Duration = Duration::from_secs(600);
 /// What the fan-out needs to send first attempts: the dispatcher's sender, permits (the same
 /// caps as its workers) and result writer. Set up by [`crate::dispatch::run`].
 pub(crate) struct Lane {
-    sender: Sender,
-    settings: Arc<WebhookSettings>,
-    views: Views,
-    global: Arc<Semaphore>,
+    pub(crate) sender: Sender,
+    pub(crate) settings: Arc<WebhookSettings>,
+    /// The endpoints' states as the dispatcher reads them.
+    pub(crate) views: Views,
+    /// The global cap.
+    pub(crate) global: Arc<Semaphore>,
     /// Weak: the writer ends once the workers and the batches in flight are done with it.
     results: mpsc::WeakSender<Outcome>,
-    metrics: WebhookMetrics,
+    pub(crate) metrics: WebhookMetrics,
     /// Per endpoint (the settings' order): its cap and when it may have first attempts again.
     endpoints: Vec<LaneEndpoint>,
     /// `Some(true)` once the dispatcher has registered the endpoints and read their states;
@@ -55,14 +57,14 @@ pub(crate) struct Lane {
     state: watch::Sender<Option<bool>>,
 }
 
-pub(crate) struct LaneEndpoint {
-    pub(crate) own: Arc<Semaphore>,
+struct LaneEndpoint {
+    own: Arc<Semaphore>,
     slow_until_ms: AtomicI64,
     strikes: AtomicU32,
 }
 
 impl LaneEndpoint {
-    pub(crate) fn new(own: Arc<Semaphore>) -> Self {
+    fn new(own: Arc<Semaphore>) -> Self {
         Self {
             own,
             slow_until_ms: AtomicI64::new(0),
@@ -95,22 +97,29 @@ impl Lane {
     pub(crate) fn new(
         sender: Sender,
         settings: Arc<WebhookSettings>,
-        views: Views,
-        global: Arc<Semaphore>,
         results: mpsc::WeakSender<Outcome>,
         metrics: WebhookMetrics,
-        endpoints: Vec<LaneEndpoint>,
     ) -> Self {
+        let endpoints = settings
+            .endpoints
+            .iter()
+            .map(|e| LaneEndpoint::new(Arc::new(Semaphore::new(e.max_in_flight))))
+            .collect();
         Self {
+            global: Arc::new(Semaphore::new(settings.max_in_flight)),
             sender,
             settings,
-            views,
-            global,
+            views: Views::default(),
             results,
             metrics,
             endpoints,
             state: watch::Sender::new(Some(false)),
         }
+    }
+
+    /// The cap of endpoint `i` (shared with its worker).
+    pub(crate) fn own(&self, i: usize) -> Arc<Semaphore> {
+        self.endpoints[i].own.clone()
     }
 
     /// The dispatcher is up: the endpoints' states are known.
