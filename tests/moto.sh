@@ -3,7 +3,9 @@
 # projector's tests, plus off-the-shelf clients: boto3, and grpcio with reflection for the
 # query service.
 #   tests/moto.sh install   a venv under ~/.cache/terra-ingest/moto-venv (about 70 s; cached)
-#   tests/moto.sh start     starts it on a free loopback port and prints shell exports:
+#   tests/moto.sh start     starts it (through tests/moto_server.py, which makes its
+#                           conditional PUTs atomic, as S3's are) on a free loopback port
+#                           and prints shell exports:
 #                           TERRA_TEST_S3_ENDPOINT=http://127.0.0.1:PORT, MOTO_PID,
 #                           TERRA_TEST_PYTHON (the venv's python, with boto3)
 set -euo pipefail
@@ -22,7 +24,8 @@ case "${1:-}" in
   start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     log=$(mktemp)
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+    # moto's server with atomic object requests (conditional PUTs): tests/moto_server.py
+    "$VENV/bin/python" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 1 150); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

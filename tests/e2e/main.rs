@@ -18,6 +18,7 @@ mod kafka_tools;
 mod large;
 mod log_repair;
 mod objects;
+mod projection_lag;
 mod projector;
 mod query;
 mod terra_sdks;
@@ -28,6 +29,28 @@ const BIN: &str = env!("CARGO_BIN_EXE_terra-ingest");
 
 fn fixtures_dir() -> String {
     format!("{}/../../tests/fixtures", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The activity fixture (`template`) as a delivery of its own: `"seq": tag` first (the same
+/// signed body again would be a replay, answered without an append).
+fn distinct_activity(template: &[u8], tag: &str) -> Vec<u8> {
+    [format!("{{\"seq\": \"{tag}\", ").as_bytes(), &template[1..]].concat()
+}
+
+/// POSTs `body` to `url`, signed now with `signer`.
+async fn post_signed(
+    client: &reqwest::Client,
+    url: &str,
+    signer: &terra_core::SigningSecret,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    let now = terra_core::keys::now_ms() / 1000;
+    client
+        .post(url)
+        .header("terra-signature", signer.sign(now, &body))
+        .body(body)
+        .send()
+        .await
 }
 
 struct Server {
@@ -273,22 +296,8 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook() {
             let client = reqwest::Client::new();
             let mut acked = Vec::new();
             for n in 0u64.. {
-                // distinct deliveries: the same signed body again would be a replay
-                let body = [
-                    format!("{{\"seq\": \"{task}-{n}\", ").as_bytes(),
-                    &template[1..],
-                ]
-                .concat();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                let sent = client
-                    .post(&url)
-                    .header("terra-signature", signer.sign(now, &body))
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let body = distinct_activity(&template, &format!("{task}-{n}"));
+                let sent = post_signed(&client, &url, &signer, body).await;
                 let Ok(response) = sent else { return acked };
                 if response.status() != 200 {
                     return acked;

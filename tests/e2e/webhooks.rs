@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::{BIN, fixtures_dir, start};
+use super::{BIN, distinct_activity, fixtures_dir, post_signed, start};
 
 const SECRET: &str = "whsec_e2e_webhooks";
 
@@ -76,15 +76,8 @@ async fn fill_log(cwd: &Path, n: usize) {
     let signer = terra_core::SigningSecret::new(SECRET).unwrap();
     let client = reqwest::Client::new();
     for seq in 0..n {
-        let body = [format!("{{\"seq\": \"{seq}\", ").as_bytes(), &template[1..]].concat();
-        let now = terra_core::keys::now_ms() / 1000;
-        let response = client
-            .post(&url)
-            .header("terra-signature", signer.sign(now, &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let body = distinct_activity(&template, &seq.to_string());
+        let response = post_signed(&client, &url, &signer, body).await.unwrap();
         assert_eq!(response.status(), 200);
     }
     drop(server);

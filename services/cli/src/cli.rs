@@ -12,7 +12,8 @@ use secrecy::SecretString;
 pub use crate::settings::{KafkaProperty, LogFormat};
 pub use ingress_flags::{DataDirArgs, IngressArgs, LogArgs, TelemetryArgs};
 pub use projection_flags::{
-    BatchArgs, BatchSizeArgs, MigrateFlag, ObjectArgs, ProjectorArgs, SqlArgs, SupabaseArgs,
+    BatchArgs, BatchSizeArgs, MaxLagArgs, MigrateFlag, ObjectArgs, ProjectorArgs, SqlArgs,
+    SupabaseArgs,
 };
 pub use query_flags::QueryArgs;
 pub use webhook_flags::WebhookArgs;
@@ -87,6 +88,8 @@ pub struct StandaloneArgs {
     pub sql: SqlArgs,
     #[command(flatten)]
     pub batch: BatchArgs,
+    #[command(flatten)]
+    pub max_lag: MaxLagArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
     #[command(flatten)]

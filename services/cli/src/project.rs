@@ -13,7 +13,7 @@ use sqlx::Executor;
 use terra_eventlog::EventLog;
 use terra_projector::RebuildOptions;
 use terra_projector::{ProjectorConfig, ProjectorMetrics};
-use terra_runtime::{Backoff, CancellationToken, Readiness, Retry};
+use terra_runtime::{Backoff, CancellationToken, LagBound, Readiness, Retry};
 use terra_schema::{SqlError, SqlTarget};
 use terra_sink_sql::SqlSink;
 use tokio::task::JoinHandle;
@@ -65,12 +65,14 @@ pub(crate) async fn open_sql(
 /// stops on its own.
 pub(crate) fn spawn_sql(
     batches: &Batches,
+    lag_bound: Option<LagBound>,
     target: SqlTarget,
     log: EventLog,
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let config = batches.projector_config(terra_sink_sql::SQL_GROUP);
+    let mut config = batches.projector_config(terra_sink_sql::SQL_GROUP);
+    config.lag_bound = lag_bound;
     tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
     tokio::spawn(supervise(
         "sql",
@@ -115,6 +117,7 @@ pub(crate) async fn supervise<S: terra_projector::Sink>(
 pub(crate) async fn spawn_objects(
     objects: &ObjectSettings,
     batches: &Batches,
+    lag_bound: Option<LagBound>,
     log: EventLog,
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
@@ -124,7 +127,8 @@ pub(crate) async fn spawn_objects(
         Some(sqs) => Some(terra_sink_objects::Pinger::connect(sqs).await),
         None => None,
     };
-    let config = batches.projector_config(terra_sink_objects::OBJECTS_GROUP);
+    let mut config = batches.projector_config(terra_sink_objects::OBJECTS_GROUP);
+    config.lag_bound = lag_bound;
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
     let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(
@@ -160,7 +164,7 @@ pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> 
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_objects(&objects, &batches, log, metrics, shutdown.clone()).await?;
+    let projector = spawn_objects(&objects, &batches, None, log, metrics, shutdown.clone()).await?;
     until_stopped(projector, http, shutdown).await
 }
 
@@ -187,7 +191,7 @@ pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_sql(&batches, target, log, metrics, shutdown.clone());
+    let projector = spawn_sql(&batches, None, target, log, metrics, shutdown.clone());
     until_stopped(projector, http, shutdown).await
 }
 

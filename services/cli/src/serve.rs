@@ -25,7 +25,7 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     } else {
         None
     };
-    let settings = settings::resolve_ingress(&config, standalone)?;
+    let mut settings = settings::resolve_ingress(&config, standalone)?;
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
     let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
@@ -51,6 +51,19 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
         ),
         None => None,
     };
+    // standalone on the embedded log: the ingress holds webhooks while a projection is more
+    // than `projector.max_lag` records behind (a Kafka log is read by other consumers too
+    // and its lag is a broker query: not bounded here)
+    let lag_bound = match &projection_settings {
+        Some((_, batches, ..)) if batches.max_lag > 0 && matches!(log, EventLog::Embedded(_)) => {
+            Some(terra_runtime::LagBound::new(
+                batches.max_lag,
+                PROJECTION_HOLD,
+            ))
+        }
+        _ => None,
+    };
+    settings.ingress.lag_bound = lag_bound.clone();
     let mut projector_metrics = None;
     let mut webhook_metrics = None;
     let metrics = Metrics::with_extra(|registry| {
@@ -71,20 +84,10 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     let mut projectors = Vec::new();
+    // standalone's projections run on a runtime of their own whose threads have a lower
+    // priority than the ingress's (see `Background`)
+    let mut background = None;
     if let Some((sql, batches, objects, query, webhooks)) = projection_settings {
-        let target = project::open_sql(&sql, true, &shutdown).await?;
-        if let Some(webhooks) = webhooks {
-            let target = crate::webhooks::open_webhook_tables(&sql, &shutdown).await?;
-            projectors.push(crate::webhooks::spawn_webhooks(
-                webhooks,
-                &batches,
-                target,
-                log.clone(),
-                projector_metrics.clone(),
-                webhook_metrics,
-                shutdown.clone(),
-            )?);
-        }
         let store = terra_sink_objects::Store::open(&objects.store)?;
         // its own read pool: long queries cannot hold the projector's connections
         let service = query::for_standalone(
@@ -96,23 +99,20 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
         )?;
         let grpc = query::spawn(query.grpc_addr, query.server, service, shutdown.clone()).await?;
         projectors.push(grpc);
-        projectors.push(project::spawn_sql(
-            &batches,
-            target,
+        let runtime = Background::start().context("failed to start the projectors' runtime")?;
+        let started = runtime.spawn(start_projections(
+            sql,
+            batches,
+            objects,
+            webhooks,
+            lag_bound,
             log.clone(),
-            projector_metrics.clone(),
+            projector_metrics,
+            webhook_metrics,
             shutdown.clone(),
         ));
-        projectors.push(
-            project::spawn_objects(
-                &objects,
-                &batches,
-                log.clone(),
-                projector_metrics,
-                shutdown.clone(),
-            )
-            .await?,
-        );
+        background = Some(runtime);
+        projectors.extend(started.await.context("projector start-up panicked")??);
     }
     let ingress = terra_ingress::run(
         settings.ingress,
@@ -133,8 +133,128 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     if let EventLog::Kafka(kafka) = &log {
         kafka.flush(Duration::from_secs(5));
     }
+    if let Some(runtime) = background {
+        runtime.stop();
+    }
     served?;
     projected?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the SQL target (migrating it) and starts standalone's projectors: the webhook
+/// destination when endpoints are configured, then the SQL and object projectors. Run on the
+/// [`Background`] runtime, so the projectors, the tasks and threads they start (SQLite's
+/// worker thread, the folder store's writers) and the connections they open are all its.
+#[allow(clippy::too_many_arguments)]
+async fn start_projections(
+    sql: settings::SqlSettings,
+    batches: settings::Batches,
+    objects: settings::ObjectSettings,
+    webhooks: Option<terra_sink_webhooks::WebhookSettings>,
+    lag_bound: Option<terra_runtime::LagBound>,
+    log: EventLog,
+    projector_metrics: ProjectorMetrics,
+    webhook_metrics: terra_sink_webhooks::WebhookMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let mut projectors = Vec::new();
+    let target = project::open_sql(&sql, true, &shutdown).await?;
+    if let Some(webhooks) = webhooks {
+        let target = crate::webhooks::open_webhook_tables(&sql, &shutdown).await?;
+        projectors.push(crate::webhooks::spawn_webhooks(
+            webhooks,
+            &batches,
+            target,
+            log.clone(),
+            projector_metrics.clone(),
+            webhook_metrics,
+            shutdown.clone(),
+        )?);
+    }
+    projectors.push(project::spawn_sql(
+        &batches,
+        lag_bound.clone(),
+        target,
+        log.clone(),
+        projector_metrics.clone(),
+        shutdown.clone(),
+    ));
+    projectors.push(
+        project::spawn_objects(
+            &objects,
+            &batches,
+            lag_bound,
+            log,
+            projector_metrics,
+            shutdown,
+        )
+        .await?,
+    );
+    Ok(projectors)
+}
+
+/// Longest hold of a webhook while a projection is too far behind: well inside Terra's
+/// ~8 s delivery timeout with the append after it.
+const PROJECTION_HOLD: Duration = Duration::from_secs(2);
+
+/// How much lower than the ingress's the projectors' threads run in `standalone` (Linux
+/// nice: each step is ~1.25x less CPU when both want it; 5 gives the ingress ~3x the
+/// projectors' share per thread while both are busy). The scheduler still gives the
+/// projectors every cycle the ingress does not use, so below saturation they project as fast
+/// as before; what changes is that a webhook waiting for the CPU (its request, its group
+/// commit on the log's own thread) goes first, so the ingress's latency does not depend on
+/// how far behind the projections are.
+pub(crate) const PROJECTOR_NICE: i32 = 5;
+
+/// The runtime standalone's projectors run on: two workers and its blocking pool, every
+/// thread at [`PROJECTOR_NICE`] (set on itself when it starts; threads started from them,
+/// like SQLite's worker, inherit it).
+pub(crate) struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    pub(crate) fn start() -> std::io::Result<Self> {
+        // from the caller's priority (the ingress's), not the starting thread's: a blocking
+        // thread is started from a thread that is already lowered
+        let nice = rustix::process::getpriority_process(None).unwrap_or(0) + PROJECTOR_NICE;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("projector")
+            .enable_all()
+            .on_thread_start(move || set_priority(nice))
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("running").spawn(future)
+    }
+
+    /// Stops the runtime without waiting for idle blocking threads (callable from async code,
+    /// where dropping a runtime is not).
+    pub(crate) fn stop(mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Sets the calling thread's nice value (on Linux, nice is per thread). Lowering needs no
+/// privilege; where it fails the thread keeps running as it was.
+fn set_priority(nice: i32) {
+    if let Err(err) = rustix::process::setpriority_process(None, nice) {
+        tracing::debug!(error = %err, "could not lower a projector thread's priority");
+    }
 }

@@ -108,6 +108,9 @@ pub struct IngressConfig {
     pub replay_cache_entries: usize,
     /// Most rejected requests logged per second; the metrics count every one.
     pub rejection_logs_per_sec: u32,
+    /// `standalone`: new webhooks are held (up to the bound's hold, then accepted) while a
+    /// projection of the same process is too far behind; `None`: never held.
+    pub lag_bound: Option<terra_runtime::LagBound>,
 }
 
 impl IngressConfig {
@@ -125,6 +128,7 @@ impl IngressConfig {
             limits: Limits::default(),
             replay_cache_entries: Self::DEFAULT_REPLAY_CACHE_ENTRIES,
             rejection_logs_per_sec: Self::DEFAULT_REJECTION_LOGS_PER_SEC,
+            lag_bound: None,
         }
     }
 

@@ -33,6 +33,11 @@ pub struct Metrics {
     /// Deliveries whose `X-Terra-Ordering-Timestamp` was later than their signature and was
     /// capped to it.
     pub(crate) ordering_timestamps_capped: Counter,
+    /// Webhooks held because a projection of the same process was too far behind
+    /// (`standalone`), and the time they were held.
+    pub(crate) projection_hold_seconds: Histogram,
+    /// Held webhooks let through after the whole hold, the projection still behind.
+    pub(crate) projection_holds_expired: Counter,
 }
 
 impl Metrics {
@@ -81,6 +86,18 @@ impl Metrics {
             "Deliveries whose X-Terra-Ordering-Timestamp was later than their signature",
             ordering_timestamps_capped.clone(),
         );
+        let projection_hold_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
+        registry.register(
+            "projection_hold_seconds",
+            "Time webhooks were held because a projection of this process was more than projector.max_lag records behind",
+            projection_hold_seconds.clone(),
+        );
+        let projection_holds_expired = Counter::default();
+        registry.register(
+            "projection_holds_expired",
+            "Held webhooks let through after the whole hold with a projection still behind",
+            projection_holds_expired.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -89,6 +106,8 @@ impl Metrics {
             connections_refused,
             replay_cache_evictions,
             ordering_timestamps_capped,
+            projection_hold_seconds,
+            projection_holds_expired,
         }
     }
 

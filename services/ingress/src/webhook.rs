@@ -243,6 +243,9 @@ async fn accept(
         }
     };
 
+    if let Some(bound) = &inner.config.lag_bound {
+        hold_for_projections(bound, &inner.metrics).await;
+    }
     let ordering = ordering_timestamp(headers, signature_timestamp);
     if ordering.capped {
         inner.metrics.ordering_timestamps_capped.inc();
@@ -294,6 +297,24 @@ async fn accept(
         answer,
         replayed: false,
     })
+}
+
+/// Holds a new webhook while a projection of this process is too far behind (see
+/// [`terra_runtime::lag`]); it is accepted after the hold either way.
+async fn hold_for_projections(bound: &terra_runtime::LagBound, metrics: &crate::Metrics) {
+    use terra_runtime::lag::Admission;
+    match bound.admit().await {
+        Admission::Now => {}
+        Admission::Held(waited) => metrics
+            .projection_hold_seconds
+            .observe(waited.as_secs_f64()),
+        Admission::HeldOut => {
+            metrics
+                .projection_hold_seconds
+                .observe(bound.hold().as_secs_f64());
+            metrics.projection_holds_expired.inc();
+        }
+    }
 }
 
 /// Whether `source`'s allowlist admits this client.

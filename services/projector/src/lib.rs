@@ -18,7 +18,7 @@ pub use metrics::ProjectorMetrics;
 pub use plan::Version;
 pub use rebuild::{Rebuild, RebuildError, RebuildOptions, RebuildReport, rebuild};
 pub use runner::{
-    DEFAULT_BATCH_LINGER, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT, LINGER_FROM_RECORDS,
-    ProjectorConfig, ProjectorError, Sink, SinkError, WriteStats, run,
+    DEFAULT_BATCH_LINGER, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT, DEFAULT_MAX_LAG,
+    LINGER_FROM_RECORDS, ProjectorConfig, ProjectorError, Sink, SinkError, WriteStats, run,
 };
 pub use terra_runtime::{Backoff, CancellationToken};

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use terra_eventlog::{EventLog, LogError, Position};
-use terra_runtime::{Backoff, CancellationToken, Retry};
+use terra_eventlog::{Consumer, EventLog, LogError, Position};
+use terra_runtime::{Backoff, CancellationToken, LagBound, Retry};
 use tracing::Instrument;
 
 use crate::metrics::ProjectorMetrics;
@@ -111,6 +111,12 @@ pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 /// quiet log, where waiting would only add latency.
 pub const LINGER_FROM_RECORDS: usize = 8;
 
+/// Records a projection of `standalone` may be behind its log before the ingress holds new
+/// webhooks unless set (`projector.max_lag`): about 4-5 s of the projectors' work on the
+/// 2-core development machine, so after any burst they are caught up within seconds of its
+/// end (issue 16; [`terra_runtime::lag`] says why a hold and not a refusal).
+pub const DEFAULT_MAX_LAG: u64 = 50_000;
+
 /// Settings of one projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -126,6 +132,9 @@ pub struct ProjectorConfig {
     pub backoff: Backoff,
     /// Stop once the log is read to the end (rebuilds, benchmarks) instead of following it.
     pub stop_at_end: bool,
+    /// Where this projector reports how far behind the log's end it is after every batch
+    /// (`standalone`: its ingress holds webhooks while a projection is too far behind).
+    pub lag_bound: Option<LagBound>,
 }
 
 impl ProjectorConfig {
@@ -137,6 +146,7 @@ impl ProjectorConfig {
             batch_linger: DEFAULT_BATCH_LINGER,
             backoff: Backoff::DEFAULT,
             stop_at_end: false,
+            lag_bound: None,
         }
     }
 }
@@ -186,29 +196,29 @@ pub async fn run<S: Sink>(
         None => return Ok(totals),
     }
     let mut last_lag = Instant::now() - Duration::from_secs(60);
+    // the next batch, read and planned while the previous one was being written
+    let mut ahead: Option<Batch> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let mut consumed = tokio::select! {
-            polled = consumer.poll(config.batch_size, config.batch_wait) => polled?,
-            () = shutdown.cancelled() => continue,
+        let Batch { consumed, planned } = match ahead.take() {
+            Some(batch) => batch,
+            None => {
+                let consumed = tokio::select! {
+                    polled = next_batch(&mut consumer, config) => polled?,
+                    () = shutdown.cancelled() => continue,
+                };
+                Batch::plan(consumed)
+            }
         };
-        // a batch that started in bulk stays open for its linger, so it gathers what arrives
-        if consumed.len() >= LINGER_FROM_RECORDS && consumed.len() < config.batch_size {
-            let until = tokio::time::Instant::now() + config.batch_linger;
-            while consumed.len() < config.batch_size {
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                let more = consumer
-                    .poll(config.batch_size - consumed.len(), left)
-                    .await?;
-                if more.is_empty() {
-                    break;
-                }
-                consumed.extend(more);
+        if let Some(bound) = &config.lag_bound {
+            // what is read ahead counts as read: at most one batch more than the truth
+            if let Ok(lag) = consumer.lag().await {
+                bound.report(
+                    &config.group,
+                    lag.values().sum::<u64>() + consumed.len() as u64,
+                );
             }
         }
         if last_lag.elapsed() >= Duration::from_secs(2) || consumed.is_empty() {
@@ -244,12 +254,30 @@ pub async fn run<S: Sink>(
             *next = (*next).max(c.position.offset + 1);
         }
         let started = Instant::now();
-        let batch: Vec<Planned> = consumed.iter().map(plan::plan).collect();
         let positions: Vec<Position> = consumed.iter().map(|c| c.position).collect();
         let span = batch_span(&name, &consumed);
-        let written = write_resilient(config, metrics, sink, &batch, &shutdown)
+        drop(consumed);
+        // the next batch is read and planned by a task of its own while this one is written
+        // (the write's work is mostly on the sink's threads: SQLite's, the file writers', the
+        // database's), so the two overlap instead of taking turns
+        let written_flag = ReadAhead::default();
+        let reader = tokio::spawn(read_ahead(
+            consumer,
+            config.batch_size,
+            config.batch_linger,
+            written_flag.clone(),
+        ));
+        let written = write_resilient(config, metrics, sink, &planned, &shutdown)
             .instrument(span)
             .await;
+        written_flag.done();
+        let (returned, read) = match reader.await {
+            Ok(returned) => returned,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // the runtime is shutting down
+            Err(_) => break,
+        };
+        consumer = returned;
         match written {
             Some(Ok(stats)) => {
                 metrics.batch(sink.name(), &stats, started.elapsed());
@@ -259,12 +287,14 @@ pub async fn run<S: Sink>(
                     // the sink's own positions (or idempotent writes) make this harmless
                     tracing::warn!(error = %err, "failed to commit log positions; they will be read again");
                 }
+                ahead = Some(read?);
             }
             Some(Err(SinkError::Behind(stored))) => {
                 tracing::warn!(
                     sink = sink.name(),
                     "the sink's positions are behind this batch (tables swapped by a rebuild?): reading again from them"
                 );
+                // what was read ahead is dropped with the positions it came after
                 consumer.seek(&stored).await?;
                 next_read = stored;
             }
@@ -273,6 +303,105 @@ pub async fn run<S: Sink>(
         }
     }
     Ok(totals)
+}
+
+/// Records read from the log with their plans.
+struct Batch {
+    consumed: Vec<terra_eventlog::Consumed>,
+    planned: Vec<Planned>,
+}
+
+impl Batch {
+    fn plan(consumed: Vec<terra_eventlog::Consumed>) -> Self {
+        let planned = consumed.iter().map(plan::plan).collect();
+        Self { consumed, planned }
+    }
+}
+
+/// The next batch when none was read ahead: waits up to `batch_wait` for a first record; a
+/// batch that started in bulk stays open for its linger, so it gathers what arrives.
+async fn next_batch(
+    consumer: &mut Consumer,
+    config: &ProjectorConfig,
+) -> Result<Vec<terra_eventlog::Consumed>, LogError> {
+    let mut consumed = consumer.poll(config.batch_size, config.batch_wait).await?;
+    if consumed.len() >= LINGER_FROM_RECORDS && consumed.len() < config.batch_size {
+        let until = tokio::time::Instant::now() + config.batch_linger;
+        while consumed.len() < config.batch_size {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = consumer
+                .poll(config.batch_size - consumed.len(), left)
+                .await?;
+            if more.is_empty() {
+                break;
+            }
+            consumed.extend(more);
+        }
+    }
+    Ok(consumed)
+}
+
+/// Tells [`read_ahead`] that the batch being written is done.
+#[derive(Clone, Default)]
+struct ReadAhead(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ReadAhead {
+    fn done(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// How long one poll of the read-ahead waits, so that it notices the write's end without
+/// cancelling a poll (a Kafka poll is not cancel-safe once it holds a message).
+const READ_AHEAD_SLICE: Duration = Duration::from_millis(2);
+
+/// Reads and plans the next batch while the current one is written: up to `max` records,
+/// until the write is done (and, for a batch that started in bulk, its linger is over). Owns
+/// the consumer meanwhile and hands it back. Each poll runs to its end.
+async fn read_ahead(
+    mut consumer: Consumer,
+    max: usize,
+    linger: Duration,
+    written: ReadAhead,
+) -> (Consumer, Result<Batch, LogError>) {
+    let mut batch = Batch {
+        consumed: Vec::new(),
+        planned: Vec::new(),
+    };
+    let mut lingers_until = None;
+    while batch.consumed.len() < max {
+        if written.is_done() {
+            let lingering = lingers_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            if !lingering {
+                break;
+            }
+        }
+        let more = match consumer
+            .poll(max - batch.consumed.len(), READ_AHEAD_SLICE)
+            .await
+        {
+            Ok(more) => more,
+            Err(err) if batch.consumed.is_empty() => return (consumer, Err(err)),
+            // what was read is written first; the error comes again on the next poll
+            Err(_) => break,
+        };
+        if more.is_empty() {
+            continue;
+        }
+        if batch.consumed.is_empty() && more.len() >= LINGER_FROM_RECORDS {
+            lingers_until = Some(tokio::time::Instant::now() + linger);
+        }
+        batch.planned.extend(more.iter().map(plan::plan));
+        batch.consumed.extend(more);
+    }
+    (consumer, Ok(batch))
 }
 
 /// A span per batch write, linked to the ingress request span of every record in it (the

@@ -30,6 +30,20 @@ pub struct BatchArgs {
     pub batch_linger_ms: Option<u64>,
 }
 
+/// `standalone` only: how far its projections may fall behind its ingress.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MaxLagArgs {
+    /// Records a projection may be behind the log before new webhooks are held (up to 2 s
+    /// each, then accepted) until it is back within this (0: never held).
+    #[arg(
+        id = "projector.max_lag",
+        long = "max-lag",
+        env = "TERRA_INGEST_MAX_LAG",
+        value_name = "RECORDS"
+    )]
+    pub max_lag: Option<u64>,
+}
+
 /// `--batch-size` alone (`rebuild` has no wait: it reads the log to its end).
 #[derive(Debug, Clone, Default, Args)]
 pub struct BatchSizeArgs {

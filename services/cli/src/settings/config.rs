@@ -222,6 +222,9 @@ pub struct ProjectorSection {
     pub batch_size: usize,
     pub batch_wait_ms: u64,
     pub batch_linger_ms: u64,
+    /// `standalone`: records a projection may be behind before the ingress holds new webhooks
+    /// (0: never held).
+    pub max_lag: u64,
 }
 
 impl Default for ProjectorSection {
@@ -231,6 +234,7 @@ impl Default for ProjectorSection {
             batch_size: terra_projector::DEFAULT_BATCH_SIZE,
             batch_wait_ms: millis(terra_projector::DEFAULT_BATCH_WAIT),
             batch_linger_ms: millis(terra_projector::DEFAULT_BATCH_LINGER),
+            max_lag: terra_projector::DEFAULT_MAX_LAG,
         }
     }
 }

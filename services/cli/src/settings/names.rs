@@ -84,6 +84,7 @@ pub(crate) fn moved(old: &str) -> Option<&'static str> {
         ("batch_size", "[projector] batch_size"),
         ("batch_wait_ms", "[projector] batch_wait_ms"),
         ("batch_linger_ms", "[projector] batch_linger_ms"),
+        ("max_lag", "[projector] max_lag"),
         ("sql", "[sql] url"),
         ("sql_file", "[sql] url_file"),
         ("sql_schema", "[sql] schema"),

@@ -77,6 +77,9 @@ pub struct Batches {
     pub wait: Duration,
     /// How long a started batch waits for more records.
     pub linger: Duration,
+    /// `standalone`: records a projection may be behind before the ingress holds webhooks
+    /// (0: never).
+    pub max_lag: u64,
 }
 
 impl Batches {
@@ -114,6 +117,7 @@ pub fn resolve_batches(config: &Config) -> anyhow::Result<Batches> {
         size: section.batch_size,
         wait: Duration::from_millis(section.batch_wait_ms),
         linger: Duration::from_millis(section.batch_linger_ms),
+        max_lag: section.max_lag,
     })
 }
 

@@ -60,6 +60,21 @@ fn defaults() {
         resolve_batches(&c).unwrap().linger,
         terra_projector::ProjectorConfig::new("x").batch_linger
     );
+    assert_eq!(
+        resolve_batches(&c).unwrap().max_lag,
+        terra_projector::DEFAULT_MAX_LAG
+    );
+}
+
+#[test]
+fn max_lag_comes_from_the_file_and_the_flag_wins() {
+    let from_file = config("[projector]\nmax_lag = 7\n", &["standalone"]);
+    assert_eq!(resolve_batches(&from_file).unwrap().max_lag, 7);
+    let flag = config(
+        "[projector]\nmax_lag = 7\n",
+        &["standalone", "--max-lag", "0"],
+    );
+    assert_eq!(resolve_batches(&flag).unwrap().max_lag, 0);
 }
 
 #[test]
