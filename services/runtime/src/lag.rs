@@ -1,7 +1,14 @@
 //! How far the projections of one process may fall behind its ingress (`standalone`): the
-//! projectors report their lag after every batch, and the ingress holds a new webhook while
-//! the furthest-behind projection is more than [`LagBound::max`] records behind, for at most
-//! [`LagBound::hold`], then accepts it anyway.
+//! projectors report their lag after every batch, and the ingress holds a new webhook while a
+//! projection is more than [`LagBound::max`] records behind *and not catching up* (its lag
+//! did not shrink since its previous report), for at most [`LagBound::hold`], then accepts
+//! it anyway.
+//!
+//! Why "and not catching up": the bound is there to stop the ingress from outrunning the
+//! projections, not to slow it down while they work off a backlog it did not cause (a
+//! restart after a database outage, a rebuild): then the lag shrinks report after report and
+//! nothing is held. Beyond the bound, any growth holds the next webhooks until a report shows
+//! the lag shrinking again, so under saturation the lag stays near the bound.
 //!
 //! Why a hold and not a refusal: the log already keeps what was accepted, so the lag costs
 //! nothing but freshness; a 503 would send Terra into its retry schedule (minutes to hours),
@@ -32,9 +39,19 @@ pub struct LagBound {
 struct Inner {
     max: u64,
     hold: Duration,
-    reports: Mutex<HashMap<String, (u64, Instant)>>,
-    /// The furthest-behind fresh projection's lag, as of the last report.
-    behind: watch::Sender<u64>,
+    reports: Mutex<HashMap<String, Report>>,
+    /// Whether a fresh projection is beyond the bound and not catching up, as of the last
+    /// report.
+    pressing: watch::Sender<bool>,
+}
+
+/// A projector's last report.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    lag: u64,
+    /// Its lag in the report before (0 before the first).
+    previous: u64,
+    at: Instant,
 }
 
 impl std::fmt::Debug for LagBound {
@@ -65,7 +82,7 @@ impl LagBound {
                 max,
                 hold,
                 reports: Mutex::new(HashMap::new()),
-                behind: watch::Sender::new(0),
+                pressing: watch::Sender::new(false),
             }),
         }
     }
@@ -81,46 +98,55 @@ impl LagBound {
     /// Projector `group` is `lag` records behind the log's end.
     pub fn report(&self, group: &str, lag: u64) {
         let now = Instant::now();
-        let behind = {
+        let pressing = {
             let mut reports = self.inner.reports.lock().expect("not poisoned");
-            match reports.get_mut(group) {
-                Some(report) => *report = (lag, now),
-                None => {
-                    reports.insert(group.to_owned(), (lag, now));
-                }
-            }
-            furthest(&reports, now)
+            let previous = reports.get(group).map_or(0, |r| r.lag);
+            reports.insert(
+                group.to_owned(),
+                Report {
+                    lag,
+                    previous,
+                    at: now,
+                },
+            );
+            self.pressing_in(&reports, now)
         };
-        self.inner.behind.send_if_modified(|current| {
-            let changed = *current != behind;
-            *current = behind;
+        self.inner.pressing.send_if_modified(|current| {
+            let changed = *current != pressing;
+            *current = pressing;
             changed
         });
     }
 
-    /// The furthest-behind fresh projection's lag now.
-    pub fn behind(&self) -> u64 {
+    /// Whether a fresh projection is beyond the bound and not catching up now.
+    pub fn pressing(&self) -> bool {
         let reports = self.inner.reports.lock().expect("not poisoned");
-        furthest(&reports, Instant::now())
+        self.pressing_in(&reports, Instant::now())
     }
 
-    /// Waits while the projections are more than [`LagBound::max`] behind, for at most
-    /// [`LagBound::hold`].
+    fn pressing_in(&self, reports: &HashMap<String, Report>, now: Instant) -> bool {
+        reports.values().any(|r| {
+            now.duration_since(r.at) < STALE_AFTER && r.lag > self.inner.max && r.lag >= r.previous
+        })
+    }
+
+    /// Waits while a projection is beyond [`LagBound::max`] and not catching up, for at
+    /// most [`LagBound::hold`].
     pub async fn admit(&self) -> Admission {
-        if *self.inner.behind.borrow() <= self.inner.max {
+        if !*self.inner.pressing.borrow() {
             return Admission::Now;
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.inner.hold;
-        let mut behind = self.inner.behind.subscribe();
+        let mut pressing = self.inner.pressing.subscribe();
         loop {
             // a projector that stopped reporting drops out after STALE_AFTER: look again at
             // least that often, not only when a report comes
-            if self.behind() <= self.inner.max {
+            if !self.pressing() {
                 return Admission::Held(started.elapsed());
             }
             let wake = (tokio::time::Instant::now() + STALE_AFTER).min(deadline);
-            match tokio::time::timeout_at(wake, behind.changed()).await {
+            match tokio::time::timeout_at(wake, pressing.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Admission::Held(started.elapsed()),
                 Err(_) if tokio::time::Instant::now() >= deadline => return Admission::HeldOut,
@@ -128,15 +154,6 @@ impl LagBound {
             }
         }
     }
-}
-
-fn furthest(reports: &HashMap<String, (u64, Instant)>, now: Instant) -> u64 {
-    reports
-        .values()
-        .filter(|(_, at)| now.duration_since(*at) < STALE_AFTER)
-        .map(|(lag, _)| *lag)
-        .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -149,6 +166,18 @@ mod tests {
         bound.report("sql", 100);
         bound.report("objects", 3);
         assert_eq!(bound.admit().await, Admission::Now);
+    }
+
+    #[tokio::test]
+    async fn a_projection_working_off_a_backlog_holds_nothing() {
+        let bound = LagBound::new(100, Duration::from_secs(5));
+        // far behind (a restart after an outage), and shrinking report after report
+        bound.report("sql", 900_000);
+        bound.report("sql", 880_000);
+        assert_eq!(bound.admit().await, Admission::Now);
+        // growing again while beyond the bound: the ingress is outrunning it
+        bound.report("sql", 880_001);
+        assert!(bound.pressing());
     }
 
     #[tokio::test]
@@ -175,12 +204,11 @@ mod tests {
         let bound = LagBound::new(100, Duration::from_millis(100));
         bound.report("sql", 5_000);
         let reporter = bound.clone();
-        // reports keep coming, all behind
+        // reports keep coming, all behind and growing
         let keep = tokio::spawn(async move {
-            loop {
-                reporter.report("sql", 5_001);
+            for lag in 5_001.. {
+                reporter.report("sql", lag);
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                reporter.report("sql", 5_000);
             }
         });
         assert_eq!(bound.admit().await, Admission::HeldOut);
@@ -200,10 +228,10 @@ mod tests {
             .unwrap()
             .get_mut("sql")
             .unwrap()
-            .1 = Instant::now()
+            .at = Instant::now()
             .checked_sub(STALE_AFTER)
             .expect("the clock has run that long");
-        assert_eq!(bound.behind(), 0);
+        assert!(!bound.pressing());
         assert!(matches!(
             bound.admit().await,
             Admission::Held(_) | Admission::Now
