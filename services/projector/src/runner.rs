@@ -112,7 +112,7 @@ pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 pub const LINGER_FROM_RECORDS: usize = 8;
 
 /// Records a projection of `standalone` may be behind its log before the ingress holds new
-/// webhooks (while it is not catching up) unless set (`projector.max_lag`): about 4-5 s of the projectors' work on the
+/// webhooks (while its lag grows past its best) unless set (`projector.max_lag`): about 4-5 s of the projectors' work on the
 /// 2-core development machine, so after any burst they are caught up within seconds of its
 /// end (issue 16; [`terra_runtime::lag`] says why a hold and not a refusal).
 pub const DEFAULT_MAX_LAG: u64 = 50_000;

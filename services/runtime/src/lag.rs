@@ -1,14 +1,15 @@
 //! How far the projections of one process may fall behind its ingress (`standalone`): the
 //! projectors report their lag after every batch, and the ingress holds a new webhook while a
-//! projection is more than [`LagBound::max`] records behind *and not catching up* (its lag
-//! did not shrink since its previous report), for at most [`LagBound::hold`], then accepts
-//! it anyway.
+//! projection is more than [`LagBound::max`] records behind *and has grown since its best*
+//! (the lowest lag it reported since it went beyond the bound), for at most
+//! [`LagBound::hold`], then accepts it anyway.
 //!
-//! Why "and not catching up": the bound is there to stop the ingress from outrunning the
+//! Why "grown since its best": the bound is there to stop the ingress from outrunning the
 //! projections, not to slow it down while they work off a backlog it did not cause (a
-//! restart after a database outage, a rebuild): then the lag shrinks report after report and
-//! nothing is held. Beyond the bound, any growth holds the next webhooks until a report shows
-//! the lag shrinking again, so under saturation the lag stays near the bound.
+//! restart after a database outage, a rebuild): then the lag shrinks report after report,
+//! each report is its best, and nothing is held. Beyond the bound, any growth holds the next
+//! webhooks until the projection is back to its best, so under saturation the lag stays at
+//! most about a batch above where it crossed the bound (a ratchet: it cannot drift up).
 //!
 //! Why a hold and not a refusal: the log already keeps what was accepted, so the lag costs
 //! nothing but freshness; a 503 would send Terra into its retry schedule (minutes to hours),
@@ -40,7 +41,7 @@ struct Inner {
     max: u64,
     hold: Duration,
     reports: Mutex<HashMap<String, Report>>,
-    /// Whether a fresh projection is beyond the bound and not catching up, as of the last
+    /// Whether a fresh projection is beyond the bound and above its best, as of the last
     /// report.
     pressing: watch::Sender<bool>,
 }
@@ -49,8 +50,8 @@ struct Inner {
 #[derive(Debug, Clone, Copy)]
 struct Report {
     lag: u64,
-    /// Its lag in the report before (0 before the first).
-    previous: u64,
+    /// The lowest lag it reported since it went beyond the bound (`None` while within it).
+    best: Option<u64>,
     at: Instant,
 }
 
@@ -100,15 +101,13 @@ impl LagBound {
         let now = Instant::now();
         let pressing = {
             let mut reports = self.inner.reports.lock().expect("not poisoned");
-            let previous = reports.get(group).map_or(0, |r| r.lag);
-            reports.insert(
-                group.to_owned(),
-                Report {
-                    lag,
-                    previous,
-                    at: now,
-                },
-            );
+            let best = if lag > self.inner.max {
+                let before = reports.get(group).and_then(|r| r.best).unwrap_or(lag);
+                Some(before.min(lag))
+            } else {
+                None
+            };
+            reports.insert(group.to_owned(), Report { lag, best, at: now });
             self.pressing_in(&reports, now)
         };
         self.inner.pressing.send_if_modified(|current| {
@@ -118,7 +117,7 @@ impl LagBound {
         });
     }
 
-    /// Whether a fresh projection is beyond the bound and not catching up now.
+    /// Whether a fresh projection is beyond the bound and above its best now.
     pub fn pressing(&self) -> bool {
         let reports = self.inner.reports.lock().expect("not poisoned");
         self.pressing_in(&reports, Instant::now())
@@ -126,12 +125,12 @@ impl LagBound {
 
     fn pressing_in(&self, reports: &HashMap<String, Report>, now: Instant) -> bool {
         reports.values().any(|r| {
-            now.duration_since(r.at) < STALE_AFTER && r.lag > self.inner.max && r.lag >= r.previous
+            now.duration_since(r.at) < STALE_AFTER && r.best.is_some_and(|best| r.lag > best)
         })
     }
 
-    /// Waits while a projection is beyond [`LagBound::max`] and not catching up, for at
-    /// most [`LagBound::hold`].
+    /// Waits while a projection is beyond [`LagBound::max`] and above its best, for at most
+    /// [`LagBound::hold`].
     pub async fn admit(&self) -> Admission {
         if !*self.inner.pressing.borrow() {
             return Admission::Now;
@@ -181,9 +180,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn beyond_the_bound_a_webhook_waits_until_the_furthest_projection_is_back() {
+    async fn beyond_the_bound_a_webhook_waits_until_the_projection_is_back_to_its_best() {
         let bound = LagBound::new(100, Duration::from_secs(30));
         bound.report("sql", 5_000);
+        assert!(!bound.pressing(), "crossing the bound is its best so far");
+        bound.report("sql", 5_100);
         bound.report("objects", 50);
         let reporter = bound.clone();
         tokio::spawn(async move {
@@ -191,10 +192,13 @@ mod tests {
             // the other projection catching up does not release it
             reporter.report("objects", 0);
             tokio::time::sleep(Duration::from_millis(50)).await;
-            reporter.report("sql", 90);
+            reporter.report("sql", 5_050);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // back to its best: it can no longer drift up
+            reporter.report("sql", 5_000);
         });
         match bound.admit().await {
-            Admission::Held(waited) => assert!(waited >= Duration::from_millis(100), "{waited:?}"),
+            Admission::Held(waited) => assert!(waited >= Duration::from_millis(150), "{waited:?}"),
             other => panic!("{other:?}"),
         }
     }
@@ -203,10 +207,11 @@ mod tests {
     async fn a_webhook_is_let_through_after_the_hold() {
         let bound = LagBound::new(100, Duration::from_millis(100));
         bound.report("sql", 5_000);
+        bound.report("sql", 5_001);
         let reporter = bound.clone();
         // reports keep coming, all behind and growing
         let keep = tokio::spawn(async move {
-            for lag in 5_001.. {
+            for lag in 5_002.. {
                 reporter.report("sql", lag);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -219,6 +224,8 @@ mod tests {
     async fn a_projection_that_stopped_reporting_holds_nothing_once_stale() {
         let bound = LagBound::new(100, Duration::from_secs(60));
         bound.report("sql", 5_000);
+        bound.report("sql", 5_100);
+        assert!(bound.pressing());
         // the SQL projector's database is down: no more reports (its last one is made
         // STALE_AFTER old by hand rather than waited for)
         bound

@@ -33,8 +33,8 @@ pub struct BatchArgs {
 /// `standalone` only: how far its projections may fall behind its ingress.
 #[derive(Debug, Clone, Default, Args)]
 pub struct MaxLagArgs {
-    /// Records a projection may be behind the log before new webhooks are held while it is
-    /// not catching up (up to 2 s each, then accepted; 0: never held).
+    /// Records a projection may be behind the log before new webhooks are held while its lag
+    /// grows past its best (up to 2 s each, then accepted; 0: never held).
     #[arg(
         id = "projector.max_lag",
         long = "max-lag",
