@@ -199,17 +199,17 @@ async fn start_projections(
 const PROJECTION_HOLD: Duration = Duration::from_secs(2);
 
 /// How much lower than the ingress's the projectors' threads run in `standalone` (Linux
-/// nice: each step is ~1.25x less CPU when both want it; 5 gives the ingress ~3x the
-/// projectors' share per thread while both are busy). The scheduler still gives the
-/// projectors every cycle the ingress does not use, so below saturation they project as fast
-/// as before; what changes is that a webhook waiting for the CPU (its request, its group
-/// commit on the log's own thread) goes first, so the ingress's latency does not depend on
-/// how far behind the projections are.
-pub(crate) const PROJECTOR_NICE: i32 = 5;
+/// nice steps). 0: the same. Measured at 10,000 webhooks/s (terra-bench standalone, same
+/// session, README): with 5 the ingress's p99 went from 35-43 ms to 31 ms, but the SQL
+/// projection then fell behind (caught up 3.6 s after the load instead of 0.6-0.7 s), since
+/// at that rate the projections need the CPU the ingress takes first. Their own runtime
+/// still keeps their batches (planning thousands of records, building statements) off the
+/// ingress's worker threads.
+pub(crate) const PROJECTOR_NICE: i32 = 0;
 
 /// The runtime standalone's projectors run on: two workers and its blocking pool, every
-/// thread at [`PROJECTOR_NICE`] (set on itself when it starts; threads started from them,
-/// like SQLite's worker, inherit it).
+/// thread [`PROJECTOR_NICE`] below the caller (set on itself when it starts; threads started
+/// from them, like SQLite's worker, inherit it).
 pub(crate) struct Background(Option<tokio::runtime::Runtime>);
 
 impl Background {
