@@ -11,6 +11,7 @@
 
 mod metrics;
 pub mod plan;
+mod read_ahead;
 pub mod rebuild;
 pub mod runner;
 

@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use terra_eventlog::{Consumer, EventLog, LogError, Position};
+use terra_eventlog::{EventLog, LogError, Position};
 use terra_runtime::{Backoff, CancellationToken, LagBound, Retry};
 use tracing::Instrument;
 
 use crate::metrics::ProjectorMetrics;
-use crate::plan::{self, DeadLetter, Plan, Planned};
+use crate::plan::{DeadLetter, Plan, Planned};
+use crate::read_ahead::{Batch, ReadAhead, next_batch, read_ahead};
 
 /// What a sink tells the runner when a write did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -303,105 +304,6 @@ pub async fn run<S: Sink>(
         }
     }
     Ok(totals)
-}
-
-/// Records read from the log with their plans.
-struct Batch {
-    consumed: Vec<terra_eventlog::Consumed>,
-    planned: Vec<Planned>,
-}
-
-impl Batch {
-    fn plan(consumed: Vec<terra_eventlog::Consumed>) -> Self {
-        let planned = consumed.iter().map(plan::plan).collect();
-        Self { consumed, planned }
-    }
-}
-
-/// The next batch when none was read ahead: waits up to `batch_wait` for a first record; a
-/// batch that started in bulk stays open for its linger, so it gathers what arrives.
-async fn next_batch(
-    consumer: &mut Consumer,
-    config: &ProjectorConfig,
-) -> Result<Vec<terra_eventlog::Consumed>, LogError> {
-    let mut consumed = consumer.poll(config.batch_size, config.batch_wait).await?;
-    if consumed.len() >= LINGER_FROM_RECORDS && consumed.len() < config.batch_size {
-        let until = tokio::time::Instant::now() + config.batch_linger;
-        while consumed.len() < config.batch_size {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let more = consumer
-                .poll(config.batch_size - consumed.len(), left)
-                .await?;
-            if more.is_empty() {
-                break;
-            }
-            consumed.extend(more);
-        }
-    }
-    Ok(consumed)
-}
-
-/// Tells [`read_ahead`] that the batch being written is done.
-#[derive(Clone, Default)]
-struct ReadAhead(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl ReadAhead {
-    fn done(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    fn is_done(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// How long one poll of the read-ahead waits, so that it notices the write's end without
-/// cancelling a poll (a Kafka poll is not cancel-safe once it holds a message).
-const READ_AHEAD_SLICE: Duration = Duration::from_millis(2);
-
-/// Reads and plans the next batch while the current one is written: up to `max` records,
-/// until the write is done (and, for a batch that started in bulk, its linger is over). Owns
-/// the consumer meanwhile and hands it back. Each poll runs to its end.
-async fn read_ahead(
-    mut consumer: Consumer,
-    max: usize,
-    linger: Duration,
-    written: ReadAhead,
-) -> (Consumer, Result<Batch, LogError>) {
-    let mut batch = Batch {
-        consumed: Vec::new(),
-        planned: Vec::new(),
-    };
-    let mut lingers_until = None;
-    while batch.consumed.len() < max {
-        if written.is_done() {
-            let lingering = lingers_until.is_some_and(|until| tokio::time::Instant::now() < until);
-            if !lingering {
-                break;
-            }
-        }
-        let more = match consumer
-            .poll(max - batch.consumed.len(), READ_AHEAD_SLICE)
-            .await
-        {
-            Ok(more) => more,
-            Err(err) if batch.consumed.is_empty() => return (consumer, Err(err)),
-            // what was read is written first; the error comes again on the next poll
-            Err(_) => break,
-        };
-        if more.is_empty() {
-            continue;
-        }
-        if batch.consumed.is_empty() && more.len() >= LINGER_FROM_RECORDS {
-            lingers_until = Some(tokio::time::Instant::now() + linger);
-        }
-        batch.planned.extend(more.iter().map(plan::plan));
-        batch.consumed.extend(more);
-    }
-    (consumer, Ok(batch))
 }
 
 /// A span per batch write, linked to the ingress request span of every record in it (the

@@ -37,6 +37,8 @@ pub use secrets::{KafkaProperties, KafkaProperty, KafkaTable};
 pub use webhooks::{EndpointSection, WebhooksSection, configured_endpoint_names, resolve_webhooks};
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod webhook_tests;

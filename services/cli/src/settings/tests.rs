@@ -67,17 +67,6 @@ fn defaults() {
 }
 
 #[test]
-fn max_lag_comes_from_the_file_and_the_flag_wins() {
-    let from_file = config("[projector]\nmax_lag = 7\n", &["standalone"]);
-    assert_eq!(resolve_batches(&from_file).unwrap().max_lag, 7);
-    let flag = config(
-        "[projector]\nmax_lag = 7\n",
-        &["standalone", "--max-lag", "0"],
-    );
-    assert_eq!(resolve_batches(&flag).unwrap().max_lag, 0);
-}
-
-#[test]
 fn flags_win_over_the_file() {
     let c = config(
         "[ingress]\nhttp_addr = \"127.0.0.1:9000\"\nbody_limit = 10\n[log]\nurl = \"kafka://k:9092/t\"\n",
