@@ -69,7 +69,7 @@ must_fail "queryService.pageTokenSecret.name" --set queryService.enabled=true \
   --set queryService.tokensSecret.name=terra-query-tokens --set queryService.insecureAllowPlaintextTokens=true \
   --set queryService.pageTokenSecret.name=
 # the webhook destination: endpoints from values into the config file, secrets mounted as files
-"$HELM" template terra "$chart" --set webhooks.enabled=true --set webhooks.allowCidrs[0]=10.0.0.0/8 \
+"$HELM" template terra "$chart" --set webhooks.enabled=true --set webhooks.allowCidrs[0]=10.0.0.0/8 --set webhooks.retention=7d \
   --set-json 'webhooks.endpoints=[{"name":"analytics","url":"https://hooks.example.com/terra","secrets":[{"name":"analytics-webhook-secret","key":"secret"}],"events":["activity"],"schedule":["0s","5m"],"ordering":"per_user","maxInFlight":16},{"name":"warehouse","url":"https://warehouse.example.com/in"}]' \
   > "$out/webhooks.yaml"
 "$VENV/bin/kubernetes-validate" --strict "$out/webhooks.yaml"
@@ -77,6 +77,7 @@ grep -q 'args: \["project", "webhooks"\]' "$out/webhooks.yaml" || { echo "no pro
 grep -qF 'secret_files = ["/var/run/secrets/terra-ingest/webhooks/0-0/secret"]' "$out/webhooks.yaml" || { echo "the endpoint's secret file is not in the config"; exit 1; }
 grep -qF 'mountPath: /var/run/secrets/terra-ingest/webhooks/0-0' "$out/webhooks.yaml" || { echo "the endpoint's secret is not mounted"; exit 1; }
 grep -qF 'schedule = ["0s", "5m"]' "$out/webhooks.yaml" || { echo "the endpoint's schedule is not rendered"; exit 1; }
+grep -qF 'retention = "7d"' "$out/webhooks.yaml" || { echo "webhooks.retention is not rendered"; exit 1; }
 [ "$(grep -c '\[\[webhooks.endpoints\]\]' "$out/webhooks.yaml")" = 2 ] || { echo "expected 2 endpoints in the config"; exit 1; }
 if grep -q 'component: webhooks' "$out/default.yaml"; then echo "the webhooks deployment is rendered although disabled"; exit 1; fi
 must_fail "webhooks.enabled needs at least one item in webhooks.endpoints" --set webhooks.enabled=true

@@ -180,10 +180,17 @@ async fn serve(
         metrics.clone(),
         stop_sending.clone(),
     ));
+    let pruner = tokio::spawn(crate::prune::run(
+        target.clone(),
+        settings.clone(),
+        metrics.clone(),
+        stop_sending.clone(),
+    ));
     stop_sending.cancelled().await;
     shared.set_lane(None);
     while workers.join_next().await.is_some() {}
     let _ = refresher.await;
+    let _ = pruner.await;
     // every sender is gone once the workers are: the writer drains what is left and ends
     writer
         .await

@@ -319,6 +319,9 @@ impl Endpoint {
     }
 }
 
+/// How long finished deliveries are kept (`[webhooks] retention`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 /// The destination's settings.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -338,6 +341,12 @@ pub struct WebhookSettings {
     pub poll_interval: Duration,
     /// ± this fraction of each scheduled delay, at random.
     pub jitter: f64,
+    /// Delivered and dead deliveries, with their attempts, are deleted this long after they
+    /// finished (`None`: kept). Pending ones are never deleted.
+    pub retention: Option<Duration>,
+    /// How often the dispatcher prunes (see the `prune` module). Not a setting: tests
+    /// shorten it.
+    pub prune_interval: Duration,
     /// What a lease adds to two attempt timeouts (see the `worker` module: a leased delivery
     /// waits in its worker's queue for at most a timeout plus half of this). Not a setting:
     /// tests shorten it.
@@ -358,6 +367,8 @@ impl Default for WebhookSettings {
             retry_after_max: Duration::from_secs(60 * 60),
             poll_interval: Duration::from_millis(250),
             jitter: 0.2,
+            retention: Some(DEFAULT_RETENTION),
+            prune_interval: Duration::from_secs(60 * 60),
             lease_margin: Duration::from_secs(10),
             first_from_fan_out: true,
         }
@@ -381,7 +392,10 @@ impl WebhookSettings {
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(format!("webhooks.jitter: {} is outside 0..1", self.jitter));
         }
-        if self.probe_interval.is_zero() || self.poll_interval.is_zero() {
+        if self.probe_interval.is_zero()
+            || self.poll_interval.is_zero()
+            || self.prune_interval.is_zero()
+        {
             return Err(
                 "webhooks.probe_interval and webhooks.poll_interval: above zero".to_owned(),
             );

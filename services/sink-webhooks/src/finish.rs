@@ -29,6 +29,8 @@ pub enum Next {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub delivery_id: i64,
+    /// The delivery's event (its body goes once nothing will send it again).
+    pub envelope_id: String,
     pub token: String,
     pub attempt: u32,
     pub probe: bool,
@@ -46,6 +48,7 @@ impl Finished {
     pub fn of(delivery: &Leased, probe: bool, result: &AttemptResult, next: Next) -> Self {
         Self {
             delivery_id: delivery.id,
+            envelope_id: delivery.envelope_id.clone(),
             token: delivery.token.clone(),
             attempt: delivery.attempts,
             probe,
@@ -196,6 +199,15 @@ pub async fn finish(
             .push(" AND state = 'pending' AND lease_token = ")
             .bind(f.token.as_str());
         moved += tx.execute(stmt.query()).await?.rows_affected() as usize;
+    }
+    // the bodies of events now delivered everywhere (a probe's success delivers too)
+    let delivered_events: Vec<String> = finished
+        .iter()
+        .filter(|f| f.next == Next::Delivered)
+        .map(|f| f.envelope_id.clone())
+        .collect();
+    if !delivered_events.is_empty() {
+        crate::prune::release_bodies(target, &mut tx, &delivered_events).await?;
     }
     tx.commit().await?;
     Ok(moved)

@@ -11,7 +11,8 @@
 //!   disabled, probed and re-enabled.
 //! - [`send`], [`sign`], [`address`]: one HTTP attempt: signing, the address guard (SSRF),
 //!   the response classified.
-//! - [`store`]: the SQL of the above; [`admin`]: what operators see and do (gRPC and CLI).
+//! - [`store`]: the SQL of the above; [`admin`]: what operators see and do (gRPC and CLI);
+//!   [`prune`]: bodies nothing will send again, and finished deliveries past `retention`.
 
 pub mod address;
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod fanout;
 pub mod finish;
 mod first;
 pub mod metrics;
+pub mod prune;
 pub mod send;
 pub mod sign;
 pub mod store;

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the webhook destination (prefix `webhook_`): deliveries by endpoint
 //! and outcome, attempt latency, the due backlog and the oldest pending delivery's age per
-//! endpoint, each endpoint's state.
+//! endpoint, each endpoint's state, rows pruned.
 
 use std::time::Duration;
 
@@ -21,6 +21,12 @@ struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabel {
     endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    /// `deliveries`, `attempts`, `events`.
+    table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +53,7 @@ pub struct WebhookMetrics {
     due: Family<EndpointLabel, Gauge>,
     oldest_pending: Family<EndpointLabel, Gauge>,
     state: Family<StateLabel, Gauge>,
+    pruned: Family<TableLabel, Counter>,
 }
 
 impl WebhookMetrics {
@@ -83,6 +90,12 @@ impl WebhookMetrics {
             "1 for the endpoint's current state (enabled, disabled, paused)",
             metrics.state.clone(),
         );
+        registry.register(
+            "pruned_rows",
+            "Rows pruned: finished deliveries and attempts past the retention, event bodies \
+             nothing will send again (table: deliveries, attempts, events)",
+            metrics.pruned.clone(),
+        );
         metrics
     }
 
@@ -94,6 +107,7 @@ impl WebhookMetrics {
             due: Family::default(),
             oldest_pending: Family::default(),
             state: Family::default(),
+            pruned: Family::default(),
         }
     }
 
@@ -127,6 +141,20 @@ impl WebhookMetrics {
         self.oldest_pending
             .get_or_create(&label)
             .set(oldest_age.as_secs() as i64);
+    }
+
+    pub fn pruned(&self, pruned: &crate::prune::Pruned) {
+        for (table, n) in [
+            ("deliveries", pruned.deliveries),
+            ("attempts", pruned.attempts),
+            ("events", pruned.events),
+        ] {
+            self.pruned
+                .get_or_create(&TableLabel {
+                    table: table.to_owned(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn state(&self, endpoint: &str, state: &str) {

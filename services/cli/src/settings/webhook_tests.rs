@@ -39,6 +39,7 @@ fn endpoints_from_the_config_file_with_every_setting() {
 allow_cidrs = ["10.0.0.0/8", "127.0.0.1"]
 disable_after = "2d"
 probe_interval = "1m"
+retention = "7d"
 
 [[webhooks.endpoints]]
 name = "backend"
@@ -90,6 +91,23 @@ secret_env = ["AUDIT_SECRET"]
     assert_eq!(s.allow_cidrs.len(), 2);
     assert_eq!(s.disable_after, Duration::from_secs(2 * 86_400));
     assert_eq!(s.probe_interval, Duration::from_secs(60));
+    assert_eq!(s.retention, Some(Duration::from_secs(7 * 86_400)));
+}
+
+#[test]
+fn retention_defaults_to_30_days_and_0s_keeps_everything() {
+    let endpoint =
+        "[[webhooks.endpoints]]\nname = \"a\"\nurl = \"https://a.example\"\nsecrets = [\"s\"]\n";
+    let s = resolve(endpoint, &[], &[]).unwrap().unwrap();
+    assert_eq!(s.retention, Some(Duration::from_secs(30 * 86_400)));
+    let kept = format!("[webhooks]\nretention = \"0s\"\n{endpoint}");
+    assert_eq!(resolve(&kept, &[], &[]).unwrap().unwrap().retention, None);
+    let bad = format!("[webhooks]\nretention = \"30\"\n{endpoint}");
+    let err = format!("{:#}", resolve(&bad, &[], &[]).unwrap_err());
+    assert!(
+        err.contains("webhooks.retention") && err.contains("no unit"),
+        "{err}"
+    );
 }
 
 #[test]

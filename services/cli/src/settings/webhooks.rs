@@ -26,6 +26,8 @@ pub struct WebhooksSection {
     pub retry_after_max: String,
     pub poll_interval: String,
     pub jitter: f64,
+    /// Finished deliveries kept this long (`0s`: kept).
+    pub retention: String,
     pub endpoints: Vec<EndpointSection>,
     /// The one endpoint of the flags.
     pub url: Option<String>,
@@ -47,6 +49,7 @@ impl Default for WebhooksSection {
             retry_after_max: "1h".to_owned(),
             poll_interval: "250ms".to_owned(),
             jitter: d.jitter,
+            retention: "30d".to_owned(),
             endpoints: Vec::new(),
             url: None,
             name: None,
@@ -168,6 +171,8 @@ pub fn resolve_webhooks(config: &super::Config) -> anyhow::Result<Option<Webhook
         retry_after_max: duration("webhooks.retry_after_max", &section.retry_after_max)?,
         poll_interval: duration("webhooks.poll_interval", &section.poll_interval)?,
         jitter: section.jitter,
+        retention: Some(duration("webhooks.retention", &section.retention)?)
+            .filter(|d| !d.is_zero()),
         ..WebhookSettings::default()
     };
     for cidr in &section.allow_cidrs {

@@ -1,0 +1,200 @@
+//! Pruning: what nothing will send again is not kept.
+//!
+//! - An event's body (`webhook_events`) goes once none of its deliveries is pending or dead:
+//!   at once when the dispatcher's result writer delivers its last one
+//!   ([`release_bodies`], in the same transaction), and by the sweep ([`prune`]) for what
+//!   that missed (two replicas finishing an event's last two deliveries at once each see the
+//!   other's still pending).
+//! - Delivered and dead deliveries, with their attempts, go once they finished longer ago
+//!   than `retention` (`[webhooks] retention`, 30 days; `0s` keeps them). A dead letter can be
+//!   re-queued until then. A pending delivery is never pruned, however old.
+//!
+//! Every statement re-checks its condition on the rows it deletes, so a delivery re-queued
+//! between the sweep's read and its delete stays, with its body and its attempts.
+
+use std::time::Duration;
+
+use sqlx::{Executor, Row};
+use terra_schema::positions::Tx;
+use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES, WEBHOOK_EVENTS};
+use terra_schema::{SqlError, SqlTarget};
+
+use terra_runtime::CancellationToken;
+
+use crate::dispatch::now_ms;
+use crate::endpoint::WebhookSettings;
+use crate::metrics::WebhookMetrics;
+use crate::store::text;
+
+/// Most rows one statement of the sweep deletes (short transactions: the fan-out and the
+/// writer wait for no long delete).
+pub const PRUNE_CHUNK: usize = 1_000;
+
+/// What one sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub deliveries: u64,
+    pub attempts: u64,
+    pub events: u64,
+}
+
+/// Sweeps every `prune_interval` (the first at once) until `stop`. A failed sweep (the
+/// database away) is logged and tried again at the next one: nothing depends on it.
+pub(crate) async fn run(
+    target: SqlTarget,
+    settings: std::sync::Arc<WebhookSettings>,
+    metrics: WebhookMetrics,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        match prune(&target, settings.retention, now_ms()).await {
+            Ok(pruned) => {
+                metrics.pruned(&pruned);
+                if pruned != Pruned::default() {
+                    tracing::info!(
+                        deliveries = pruned.deliveries,
+                        attempts = pruned.attempts,
+                        events = pruned.events,
+                        "webhook history pruned"
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot prune webhook history"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.prune_interval) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
+/// One sweep: finished deliveries older than `retention` (none when `None`) with their
+/// attempts, then the bodies no delivery needs any more.
+pub async fn prune(
+    target: &SqlTarget,
+    retention: Option<Duration>,
+    now_ms: i64,
+) -> Result<Pruned, SqlError> {
+    let mut pruned = Pruned::default();
+    if let Some(retention) = retention {
+        let cutoff = now_ms.saturating_sub(retention.as_millis() as i64);
+        // per endpoint and state, so the `finished` index (endpoint, state, finished_at_ms)
+        // finds the rows; every endpoint that ever had a row, configured or not
+        let endpoints = crate::endpoints_store::endpoint_rows(target).await?;
+        for endpoint in &endpoints {
+            for state in ["delivered", "dead"] {
+                loop {
+                    let ids = finished_before(target, &endpoint.name, state, cutoff).await?;
+                    let (deliveries, attempts) =
+                        delete_deliveries(target, &ids, state, cutoff).await?;
+                    pruned.deliveries += deliveries;
+                    pruned.attempts += attempts;
+                    if ids.len() < PRUNE_CHUNK {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // bodies, in envelope id order (keyset pages: each statement bounded)
+    let events = target.table(WEBHOOK_EVENTS);
+    let mut after = String::new();
+    loop {
+        let mut page = target.statement(format!(
+            "SELECT envelope_id FROM {events} WHERE envelope_id > "
+        ));
+        page.bind(after.as_str())
+            .push(&format!(" ORDER BY envelope_id LIMIT {PRUNE_CHUNK}"));
+        let rows = target.pool().fetch_all(page.query()).await?;
+        let ids = rows
+            .iter()
+            .map(|row| text(row, 0).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<String>, SqlError>>()?;
+        let Some(last) = ids.last() else {
+            break;
+        };
+        after = last.clone();
+        let mut tx = target.pool().begin().await?;
+        pruned.events += release_bodies(target, &mut tx, &ids).await?;
+        tx.commit().await?;
+        if ids.len() < PRUNE_CHUNK {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Deletes the bodies of these events that no delivery is pending or dead for (nothing will
+/// send them again). Returns how many went.
+pub(crate) async fn release_bodies(
+    target: &SqlTarget,
+    tx: &mut Tx,
+    envelope_ids: &[String],
+) -> Result<u64, SqlError> {
+    let events = target.table(WEBHOOK_EVENTS);
+    let deliveries = target.table(WEBHOOK_DELIVERIES);
+    let mut released = 0;
+    for chunk in envelope_ids.chunks(PRUNE_CHUNK) {
+        let mut stmt = target.statement(format!("DELETE FROM {events} WHERE envelope_id IN "));
+        stmt.bind_list(chunk.iter().map(String::as_str)).push(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.envelope_id = {events}.envelope_id \
+             AND d.state IN ('pending', 'dead'))"
+        ));
+        released += tx.execute(stmt.query()).await?.rows_affected();
+    }
+    Ok(released)
+}
+
+/// Ids of `endpoint`'s deliveries in `state` that finished before `cutoff_ms`, oldest first.
+async fn finished_before(
+    target: &SqlTarget,
+    endpoint: &str,
+    state: &str,
+    cutoff_ms: i64,
+) -> Result<Vec<i64>, SqlError> {
+    let mut stmt = target.statement(format!(
+        "SELECT id FROM {} WHERE endpoint = ",
+        target.table(WEBHOOK_DELIVERIES)
+    ));
+    stmt.bind(endpoint)
+        .push(" AND state = ")
+        .bind(state)
+        .push(" AND finished_at_ms < ")
+        .bind(cutoff_ms)
+        .push(&format!(" ORDER BY finished_at_ms LIMIT {PRUNE_CHUNK}"));
+    let rows = target.pool().fetch_all(stmt.query()).await?;
+    rows.iter()
+        .map(|row| row.try_get::<i64, _>(0).map_err(SqlError::from))
+        .collect()
+}
+
+/// Deletes these deliveries if they are still in `state` and finished before `cutoff_ms`,
+/// and the attempts of those deleted, in one transaction. Returns (deliveries, attempts).
+async fn delete_deliveries(
+    target: &SqlTarget,
+    ids: &[i64],
+    state: &str,
+    cutoff_ms: i64,
+) -> Result<(u64, u64), SqlError> {
+    if ids.is_empty() {
+        return Ok((0, 0));
+    }
+    let deliveries = target.table(WEBHOOK_DELIVERIES);
+    let attempts = target.table(WEBHOOK_ATTEMPTS);
+    let mut tx = target.pool().begin().await?;
+    let mut stmt = target.statement(format!("DELETE FROM {deliveries} WHERE id IN "));
+    stmt.bind_list(ids.iter().copied())
+        .push(" AND state = ")
+        .bind(state)
+        .push(" AND finished_at_ms < ")
+        .bind(cutoff_ms);
+    let deleted = tx.execute(stmt.query()).await?.rows_affected();
+    // the attempts of the deliveries that are gone (a re-queued one keeps its history)
+    let mut stmt = target.statement(format!("DELETE FROM {attempts} WHERE delivery_id IN "));
+    stmt.bind_list(ids.iter().copied()).push(&format!(
+        " AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.id = {attempts}.delivery_id)"
+    ));
+    let attempts_deleted = tx.execute(stmt.query()).await?.rows_affected();
+    tx.commit().await?;
+    Ok((deleted, attempts_deleted))
+}

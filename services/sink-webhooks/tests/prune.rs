@@ -1,0 +1,231 @@
+//! Pruning (`terra_sink_webhooks::prune`): an event's body is deleted once nothing will send
+//! it again (delivered everywhere), kept while a delivery of it is pending or dead (a dead
+//! letter can be re-queued); finished deliveries and their attempts go after the retention,
+//! pending ones never; a re-queued dead letter keeps its history; the running dispatcher
+//! sweeps by itself.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use sqlx::Row;
+use support::receiver::{Answer, Receiver};
+use support::*;
+use terra_sink_webhooks::Schedule;
+use terra_sink_webhooks::prune::{Pruned, prune};
+
+on_every_dialect!(
+    bodies_go_when_delivered_everywhere_and_history_after_the_retention,
+    the_running_dispatcher_prunes_by_itself
+);
+
+async fn count(target: &terra_schema::SqlTarget, table: &str) -> i64 {
+    let row = sqlx::query(&format!("SELECT COUNT(*) FROM {}", target.table(table)))
+        .fetch_one(target.pool())
+        .await
+        .expect("count");
+    row.try_get::<i64, _>(0)
+        .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+        .expect("a count")
+}
+
+async fn bodies_go_when_delivered_everywhere_and_history_after_the_retention(dialect: Dialect) {
+    let (_db, target) = database(dialect).await;
+    let log = TestLog::new();
+    // flaky: each body refused once, then taken (its retry goes through the dispatcher and
+    // its result writer); dead: always 503, three attempts; waiting: refused, next attempt
+    // an hour later (pending for the whole test)
+    let flaky = Receiver::start(Receiver::failing_first(1, 503)).await;
+    let dead = Receiver::start(std::sync::Arc::new(|_, _| Answer::Status(503))).await;
+    let waiting = Receiver::start(std::sync::Arc::new(|_, _| Answer::Status(503))).await;
+    let mut only_sleep = endpoint("dead", &dead.url());
+    only_sleep.filter.events = vec!["sleep".to_owned()];
+    let mut only_daily = endpoint("waiting", &waiting.url());
+    only_daily.filter.events = vec!["daily".to_owned()];
+    only_daily.schedule =
+        Schedule::new(vec![Duration::ZERO, Duration::from_secs(3600)]).expect("a schedule");
+    let mut settings = settings(vec![
+        endpoint("flaky", &flaky.url()),
+        only_sleep,
+        only_daily,
+    ]);
+    settings.retention = None;
+    let running = start(&log.log, &target, settings);
+    // activity: flaky only; sleep: flaky and dead; daily: flaky and waiting
+    append(
+        &log,
+        &[
+            body("activity", "u", 1),
+            body("sleep", "u", 2),
+            body("daily", "u", 3),
+        ],
+    )
+    .await;
+    let rows = wait_for(&target, LIMIT, "flaky delivered, dead dead", |rows| {
+        rows.len() == 5
+            && rows
+                .iter()
+                .filter(|r| r.endpoint != "waiting")
+                .all(|r| r.state != "pending")
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        rows.iter()
+            .any(|r| r.endpoint == "waiting" && r.state == "pending")
+    );
+    let activity = &rows
+        .iter()
+        .find(|r| r.endpoint == "flaky")
+        .unwrap()
+        .envelope_id;
+    let sleep = &rows
+        .iter()
+        .find(|r| r.endpoint == "dead")
+        .unwrap()
+        .envelope_id;
+    let daily = &rows
+        .iter()
+        .find(|r| r.endpoint == "waiting")
+        .unwrap()
+        .envelope_id;
+    // the activity went through a retry and was delivered everywhere: its body went with
+    // its last delivery; the sleep's is kept for its dead letter, the daily's for its retry
+    assert_eq!(
+        event_ids(&target).await,
+        sorted(vec![sleep.clone(), daily.clone()]),
+        "bodies of {activity} (delivered everywhere) gone, the others kept"
+    );
+    // no retention: a sweep changes nothing
+    let now = terra_core::keys::now_ms();
+    assert_eq!(prune(&target, None, now).await.unwrap(), Pruned::default());
+    assert_eq!(count(&target, "webhook_deliveries").await, 5);
+
+    // a dead letter re-queued just before the sweep keeps its history and its body
+    let attempts_before = count(&target, "webhook_attempts").await;
+    let requeued = terra_sink_webhooks::admin::requeue_dead(&target, "dead", 0, now, now)
+        .await
+        .unwrap();
+    assert_eq!(requeued, 1);
+    let later = now + 1_000;
+    let pruned = prune(&target, Some(Duration::from_millis(1)), later)
+        .await
+        .unwrap();
+    // flaky's three deliveries (two attempts each) went
+    assert_eq!(
+        pruned,
+        Pruned {
+            deliveries: 3,
+            attempts: 6,
+            events: 0
+        }
+    );
+    let left = deliveries(&target).await;
+    assert_eq!(
+        left.iter()
+            .map(|r| (r.endpoint.as_str(), r.state.as_str()))
+            .collect::<Vec<_>>(),
+        [("dead", "pending"), ("waiting", "pending")]
+    );
+    assert_eq!(
+        count(&target, "webhook_attempts").await,
+        attempts_before - 6,
+        "the re-queued dead letter's three attempts and the waiting one's are kept"
+    );
+    assert_eq!(attempts(&target, left[0].id).await.len(), 3);
+    assert_eq!(
+        event_ids(&target).await,
+        sorted(vec![sleep.clone(), daily.clone()])
+    );
+
+    // dead again: the next sweep inside the retention keeps it and its body; past it, the
+    // dead letter, its attempts and its body go; the pending one stays, however old
+    let mut dead_again = target.statement(format!(
+        "UPDATE {} SET state = 'dead', finished_at_ms = ",
+        target.table("webhook_deliveries")
+    ));
+    dead_again.bind(later).push(" WHERE endpoint = 'dead'");
+    sqlx::Executor::execute(target.pool(), dead_again.query())
+        .await
+        .unwrap();
+    let kept = prune(&target, Some(Duration::from_secs(60)), later + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(kept, Pruned::default());
+    let pruned = prune(&target, Some(Duration::from_secs(60)), later + 61_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            deliveries: 1,
+            attempts: 3,
+            events: 1
+        }
+    );
+    let left = deliveries(&target).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].endpoint.as_str(), left[0].state.as_str()),
+        ("waiting", "pending")
+    );
+    assert_eq!(attempts(&target, left[0].id).await.len(), 1);
+    assert_eq!(event_ids(&target).await, vec![daily.clone()]);
+    assert_eq!(count(&target, "webhook_attempts").await, 1);
+}
+
+async fn the_running_dispatcher_prunes_by_itself(dialect: Dialect) {
+    let (_db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let flaky = Receiver::start(Receiver::failing_first(1, 503)).await;
+    let mut settings = settings(vec![endpoint("flaky", &flaky.url())]);
+    settings.retention = Some(Duration::from_millis(200));
+    settings.prune_interval = Duration::from_millis(50);
+    let running = start(&log.log, &target, settings);
+    let bodies: Vec<Vec<u8>> = (0..20).map(|n| body("activity", "u", n)).collect();
+    append(&log, &bodies).await;
+    // every body reached the receiver twice (refused, then taken), and then the history
+    // went: no delivery, attempt or body is left
+    let started = std::time::Instant::now();
+    loop {
+        let taken = flaky.seen().iter().filter(|s| s.status == 200).count();
+        let left = (
+            count(&target, "webhook_deliveries").await,
+            count(&target, "webhook_attempts").await,
+            count(&target, "webhook_events").await,
+        );
+        if taken == 20 && left == (0, 0, 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{taken} of 20 taken; left (deliveries, attempts, events): {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    assert_eq!(flaky.seen().len(), 40);
+}
+
+async fn event_ids(target: &terra_schema::SqlTarget) -> Vec<String> {
+    let rows = sqlx::query(&format!(
+        "SELECT envelope_id FROM {} ORDER BY envelope_id",
+        target.table("webhook_events")
+    ))
+    .fetch_all(target.pool())
+    .await
+    .expect("events");
+    rows.iter()
+        .map(|r| {
+            terra_sink_webhooks::store::text(r, 0)
+                .expect("id")
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
