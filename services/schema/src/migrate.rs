@@ -73,11 +73,10 @@ impl TableSet {
             Self::Projection => migrations(dialect, variant),
             Self::Webhooks => match dialect {
                 Dialect::Postgres => {
-                    vec![migration!(
-                        "webhooks/postgres",
-                        20261203000100,
-                        "webhook_tables"
-                    )]
+                    vec![
+                        migration!("webhooks/postgres", 20261203000100, "webhook_tables"),
+                        migration!("webhooks/postgres", 20261204000100, "events_lz4"),
+                    ]
                 }
                 Dialect::MySql => vec![migration!(
                     "webhooks/mysql",
