@@ -6,7 +6,9 @@
 //! 3. Per database (SQLite in a temporary file, Postgres in a fresh database per run): runs
 //!    the webhook destination (fan-out and dispatcher) over the whole log to 1 and then 4
 //!    endpoints: deliveries/s until every (event, endpoint) pair is `delivered` in SQL; the
-//!    receiver's ceiling (the same POSTs sent directly at the same concurrency) and the ratio;
+//!    receiver's ceiling (the same POSTs sent directly at the same concurrency, on open
+//!    connections, for at least 2 s, right before and right after the destination's run: the
+//!    mean of the two) and the ratio;
 //!    then, on a fresh log and database, events appended at a steady rate below saturation:
 //!    p50/p99 from append to arrival at the receiver.
 //! 4. Two endpoints, both healthy, then one of them down (connection refused, a schedule of
@@ -99,7 +101,7 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     );
     let receiver = Receiver::start().await?;
     println!(
-        "{:<9} {:<16} {:>8} {:>13} {:>8} {:>15} {:>6} {:>10} {:>8} {:>8}",
+        "{:<9} {:<16} {:>8} {:>13} {:>8} {:>15} {:>6} {:>10} {:>8} {:>8}   direct before / after",
         "state",
         "endpoints",
         "pairs",
@@ -122,26 +124,35 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     for db in &databases {
         for endpoints in [1, 4] {
             let all: Vec<usize> = (0..endpoints).collect();
+            let concurrency = (endpoints * args.max_in_flight).min(settings(vec![]).max_in_flight);
+            // the direct ceiling right before and right after the destination's run, each
+            // for at least 2 s: this machine's ceiling moves between runs
+            let direct_ceiling = || async {
+                receiver.counts.reset();
+                let direct = ceiling(
+                    &receiver,
+                    &bodies,
+                    endpoints,
+                    (n * endpoints, Duration::from_secs(2)),
+                    concurrency,
+                    SECRET,
+                )
+                .await;
+                receiver.counts.reset();
+                direct
+            };
+            let before = direct_ceiling().await?;
             let (rate, seconds) =
                 on_fresh(db, |t| throughput(&log, t, &receiver, &all, &[], n, &args)).await?;
-            let concurrency = (endpoints * args.max_in_flight).min(settings(vec![]).max_in_flight);
-            receiver.counts.reset();
-            let direct = ceiling(
-                &receiver,
-                &bodies,
-                endpoints,
-                n * endpoints,
-                concurrency,
-                SECRET,
-            )
-            .await?;
+            let after = direct_ceiling().await?;
+            let direct = (before + after) / 2.0;
             let at = (rate * args.load).max(1.0);
             let (p50, p99) = match args.seconds {
                 0 => (f64::NAN, f64::NAN),
                 _ => on_fresh(db, |t| latency(t, &receiver, &bodies, endpoints, at, &args)).await?,
             };
             println!(
-                "{:<9} {:<16} {:>8} {:>13.0} {:>8.2} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1}",
+                "{:<9} {:<16} {:>8} {:>13.0} {:>8.2} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1}   {:.0} / {:.0}",
                 db.name(),
                 endpoints,
                 n * endpoints,
@@ -151,7 +162,9 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
                 rate / direct,
                 at,
                 p50,
-                p99
+                p99,
+                before,
+                after
             );
         }
         let (both, _) =

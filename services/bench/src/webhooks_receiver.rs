@@ -107,14 +107,16 @@ async fn receive(
     ""
 }
 
-/// Sends `total` POSTs straight to the receiver over `concurrency` tasks: the bodies (and
-/// envelope ids) of the log in turn, spread over `endpoints` paths, with the headers the
-/// destination sends (signed per request, as it signs). Returns requests/s.
+/// Sends at least `total` POSTs, and for at least `min_time`, straight to the receiver over
+/// `concurrency` tasks: the bodies (and envelope ids) of the log in turn, spread over
+/// `endpoints` paths, with the headers the destination sends (signed per request, as it
+/// signs). The clock starts once every connection is open (one request each first, not
+/// counted): a short burst would otherwise measure connection set-up. Returns requests/s.
 pub(crate) async fn ceiling(
     receiver: &Receiver,
     bodies: &Arc<Vec<(String, Bytes)>>,
     endpoints: usize,
-    total: usize,
+    (total, min_time): (usize, Duration),
     concurrency: usize,
     secret: &str,
 ) -> anyhow::Result<f64> {
@@ -134,22 +136,34 @@ pub(crate) async fn ceiling(
     );
     let secrets = Arc::new(vec![SecretString::from(secret)]);
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let warm = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
+    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, urls, secrets, next, bodies) = (
+    for task in 0..concurrency {
+        let (client, urls, secrets, next, bodies, warm, started) = (
             client.clone(),
             Arc::clone(&urls),
             Arc::clone(&secrets),
             Arc::clone(&next),
             Arc::clone(bodies),
+            Arc::clone(&warm),
+            Arc::clone(&started),
         );
         tasks.push(tokio::spawn(async move {
+            let mut first = Some(task);
+            let mut waited = false;
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return anyhow::Ok(());
-                }
+                let i = match first.take() {
+                    Some(task) => task,
+                    None => {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let since = started.get().map_or(Duration::ZERO, Instant::elapsed);
+                        if i >= total && since >= min_time {
+                            return anyhow::Ok(());
+                        }
+                        i
+                    }
+                };
                 let (id, body) = &bodies[(i / endpoints) % bodies.len()];
                 let now = terra_core::keys::now_ms() / 1000;
                 let signature = terra_sink_webhooks::sign::terra_signature(&secrets, now, body)
@@ -168,11 +182,19 @@ pub(crate) async fn ceiling(
                     bail!("the receiver answered {}", response.status());
                 }
                 response.bytes().await?;
+                if !waited {
+                    // this task's connection is open: wait for the others, then the clock
+                    waited = true;
+                    warm.wait().await;
+                }
             }
         }));
     }
+    warm.wait().await;
+    let clock = *started.get_or_init(Instant::now);
     for task in tasks {
         task.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let sent = next.load(Ordering::Relaxed).saturating_sub(concurrency);
+    Ok(sent as f64 / clock.elapsed().as_secs_f64())
 }
