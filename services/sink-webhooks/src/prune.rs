@@ -4,7 +4,10 @@
 //!   at once when the dispatcher's result writer delivers its last one
 //!   ([`release_bodies`], in the same transaction), and by the sweep ([`prune`]) for what
 //!   that missed (two replicas finishing an event's last two deliveries at once each see the
-//!   other's still pending).
+//!   other's still pending). The sweep reads every kept event once, at start-up (bodies kept
+//!   by an earlier version, which kept them all); after that only the events of deliveries
+//!   finished since two intervals before the previous sweep (replicas' clocks may differ),
+//!   so a large backlog of pending events is not read again every hour.
 //! - Delivered and dead deliveries, with their attempts, go once they finished longer ago
 //!   than `retention` (`[webhooks] retention`, 30 days; `0s` keeps them). A dead letter can be
 //!   re-queued until then. A pending delivery is never pruned, however old.
@@ -46,9 +49,14 @@ pub(crate) async fn run(
     metrics: WebhookMetrics,
     stop: CancellationToken,
 ) {
+    // the first sweep reads every kept event; the next ones, the events of deliveries
+    // finished since two intervals before the previous sweep started
+    let mut since: Option<i64> = None;
     while !stop.is_cancelled() {
-        match prune(&target, settings.retention, now_ms()).await {
+        let started = now_ms();
+        match prune(&target, settings.retention, started, since).await {
             Ok(pruned) => {
+                since = Some(started.saturating_sub(settings.prune_interval.as_millis() as i64));
                 metrics.pruned(&pruned);
                 if pruned != Pruned::default() {
                     tracing::info!(
@@ -69,11 +77,14 @@ pub(crate) async fn run(
 }
 
 /// One sweep: finished deliveries older than `retention` (none when `None`) with their
-/// attempts, then the bodies no delivery needs any more.
+/// attempts and then, of the events whose body no delivery needs any more, those of the
+/// deliveries pruned, and every kept event (`since` is `None`) or those of the deliveries
+/// delivered at or after `since` (ms).
 pub async fn prune(
     target: &SqlTarget,
     retention: Option<Duration>,
     now_ms: i64,
+    since: Option<i64>,
 ) -> Result<Pruned, SqlError> {
     let mut pruned = Pruned::default();
     if let Some(retention) = retention {
@@ -84,11 +95,15 @@ pub async fn prune(
         for endpoint in &endpoints {
             for state in ["delivered", "dead"] {
                 loop {
-                    let ids = finished_before(target, &endpoint.name, state, cutoff).await?;
+                    let rows = finished_before(target, &endpoint.name, state, cutoff).await?;
+                    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
                     let (deliveries, attempts) =
                         delete_deliveries(target, &ids, state, cutoff).await?;
                     pruned.deliveries += deliveries;
                     pruned.attempts += attempts;
+                    // a dead letter's event kept its body for a re-queue
+                    let events: Vec<String> = rows.into_iter().map(|(_, e)| e).collect();
+                    pruned.events += release_in_own_transaction(target, &events).await?;
                     if ids.len() < PRUNE_CHUNK {
                         break;
                     }
@@ -96,7 +111,28 @@ pub async fn prune(
             }
         }
     }
-    // bodies, in envelope id order (keyset pages: each statement bounded)
+    if let Some(since) = since {
+        let endpoints = crate::endpoints_store::endpoint_rows(target).await?;
+        for endpoint in &endpoints {
+            // keyset pages on (finish time, id): a batch's deliveries share a finish time
+            let mut after = (since, i64::MIN);
+            loop {
+                let rows = delivered_after(target, &endpoint.name, after).await?;
+                let Some((at, id)) = rows.last().map(|(at, id, _)| (*at, *id)) else {
+                    break;
+                };
+                let full = rows.len() == PRUNE_CHUNK;
+                let events: Vec<String> = rows.into_iter().map(|(_, _, e)| e).collect();
+                pruned.events += release_in_own_transaction(target, &events).await?;
+                if !full {
+                    break;
+                }
+                after = (at, id);
+            }
+        }
+        return Ok(pruned);
+    }
+    // every kept body, in envelope id order (keyset pages: each statement bounded)
     let events = target.table(WEBHOOK_EVENTS);
     let mut after = String::new();
     loop {
@@ -114,9 +150,7 @@ pub async fn prune(
             break;
         };
         after = last.clone();
-        let mut tx = target.pool().begin().await?;
-        pruned.events += release_bodies(target, &mut tx, &ids).await?;
-        tx.commit().await?;
+        pruned.events += release_in_own_transaction(target, &ids).await?;
         if ids.len() < PRUNE_CHUNK {
             break;
         }
@@ -145,15 +179,63 @@ pub(crate) async fn release_bodies(
     Ok(released)
 }
 
-/// Ids of `endpoint`'s deliveries in `state` that finished before `cutoff_ms`, oldest first.
+/// [`release_bodies`] in a transaction of its own.
+async fn release_in_own_transaction(
+    target: &SqlTarget,
+    envelope_ids: &[String],
+) -> Result<u64, SqlError> {
+    if envelope_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = target.pool().begin().await?;
+    let released = release_bodies(target, &mut tx, envelope_ids).await?;
+    tx.commit().await?;
+    Ok(released)
+}
+
+/// (finish time, id, event) of `endpoint`'s delivered deliveries after `(at, id)` in
+/// (finish time, id) order (the first page: `(since, i64::MIN)`), one page.
+async fn delivered_after(
+    target: &SqlTarget,
+    endpoint: &str,
+    (at, id): (i64, i64),
+) -> Result<Vec<(i64, i64, String)>, SqlError> {
+    let mut stmt = target.statement(format!(
+        "SELECT finished_at_ms, id, envelope_id FROM {} WHERE endpoint = ",
+        target.table(WEBHOOK_DELIVERIES)
+    ));
+    stmt.bind(endpoint)
+        .push(" AND state = 'delivered' AND finished_at_ms >= ")
+        .bind(at)
+        .push(" AND (finished_at_ms > ")
+        .bind(at)
+        .push(" OR id > ")
+        .bind(id)
+        .push(&format!(
+            ") ORDER BY finished_at_ms, id LIMIT {PRUNE_CHUNK}"
+        ));
+    let rows = target.pool().fetch_all(stmt.query()).await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>(0)?,
+                row.try_get::<i64, _>(1)?,
+                text(row, 2)?.unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// (id, event) of `endpoint`'s deliveries in `state` that finished before `cutoff_ms`,
+/// oldest first.
 async fn finished_before(
     target: &SqlTarget,
     endpoint: &str,
     state: &str,
     cutoff_ms: i64,
-) -> Result<Vec<i64>, SqlError> {
+) -> Result<Vec<(i64, String)>, SqlError> {
     let mut stmt = target.statement(format!(
-        "SELECT id FROM {} WHERE endpoint = ",
+        "SELECT id, envelope_id FROM {} WHERE endpoint = ",
         target.table(WEBHOOK_DELIVERIES)
     ));
     stmt.bind(endpoint)
@@ -164,7 +246,7 @@ async fn finished_before(
         .push(&format!(" ORDER BY finished_at_ms LIMIT {PRUNE_CHUNK}"));
     let rows = target.pool().fetch_all(stmt.query()).await?;
     rows.iter()
-        .map(|row| row.try_get::<i64, _>(0).map_err(SqlError::from))
+        .map(|row| Ok((row.try_get::<i64, _>(0)?, text(row, 1)?.unwrap_or_default())))
         .collect()
 }
 

@@ -17,7 +17,8 @@ use terra_sink_webhooks::prune::{Pruned, prune};
 
 on_every_dialect!(
     bodies_go_when_delivered_everywhere_and_history_after_the_retention,
-    the_running_dispatcher_prunes_by_itself
+    the_running_dispatcher_prunes_by_itself,
+    later_sweeps_read_only_recent_deliveries_and_every_page_of_them
 );
 
 /// A kept body above Postgres's compression threshold (about 2 KB) is stored with lz4 (the
@@ -141,7 +142,10 @@ async fn bodies_go_when_delivered_everywhere_and_history_after_the_retention(dia
     );
     // no retention: a sweep changes nothing
     let now = terra_core::keys::now_ms();
-    assert_eq!(prune(&target, None, now).await.unwrap(), Pruned::default());
+    assert_eq!(
+        prune(&target, None, now, None).await.unwrap(),
+        Pruned::default()
+    );
     assert_eq!(count(&target, "webhook_deliveries").await, 5);
 
     // a dead letter re-queued just before the sweep keeps its history and its body
@@ -151,7 +155,7 @@ async fn bodies_go_when_delivered_everywhere_and_history_after_the_retention(dia
         .unwrap();
     assert_eq!(requeued, 1);
     let later = now + 1_000;
-    let pruned = prune(&target, Some(Duration::from_millis(1)), later)
+    let pruned = prune(&target, Some(Duration::from_millis(1)), later, None)
         .await
         .unwrap();
     // flaky's three deliveries (two attempts each) went
@@ -191,11 +195,11 @@ async fn bodies_go_when_delivered_everywhere_and_history_after_the_retention(dia
     sqlx::Executor::execute(target.pool(), dead_again.query())
         .await
         .unwrap();
-    let kept = prune(&target, Some(Duration::from_secs(60)), later + 1_000)
+    let kept = prune(&target, Some(Duration::from_secs(60)), later + 1_000, None)
         .await
         .unwrap();
     assert_eq!(kept, Pruned::default());
-    let pruned = prune(&target, Some(Duration::from_secs(60)), later + 61_000)
+    let pruned = prune(&target, Some(Duration::from_secs(60)), later + 61_000, None)
         .await
         .unwrap();
     assert_eq!(
@@ -248,6 +252,94 @@ async fn the_running_dispatcher_prunes_by_itself(dialect: Dialect) {
     }
     running.stop().await;
     assert_eq!(flaky.seen().len(), 40);
+}
+
+/// Bodies left behind (as two replicas racing, or an earlier version, would leave them): a
+/// later sweep (`since`) releases those of deliveries delivered since then, every one of
+/// 1,500 that share one finish time (pages of 1,000 on (finish time, id)), and not an older
+/// one, which the full sweep (`None`, as at start-up) releases.
+async fn later_sweeps_read_only_recent_deliveries_and_every_page_of_them(dialect: Dialect) {
+    use terra_schema::{Val, insert_rows};
+    let (_db, target) = database(dialect).await;
+    let now = terra_core::keys::now_ms();
+    terra_sink_webhooks::endpoints_store::register_endpoints(&target, &["bulk"], now)
+        .await
+        .unwrap();
+    let old = now - 10 * 86_400_000;
+    let (mut deliveries, mut events) = (Vec::new(), Vec::new());
+    for n in 0..1_501i64 {
+        let id = format!("01900000-0000-7000-8000-{n:012}");
+        let finished = if n == 0 { old } else { now };
+        deliveries.push(vec![
+            Val::from("bulk"),
+            Val::from(&id),
+            Val::from("activity"),
+            Val::from("delivered"),
+            Val::from(1),
+            Val::from(finished),
+            Val::from(finished),
+            Val::from(finished),
+        ]);
+        events.push(vec![
+            Val::from(&id),
+            Val::from(0),
+            Val::from(n),
+            Val::from("default"),
+            Val::from("activity"),
+            Val::from(finished),
+            Val::Blob(b"{}".to_vec()),
+        ]);
+    }
+    for (table, columns, rows) in [
+        (
+            "webhook_deliveries",
+            &[
+                "endpoint",
+                "envelope_id",
+                "event_type",
+                "state",
+                "attempts",
+                "next_attempt_at_ms",
+                "created_at_ms",
+                "finished_at_ms",
+            ][..],
+            deliveries,
+        ),
+        (
+            "webhook_events",
+            &[
+                "envelope_id",
+                "log_partition",
+                "log_offset",
+                "source",
+                "event_type",
+                "received_at_ms",
+                "body",
+            ][..],
+            events,
+        ),
+    ] {
+        for stmt in insert_rows(dialect, &target.table(table), columns, &[], rows, "") {
+            sqlx::Executor::execute(target.pool(), stmt.query())
+                .await
+                .unwrap();
+        }
+    }
+    let later = prune(&target, None, now, Some(now - 60_000)).await.unwrap();
+    assert_eq!(later.events, 1_500, "every recent one, over two pages");
+    assert_eq!(
+        event_ids(&target).await,
+        vec!["01900000-0000-7000-8000-000000000000".to_owned()],
+        "the older one is not read"
+    );
+    let full = prune(&target, None, now, None).await.unwrap();
+    assert_eq!(full.events, 1);
+    assert_eq!(count(&target, "webhook_events").await, 0);
+    assert_eq!(
+        count(&target, "webhook_deliveries").await,
+        1_501,
+        "no retention"
+    );
 }
 
 async fn event_ids(target: &terra_schema::SqlTarget) -> Vec<String> {
