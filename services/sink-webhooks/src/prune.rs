@@ -6,8 +6,9 @@
 //!   that missed (two replicas finishing an event's last two deliveries at once each see the
 //!   other's still pending). The sweep reads every kept event once, at start-up (bodies kept
 //!   by an earlier version, which kept them all); after that only the events of deliveries
-//!   finished since two intervals before the previous sweep (replicas' clocks may differ),
-//!   so a large backlog of pending events is not read again every hour.
+//!   finished since one interval before the previous sweep began (two intervals back:
+//!   replicas' clocks may differ), so a large backlog of pending events is not read again
+//!   every hour.
 //! - Delivered and dead deliveries, with their attempts, go once they finished longer ago
 //!   than `retention` (`[webhooks] retention`, 30 days; `0s` keeps them). A dead letter can be
 //!   re-queued until then. A pending delivery is never pruned, however old.
@@ -50,7 +51,7 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     // the first sweep reads every kept event; the next ones, the events of deliveries
-    // finished since two intervals before the previous sweep started
+    // finished since one interval before the previous sweep started
     let mut since: Option<i64> = None;
     while !stop.is_cancelled() {
         let started = now_ms();
