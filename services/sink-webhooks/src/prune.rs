@@ -87,54 +87,87 @@ pub async fn prune(
     now_ms: i64,
     since: Option<i64>,
 ) -> Result<Pruned, SqlError> {
+    // every endpoint that ever had a row, configured or not: the sweep reads per endpoint
+    // (and state), so the `finished` index (endpoint, state, finished_at_ms) finds the rows
+    let endpoints: Vec<String> = crate::endpoints_store::endpoint_rows(target)
+        .await?
+        .into_iter()
+        .map(|row| row.name)
+        .collect();
     let mut pruned = Pruned::default();
     if let Some(retention) = retention {
         let cutoff = now_ms.saturating_sub(retention.as_millis() as i64);
-        // per endpoint and state, so the `finished` index (endpoint, state, finished_at_ms)
-        // finds the rows; every endpoint that ever had a row, configured or not
-        let endpoints = crate::endpoints_store::endpoint_rows(target).await?;
         for endpoint in &endpoints {
             for state in ["delivered", "dead"] {
-                loop {
-                    let rows = finished_before(target, &endpoint.name, state, cutoff).await?;
-                    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-                    let (deliveries, attempts) =
-                        delete_deliveries(target, &ids, state, cutoff).await?;
-                    pruned.deliveries += deliveries;
-                    pruned.attempts += attempts;
-                    // a dead letter's event kept its body for a re-queue
-                    let events: Vec<String> = rows.into_iter().map(|(_, e)| e).collect();
-                    pruned.events += release_in_own_transaction(target, &events).await?;
-                    if ids.len() < PRUNE_CHUNK {
-                        break;
-                    }
-                }
+                prune_finished(target, endpoint, state, cutoff, &mut pruned).await?;
             }
         }
     }
-    if let Some(since) = since {
-        let endpoints = crate::endpoints_store::endpoint_rows(target).await?;
-        for endpoint in &endpoints {
-            // keyset pages on (finish time, id): a batch's deliveries share a finish time
-            let mut after = (since, i64::MIN);
-            loop {
-                let rows = delivered_after(target, &endpoint.name, after).await?;
-                let Some((at, id)) = rows.last().map(|(at, id, _)| (*at, *id)) else {
-                    break;
-                };
-                let full = rows.len() == PRUNE_CHUNK;
-                let events: Vec<String> = rows.into_iter().map(|(_, _, e)| e).collect();
-                pruned.events += release_in_own_transaction(target, &events).await?;
-                if !full {
-                    break;
-                }
-                after = (at, id);
+    match since {
+        Some(since) => {
+            for endpoint in &endpoints {
+                pruned.events += release_delivered_since(target, endpoint, since).await?;
             }
         }
-        return Ok(pruned);
+        None => pruned.events += release_every_kept(target).await?,
     }
-    // every kept body, in envelope id order (keyset pages: each statement bounded)
+    Ok(pruned)
+}
+
+/// Deletes `endpoint`'s deliveries in `state` finished before `cutoff_ms`, their attempts,
+/// and the bodies none of their events' deliveries needs any more (a dead letter's event
+/// kept its body for a re-queue).
+async fn prune_finished(
+    target: &SqlTarget,
+    endpoint: &str,
+    state: &str,
+    cutoff_ms: i64,
+    pruned: &mut Pruned,
+) -> Result<(), SqlError> {
+    loop {
+        let rows = finished_before(target, endpoint, state, cutoff_ms).await?;
+        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        let (deliveries, attempts) = delete_deliveries(target, &ids, state, cutoff_ms).await?;
+        pruned.deliveries += deliveries;
+        pruned.attempts += attempts;
+        let events: Vec<String> = rows.into_iter().map(|(_, e)| e).collect();
+        pruned.events += release_in_own_transaction(target, &events).await?;
+        if ids.len() < PRUNE_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Releases the bodies of the events of `endpoint`'s deliveries delivered at or after
+/// `since_ms`, in keyset pages on (finish time, id): a batch's deliveries share a finish
+/// time. Returns how many went.
+async fn release_delivered_since(
+    target: &SqlTarget,
+    endpoint: &str,
+    since_ms: i64,
+) -> Result<u64, SqlError> {
+    let mut released = 0;
+    let mut after = (since_ms, i64::MIN);
+    loop {
+        let rows = delivered_after(target, endpoint, after).await?;
+        let Some((at, id)) = rows.last().map(|(at, id, _)| (*at, *id)) else {
+            return Ok(released);
+        };
+        let full = rows.len() == PRUNE_CHUNK;
+        let events: Vec<String> = rows.into_iter().map(|(_, _, e)| e).collect();
+        released += release_in_own_transaction(target, &events).await?;
+        if !full {
+            return Ok(released);
+        }
+        after = (at, id);
+    }
+}
+
+/// Releases every kept body no delivery needs any more, in envelope id order (keyset pages:
+/// each statement bounded). Returns how many went.
+async fn release_every_kept(target: &SqlTarget) -> Result<u64, SqlError> {
     let events = target.table(WEBHOOK_EVENTS);
+    let mut released = 0;
     let mut after = String::new();
     loop {
         let mut page = target.statement(format!(
@@ -148,15 +181,14 @@ pub async fn prune(
             .map(|row| text(row, 0).map(Option::unwrap_or_default))
             .collect::<Result<Vec<String>, SqlError>>()?;
         let Some(last) = ids.last() else {
-            break;
+            return Ok(released);
         };
         after = last.clone();
-        pruned.events += release_in_own_transaction(target, &ids).await?;
+        released += release_in_own_transaction(target, &ids).await?;
         if ids.len() < PRUNE_CHUNK {
-            break;
+            return Ok(released);
         }
     }
-    Ok(pruned)
 }
 
 /// Deletes the bodies of these events that no delivery is pending or dead for (nothing will
