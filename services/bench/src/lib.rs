@@ -17,6 +17,7 @@
 
 pub mod cli;
 mod corpus;
+mod cpu;
 mod deliveries;
 mod ingress;
 mod load;

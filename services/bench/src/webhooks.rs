@@ -101,7 +101,7 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     );
     let receiver = Receiver::start().await?;
     println!(
-        "{:<9} {:<16} {:>8} {:>13} {:>8} {:>15} {:>6} {:>10} {:>8} {:>8}   direct before / after",
+        "{:<9} {:<16} {:>8} {:>13} {:>8} {:>15} {:>6} {:>10} {:>8} {:>8} {:>15}   direct before / after",
         "state",
         "endpoints",
         "pairs",
@@ -111,7 +111,8 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
         "ratio",
         "at rate/s",
         "p50 ms",
-        "p99 ms"
+        "p99 ms",
+        "CPU us: dest/direct"
     );
     let mut databases = Vec::new();
     if !args.no_sqlite {
@@ -141,18 +142,19 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
                 receiver.counts.reset();
                 direct
             };
-            let before = direct_ceiling().await?;
-            let (rate, seconds) =
+            let (before, cpu_before) = direct_ceiling().await?;
+            let (rate, seconds, cpu) =
                 on_fresh(db, |t| throughput(&log, t, &receiver, &all, &[], n, &args)).await?;
-            let after = direct_ceiling().await?;
+            let (after, cpu_after) = direct_ceiling().await?;
             let direct = (before + after) / 2.0;
+            let cpu_direct = (cpu_before + cpu_after) / 2.0;
             let at = (rate * args.load).max(1.0);
             let (p50, p99) = match args.seconds {
                 0 => (f64::NAN, f64::NAN),
                 _ => on_fresh(db, |t| latency(t, &receiver, &bodies, endpoints, at, &args)).await?,
             };
             println!(
-                "{:<9} {:<16} {:>8} {:>13.0} {:>8.2} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1}   {:.0} / {:.0}",
+                "{:<9} {:<16} {:>8} {:>13.0} {:>8.2} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1} {:>15}   {:.0} / {:.0}",
                 db.name(),
                 endpoints,
                 n * endpoints,
@@ -163,13 +165,15 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
                 at,
                 p50,
                 p99,
+                format!("{cpu:.0}/{cpu_direct:.0} {:.2}", cpu_direct / cpu),
                 before,
                 after
             );
         }
-        let (both, _) =
+        let (both, ..) =
             on_fresh(db, |t| throughput(&log, t, &receiver, &[0], &[1], n, &args)).await?;
-        let (one_down, _) = on_fresh(db, |t| throughput_down(&log, t, &receiver, n, &args)).await?;
+        let (one_down, ..) =
+            on_fresh(db, |t| throughput_down(&log, t, &receiver, n, &args)).await?;
         println!(
             "{:<9} 2, 1 down: the healthy one's deliveries/s {:.0} with the other healthy, {:.0} with it down (connection refused), ratio {:.2}",
             db.name(),
@@ -243,7 +247,8 @@ async fn bodies_of(log: &EventLog) -> anyhow::Result<Vec<(String, Bytes)>> {
 }
 
 /// The whole log to `healthy` endpoints (receiver paths) and `also` (more healthy ones whose
-/// time is not counted): deliveries/s of the `healthy` ones until all are `delivered`.
+/// time is not counted): deliveries/s of the `healthy` ones until all are `delivered`, the
+/// seconds, and the CPU per delivery (µs; see [`measure`]).
 async fn throughput(
     log: &EventLog,
     target: SqlTarget,
@@ -252,7 +257,7 @@ async fn throughput(
     also: &[usize],
     n: usize,
     args: &WebhooksArgs,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let endpoints = healthy
         .iter()
         .chain(also)
@@ -275,7 +280,7 @@ async fn throughput_down(
     receiver: &Receiver,
     n: usize,
     args: &WebhooksArgs,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let hours = Schedule::new(vec![Duration::from_secs(3_600); 5]).expect("a schedule");
     let endpoints = vec![
@@ -296,7 +301,8 @@ async fn throughput_down(
 }
 
 /// Runs the destination over the whole log; the time until the `timed` endpoints (receiver
-/// paths) have received every event and SQL has them all `delivered`.
+/// paths) have received every event and SQL has them all `delivered`; the CPU (this process
+/// with the receiver, and Postgres) until the last arrival, in µs per timed delivery.
 async fn measure(
     log: &EventLog,
     target: SqlTarget,
@@ -304,10 +310,11 @@ async fn measure(
     endpoints: Vec<Endpoint>,
     timed: &[usize],
     n: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     receiver.counts.reset();
     let names: Vec<String> = timed.iter().map(|i| format!("e{i}")).collect();
     let started = Instant::now();
+    let cpu = crate::cpu::seconds();
     let running = Running::start(log, &target, settings(endpoints));
     let arrived = receiver
         .wait(
@@ -316,6 +323,7 @@ async fn measure(
             |c| timed.iter().all(|&i| c.of(i) >= n),
         )
         .await;
+    let cpu_us = (crate::cpu::seconds() - cpu) * 1e6 / (n * timed.len()) as f64;
     let confirmed = async {
         arrived?;
         for name in &names {
@@ -326,7 +334,7 @@ async fn measure(
     .await;
     running.stop().await?;
     let seconds = confirmed?;
-    Ok(((n * timed.len()) as f64 / seconds, seconds))
+    Ok(((n * timed.len()) as f64 / seconds, seconds, cpu_us))
 }
 
 /// On an empty log: events appended at `rate` deliveries/s (`rate / endpoints` events/s, in

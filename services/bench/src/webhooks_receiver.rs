@@ -111,7 +111,8 @@ async fn receive(
 /// `concurrency` tasks: the bodies (and envelope ids) of the log in turn, spread over
 /// `endpoints` paths, with the headers the destination sends (signed per request, as it
 /// signs). The clock starts once every connection is open (one request each first, not
-/// counted): a short burst would otherwise measure connection set-up. Returns requests/s.
+/// counted): a short burst would otherwise measure connection set-up. Returns requests/s
+/// and the CPU (this process and Postgres, in µs) per request.
 pub(crate) async fn ceiling(
     receiver: &Receiver,
     bodies: &Arc<Vec<(String, Bytes)>>,
@@ -119,7 +120,7 @@ pub(crate) async fn ceiling(
     (total, min_time): (usize, Duration),
     concurrency: usize,
     secret: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .use_rustls_tls()
@@ -191,10 +192,12 @@ pub(crate) async fn ceiling(
         }));
     }
     warm.wait().await;
+    let cpu = crate::cpu::seconds();
     let clock = *started.get_or_init(Instant::now);
     for task in tasks {
         task.await??;
     }
     let sent = next.load(Ordering::Relaxed).saturating_sub(concurrency);
-    Ok(sent as f64 / clock.elapsed().as_secs_f64())
+    let cpu_us = (crate::cpu::seconds() - cpu) * 1e6 / sent.max(1) as f64;
+    Ok((sent as f64 / clock.elapsed().as_secs_f64(), cpu_us))
 }

@@ -141,9 +141,27 @@ pub struct PayloadRow {
     pub claims: bool,
 }
 
+/// How much of a record a sink needs planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlanDepth {
+    /// Classified, with the rows of the SQL tables and the objects' keys (the SQL and object
+    /// projections).
+    #[default]
+    Full,
+    /// The envelope only: its id, type, body, origin and headers; every decoded record is a
+    /// [`Plan::Event`] with nothing in it. The webhook destination forwards bodies as Terra
+    /// sent them and classifies nothing: the rows and keys would be built for nothing.
+    Envelope,
+}
+
 /// Decodes and plans one consumed record. Never fails: what cannot be projected is a
 /// [`Plan::Dead`] with the reason.
 pub fn plan(consumed: &Consumed) -> Planned {
+    plan_to(consumed, PlanDepth::Full)
+}
+
+/// [`plan`] to the depth a sink needs.
+pub fn plan_to(consumed: &Consumed, depth: PlanDepth) -> Planned {
     let position = consumed.position;
     let envelope = match Envelope::decode(consumed.record.value.as_ref()) {
         Ok(envelope) => envelope,
@@ -163,13 +181,18 @@ pub fn plan(consumed: &Consumed) -> Planned {
             };
         }
     };
-    let mut planned = plan_envelope(position, &envelope);
+    let mut planned = plan_envelope_to(position, &envelope, depth);
     Arc::make_mut(&mut planned.origin).traceparent = Origin::traceparent_of(consumed);
     planned
 }
 
 /// Plans a decoded envelope.
 pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
+    plan_envelope_to(position, envelope, PlanDepth::Full)
+}
+
+/// [`plan_envelope`] to the depth a sink needs.
+pub fn plan_envelope_to(position: Position, envelope: &Envelope, depth: PlanDepth) -> Planned {
     let received_at_ms = envelope
         .received_at
         .as_ref()
@@ -180,12 +203,15 @@ pub fn plan_envelope(position: Position, envelope: &Envelope) -> Planned {
         _ => hex::encode(Sha256::digest(&envelope.body)),
     };
     let dead = |reason: String| Plan::Dead(DeadLetter { reason });
-    let plan = match event_plan(position, envelope, received_at_ms, &body_sha256) {
-        Ok(plan) => match fields::check_fields(&plan) {
-            Ok(()) => Plan::Event(plan),
+    let plan = match depth {
+        PlanDepth::Envelope => Plan::Event(EventPlan::default()),
+        PlanDepth::Full => match event_plan(position, envelope, received_at_ms, &body_sha256) {
+            Ok(plan) => match fields::check_fields(&plan) {
+                Ok(()) => Plan::Event(plan),
+                Err(reason) => dead(reason),
+            },
             Err(reason) => dead(reason),
         },
-        Err(reason) => dead(reason),
     };
     Planned {
         position,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use terra_eventlog::{Consumer, LogError};
 
-use crate::plan::{self, Planned};
+use crate::plan::{self, PlanDepth, Planned};
 use crate::runner::{LINGER_FROM_RECORDS, ProjectorConfig};
 
 /// Records read from the log with their plans.
@@ -15,8 +15,8 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn plan(consumed: Vec<terra_eventlog::Consumed>) -> Self {
-        let planned = consumed.iter().map(plan::plan).collect();
+    pub(crate) fn plan(consumed: Vec<terra_eventlog::Consumed>, depth: PlanDepth) -> Self {
+        let planned = consumed.iter().map(|c| plan::plan_to(c, depth)).collect();
         Self { consumed, planned }
     }
 }
@@ -72,6 +72,7 @@ pub(crate) async fn read_ahead(
     mut consumer: Consumer,
     max: usize,
     linger: Duration,
+    depth: PlanDepth,
     written: ReadAhead,
 ) -> (Consumer, Result<Batch, LogError>) {
     let mut batch = Batch {
@@ -101,7 +102,9 @@ pub(crate) async fn read_ahead(
         if batch.consumed.is_empty() && more.len() >= LINGER_FROM_RECORDS {
             lingers_until = Some(tokio::time::Instant::now() + linger);
         }
-        batch.planned.extend(more.iter().map(plan::plan));
+        batch
+            .planned
+            .extend(more.iter().map(|c| plan::plan_to(c, depth)));
         batch.consumed.extend(more);
     }
     (consumer, Ok(batch))

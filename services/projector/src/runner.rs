@@ -21,7 +21,7 @@ use terra_runtime::{Backoff, CancellationToken, LagBound, Retry};
 use tracing::Instrument;
 
 use crate::metrics::ProjectorMetrics;
-use crate::plan::{DeadLetter, Plan, Planned};
+use crate::plan::{DeadLetter, Plan, PlanDepth, Planned};
 use crate::read_ahead::{Batch, ReadAhead, next_batch, read_ahead};
 
 /// What a sink tells the runner when a write did not happen.
@@ -82,6 +82,11 @@ pub trait Sink: Send {
     fn stored_positions(
         &mut self,
     ) -> impl Future<Output = Result<Option<BTreeMap<u32, u64>>, SinkError>> + Send;
+
+    /// How much of each record this sink needs planned (the default: all of it).
+    fn plan_depth(&self) -> PlanDepth {
+        PlanDepth::Full
+    }
 
     /// Writes a batch atomically, or nothing of it.
     fn write(
@@ -197,6 +202,7 @@ pub async fn run<S: Sink>(
         None => return Ok(totals),
     }
     let mut last_lag = Instant::now() - Duration::from_secs(60);
+    let depth = sink.plan_depth();
     // the next batch, read and planned while the previous one was being written
     let mut ahead: Option<Batch> = None;
     loop {
@@ -210,7 +216,7 @@ pub async fn run<S: Sink>(
                     polled = next_batch(&mut consumer, config) => polled?,
                     () = shutdown.cancelled() => continue,
                 };
-                Batch::plan(consumed)
+                Batch::plan(consumed, depth)
             }
         };
         if let Some(bound) = &config.lag_bound {
@@ -266,6 +272,7 @@ pub async fn run<S: Sink>(
             consumer,
             config.batch_size,
             config.batch_linger,
+            depth,
             written_flag.clone(),
         ));
         let written = write_resilient(config, metrics, sink, &planned, &shutdown)

@@ -354,6 +354,9 @@ pub struct WebhookSettings {
     /// First attempts sent by the fan-out itself (see the `first` module). Not a setting:
     /// tests of the dispatcher's leases turn it off.
     pub first_from_fan_out: bool,
+    /// About how many (event, endpoint) pairs the fan-out sends and writes per chunk of a
+    /// batch (see the `fanout` module). Not a setting: tests shorten it.
+    pub chunk_pairs: usize,
 }
 
 impl Default for WebhookSettings {
@@ -371,6 +374,7 @@ impl Default for WebhookSettings {
             prune_interval: Duration::from_secs(60 * 60),
             lease_margin: Duration::from_secs(10),
             first_from_fan_out: true,
+            chunk_pairs: 1_024,
         }
     }
 }

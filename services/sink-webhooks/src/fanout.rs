@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sqlx::Executor;
-use terra_projector::plan::{Plan, Planned};
+use terra_projector::plan::{Plan, PlanDepth, Planned};
 use terra_projector::{Sink, SinkError, WriteStats};
 use terra_schema::tables::{WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
 use terra_schema::{Dialect, SqlError, SqlTarget, Val, insert_rows, positions};
+use tokio::sync::oneshot;
 
 use crate::dispatch::{Shared, now_ms};
 use crate::endpoint::WebhookSettings;
@@ -55,6 +56,11 @@ impl FanOutSink {
 impl Sink for FanOutSink {
     fn name(&self) -> &str {
         WEBHOOKS_GROUP
+    }
+
+    /// Bodies are forwarded as Terra sent them: nothing is classified.
+    fn plan_depth(&self) -> PlanDepth {
+        PlanDepth::Envelope
     }
 
     async fn stored_positions(&mut self) -> Result<Option<BTreeMap<u32, u64>>, SinkError> {
@@ -152,11 +158,13 @@ struct Pairs {
 }
 
 /// The batch's pairs, records at or before the stored positions skipped; `None` when the
-/// stored positions are before the batch.
+/// stored positions are before the batch (checked only where `check_start`: a chunk after
+/// the first continues the batch).
 fn pairs_of(
     settings: &WebhookSettings,
     batch: &[Planned],
     stored: &BTreeMap<u32, u64>,
+    check_start: bool,
 ) -> Option<Pairs> {
     let mut p = Pairs::default();
     let mut started = std::collections::HashSet::new();
@@ -167,7 +175,7 @@ fn pairs_of(
             p.replayed += 1;
             continue;
         }
-        if started.insert(partition) && planned.position.offset > next {
+        if check_start && started.insert(partition) && planned.position.offset > next {
             return None;
         }
         p.last.insert(partition, planned.position.offset);
@@ -206,47 +214,209 @@ fn pairs_of(
     Some(p)
 }
 
-/// Writes a batch's deliveries (one per matching endpoint) with the batch's positions, in one
-/// transaction, first attempts sent before where `lane` says so. Records at or before the
-/// stored positions are skipped.
+/// The batch cut into chunks of about `chunk_pairs` pairs (1,024 unless tests shorten it),
+/// each with its pairs; `None` when the stored positions are before the batch. A chunk's
+/// rows are written while the next chunk's first attempts are in flight, and each chunk
+/// waits for its own first attempts at most [`crate::first::FIRST_WAIT`]: a batch of 4,000
+/// records to 4 endpoints is 16,000 attempts, more than a second's worth on the 2-core
+/// machine, so with one wait per batch most of them went through the dispatcher.
+fn chunks_of(
+    settings: &WebhookSettings,
+    batch: &[Planned],
+    stored: &BTreeMap<u32, u64>,
+) -> Option<Vec<Pairs>> {
+    let records = (settings.chunk_pairs / settings.endpoints.len().max(1)).max(1);
+    let mut next = stored.clone();
+    let mut chunks = Vec::new();
+    for (i, chunk) in batch.chunks(records).enumerate() {
+        let p = pairs_of(settings, chunk, &next, i == 0)?;
+        for (&partition, &last) in &p.last {
+            next.insert(partition, last + 1);
+        }
+        chunks.push(p);
+    }
+    Some(chunks)
+}
+
+/// A chunk with its first attempts' ends (all [`First::NotSent`] without a lane).
+struct Sent {
+    p: Pairs,
+    firsts: Vec<First>,
+}
+
+/// Sends a chunk's first attempts to the endpoints that take them now.
+async fn send_chunk(lane: Option<&Arc<Lane>>, p: Pairs) -> Sent {
+    let eligible = lane
+        .map(|l| l.eligible())
+        .filter(|e| e.iter().any(|yes| *yes));
+    let firsts = match (lane, eligible) {
+        (Some(lane), Some(eligible)) if !p.pairs.is_empty() => {
+            let send: Vec<bool> = p.pairs.iter().map(|&(_, e)| eligible[e]).collect();
+            lane.first_attempts(&p.events, &p.pairs, &send).await
+        }
+        _ => p.pairs.iter().map(|_| First::NotSent).collect(),
+    };
+    Sent { p, firsts }
+}
+
+/// Sends the next chunk's first attempts (if any) while `write` runs.
+async fn overlapped<T>(
+    lane: Option<&Arc<Lane>>,
+    next: Option<Pairs>,
+    write: impl Future<Output = T>,
+) -> (T, Option<Sent>) {
+    let send = async {
+        match next {
+            Some(p) => Some(send_chunk(lane, p).await),
+            None => None,
+        }
+    };
+    tokio::join!(write, send)
+}
+
+/// Writes a batch's deliveries (one per matching endpoint) with the batch's positions, first
+/// attempts sent before where `lane` says so. Records at or before the stored positions are
+/// skipped. The batch goes in chunks: a chunk's rows are written while the next chunk's first
+/// attempts are in flight.
+///
+/// Postgres, MySQL (and SQLite without first attempts): one transaction, the positions'
+/// writer lock held from before the first attempt to the commit, so a second fan-out (another
+/// replica) waits and then finds the batch written. SQLite with first attempts (one node,
+/// one writer that the dispatcher needs meanwhile): a transaction per chunk, each checking
+/// the positions it continues from under the lock, so the lock is not held while attempts
+/// are in flight.
 pub(crate) async fn fan_out(
     target: &SqlTarget,
     settings: &WebhookSettings,
     lane: Option<&Arc<Lane>>,
     batch: &[Planned],
 ) -> Result<FanOut, FanOutError> {
-    let eligible = lane
-        .map(|l| l.eligible())
-        .filter(|e| e.iter().any(|yes| *yes));
-    // Postgres, MySQL: the writer lock is held while first attempts are in flight, so a
-    // second fan-out waits and then finds the batch written. SQLite (one node, one writer
-    // that the dispatcher needs meanwhile): positions read now, checked again under the lock.
-    let hold = target.dialect() != Dialect::Sqlite || eligible.is_none();
+    let firsts = lane.is_some_and(|l| l.eligible().iter().any(|yes| *yes));
+    let hold = target.dialect() != Dialect::Sqlite || !firsts;
+    // SQLite's lock is not held while attempts are in flight: none in this batch then
+    let lane = lane.filter(|_| target.dialect() != Dialect::Sqlite || !hold);
     let mut tx = target.pool().begin().await?;
     let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, hold).await?;
-    let Some(p) = pairs_of(settings, batch, &stored) else {
+    let Some(chunks) = chunks_of(settings, batch, &stored) else {
         tx.rollback().await?;
         return Err(FanOutError::Behind(stored));
     };
-    let (firsts, mut tx) = match (lane, &eligible) {
-        (Some(lane), Some(eligible)) if !p.pairs.is_empty() => {
-            let send: Vec<bool> = p.pairs.iter().map(|&(_, e)| eligible[e]).collect();
-            if hold {
-                (lane.first_attempts(&p.events, &p.pairs, &send).await, tx)
-            } else {
-                tx.rollback().await?;
-                let firsts = lane.first_attempts(&p.events, &p.pairs, &send).await;
-                let mut tx = target.pool().begin().await?;
-                let again = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
-                if again != stored {
-                    tx.rollback().await?;
-                    return Err(FanOutError::Behind(again));
-                }
-                (firsts, tx)
+    let mut out = FanOut::default();
+    let mut chunks = chunks.into_iter();
+    let mut current = match chunks.next() {
+        Some(p) => Some(send_chunk(lane, p).await),
+        None => None,
+    };
+    if hold {
+        let mut last = BTreeMap::new();
+        let mut told = Vec::new();
+        while let Some(sent) = current {
+            last.extend(sent.p.last.iter().map(|(&k, &v)| (k, v)));
+            let (written, next) = overlapped(
+                lane,
+                chunks.next(),
+                write_chunk(target, &mut tx, settings, sent),
+            )
+            .await;
+            told.extend(out.add(written?));
+            current = next;
+        }
+        if !last.is_empty() {
+            positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms()).await?;
+        }
+        tx.commit().await?;
+        tell(told);
+    } else {
+        tx.rollback().await?;
+        let mut expected = stored;
+        while let Some(sent) = current {
+            let after: BTreeMap<u32, u64> = sent.p.last.iter().map(|(&k, &v)| (k, v + 1)).collect();
+            let (written, next) = overlapped(
+                lane,
+                chunks.next(),
+                commit_chunk(target, settings, sent, &expected),
+            )
+            .await;
+            tell(out.add(written?));
+            for (partition, next) in after {
+                let at = expected.entry(partition).or_default();
+                *at = (*at).max(next);
+            }
+            current = next;
+        }
+    }
+    Ok(out)
+}
+
+/// Tells attempts still in flight the ids of their deliveries, once written.
+fn tell(told: Vec<(oneshot::Sender<i64>, i64)>) {
+    for (tell, id) in told {
+        let _ = tell.send(id);
+    }
+}
+
+/// A chunk written in a transaction of its own (SQLite with first attempts), after checking
+/// under the lock that the positions are still where the chunk continues from.
+async fn commit_chunk(
+    target: &SqlTarget,
+    settings: &WebhookSettings,
+    sent: Sent,
+    expected: &BTreeMap<u32, u64>,
+) -> Result<Written, FanOutError> {
+    let mut tx = target.pool().begin().await?;
+    let again = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
+    if &again != expected {
+        tx.rollback().await?;
+        return Err(FanOutError::Behind(again));
+    }
+    let last = sent.p.last.clone();
+    let written = write_chunk(target, &mut tx, settings, sent).await?;
+    if !last.is_empty() {
+        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms()).await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// What a chunk wrote, and the attempts in flight to tell their deliveries' ids.
+struct Written {
+    out: FanOut,
+    told: Vec<(oneshot::Sender<i64>, i64)>,
+}
+
+impl FanOut {
+    /// Adds a chunk's counts; returns its attempts in flight.
+    fn add(&mut self, written: Written) -> Vec<(oneshot::Sender<i64>, i64)> {
+        let chunk = written.out;
+        self.replayed += chunk.replayed;
+        self.records += chunk.records;
+        for (endpoint, n) in chunk.deliveries {
+            *self.deliveries.entry(endpoint).or_default() += n;
+        }
+        self.events.extend(chunk.events);
+        for endpoint in chunk.pending {
+            if !self.pending.contains(&endpoint) {
+                self.pending.push(endpoint);
             }
         }
-        _ => (p.pairs.iter().map(|_| First::NotSent).collect(), tx),
-    };
+        for (endpoint, (delivered, gone)) in chunk.first {
+            match self.first.iter_mut().find(|(e, _)| *e == endpoint) {
+                Some((_, h)) => *h = (h.0 || delivered, h.1 || gone),
+                None => self.first.push((endpoint, (delivered, gone))),
+            }
+        }
+        written.told
+    }
+}
+
+/// Writes a chunk's events (those still to send), deliveries and first attempts in `tx`.
+async fn write_chunk(
+    target: &SqlTarget,
+    tx: &mut terra_schema::positions::Tx,
+    settings: &WebhookSettings,
+    sent: Sent,
+) -> Result<Written, FanOutError> {
+    let Sent { p, firsts } = sent;
     let now = now_ms();
     let mut out = FanOut {
         replayed: p.replayed,
@@ -294,7 +464,7 @@ pub(crate) async fn fan_out(
         .filter(|(_, f)| !matches!(f, First::NotSent))
         .map(|(&(event, _), _)| p.events[event].envelope_id.clone())
         .collect();
-    let ids = insert_deliveries(target, &mut tx, rows, (!sent.is_empty()).then_some(sent)).await?;
+    let ids = insert_deliveries(target, tx, rows, (!sent.is_empty()).then_some(sent)).await?;
     let id_of = |event: usize, endpoint: usize| {
         let key = (
             p.events[event].envelope_id.clone(),
@@ -332,17 +502,10 @@ pub(crate) async fn fan_out(
             First::NotSent => {}
         }
     }
-    insert_attempts(target, &mut tx, attempts).await?;
-    if !p.last.is_empty() {
-        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &p.last, now).await?;
-    }
-    tx.commit().await?;
-    for (tell, id) in told {
-        let _ = tell.send(id);
-    }
+    insert_attempts(target, tx, attempts).await?;
     out.events = (0..p.events.len())
         .filter(|&i| keep[i])
         .map(|i| (*p.events[i]).clone())
         .collect();
-    Ok(out)
+    Ok(Written { out, told })
 }

@@ -17,6 +17,7 @@ use terra_schema::SqlTarget;
 on_every_dialect!(
     a_quick_endpoint_gets_its_first_attempt_from_the_fan_out_and_no_body_is_kept,
     first_attempts_cut_off_in_flight_are_recorded_once,
+    a_batch_goes_in_chunks_written_while_the_next_chunk_is_sent,
 );
 
 /// The envelope ids of the kept events (bodies), sorted.
@@ -161,4 +162,67 @@ async fn two_fan_outs_send_each_pair_once(dialect: Dialect) {
     assert_eq!(receiver.overlaps(), 0, "a pair was in flight twice at once");
     assert_eq!(receiver.seen().len(), 200, "each pair sent once");
     db.drop_now().await;
+}
+
+/// A batch larger than a chunk: each chunk's deliveries are written while the next chunk's
+/// first attempts are in flight (so some delivery is written before the batch's last attempt
+/// starts), and every pair is still sent once, written once and recorded once.
+async fn a_batch_goes_in_chunks_written_while_the_next_chunk_is_sent(dialect: Dialect) {
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let ok = Receiver::start(Receiver::ok()).await;
+    let mut settings = settings(vec![endpoint("ok", &ok.url())]);
+    settings.chunk_pairs = 16;
+    let running = start(&log.log, &target, settings);
+    append(&log, &[body("activity", "warm-up", 999)]).await;
+    wait_for(&target, LIMIT, "the first event delivered", all_ended(1)).await;
+    // one append: the fan-out reads them as one batch (or a few), of many chunks
+    let records = (0..200)
+        .map(|n| {
+            support::record(
+                &body("activity", &format!("u-{n}"), n),
+                None,
+                terra_core::keys::now_ms() / 1000,
+                None,
+            )
+        })
+        .collect();
+    log.append(records).await;
+    let rows = wait_for(&target, LIMIT, "all delivered", all_ended(201)).await;
+    running.stop().await;
+    assert!(rows.iter().all(|r| r.state == "delivered" && r.attempts == 1), "{rows:#?}");
+    assert_eq!(ok.seen().len(), 201, "each event sent once");
+    for row in &rows {
+        assert_eq!(attempts(&target, row.id).await.len(), 1, "{row:?}: one attempt");
+    }
+    let first_written: i64 = sqlx::query_scalar(&format!(
+        "SELECT MIN(created_at_ms) FROM {} WHERE envelope_id <> '{}'",
+        target.table("webhook_deliveries"),
+        first_envelope(&target).await,
+    ))
+    .fetch_one(target.pool())
+    .await
+    .unwrap();
+    let last_started: i64 = sqlx::query_scalar(&format!(
+        "SELECT MAX(started_at_ms) FROM {}",
+        target.table("webhook_attempts")
+    ))
+    .fetch_one(target.pool())
+    .await
+    .unwrap();
+    assert!(
+        first_written < last_started,
+        "the first chunk's deliveries were written ({first_written}) before the last attempt started ({last_started})"
+    );
+    db.drop_now().await;
+}
+
+/// The envelope id of the delivery with the lowest id (the warm-up event's).
+async fn first_envelope(target: &SqlTarget) -> String {
+    let sql = format!(
+        "SELECT envelope_id FROM {} ORDER BY id LIMIT 1",
+        target.table("webhook_deliveries")
+    );
+    let row = target.pool().fetch_one(sql.as_str()).await.unwrap();
+    terra_sink_webhooks::store::text(&row, 0).unwrap().unwrap()
 }

@@ -205,3 +205,29 @@ fn hostile_user_ids_stay_inside_their_key_segment() {
     );
     assert_eq!(row.payload_id.matches('/').count(), 2);
 }
+
+#[test]
+fn an_envelope_deep_plan_keeps_the_envelope_and_plans_no_rows() {
+    for body in [fixture("sleep"), fixture("auth"), b"not json".to_vec()] {
+        let envelope = envelope(&body, Some(1_780_000_000_000));
+        let full = plan_envelope(at(3), &envelope);
+        let light = plan_envelope_to(at(3), &envelope, PlanDepth::Envelope);
+        assert_eq!(light.envelope_id, full.envelope_id);
+        assert_eq!(light.event_type, full.event_type);
+        assert_eq!(light.received_at_ms, full.received_at_ms);
+        assert_eq!(light.body, full.body);
+        assert_eq!(light.body_sha256, full.body_sha256);
+        assert_eq!(light.origin.user_id, full.origin.user_id);
+        assert_eq!(light.position.offset, 3);
+        match &light.plan {
+            Plan::Event(event) => {
+                assert!(event.payloads.is_empty() && event.lifecycle.is_empty());
+                assert!(event.seen_users.is_empty());
+            }
+            Plan::Dead(dead) => panic!("an envelope-deep plan is never dead: {}", dead.reason),
+        }
+    }
+    // the full plan of the same bodies does build rows (or finds the body unusable)
+    let full = plan_envelope(at(0), &envelope(&fixture("sleep"), Some(1)));
+    assert!(!event(&full).payloads.is_empty());
+}
