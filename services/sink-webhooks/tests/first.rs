@@ -190,10 +190,18 @@ async fn a_batch_goes_in_chunks_written_while_the_next_chunk_is_sent(dialect: Di
     log.append(records).await;
     let rows = wait_for(&target, LIMIT, "all delivered", all_ended(201)).await;
     running.stop().await;
-    assert!(rows.iter().all(|r| r.state == "delivered" && r.attempts == 1), "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == "delivered" && r.attempts == 1),
+        "{rows:#?}"
+    );
     assert_eq!(ok.seen().len(), 201, "each event sent once");
     for row in &rows {
-        assert_eq!(attempts(&target, row.id).await.len(), 1, "{row:?}: one attempt");
+        assert_eq!(
+            attempts(&target, row.id).await.len(),
+            1,
+            "{row:?}: one attempt"
+        );
     }
     let first_written: i64 = sqlx::query_scalar(&format!(
         "SELECT MIN(created_at_ms) FROM {} WHERE envelope_id <> '{}'",
