@@ -24,7 +24,7 @@ pub mod swap;
 pub mod tables;
 mod target;
 
-pub use dialect::{Dialect, Stmt, Val, insert_rows};
+pub use dialect::{Dialect, Stmt, Val, insert_all, insert_rows, insert_unnest};
 pub use error::SqlError;
 pub use migrate::{
     MigrationReport, TableSet, Variant, migrate, migrate_set, migrate_up_to, pending, pending_set,

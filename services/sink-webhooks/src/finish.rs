@@ -4,7 +4,7 @@
 use sqlx::Executor;
 use terra_schema::positions::Tx;
 use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES};
-use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_all};
 
 use crate::send::AttemptResult;
 use crate::store::Leased;
@@ -69,11 +69,10 @@ pub(crate) async fn insert_attempts(
     tx: &mut Tx,
     rows: Vec<Vec<Val>>,
 ) -> Result<(), SqlError> {
-    for stmt in insert_rows(
+    for stmt in insert_all(
         target.dialect(),
         &target.table(WEBHOOK_ATTEMPTS),
         &ATTEMPT_COLUMNS,
-        &[],
         rows,
         "",
     ) {

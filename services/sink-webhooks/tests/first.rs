@@ -18,6 +18,7 @@ on_every_dialect!(
     a_quick_endpoint_gets_its_first_attempt_from_the_fan_out_and_no_body_is_kept,
     first_attempts_cut_off_in_flight_are_recorded_once,
     a_batch_goes_in_chunks_written_while_the_next_chunk_is_sent,
+    responses_are_recorded_as_the_endpoints_sent_them,
 );
 
 /// The envelope ids of the kept events (bodies), sorted.
@@ -233,4 +234,46 @@ async fn first_envelope(target: &SqlTarget) -> String {
     );
     let row = target.pool().fetch_one(sql.as_str()).await.unwrap();
     terra_sink_webhooks::store::text(&row, 0).unwrap().unwrap()
+}
+
+/// What an endpoint answered is recorded as it sent it, whatever its characters (on Postgres
+/// the rows go through array literals: quotes, backslashes, braces, commas and the word NULL
+/// must come back as they were).
+async fn responses_are_recorded_as_the_endpoints_sent_them(dialect: Dialect) {
+    const ODD: &str = r#"{"error": "busy, \"retry\" \\ later"} NULL, {} é 🙂 \N"#;
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    let ok = Receiver::start(Arc::new(|_, _| Answer::Body(200, ODD))).await;
+    let failing = Receiver::start(Arc::new(|_, _| Answer::Body(500, ODD))).await;
+    let mut later = endpoint("failing", &failing.url());
+    later.schedule =
+        terra_sink_webhooks::Schedule::new(vec![Duration::ZERO, Duration::from_secs(3600)])
+            .unwrap();
+    let running = start(
+        &log.log,
+        &target,
+        settings(vec![endpoint("ok", &ok.url()), later]),
+    );
+    append(&log, &[body("activity", "u-1", 1)]).await;
+    wait_for(&target, LIMIT, "both first attempts written", |rows| {
+        rows.len() == 2 && rows.iter().all(|r| r.attempts == 1)
+    })
+    .await;
+    running.stop().await;
+    let sql = format!(
+        "SELECT a.status_code, a.response, d.state FROM {} a JOIN {} d ON d.id = a.delivery_id ORDER BY d.endpoint",
+        target.table("webhook_attempts"),
+        target.table("webhook_deliveries")
+    );
+    let rows = target.pool().fetch_all(sql.as_str()).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, state) in rows.iter().zip(["pending", "delivered"]) {
+        let response = terra_sink_webhooks::store::text(row, 1).unwrap();
+        assert_eq!(response.as_deref(), Some(ODD));
+        assert_eq!(
+            terra_sink_webhooks::store::text(row, 2).unwrap().as_deref(),
+            Some(state)
+        );
+    }
+    db.drop_now().await;
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sqlx::{Executor, Row};
 use terra_schema::positions::Tx;
 use terra_schema::tables::WEBHOOK_DELIVERIES;
-use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_rows};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_all};
 
 use crate::first::First;
 use crate::store::{EventRow, Next, ordering_key, text};
@@ -164,7 +164,7 @@ pub(super) async fn insert_deliveries(
         suffix.push_str(" RETURNING id, envelope_id, endpoint");
     }
     let mut found = HashMap::new();
-    for stmt in insert_rows(dialect, &d, &DELIVERY_COLUMNS, &[], rows, &suffix) {
+    for stmt in insert_all(dialect, &d, &DELIVERY_COLUMNS, rows, &suffix) {
         if returning {
             for row in tx.fetch_all(stmt.query()).await? {
                 found.insert(id_key(&row)?, row.try_get(0)?);

@@ -37,6 +37,8 @@ pub enum Answer {
     SlowOk(Duration),
     /// Never answer (until the client gives up).
     Hang,
+    /// Status with this body.
+    Body(u16, &'static str),
 }
 
 #[derive(Clone)]
@@ -163,6 +165,9 @@ async fn handle(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> R
             "later",
         )
             .into_response(),
+        Answer::Body(code, body) => {
+            (StatusCode::from_u16(code).expect("status"), body).into_response()
+        }
         Answer::SlowOk(wait) => {
             tokio::time::sleep(wait).await;
             (StatusCode::OK, "ok").into_response()
