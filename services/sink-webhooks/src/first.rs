@@ -10,7 +10,7 @@
 //! positions where they were, so the batch is read again and its first attempts sent again
 //! (the receiver sees the same idempotency id twice, as after any crash mid-attempt).
 //!
-//! Isolation: the fan-out waits at most [`FIRST_WAIT`] for a batch's attempts. Then attempts
+//! Isolation: the fan-out waits at most [`FIRST_WAIT`] for a chunk's attempts. Then attempts
 //! still waiting for a permit are not sent (written pending, due now, for the dispatcher) and
 //! those in flight are written pending and leased to themselves; they record their end
 //! through the dispatcher's result writer, fenced by the lease token like any other. An
@@ -30,7 +30,8 @@ use crate::metrics::WebhookMetrics;
 use crate::send::{AttemptResult, Outgoing, Sender};
 use crate::store::{EventRow, Finished, Leased, Next};
 
-/// The longest the fan-out waits for a batch's first attempts.
+/// The longest the fan-out waits for a chunk's first attempts (a batch goes in chunks: see
+/// the `fanout` module).
 pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// An attempt this long makes its endpoint slow: no first attempts from the fan-out for a
 /// cool-down.
@@ -370,7 +371,7 @@ impl Task {
     }
 }
 
-/// Errors of a batch's first attempts to an endpoint, for the writer: (any delivered, any 410).
+/// Errors of a chunk's first attempts to an endpoint, for the writer: (any delivered, any 410).
 pub(crate) fn health(
     firsts: &[First],
     pairs: &[(usize, usize)],
