@@ -59,6 +59,12 @@ pub struct WebhooksArgs {
     /// Seconds of the latency phase (0 skips it).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Deliver to this HTTP receiver instead of the in-process one (it must answer 2xx on
+    /// `/e/0` … `/e/3`, e.g. nginx with `return 200`): deliveries/s and CPU per delivery to 1
+    /// and 4 endpoints only, completion read from SQL; measure its ceiling with your own
+    /// client (wrk).
+    #[arg(long)]
+    pub receiver: Option<String>,
 }
 
 impl std::fmt::Debug for WebhooksArgs {
@@ -122,6 +128,23 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
         databases.push(Db::Postgres(args.postgres.clone()));
     }
     let n = filled.log_records;
+    if let Some(url) = &args.receiver {
+        for db in &databases {
+            for endpoints in [1, 4] {
+                let (rate, seconds, cpu) =
+                    on_fresh(db, |t| external(&log, t, url, endpoints, n, &args)).await?;
+                println!(
+                    "{:<9} {:<16} {:>8} {:>13.0} {:>8.2}   CPU us per delivery {cpu:.0} (receiver {url})",
+                    db.name(),
+                    endpoints,
+                    n * endpoints,
+                    rate,
+                    seconds,
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     for db in &databases {
         for endpoints in [1, 4] {
             let all: Vec<usize> = (0..endpoints).collect();
@@ -271,6 +294,58 @@ async fn throughput(
         })
         .collect();
     measure(log, target, receiver, endpoints, healthy, n).await
+}
+
+/// The whole log to `endpoints` paths of an external receiver: deliveries/s until SQL has
+/// every pair `delivered`, the seconds, and the CPU per delivery (this process and Postgres:
+/// the receiver's own CPU is not counted).
+async fn external(
+    log: &EventLog,
+    target: SqlTarget,
+    url: &str,
+    endpoints: usize,
+    n: usize,
+    args: &WebhooksArgs,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let list = (0..endpoints)
+        .map(|i| {
+            endpoint(
+                format!("e{i}"),
+                &format!("{}/e/{i}", url.trim_end_matches('/')),
+                args.max_in_flight,
+                quick_schedule(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let cpu = crate::cpu::seconds();
+    let running = Running::start(log, &target, settings(list));
+    // every 50 ms (not the 5 ms of `wait_delivered`): the count itself costs the database
+    let delivered = async {
+        loop {
+            let states = crate::webhooks_run::states(&target).await?;
+            let done: i64 = states
+                .iter()
+                .filter(|(_, state, _)| state == "delivered")
+                .map(|r| r.2)
+                .sum();
+            if done as usize >= n * endpoints {
+                return anyhow::Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "{done} of {} delivered after 300 s; {states:?}",
+                    n * endpoints
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .await;
+    let cpu_us = (crate::cpu::seconds() - cpu) * 1e6 / (n * endpoints) as f64;
+    running.stop().await?;
+    let seconds = delivered?;
+    Ok(((n * endpoints) as f64 / seconds, seconds, cpu_us))
 }
 
 /// Endpoint 0 healthy, a second one down (a closed port; its next attempt hours away).
