@@ -7,22 +7,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sqlx::Executor;
-use terra_projector::plan::{Plan, PlanDepth, Planned};
+use terra_projector::plan::{PlanDepth, Planned};
 use terra_projector::{Sink, SinkError, WriteStats};
-use terra_schema::tables::{WEBHOOK_EVENTS, WEBHOOK_POSITIONS};
-use terra_schema::{Dialect, SqlError, SqlTarget, Val, insert_rows, positions};
+use terra_schema::tables::WEBHOOK_POSITIONS;
+use terra_schema::{Dialect, SqlError, SqlTarget, positions};
 use tokio::sync::oneshot;
 
 use crate::dispatch::{Shared, now_ms};
 use crate::endpoint::WebhookSettings;
-use crate::finish::{attempt_row, insert_attempts};
-use crate::first::{First, Lane, health};
+use crate::first::{First, Lane};
 use crate::metrics::WebhookMetrics;
-use crate::store::{EventRow, Finished, Leased, Next};
+use crate::store::EventRow;
 
+mod pairs;
 mod sql;
-use sql::{EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, insert_deliveries};
+mod write;
+use pairs::{Pairs, chunks_of};
+use write::{Written, write_chunk};
 
 /// The longest the fan-out waits for the dispatcher of its process to start.
 const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -142,101 +143,6 @@ impl From<sqlx::Error> for FanOutError {
     fn from(err: sqlx::Error) -> Self {
         Self::Sql(err.into())
     }
-}
-
-/// A batch's events with deliveries, and its (event, endpoint) pairs.
-#[derive(Default)]
-struct Pairs {
-    replayed: usize,
-    records: usize,
-    last: BTreeMap<u32, u64>,
-    events: Vec<Arc<EventRow>>,
-    /// (partition, offset, received at) of each event.
-    at: Vec<(i64, i64, i64)>,
-    /// (event, endpoint): indexes into `events` and the settings' endpoints.
-    pairs: Vec<(usize, usize)>,
-}
-
-/// The batch's pairs, records at or before the stored positions skipped; `None` when the
-/// stored positions are before the batch (checked only where `check_start`: a chunk after
-/// the first continues the batch).
-fn pairs_of(
-    settings: &WebhookSettings,
-    batch: &[Planned],
-    stored: &BTreeMap<u32, u64>,
-    check_start: bool,
-) -> Option<Pairs> {
-    let mut p = Pairs::default();
-    let mut started = std::collections::HashSet::new();
-    for planned in batch {
-        let partition = planned.position.partition;
-        let next = stored.get(&partition).copied().unwrap_or(0);
-        if planned.position.offset < next {
-            p.replayed += 1;
-            continue;
-        }
-        if check_start && started.insert(partition) && planned.position.offset > next {
-            return None;
-        }
-        p.last.insert(partition, planned.position.offset);
-        p.records += 1;
-        // a record that did not decode has nothing to forward; one the database refused
-        // (found by the runner) is skipped, named in a warning
-        if planned.envelope_id.is_empty() {
-            continue;
-        }
-        if let Plan::Dead(dead) = &planned.plan
-            && dead
-                .reason
-                .starts_with(terra_projector::runner::REJECTED_PREFIX)
-        {
-            tracing::warn!(partition, offset = planned.position.offset, reason = %dead.reason, "event not forwarded: the database refused it");
-            continue;
-        }
-        let event = p.events.len();
-        for (i, endpoint) in settings.endpoints.iter().enumerate() {
-            if endpoint
-                .filter
-                .matches(&planned.event_type, &planned.origin)
-            {
-                p.pairs.push((event, i));
-            }
-        }
-        if p.pairs.last().is_some_and(|&(e, _)| e == event) {
-            p.events.push(Arc::new(EventRow::of_planned(planned)));
-            p.at.push((
-                i64::from(partition),
-                planned.position.offset as i64,
-                planned.received_at_ms,
-            ));
-        }
-    }
-    Some(p)
-}
-
-/// The batch cut into chunks of about `pairs` pairs, each with its pairs; `None` when the
-/// stored positions are before the batch. A chunk's
-/// rows are written while the next chunk's first attempts are in flight, and each chunk
-/// waits for its own first attempts at most [`crate::first::FIRST_WAIT`]: a batch of 4,000
-/// records to 4 endpoints is 16,000 attempts, more than a second's worth on the 2-core
-/// machine, so with one wait per batch most of them went through the dispatcher.
-fn chunks_of(
-    settings: &WebhookSettings,
-    batch: &[Planned],
-    stored: &BTreeMap<u32, u64>,
-    pairs: usize,
-) -> Option<Vec<Pairs>> {
-    let records = (pairs / settings.endpoints.len().max(1)).max(1);
-    let mut next = stored.clone();
-    let mut chunks = Vec::new();
-    for (i, chunk) in batch.chunks(records).enumerate() {
-        let p = pairs_of(settings, chunk, &next, i == 0)?;
-        for (&partition, &last) in &p.last {
-            next.insert(partition, last + 1);
-        }
-        chunks.push(p);
-    }
-    Some(chunks)
 }
 
 /// A chunk with its first attempts' ends (all [`First::NotSent`] without a lane).
@@ -384,136 +290,4 @@ async fn commit_chunk(
     }
     tx.commit().await?;
     Ok(written)
-}
-
-/// What a chunk wrote, and the attempts in flight to tell their deliveries' ids.
-struct Written {
-    out: FanOut,
-    told: Vec<(oneshot::Sender<i64>, i64)>,
-}
-
-impl FanOut {
-    /// Adds a chunk's counts; returns its attempts in flight.
-    fn add(&mut self, written: Written) -> Vec<(oneshot::Sender<i64>, i64)> {
-        let chunk = written.out;
-        self.replayed += chunk.replayed;
-        self.records += chunk.records;
-        for (endpoint, n) in chunk.deliveries {
-            *self.deliveries.entry(endpoint).or_default() += n;
-        }
-        self.events.extend(chunk.events);
-        for endpoint in chunk.pending {
-            if !self.pending.contains(&endpoint) {
-                self.pending.push(endpoint);
-            }
-        }
-        for (endpoint, (delivered, gone)) in chunk.first {
-            match self.first.iter_mut().find(|(e, _)| *e == endpoint) {
-                Some((_, h)) => *h = (h.0 || delivered, h.1 || gone),
-                None => self.first.push((endpoint, (delivered, gone))),
-            }
-        }
-        written.told
-    }
-}
-
-/// Writes a chunk's events (those still to send), deliveries and first attempts in `tx`.
-async fn write_chunk(
-    target: &SqlTarget,
-    tx: &mut terra_schema::positions::Tx,
-    settings: &WebhookSettings,
-    sent: Sent,
-) -> Result<Written, FanOutError> {
-    let Sent { p, firsts } = sent;
-    let now = now_ms();
-    let mut out = FanOut {
-        replayed: p.replayed,
-        records: p.records,
-        ..FanOut::default()
-    };
-    let mut keep = vec![false; p.events.len()];
-    let mut rows = Vec::with_capacity(p.pairs.len());
-    for (&(event, endpoint), first) in p.pairs.iter().zip(&firsts) {
-        let name = &settings.endpoints[endpoint].name;
-        keep[event] |= !matches!(
-            first,
-            First::Done {
-                next: Next::Delivered,
-                ..
-            }
-        );
-        rows.push(delivery_row(name, &p.events[event], first, now));
-        *out.deliveries.entry(name.clone()).or_default() += 1;
-        if matches!(first, First::NotSent | First::InFlight { .. }) && !out.pending.contains(name) {
-            out.pending.push(name.clone());
-        }
-    }
-    let dialect = target.dialect();
-    let events: Vec<Vec<Val>> = (0..p.events.len())
-        .filter(|&i| keep[i])
-        .map(|i| event_row(&p.events[i], p.at[i]))
-        .collect();
-    for chunk in by_bytes(events, 11, STATEMENT_BYTES) {
-        for stmt in insert_rows(
-            dialect,
-            &target.table(WEBHOOK_EVENTS),
-            &EVENT_COLUMNS,
-            &[],
-            chunk,
-            &dialect.on_conflict_ignore(&["envelope_id"]),
-        ) {
-            tx.execute(stmt.query()).await?;
-        }
-    }
-    let sent: Vec<String> = p
-        .pairs
-        .iter()
-        .zip(&firsts)
-        .filter(|(_, f)| !matches!(f, First::NotSent))
-        .map(|(&(event, _), _)| p.events[event].envelope_id.clone())
-        .collect();
-    let ids = insert_deliveries(target, tx, rows, (!sent.is_empty()).then_some(sent)).await?;
-    let id_of = |event: usize, endpoint: usize| {
-        let key = (
-            p.events[event].envelope_id.clone(),
-            settings.endpoints[endpoint].name.clone(),
-        );
-        ids.get(&key).copied()
-    };
-    out.first = health(&firsts, &p.pairs, settings.endpoints.len())
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, h)| h.map(|h| (settings.endpoints[i].name.clone(), h)))
-        .collect();
-    let mut attempts = Vec::new();
-    let mut told = Vec::new();
-    for (&(event, endpoint), first) in p.pairs.iter().zip(firsts) {
-        match first {
-            First::Done { result, next } => {
-                let Some(id) = id_of(event, endpoint) else {
-                    continue;
-                };
-                let delivery = Leased {
-                    id,
-                    envelope_id: String::new(),
-                    attempts: 1,
-                    token: String::new(),
-                    lease_until_ms: 0,
-                };
-                attempts.push(attempt_row(&Finished::of(&delivery, false, &result, next)));
-            }
-            First::InFlight { id: tell, .. } => {
-                if let Some(id) = id_of(event, endpoint) {
-                    told.push((tell, id));
-                }
-            }
-            First::NotSent => {}
-        }
-    }
-    insert_attempts(target, tx, attempts).await?;
-    out.events = (0..p.events.len())
-        .filter(|&i| keep[i])
-        .map(|i| (*p.events[i]).clone())
-        .collect();
-    Ok(Written { out, told })
 }
