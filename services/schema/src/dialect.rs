@@ -355,11 +355,13 @@ fn array_element(out: &mut String, value: Option<&Val>) {
 }
 
 fn hex_of(bytes: &[u8]) -> String {
-    let mut hex = String::with_capacity(bytes.len() * 2);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(hex, "{b:02x}");
+        hex.push(DIGITS[usize::from(b >> 4)]);
+        hex.push(DIGITS[usize::from(b & 15)]);
     }
-    hex
+    String::from_utf8(hex).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -158,6 +158,7 @@ async fn serve(
             shared: shared.clone(),
             views: views.clone(),
             own: lane.own(i),
+            reach: lane.reach(i),
             global: global.clone(),
             results: results.clone(),
             metrics: metrics.clone(),

@@ -357,6 +357,11 @@ pub struct WebhookSettings {
     /// About how many (event, endpoint) pairs the fan-out sends and writes per chunk of a
     /// batch (see the `fanout` module). Not a setting: tests shorten it.
     pub chunk_pairs: usize,
+    /// The first wait before an endpoint that refuses connections is probed, doubling while
+    /// the probes fail, up to `unreachable_wait_max` (see the `reach` module). Not settings:
+    /// tests shorten them.
+    pub unreachable_wait: Duration,
+    pub unreachable_wait_max: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -375,6 +380,8 @@ impl Default for WebhookSettings {
             lease_margin: Duration::from_secs(10),
             first_from_fan_out: true,
             chunk_pairs: 1_024,
+            unreachable_wait: Duration::from_secs(1),
+            unreachable_wait_max: Duration::from_secs(60),
         }
     }
 }

@@ -16,7 +16,8 @@
 //! through the dispatcher's result writer, fenced by the lease token like any other. An
 //! endpoint whose attempt took longer than [`SLOW`] gets no first attempts from the fan-out
 //! for a cool-down (30 s, doubling while it stays slow, at most 10 min): a hanging endpoint
-//! costs the others at most one wait per cool-down.
+//! costs the others at most one wait per cool-down. One that refuses connections gets none
+//! while it is unreachable (see the `reach` module).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering as Atomic};
@@ -27,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::dispatch::{Outcome, Views, next_step, now_ms, outcome_label};
 use crate::endpoint::{Ordering, WebhookSettings};
 use crate::metrics::WebhookMetrics;
+use crate::reach::Reach;
 use crate::send::{AttemptResult, Outgoing, Sender};
 use crate::store::{EventRow, Finished, Leased, Next};
 
@@ -60,14 +62,17 @@ pub(crate) struct Lane {
 
 struct LaneEndpoint {
     own: Arc<Semaphore>,
+    /// Shared with the endpoint's worker.
+    reach: Arc<Reach>,
     slow_until_ms: AtomicI64,
     strikes: AtomicU32,
 }
 
 impl LaneEndpoint {
-    fn new(own: Arc<Semaphore>) -> Self {
+    fn new(own: Arc<Semaphore>, reach: Reach) -> Self {
         Self {
             own,
+            reach: Arc::new(reach),
             slow_until_ms: AtomicI64::new(0),
             strikes: AtomicU32::new(0),
         }
@@ -104,7 +109,14 @@ impl Lane {
         let endpoints = settings
             .endpoints
             .iter()
-            .map(|e| LaneEndpoint::new(Arc::new(Semaphore::new(e.max_in_flight))))
+            .map(|e| {
+                let reach = Reach::new(
+                    &e.name,
+                    settings.unreachable_wait,
+                    settings.unreachable_wait_max,
+                );
+                LaneEndpoint::new(Arc::new(Semaphore::new(e.max_in_flight)), reach)
+            })
             .collect();
         Self {
             global: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -121,6 +133,11 @@ impl Lane {
     /// The cap of endpoint `i` (shared with its worker).
     pub(crate) fn own(&self, i: usize) -> Arc<Semaphore> {
         self.endpoints[i].own.clone()
+    }
+
+    /// The breaker of endpoint `i` (shared with its worker).
+    pub(crate) fn reach(&self, i: usize) -> Arc<Reach> {
+        self.endpoints[i].reach.clone()
     }
 
     /// The dispatcher is up: the endpoints' states are known.
@@ -154,6 +171,7 @@ impl Lane {
                     && e.ordering == Ordering::Unordered
                     && state == "enabled"
                     && lane.slow_until_ms.load(Atomic::Relaxed) <= now
+                    && !lane.reach.unreachable()
             })
             .collect()
     }
@@ -345,6 +363,9 @@ impl Task {
         let out = Outgoing::of(event, traceparent.as_deref());
         let result = tracing::Instrument::instrument(lane.sender.send(endpoint, &out), span).await;
         drop((own, global));
+        lane.endpoints[self.endpoint]
+            .reach
+            .ended(result.class, false, now_ms());
         let next = next_step(endpoint, &lane.settings, &delivery, &result, false);
         lane.metrics
             .attempt(&endpoint.name, outcome_label(&next), result.duration);

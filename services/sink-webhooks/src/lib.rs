@@ -8,7 +8,8 @@
 //! - [`dispatch`]: one worker per endpoint (`worker`) leases its due deliveries ahead of sending (`FOR UPDATE SKIP
 //!   LOCKED` on Postgres and MySQL; one writer on SQLite), sends them and records every
 //!   attempt; per-endpoint and global concurrency caps; `per_user` ordering; endpoints
-//!   disabled, probed and re-enabled.
+//!   disabled, probed and re-enabled; endpoints refusing connections probed instead of sent
+//!   every event (`reach`).
 //! - [`send`], [`sign`], [`address`]: one HTTP attempt: signing, the address guard (SSRF),
 //!   the response classified.
 //! - [`store`]: the SQL of the above; [`admin`]: what operators see and do (gRPC and CLI);
@@ -25,6 +26,7 @@ pub mod finish;
 mod first;
 pub mod metrics;
 pub mod prune;
+mod reach;
 pub mod send;
 pub mod sign;
 pub mod store;

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::dispatch::{Outcome, Shared, View, Views, next_step, now_ms, outcome_label};
 use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::metrics::WebhookMetrics;
+use crate::reach::Reach;
 use crate::send::{AttemptResult, ErrorClass, Outgoing, Sender};
 use crate::store::{self, EventRow, Finished, LeaseRequest, Leased, Next};
 
@@ -41,9 +42,22 @@ pub(crate) struct Worker {
     pub(crate) shared: Shared,
     pub(crate) views: Views,
     pub(crate) own: Arc<Semaphore>,
+    /// Whether the endpoint refuses connections (shared with the fan-out's first attempts).
+    pub(crate) reach: Arc<Reach>,
     pub(crate) global: Arc<Semaphore>,
     pub(crate) results: mpsc::Sender<Outcome>,
     pub(crate) metrics: WebhookMetrics,
+}
+
+/// Why an attempt is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// It is due.
+    Due,
+    /// It probes a disabled endpoint (a failure does not count towards its schedule).
+    Disabled,
+    /// It is due, and probes an endpoint that refused connections (see the `reach` module).
+    Unreachable,
 }
 
 /// A leased delivery waiting for a permit, with its event.
@@ -65,10 +79,12 @@ impl Worker {
             while sends.try_join_next().is_some() {}
             let view = worker.view();
             let enabled = matches!(view.state.as_str(), "enabled" | "");
-            if !enabled && !queue.is_empty() {
+            let unreachable = worker.reach.unreachable();
+            if (!enabled || unreachable) && !queue.is_empty() {
                 worker.hand_back(queue.drain(..).map(|q| q.delivery)).await;
             }
             let started = match view.state.as_str() {
+                "enabled" | "" if unreachable => worker.probe_unreachable(&mut sends).await,
                 "enabled" | "" => worker.send_due(&mut queue, &mut sends, &stop).await,
                 "disabled" => worker.probe(&mut sends, &view).await,
                 _ => Ok(0),
@@ -175,7 +191,7 @@ impl Worker {
             }
             let worker = self.clone();
             sends.spawn(async move {
-                worker.attempt(next.delivery, next.event, false).await;
+                worker.attempt(next.delivery, next.event, Kind::Due).await;
                 drop((own, global));
             });
             started += 1;
@@ -232,7 +248,43 @@ impl Worker {
         for delivery in leased {
             let event = events.remove(&delivery.envelope_id);
             let worker = self.clone();
-            sends.spawn(async move { worker.attempt(delivery, event, true).await });
+            sends.spawn(async move { worker.attempt(delivery, event, Kind::Disabled).await });
+        }
+        Ok(n)
+    }
+
+    /// An endpoint that refused connections: once its wait has passed, its oldest due
+    /// delivery is sent as the probe (holding a permit of each cap), nothing else meanwhile.
+    async fn probe_unreachable(
+        self: &Arc<Self>,
+        sends: &mut JoinSet<()>,
+    ) -> Result<usize, SqlError> {
+        if !self.reach.take_probe(now_ms()) {
+            return Ok(0);
+        }
+        let leased = async {
+            let leased = self.lease(1, false).await?;
+            let events = self.events_of(&leased).await?;
+            Ok::<_, SqlError>((leased, events))
+        }
+        .await;
+        let (leased, mut events) = match leased {
+            Ok((leased, events)) if !leased.is_empty() => (leased, events),
+            other => {
+                self.reach.not_probed();
+                return other.map(|_| 0);
+            }
+        };
+        let n = leased.len();
+        for delivery in leased {
+            let event = events.remove(&delivery.envelope_id);
+            let worker = self.clone();
+            sends.spawn(async move {
+                let own = worker.own.clone().acquire_owned().await;
+                let global = worker.global.clone().acquire_owned().await;
+                worker.attempt(delivery, event, Kind::Unreachable).await;
+                drop((own, global));
+            });
         }
         Ok(n)
     }
@@ -275,8 +327,9 @@ impl Worker {
     }
 
     /// One attempt, its result sent to the writer.
-    async fn attempt(&self, delivery: Leased, event: Option<EventRow>, probe: bool) {
+    async fn attempt(&self, delivery: Leased, event: Option<EventRow>, kind: Kind) {
         let name = &self.endpoint.name;
+        let probe = kind == Kind::Disabled;
         let (result, next) = match &event {
             Some(event) => {
                 let span = crate::trace::attempt_span(name, &delivery, event);
@@ -305,6 +358,8 @@ impl Worker {
                 (result, next)
             }
         };
+        self.reach
+            .ended(result.class, kind == Kind::Unreachable, now_ms());
         self.metrics
             .attempt(name, outcome_label(&next), result.duration);
         let finished = Finished::of(&delivery, probe, &result, next);

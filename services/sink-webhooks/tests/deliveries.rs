@@ -24,6 +24,7 @@ on_every_dialect!(
     a_hanging_endpoint_does_not_delay_a_healthy_one,
     per_user_order_holds_across_retries,
     a_receiver_down_and_back_gets_everything,
+    a_receiver_down_and_back_gets_everything_from_the_dispatcher_alone,
     a_refused_address_is_a_dead_letter_naming_it,
 );
 
@@ -366,7 +367,19 @@ async fn per_user_order_holds_across_retries(dialect: Dialect) {
     db.drop_now().await;
 }
 
+/// A receiver that refuses connections is probed, not sent every event: its deliveries wait
+/// without using their schedule (here 50 attempts 20 ms apart, used up in 1 s if each event
+/// were sent), and once it listens again its backlog is delivered, each event once.
 async fn a_receiver_down_and_back_gets_everything(dialect: Dialect) {
+    down_and_back(dialect, true).await;
+}
+
+/// The same with no first attempts from the fan-out: the worker's own attempts trip it.
+async fn a_receiver_down_and_back_gets_everything_from_the_dispatcher_alone(dialect: Dialect) {
+    down_and_back(dialect, false).await;
+}
+
+async fn down_and_back(dialect: Dialect, first_from_fan_out: bool) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
     // a port that was free: nothing listens there yet
@@ -376,22 +389,35 @@ async fn a_receiver_down_and_back_gets_everything(dialect: Dialect) {
     let addr = probe.local_addr().expect("addr");
     drop(probe);
     let mut e = endpoint("later", &format!("http://{addr}/hook"));
-    e.schedule = Schedule::new(vec![Duration::from_millis(200); 50]).expect("schedule");
-    let running = start(&log.log, &target, settings(vec![e]));
+    e.schedule = Schedule::new(vec![Duration::from_millis(20); 50]).expect("schedule");
+    let mut s = settings(vec![e]);
+    s.first_from_fan_out = first_from_fan_out;
+    let running = start(&log.log, &target, s);
     let bodies: Vec<_> = (0..10)
         .map(|n| body("activity", &format!("u{n}"), n))
         .collect();
     append(&log, &bodies).await;
-    wait_for(&target, LIMIT, "some attempts failed", |rows| {
-        rows.len() == 10 && rows.iter().all(|r| r.attempts >= 2)
+    wait_for(&target, LIMIT, "every delivery written", |rows| {
+        rows.len() == 10
     })
     .await;
-    let first = deliveries(&target).await[0].id;
+    // long enough for the schedule to be used up 1.5 times over
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let rows = deliveries(&target).await;
     assert!(
-        attempts(&target, first)
-            .await
-            .iter()
-            .all(|a| a.1 == "connect")
+        rows.iter().all(|r| r.state == "pending"),
+        "nothing dead-lettered while the endpoint refuses connections: {rows:#?}"
+    );
+    let mut tried = Vec::new();
+    for row in &rows {
+        tried.extend(attempts(&target, row.id).await);
+    }
+    assert!(tried.iter().all(|a| a.1 == "connect"), "{tried:?}");
+    // the first attempts (at most 10) and a probe per wait (100, 200, 400, 400 ms...)
+    assert!(
+        tried.len() <= 10 + 8,
+        "{} attempts: a probe per wait, not one per event and retry",
+        tried.len()
     );
     let receiver = Receiver::start_on(addr, Receiver::ok()).await;
     let rows = wait_for(&target, LIMIT, "delivered once back", all_ended(10)).await;

@@ -60,6 +60,8 @@ pub fn settings(endpoints: Vec<Endpoint>) -> WebhookSettings {
         allow_cidrs: vec!["127.0.0.0/8".parse().expect("a CIDR")],
         poll_interval: Duration::from_millis(20),
         probe_interval: Duration::from_millis(300),
+        unreachable_wait: Duration::from_millis(100),
+        unreachable_wait_max: Duration::from_millis(400),
         jitter: 0.0,
         ..WebhookSettings::default()
     }
