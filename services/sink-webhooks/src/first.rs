@@ -110,11 +110,8 @@ impl Lane {
             .endpoints
             .iter()
             .map(|e| {
-                let reach = Reach::new(
-                    &e.name,
-                    settings.unreachable_wait,
-                    settings.unreachable_wait_max,
-                );
+                let waits = (settings.unreachable_wait, settings.unreachable_wait_max);
+                let reach = Reach::new(&e.name, waits, metrics.clone());
                 LaneEndpoint::new(Arc::new(Semaphore::new(e.max_in_flight)), reach)
             })
             .collect();

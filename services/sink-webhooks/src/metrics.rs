@@ -53,6 +53,7 @@ pub struct WebhookMetrics {
     due: Family<EndpointLabel, Gauge>,
     oldest_pending: Family<EndpointLabel, Gauge>,
     state: Family<StateLabel, Gauge>,
+    unreachable: Family<EndpointLabel, Gauge>,
     pruned: Family<TableLabel, Counter>,
 }
 
@@ -91,6 +92,11 @@ impl WebhookMetrics {
             metrics.state.clone(),
         );
         registry.register(
+            "endpoint_unreachable",
+            "1 while this process finds the endpoint refusing connections: only probes go to it",
+            metrics.unreachable.clone(),
+        );
+        registry.register(
             "pruned_rows",
             "Rows pruned: finished deliveries and attempts past the retention, event bodies \
              nothing will send again (table: deliveries, attempts, events)",
@@ -107,6 +113,7 @@ impl WebhookMetrics {
             due: Family::default(),
             oldest_pending: Family::default(),
             state: Family::default(),
+            unreachable: Family::default(),
             pruned: Family::default(),
         }
     }
@@ -155,6 +162,14 @@ impl WebhookMetrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    pub fn unreachable(&self, endpoint: &str, unreachable: bool) {
+        self.unreachable
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_owned(),
+            })
+            .set(i64::from(unreachable));
     }
 
     pub fn state(&self, endpoint: &str, state: &str) {

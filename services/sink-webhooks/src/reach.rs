@@ -20,6 +20,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::metrics::WebhookMetrics;
 use crate::send::ErrorClass;
 
 /// Attempts in a row that failed to connect before an endpoint is unreachable.
@@ -28,6 +29,7 @@ pub(crate) const TRIP: u32 = 5;
 /// The breaker of one endpoint.
 pub(crate) struct Reach {
     name: String,
+    metrics: WebhookMetrics,
     first_wait: Duration,
     max_wait: Duration,
     state: Mutex<State>,
@@ -46,9 +48,15 @@ struct State {
 }
 
 impl Reach {
-    pub(crate) fn new(name: &str, first_wait: Duration, max_wait: Duration) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        (first_wait, max_wait): (Duration, Duration),
+        metrics: WebhookMetrics,
+    ) -> Self {
+        metrics.unreachable(name, false);
         Self {
             name: name.to_owned(),
+            metrics,
             first_wait,
             max_wait,
             state: Mutex::default(),
@@ -98,6 +106,7 @@ impl Reach {
                     state.strikes = state.strikes.saturating_add(1);
                 } else if state.strikes == 0 && state.failures >= TRIP {
                     state.strikes = 1;
+                    self.metrics.unreachable(&self.name, true);
                     tracing::warn!(
                         endpoint = %self.name,
                         attempts = state.failures,
@@ -117,6 +126,7 @@ impl Reach {
                 if state.strikes > 0 {
                     state.strikes = 0;
                     state.probe_at_ms = 0;
+                    self.metrics.unreachable(&self.name, false);
                     tracing::info!(endpoint = %self.name, "webhook endpoint reachable again: its deliveries go");
                 }
             }
@@ -131,8 +141,8 @@ mod tests {
     fn reach() -> Reach {
         Reach::new(
             "e",
-            Duration::from_millis(100),
-            Duration::from_millis(1_000),
+            (Duration::from_millis(100), Duration::from_millis(1_000)),
+            WebhookMetrics::unregistered(),
         )
     }
 

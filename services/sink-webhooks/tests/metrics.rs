@@ -1,6 +1,7 @@
 //! The destination's metrics carry the values of what happened (read from the Prometheus
 //! text an operator scrapes): deliveries created per endpoint, attempts by outcome, the
-//! attempt latency histogram's count, each endpoint's state, and the backlog gauges.
+//! attempt latency histogram's count, each endpoint's state, the backlog gauges, and an
+//! endpoint found refusing connections.
 
 #[macro_use]
 mod support;
@@ -13,7 +14,10 @@ use support::receiver::{Answer, Receiver};
 use support::*;
 use terra_sink_webhooks::{Schedule, WebhookMetrics};
 
-on_every_dialect!(the_metrics_count_what_happened);
+on_every_dialect!(
+    the_metrics_count_what_happened,
+    an_endpoint_refusing_connections_shows_as_unreachable_until_it_answers,
+);
 
 /// The value of the sample `name{labels}` in `text` (labels in the order encoded).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
@@ -154,6 +158,55 @@ async fn the_metrics_count_what_happened(dialect: Dialect) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    running.stop().await;
+    db.drop_now().await;
+}
+
+/// Polls the scrape until `name{labels}` is `want`.
+async fn until_sample(registry: &Registry, name: &str, labels: &str, want: f64) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = scrape(registry);
+        if sample(&text, name, labels) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{{{labels}}} never {want} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn an_endpoint_refusing_connections_shows_as_unreachable_until_it_answers(dialect: Dialect) {
+    let (db, target) = database(dialect).await;
+    let log = TestLog::new();
+    // a port that was free: nothing listens there yet
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let mut closed = endpoint("closed", &format!("http://{addr}/hook"));
+    closed.schedule = Schedule::new(vec![Duration::from_millis(20); 50]).unwrap();
+    let mut registry = Registry::default();
+    let metrics = WebhookMetrics::register(&mut registry);
+    let running = start_measured(&log.log, &target, settings(vec![closed]), true, metrics);
+    let label = "endpoint=\"closed\"";
+    assert_eq!(
+        sample(&scrape(&registry), "webhook_endpoint_unreachable", label),
+        Some(0.0),
+        "reachable until found otherwise"
+    );
+    let bodies: Vec<_> = (0..8)
+        .map(|n| body("activity", &format!("u{n}"), n))
+        .collect();
+    append(&log, &bodies).await;
+    until_sample(&registry, "webhook_endpoint_unreachable", label, 1.0).await;
+    let receiver = Receiver::start_on(addr, Receiver::ok()).await;
+    until_sample(&registry, "webhook_endpoint_unreachable", label, 0.0).await;
+    wait_for(&target, LIMIT, "delivered once back", all_ended(8)).await;
+    assert_eq!(receiver.seen().len(), 8);
     running.stop().await;
     db.drop_now().await;
 }
