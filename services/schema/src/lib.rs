@@ -12,6 +12,7 @@
 //! - [`swap`]: a fresh set of tables swapped in for the live one (rebuilds).
 //! - [`snapshot()`]: a deterministic dump, to compare two projections of one log.
 
+mod checkpoint;
 mod dialect;
 mod error;
 mod migrate;

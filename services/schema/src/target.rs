@@ -80,6 +80,8 @@ pub struct SqlTarget {
     pub(crate) schema: String,
     pub(crate) prefix: String,
     pub(crate) variant: Variant,
+    /// SQLite: the WAL checkpoints in the background (see [`crate::checkpoint`]).
+    pub(crate) checkpointer: Option<std::sync::Arc<crate::checkpoint::Checkpointer>>,
 }
 
 impl std::fmt::Debug for SqlTarget {
@@ -148,7 +150,13 @@ impl SqlTarget {
                     Ok(())
                 })
             })
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        let checkpointer = match dialect {
+            Dialect::Sqlite if !url.contains("mode=memory") && !url.contains(":memory:") => {
+                crate::checkpoint::start(options)
+            }
+            _ => None,
+        };
         let pg_options = match dialect {
             Dialect::Postgres => Some(std::sync::Arc::new((
                 sqlx::postgres::PgConnectOptions::from_str(&url)
@@ -171,6 +179,7 @@ impl SqlTarget {
             schema: config.schema.clone(),
             prefix: config.prefix.clone(),
             variant: config.variant,
+            checkpointer,
         })
     }
 
@@ -207,6 +216,8 @@ impl SqlTarget {
         if target.dialect != Dialect::Sqlite {
             return Ok(target);
         }
+        // the writer's target checkpoints
+        target.checkpointer = None;
         let url = if config.url.contains('?') {
             config.url.clone()
         } else {
@@ -296,6 +307,9 @@ impl SqlTarget {
 
     /// Closes the pools' connections.
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.close();
+        }
         if let Some(pg) = &self.pg_reads {
             pg.close().await;
         }
