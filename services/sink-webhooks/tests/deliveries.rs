@@ -382,14 +382,7 @@ async fn a_receiver_down_and_back_gets_everything_from_the_dispatcher_alone(dial
 async fn down_and_back(dialect: Dialect, first_from_fan_out: bool) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
-    // a port that was free: nothing listens there yet
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = probe.local_addr().expect("addr");
-    drop(probe);
-    let mut e = endpoint("later", &format!("http://{addr}/hook"));
-    e.schedule = Schedule::new(vec![Duration::from_millis(20); 50]).expect("schedule");
+    let (e, addr) = closed_endpoint("later").await;
     let mut s = settings(vec![e]);
     s.first_from_fan_out = first_from_fan_out;
     let running = start(&log.log, &target, s);

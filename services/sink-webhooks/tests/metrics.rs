@@ -181,14 +181,7 @@ async fn until_sample(registry: &Registry, name: &str, labels: &str, want: f64) 
 async fn an_endpoint_refusing_connections_shows_as_unreachable_until_it_answers(dialect: Dialect) {
     let (db, target) = database(dialect).await;
     let log = TestLog::new();
-    // a port that was free: nothing listens there yet
-    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = free.local_addr().expect("addr");
-    drop(free);
-    let mut closed = endpoint("closed", &format!("http://{addr}/hook"));
-    closed.schedule = Schedule::new(vec![Duration::from_millis(20); 50]).unwrap();
+    let (closed, addr) = closed_endpoint("closed").await;
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
     let running = start_measured(&log.log, &target, settings(vec![closed]), true, metrics);

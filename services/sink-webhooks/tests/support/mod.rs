@@ -53,6 +53,19 @@ pub fn endpoint(name: &str, url: &str) -> Endpoint {
     }
 }
 
+/// An endpoint at a loopback port that was free, where nothing listens yet (start a
+/// receiver there with `Receiver::start_on`), whose 50 attempts are 20 ms apart.
+pub async fn closed_endpoint(name: &str) -> (Endpoint, std::net::SocketAddr) {
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let mut e = endpoint(name, &format!("http://{addr}/hook"));
+    e.schedule = Schedule::new(vec![Duration::from_millis(20); 50]).expect("schedule");
+    (e, addr)
+}
+
 /// Settings for tests: loopback allowed, fast polls, no jitter.
 pub fn settings(endpoints: Vec<Endpoint>) -> WebhookSettings {
     WebhookSettings {
