@@ -31,6 +31,7 @@ mod sql;
 mod standalone;
 mod standalone_load;
 mod webhooks;
+mod webhooks_phases;
 mod webhooks_receiver;
 mod webhooks_run;
 
