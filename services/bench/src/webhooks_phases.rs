@@ -14,6 +14,16 @@ use crate::webhooks::WebhooksArgs;
 use crate::webhooks_receiver::Receiver;
 use crate::webhooks_run::{Running, endpoint, open_log, quick_schedule, settings, wait_delivered};
 
+/// Endpoint `e{i}`: path `i` of the in-process receiver, on the quick schedule.
+fn at_receiver(receiver: &Receiver, i: usize, args: &WebhooksArgs) -> Endpoint {
+    endpoint(
+        format!("e{i}"),
+        &receiver.url(i),
+        args.max_in_flight,
+        quick_schedule(),
+    )
+}
+
 /// The whole log to `healthy` endpoints (receiver paths) and `also` (more healthy ones whose
 /// time is not counted): deliveries/s of the `healthy` ones until all are `delivered`, the
 /// seconds, and the CPU per delivery (µs; see [`measure`]).
@@ -29,14 +39,7 @@ pub(crate) async fn throughput(
     let endpoints = healthy
         .iter()
         .chain(also)
-        .map(|&i| {
-            endpoint(
-                format!("e{i}"),
-                &receiver.url(i),
-                args.max_in_flight,
-                quick_schedule(),
-            )
-        })
+        .map(|&i| at_receiver(receiver, i, args))
         .collect();
     measure(log, target, receiver, endpoints, healthy, n).await
 }
@@ -104,12 +107,7 @@ pub(crate) async fn throughput_down(
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let hours = Schedule::new(vec![Duration::from_secs(3_600); 5]).expect("a schedule");
     let endpoints = vec![
-        endpoint(
-            "e0".into(),
-            &receiver.url(0),
-            args.max_in_flight,
-            quick_schedule(),
-        ),
+        at_receiver(receiver, 0, args),
         endpoint(
             "down".into(),
             &format!("http://{closed}/e/1"),
@@ -172,14 +170,7 @@ pub(crate) async fn latency(
     let dir = tempfile::tempdir()?;
     let log = open_log(&dir.path().join("log"))?;
     let list = (0..endpoints)
-        .map(|i| {
-            endpoint(
-                format!("e{i}"),
-                &receiver.url(i),
-                args.max_in_flight,
-                quick_schedule(),
-            )
-        })
+        .map(|i| at_receiver(receiver, i, args))
         .collect();
     let running = Running::start(&log, &target, settings(list));
     let per_second = rate / endpoints as f64;

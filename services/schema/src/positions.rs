@@ -8,7 +8,7 @@
 //! writers starting from no positions both took the first batch as fresh and wrote it twice
 //! (Terra's payload tables have no unique key to stop the second copy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::{Any, Executor, Row, Transaction};
 
@@ -151,4 +151,68 @@ pub async fn write(
         tx.execute(stmt.query()).await?;
     }
     Ok(())
+}
+
+/// Where a batch's record stands against the stored positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At or before them: already written (a replay), skip it.
+    Replay,
+    /// Next to write.
+    Next,
+    /// A partition's first record of the batch is past them: they are before the batch, read
+    /// again from them.
+    Gap,
+}
+
+/// Places a batch's records, in log order, against the stored positions (`check_start`:
+/// whether a partition's first record must continue from them; a later chunk of a batch
+/// already checked need not).
+pub struct Resume<'a> {
+    stored: &'a BTreeMap<u32, u64>,
+    started: HashSet<u32>,
+    check_start: bool,
+}
+
+impl<'a> Resume<'a> {
+    pub fn new(stored: &'a BTreeMap<u32, u64>, check_start: bool) -> Self {
+        Self {
+            stored,
+            started: HashSet::new(),
+            check_start,
+        }
+    }
+
+    pub fn place(&mut self, partition: u32, offset: u64) -> Place {
+        let next = self.stored.get(&partition).copied().unwrap_or(0);
+        if offset < next {
+            Place::Replay
+        } else if self.check_start && self.started.insert(partition) && offset > next {
+            Place::Gap
+        } else {
+            Place::Next
+        }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn replays_are_skipped_and_a_gap_is_found_only_at_a_partitions_start() {
+        let stored = BTreeMap::from([(0, 10), (1, 5)]);
+        let mut r = Resume::new(&stored, true);
+        assert_eq!(r.place(0, 9), Place::Replay);
+        assert_eq!(r.place(0, 10), Place::Next);
+        assert_eq!(r.place(0, 12), Place::Next, "past its start, not a gap");
+        assert_eq!(r.place(1, 7), Place::Gap);
+        assert_eq!(
+            r.place(2, 0),
+            Place::Next,
+            "a partition never stored starts at 0"
+        );
+        let mut later_chunk = Resume::new(&stored, false);
+        assert_eq!(later_chunk.place(1, 7), Place::Next);
+    }
 }

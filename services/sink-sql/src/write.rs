@@ -9,7 +9,7 @@
 //! payload index is read for the batch's identities, the last writer by version wins, the
 //! superseded rows are deleted and the winners inserted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use sqlx::Executor;
 use terra_projector::plan::{EventPlan, Plan, Planned};
@@ -37,17 +37,17 @@ pub(crate) async fn write_batch(
         .map_err(sink_error)?;
     let mut stats = WriteStats::default();
     let mut fresh: Vec<&Planned> = Vec::with_capacity(batch.len());
-    let mut started: HashSet<u32> = HashSet::new();
+    let mut resume = positions::Resume::new(&positions, true);
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
     for planned in batch {
         let partition = planned.position.partition;
-        let next = positions.get(&partition).copied().unwrap_or(0);
-        if planned.position.offset < next {
-            stats.replayed += 1;
-            continue;
-        }
-        if started.insert(partition) && planned.position.offset > next {
-            return Err(SinkError::Behind(positions));
+        match resume.place(partition, planned.position.offset) {
+            positions::Place::Replay => {
+                stats.replayed += 1;
+                continue;
+            }
+            positions::Place::Gap => return Err(SinkError::Behind(positions)),
+            positions::Place::Next => {}
         }
         last.insert(partition, planned.position.offset);
         fresh.push(planned);

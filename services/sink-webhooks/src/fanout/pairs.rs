@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use terra_projector::plan::{Plan, Planned};
+use terra_schema::positions::{Place, Resume};
 
 use crate::endpoint::WebhookSettings;
 use crate::store::EventRow;
@@ -31,16 +32,16 @@ fn pairs_of(
     check_start: bool,
 ) -> Option<Pairs> {
     let mut p = Pairs::default();
-    let mut started = std::collections::HashSet::new();
+    let mut resume = Resume::new(stored, check_start);
     for planned in batch {
         let partition = planned.position.partition;
-        let next = stored.get(&partition).copied().unwrap_or(0);
-        if planned.position.offset < next {
-            p.replayed += 1;
-            continue;
-        }
-        if check_start && started.insert(partition) && planned.position.offset > next {
-            return None;
+        match resume.place(partition, planned.position.offset) {
+            Place::Replay => {
+                p.replayed += 1;
+                continue;
+            }
+            Place::Gap => return None,
+            Place::Next => {}
         }
         p.last.insert(partition, planned.position.offset);
         p.records += 1;
