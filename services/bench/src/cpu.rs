@@ -7,11 +7,17 @@ const TICKS: f64 = 100.0;
 
 /// Seconds of CPU used so far by this process and every process named `postgres`.
 pub(crate) fn seconds() -> f64 {
+    let (own, postgres) = split();
+    own + postgres
+}
+
+/// Seconds of CPU used so far: (this process, every process named `postgres`).
+pub(crate) fn split() -> (f64, f64) {
     let own = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return f64::NAN;
+        return (f64::NAN, f64::NAN);
     };
-    let mut ticks = 0u64;
+    let (mut mine, mut postgres) = (0u64, 0u64);
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -24,10 +30,13 @@ pub(crate) fn seconds() -> f64 {
             continue;
         };
         if let Some(used) = used_ticks(&stat, pid == own) {
-            ticks += used;
+            match pid == own {
+                true => mine += used,
+                false => postgres += used,
+            }
         }
     }
-    ticks as f64 / TICKS
+    (mine as f64 / TICKS, postgres as f64 / TICKS)
 }
 
 /// utime + stime of a `/proc/<pid>/stat` line, when it is this process or a `postgres` one.

@@ -24,9 +24,25 @@ fn at_receiver(receiver: &Receiver, i: usize, args: &WebhooksArgs) -> Endpoint {
     )
 }
 
+/// How fast the destination went over the whole log (see [`measure`]).
+pub(crate) struct Throughput {
+    /// Deliveries/s from the first request's arrival at the receiver until SQL has every timed
+    /// pair `delivered`: the rate once running, as the direct ceiling is measured once its
+    /// connections are open.
+    pub(crate) rate: f64,
+    /// Seconds from the start (the dispatcher and fan-out starting) to the first arrival.
+    pub(crate) start_up: f64,
+    /// Seconds from the start until every timed pair is `delivered`.
+    pub(crate) seconds: f64,
+    /// CPU (this process with the receiver, and Postgres) from the start to the last arrival,
+    /// in µs per timed delivery.
+    pub(crate) cpu_us: f64,
+    /// Of which Postgres's.
+    pub(crate) postgres_us: f64,
+}
+
 /// The whole log to `healthy` endpoints (receiver paths) and `also` (more healthy ones whose
-/// time is not counted): deliveries/s of the `healthy` ones until all are `delivered`, the
-/// seconds, and the CPU per delivery (µs; see [`measure`]).
+/// time is not counted): the `healthy` ones' deliveries.
 pub(crate) async fn throughput(
     log: &EventLog,
     target: SqlTarget,
@@ -35,7 +51,7 @@ pub(crate) async fn throughput(
     also: &[usize],
     n: usize,
     args: &WebhooksArgs,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Throughput> {
     let endpoints = healthy
         .iter()
         .chain(also)
@@ -103,7 +119,7 @@ pub(crate) async fn throughput_down(
     receiver: &Receiver,
     n: usize,
     args: &WebhooksArgs,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Throughput> {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let hours = Schedule::new(vec![Duration::from_secs(3_600); 5]).expect("a schedule");
     let endpoints = vec![
@@ -118,9 +134,8 @@ pub(crate) async fn throughput_down(
     measure(log, target, receiver, endpoints, &[0], n).await
 }
 
-/// Runs the destination over the whole log; the time until the `timed` endpoints (receiver
-/// paths) have received every event and SQL has them all `delivered`; the CPU (this process
-/// with the receiver, and Postgres) until the last arrival, in µs per timed delivery.
+/// Runs the destination over the whole log until the `timed` endpoints (receiver paths) have
+/// received every event and SQL has them all `delivered`.
 async fn measure(
     log: &EventLog,
     target: SqlTarget,
@@ -128,11 +143,11 @@ async fn measure(
     endpoints: Vec<Endpoint>,
     timed: &[usize],
     n: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Throughput> {
     receiver.counts.reset();
     let names: Vec<String> = timed.iter().map(|i| format!("e{i}")).collect();
     let started = Instant::now();
-    let cpu = crate::cpu::seconds();
+    let cpu = crate::cpu::split();
     let running = Running::start(log, &target, settings(endpoints));
     let arrived = receiver
         .wait(
@@ -141,18 +156,27 @@ async fn measure(
             |c| timed.iter().all(|&i| c.of(i) >= n),
         )
         .await;
-    let cpu_us = (crate::cpu::seconds() - cpu) * 1e6 / (n * timed.len()) as f64;
+    let used = crate::cpu::split();
+    let per = |s: f64| s * 1e6 / (n * timed.len()) as f64;
+    let (cpu_us, postgres_us) = (per(used.0 + used.1 - cpu.0 - cpu.1), per(used.1 - cpu.1));
     let confirmed = async {
         arrived?;
         for name in &names {
             wait_delivered(&target, name, n).await?;
         }
-        anyhow::Ok(started.elapsed().as_secs_f64())
+        anyhow::Ok(Instant::now())
     }
     .await;
     running.stop().await?;
-    let seconds = confirmed?;
-    Ok(((n * timed.len()) as f64 / seconds, seconds, cpu_us))
+    let done = confirmed?;
+    let first = receiver.counts.first().unwrap_or(started);
+    Ok(Throughput {
+        rate: (n * timed.len()) as f64 / done.duration_since(first).as_secs_f64(),
+        start_up: first.duration_since(started).as_secs_f64(),
+        seconds: done.duration_since(started).as_secs_f64(),
+        cpu_us,
+        postgres_us,
+    })
 }
 
 /// On an empty log: events appended at `rate` deliveries/s (`rate / endpoints` events/s, in

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,48 @@ use secrecy::SecretString;
 /// Endpoint paths the receiver serves: `/e/0` … `/e/{ENDPOINTS - 1}`.
 pub(crate) const ENDPOINTS: usize = 4;
 
-#[derive(Default)]
 pub(crate) struct Counts {
     per_endpoint: [AtomicUsize; ENDPOINTS],
+    /// When the receiver started: the origin of `first_ns`.
+    base: Instant,
+    /// Nanoseconds after `base` (plus 1) of the first request since the last reset; 0: none yet.
+    first_ns: AtomicU64,
     /// Envelope id → when it was appended (latency phase only).
     pub(crate) appended: Mutex<HashMap<String, Instant>>,
     /// Append-to-arrival, in ms, of each request whose envelope is in `appended`.
     pub(crate) latencies: Mutex<Vec<f64>>,
 }
 
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            per_endpoint: Default::default(),
+            base: Instant::now(),
+            first_ns: AtomicU64::new(0),
+            appended: Mutex::default(),
+            latencies: Mutex::default(),
+        }
+    }
+}
+
 impl Counts {
+    /// When the first request since the last reset arrived.
+    pub(crate) fn first(&self) -> Option<Instant> {
+        match self.first_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns - 1)),
+        }
+    }
+
+    fn arrived(&self, at: Instant) {
+        if self.first_ns.load(Ordering::Relaxed) == 0 {
+            let ns = at.duration_since(self.base).as_nanos() as u64 + 1;
+            let _ = self
+                .first_ns
+                .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn of(&self, endpoint: usize) -> usize {
         self.per_endpoint[endpoint].load(Ordering::Relaxed)
     }
@@ -39,6 +71,7 @@ impl Counts {
         for c in &self.per_endpoint {
             c.store(0, Ordering::Relaxed);
         }
+        self.first_ns.store(0, Ordering::Release);
         self.appended.lock().expect("poisoned").clear();
         self.latencies.lock().expect("poisoned").clear();
     }
@@ -93,6 +126,7 @@ async fn receive(
     _body: Bytes,
 ) -> &'static str {
     let at = Instant::now();
+    counts.arrived(at);
     if let Some(c) = counts.per_endpoint.get(i) {
         c.fetch_add(1, Ordering::Relaxed);
     }

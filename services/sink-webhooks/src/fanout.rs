@@ -211,7 +211,7 @@ pub(crate) async fn fan_out(
         true => settings.chunk_pairs,
         false => settings.chunk_pairs * 4,
     };
-    let Some(chunks) = chunks_of(settings, batch, &stored, pairs) else {
+    let Some(chunks) = chunks_of(settings, batch, &stored, (pairs, hold)) else {
         tx.rollback().await?;
         return Err(FanOutError::Behind(stored));
     };
