@@ -62,30 +62,26 @@ fn envelope_record(body: Vec<u8>, ordering_ms: i64) -> Record {
     envelope_record_with_id(body, ordering_ms, uuid::Uuid::now_v7().to_string())
 }
 
-/// The log record of a webhook `body` received at `ordering_ms`, as the ingress writes it.
+/// The log record of a webhook `body` received at `ordering_ms`, as the ingress writes it
+/// (its envelope built where the ingress builds it: classified, hashed).
 pub(crate) fn envelope_record_with_id(
     body: Vec<u8>,
     ordering_ms: i64,
     envelope_id: String,
 ) -> Record {
-    let c = terra_core::classify(&body).ok();
-    let user_id = c.as_ref().and_then(|c| c.user_id.clone());
-    let envelope = Envelope {
+    let delivery = terra_core::envelope::Delivery {
         envelope_id,
-        received_at: Some(prost_types::Timestamp {
-            seconds: ordering_ms.div_euclid(1000),
-            nanos: (ordering_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        received_at_ms: Some(ordering_ms),
         source: "default".into(),
-        event_type: c.as_ref().map(|c| c.event_type.clone()).unwrap_or_default(),
-        user_id: user_id.clone(),
         ordering_timestamp_ms: Some(ordering_ms),
-        body_is_json: c.is_some(),
-        body: body.into(),
         ..Default::default()
     };
+    let (envelope, _) = Envelope::of_delivery(delivery, body.into());
     Record {
-        key: user_id.map(|u| Bytes::from(u.into_bytes())),
+        key: envelope
+            .user_id
+            .clone()
+            .map(|u| Bytes::from(u.into_bytes())),
         headers: vec![],
         value: envelope.encode_to_vec().into(),
     }
