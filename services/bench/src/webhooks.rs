@@ -29,7 +29,7 @@ use crate::load::{LoadShape, fill};
 use crate::sql::{drop_database, fresh_database};
 use crate::webhooks_phases::{external, latency, throughput, throughput_down};
 use crate::webhooks_receiver::{Receiver, ceiling};
-use crate::webhooks_run::{SECRET, open_log, settings};
+use crate::webhooks_run::{open_log, settings};
 
 /// `Debug` shows the server URL without its password.
 #[derive(clap::Args)]
@@ -166,7 +166,6 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
                     endpoints,
                     (n * endpoints, Duration::from_secs(2)),
                     concurrency,
-                    SECRET,
                 )
                 .await;
                 receiver.counts.reset();

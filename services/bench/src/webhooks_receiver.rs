@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use secrecy::SecretString;
+use terra_sink_webhooks::Endpoint;
+use terra_sink_webhooks::address::AddressPolicy;
+use terra_sink_webhooks::send::{Outgoing, Sender};
 
 /// Endpoint paths the receiver serves: `/e/0` … `/e/{ENDPOINTS - 1}`.
 pub(crate) const ENDPOINTS: usize = 4;
@@ -143,42 +145,41 @@ async fn receive(
 
 /// Sends at least `total` POSTs, and for at least `min_time`, straight to the receiver over
 /// `concurrency` tasks: the bodies (and envelope ids) of the log in turn, spread over
-/// `endpoints` paths, with the headers the destination sends (signed per request, as it
-/// signs). The clock starts once every connection is open (one request each first, not
-/// counted): a short burst would otherwise measure connection set-up. Returns requests/s
-/// and the CPU (this process and Postgres, in µs) per request.
+/// `endpoints` paths, by the destination's own [`Sender`] (the same HTTP client, the same
+/// headers, signed per request), without the deliveries' state. The clock starts once every
+/// connection is open (one request each first, not counted): a short burst would otherwise
+/// measure connection set-up. Returns requests/s and the CPU (this process and Postgres, in
+/// µs) per request.
 pub(crate) async fn ceiling(
     receiver: &Receiver,
     bodies: &Arc<Vec<(String, Bytes)>>,
     endpoints: usize,
     (total, min_time): (usize, Duration),
     concurrency: usize,
-    secret: &str,
 ) -> anyhow::Result<(f64, f64)> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .use_rustls_tls()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+    let sender = Sender::new(AddressPolicy::new(vec!["127.0.0.0/8".parse()?]))
+        .map_err(anyhow::Error::msg)
         .context("failed to build the direct client")?;
-    let urls: Arc<Vec<reqwest::Url>> = Arc::new(
+    let targets: Arc<Vec<Endpoint>> = Arc::new(
         (0..endpoints)
-            .map(|i| reqwest::Url::parse(&receiver.url(i)))
-            .collect::<Result<_, _>>()?,
+            .map(|i| {
+                crate::webhooks_run::endpoint(
+                    format!("direct-{i}"),
+                    &receiver.url(i),
+                    concurrency,
+                    crate::webhooks_run::quick_schedule(),
+                )
+            })
+            .collect(),
     );
-    let secrets = Arc::new(vec![SecretString::from(secret)]);
     let next = Arc::new(AtomicUsize::new(0));
     let warm = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let started = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut tasks = Vec::new();
     for task in 0..concurrency {
-        let (client, urls, secrets, next, bodies, warm, started) = (
-            client.clone(),
-            Arc::clone(&urls),
-            Arc::clone(&secrets),
+        let (sender, targets, next, bodies, warm, started) = (
+            sender.clone(),
+            Arc::clone(&targets),
             Arc::clone(&next),
             Arc::clone(bodies),
             Arc::clone(&warm),
@@ -200,23 +201,21 @@ pub(crate) async fn ceiling(
                     }
                 };
                 let (id, body) = &bodies[(i / endpoints) % bodies.len()];
-                let now = terra_core::keys::now_ms() / 1000;
-                let signature = terra_sink_webhooks::sign::terra_signature(&secrets, now, body)
-                    .map_err(anyhow::Error::msg)?;
-                let response = client
-                    .post(urls[i % endpoints].clone())
-                    .header("content-type", "application/json")
-                    .header("user-agent", terra_sink_webhooks::send::USER_AGENT_VALUE)
-                    .header("idempotency-key", id.as_str())
-                    .header("terra-signature", signature.as_str())
-                    .header("x-terra-signature", signature.as_str())
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    bail!("the receiver answered {}", response.status());
+                let out = Outgoing {
+                    envelope_id: id,
+                    body,
+                    terra_reference: None,
+                    terra_trace_id: None,
+                    ordering_timestamp_ms: None,
+                    traceparent: None,
+                };
+                let result = sender.send(&targets[i % endpoints], &out).await;
+                if !result.delivered() {
+                    bail!(
+                        "the receiver did not take a direct POST: {}",
+                        result.error.unwrap_or_default()
+                    );
                 }
-                response.bytes().await?;
                 if !waited {
                     // this task's connection is open: wait for the others, then the clock
                     waited = true;

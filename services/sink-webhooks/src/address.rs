@@ -16,17 +16,17 @@
 //! entry naming that address alone (`169.254.169.254/32`) does, so `169.254.0.0/16` opened
 //! for a link-local receiver never exposes instance credentials.
 //!
-//! The check runs on the resolved addresses: [`GuardedResolver`] is the HTTP client's DNS
-//! resolver, so the connection uses exactly the addresses that passed (no second lookup, no
-//! DNS rebinding). Hosts written as IP literals skip resolvers, so the sender checks them
-//! with [`AddressPolicy::refusal`] before it connects.
+//! The check runs on the resolved addresses: the HTTP client's connector
+//! ([`crate::client`]) resolves with [`GuardedResolver`] and connects to exactly the
+//! addresses that passed (no second lookup, no DNS rebinding). Hosts written as IP literals
+//! are checked with [`AddressPolicy::refusal`], by the sender before it connects and by the
+//! connector again.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Where the reasons point operators to.
 const HOW_TO_ALLOW: &str = "allow it with webhooks.allow_cidrs (--webhook-allow-cidr)";
@@ -199,7 +199,7 @@ impl fmt::Display for RefusedAddresses {
 
 impl std::error::Error for RefusedAddresses {}
 
-/// The HTTP client's resolver: tokio's `lookup_host` (the system resolver), then the
+/// The connector's resolver: tokio's `lookup_host` (the system resolver), then the
 /// refused addresses dropped; fails with every reason when none is left.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
@@ -235,16 +235,6 @@ impl GuardedResolver {
             }));
         }
         Ok(allowed)
-    }
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let this = self.clone();
-        Box::pin(async move {
-            let addrs = this.lookup(name.as_str()).await?;
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
     }
 }
 

@@ -196,7 +196,7 @@ fn group_name(group: i32) -> Option<&'static str> {
 pub struct Endpoint {
     /// Unique, stable: deliveries and state are kept under it (`[a-zA-Z0-9_.-]`, 1-200).
     pub name: String,
-    pub url: reqwest::Url,
+    pub url: url::Url,
     /// One secret, or two during a rotation (one signature each).
     pub secrets: Vec<SecretString>,
     pub signature: SignatureMode,
@@ -231,7 +231,7 @@ impl fmt::Debug for Endpoint {
 }
 
 /// The URL without user info, query or fragment (they may carry credentials): for logs.
-pub fn redacted_url(url: &reqwest::Url) -> String {
+pub fn redacted_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);

@@ -18,6 +18,7 @@
 pub mod address;
 pub mod admin;
 pub mod cache;
+mod client;
 pub mod dispatch;
 pub mod endpoint;
 pub mod endpoints_store;

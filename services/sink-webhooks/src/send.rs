@@ -6,22 +6,22 @@
 //! a body that is slow to come is cut where it stands (a receiver that answered 2xx has the
 //! event; sending it again because its body dawdled would only duplicate it). Redirects are
 //! not followed (a 3xx is a failed attempt), no proxy from the environment is used, HTTP/1.1
-//! only, one connection pool per host. Errors never hold a secret or the URL (its user info
-//! and query may be credentials).
+//! only, one connection pool per host ([`crate::client`]). Errors never hold a secret or the
+//! URL (its user info and query may be credentials).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
-use reqwest::redirect;
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http_body_util::{BodyExt as _, Full};
 
-use crate::address::{AddressPolicy, GuardedResolver, RefusedAddresses};
+use crate::address::{AddressPolicy, RefusedAddresses};
+use crate::client::{Client, Targets};
 use crate::endpoint::Endpoint;
 use crate::sign;
 
-/// The `User-Agent` of every delivery.
-pub const USER_AGENT_VALUE: &str = concat!("terra-ingest/", env!("CARGO_PKG_VERSION"));
+pub use crate::client::USER_AGENT_VALUE;
 /// The most response body bytes read and kept.
 pub const RESPONSE_LIMIT: usize = 1024;
 
@@ -120,7 +120,8 @@ impl AttemptResult {
 /// Sends attempts; one HTTP client (and connection pools) for every endpoint.
 #[derive(Debug, Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: Client,
+    targets: Targets,
     policy: Arc<AddressPolicy>,
 }
 
@@ -148,17 +149,12 @@ impl Outcome {
 impl Sender {
     pub fn new(policy: AddressPolicy) -> Result<Self, String> {
         let policy = Arc::new(policy);
-        let client = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&policy))))
-            .use_rustls_tls()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|err| format!("the webhook HTTP client could not be built: {err}"))?;
-        Ok(Self { client, policy })
+        let client = crate::client::client(Arc::clone(&policy))?;
+        Ok(Self {
+            client,
+            targets: Targets::default(),
+            policy,
+        })
     }
 
     pub fn policy(&self) -> &AddressPolicy {
@@ -189,17 +185,19 @@ impl Sender {
         {
             return Outcome::failed(ErrorClass::RefusedAddress, reason);
         }
-        let headers = match headers(endpoint, out, now_secs) {
+        let target = match self.targets.of(endpoint) {
+            Ok(target) => target,
+            Err(err) => return Outcome::failed(ErrorClass::Other, err),
+        };
+        let mut request = http::Request::new(Full::new(out.body.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = target.uri.clone();
+        *request.headers_mut() = match headers(target.headers.clone(), endpoint, out, now_secs) {
             Ok(headers) => headers,
             Err(err) => return Outcome::failed(ErrorClass::Other, err),
         };
-        let request = self
-            .client
-            .post(endpoint.url.clone())
-            .headers(headers)
-            .body(out.body.clone())
-            .send();
-        let mut response = match tokio::time::timeout_at(deadline, request).await {
+        let request = self.client.request(request);
+        let response = match tokio::time::timeout_at(deadline, request).await {
             Err(_) => {
                 return Outcome::failed(
                     ErrorClass::Timeout,
@@ -222,8 +220,9 @@ impl Sender {
             _ => None,
         };
         let mut body = Vec::new();
+        let mut incoming = response.into_body();
         // a body still coming at the deadline is cut where it stands: the status has decided
-        let _ = tokio::time::timeout_at(deadline, read_limited(&mut response, &mut body)).await;
+        let _ = tokio::time::timeout_at(deadline, read_limited(&mut incoming, &mut body)).await;
         let (class, error) = if status.is_success() {
             (ErrorClass::None, None)
         } else {
@@ -246,13 +245,15 @@ impl Sender {
     }
 }
 
-/// Every header of the attempt: the endpoint's extra ones first, then the sender's over them
-/// (validation refuses extra headers with those names; this keeps it so regardless).
-fn headers(endpoint: &Endpoint, out: &Outgoing<'_>, now_secs: i64) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    for (name, value) in &endpoint.headers {
-        map.append(name.clone(), value.clone());
-    }
+/// Every header of the attempt: `map` holds the endpoint's constant ones (its extra headers,
+/// then `Content-Type`, `User-Agent`...); the attempt's own go over them (validation refuses
+/// extra headers with those names; this keeps it so regardless).
+fn headers(
+    mut map: HeaderMap,
+    endpoint: &Endpoint,
+    out: &Outgoing<'_>,
+    now_secs: i64,
+) -> Result<HeaderMap, String> {
     let value = |name: &str, text: &str| {
         HeaderValue::from_str(text).map_err(|_| format!("{name} is not a valid header value"))
     };
@@ -260,8 +261,6 @@ fn headers(endpoint: &Endpoint, out: &Outgoing<'_>, now_secs: i64) -> Result<Hea
         map.insert(HeaderName::from_static(name), value(name, text)?);
         Ok(())
     };
-    set(CONTENT_TYPE.as_str(), "application/json")?;
-    set(USER_AGENT.as_str(), USER_AGENT_VALUE)?;
     set("idempotency-key", out.envelope_id)?;
     if endpoint.signature.terra() {
         let signature = sign::terra_signature(&endpoint.secrets, now_secs, out.body)?;
@@ -291,7 +290,7 @@ fn headers(endpoint: &Endpoint, out: &Outgoing<'_>, now_secs: i64) -> Result<Hea
 }
 
 /// The URL's host when it is an IP address (`[…]` for IPv6).
-fn literal_host(url: &reqwest::Url) -> Option<IpAddr> {
+fn literal_host(url: &url::Url) -> Option<IpAddr> {
     let host = url.host_str()?;
     let host = host
         .strip_prefix('[')
@@ -302,14 +301,16 @@ fn literal_host(url: &reqwest::Url) -> Option<IpAddr> {
 
 /// Reads the body into `into` until it holds [`RESPONSE_LIMIT`] bytes or the body ends;
 /// never keeps more. A read error ends it (the status has already decided).
-async fn read_limited(response: &mut reqwest::Response, into: &mut Vec<u8>) {
+async fn read_limited(body: &mut hyper::body::Incoming, into: &mut Vec<u8>) {
     while into.len() < RESPONSE_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = RESPONSE_LIMIT - into.len();
-                into.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = RESPONSE_LIMIT - into.len();
+                    into.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
             }
-            Ok(None) | Err(_) => break,
+            None | Some(Err(_)) => break,
         }
     }
 }
@@ -338,11 +339,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// The class and a description of a failed request, the URL left out.
-fn classify(err: reqwest::Error) -> (ErrorClass, String) {
-    let timeout = err.is_timeout();
+/// The class and a description of a failed request (the client's errors never hold the URL).
+fn classify(err: hyper_util::client::legacy::Error) -> (ErrorClass, String) {
     let connect = err.is_connect();
-    let err = err.without_url();
     let mut class = None;
     let mut parts: Vec<String> = Vec::new();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
@@ -367,9 +366,7 @@ fn classify(err: reqwest::Error) -> (ErrorClass, String) {
             None => current.source(),
         };
     }
-    let class = class.unwrap_or(if timeout {
-        ErrorClass::Timeout
-    } else if connect {
+    let class = class.unwrap_or(if connect {
         ErrorClass::Connect
     } else {
         ErrorClass::Other
@@ -435,7 +432,7 @@ mod tests {
 
     #[test]
     fn ip_literal_hosts_are_found_in_both_forms() {
-        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let url = |s: &str| url::Url::parse(s).unwrap();
         assert_eq!(
             literal_host(&url("http://127.0.0.1:9/x")),
             Some("127.0.0.1".parse().unwrap())

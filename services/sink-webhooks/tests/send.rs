@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use common::*;
@@ -98,6 +99,116 @@ async fn each_signature_mode_sends_only_its_headers_and_retries_keep_the_idempot
     ] {
         assert!(!terra.contains_key(absent), "{absent} sent without a value");
     }
+}
+
+/// A raw HTTP/1.1 receiver: each request's head as sent (request line and headers, exactly),
+/// answered 200 on the same connection.
+async fn raw_heads() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 8192];
+                    let Ok(n @ 1..) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    // one request at a time: its head, then content-length bytes of body
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            break;
+                        }
+                        buf.drain(..end + 4 + length);
+                        seen.lock().unwrap().push(head);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_request_target_host_and_user_info_are_sent_as_a_browser_would() {
+    let (addr, heads) = raw_heads().await;
+    let body = fixture();
+    let sender = loopback_sender();
+    // user info (percent-encoded) becomes Basic credentials; it is never in the request line
+    let mut target = endpoint(
+        &format!("http://us%40er:p%3Ass@{addr}/hooks/terra?token=abc&x=1#frag"),
+        &[NEW_SECRET],
+        SignatureMode::Terra,
+    );
+    let result = sender.send(&target, &outgoing(&body)).await;
+    assert!(result.delivered(), "{result:?}");
+    // the same endpoint, its settings changed: the new ones are sent
+    target.url = format!("http://{addr}/other").parse().unwrap();
+    target.headers.push((
+        "authorization".parse().unwrap(),
+        "Bearer t0k".parse().unwrap(),
+    ));
+    let result = sender.send(&target, &outgoing(&body)).await;
+    assert!(result.delivered(), "{result:?}");
+    // an extra Authorization header wins over the URL's user info
+    target.url = format!("http://a:b@{addr}/third").parse().unwrap();
+    let result = sender.send(&target, &outgoing(&body)).await;
+    assert!(result.delivered(), "{result:?}");
+
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let lines: Vec<&str> = heads.iter().map(|h| h.lines().next().unwrap()).collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /hooks/terra?token=abc&x=1 HTTP/1.1",
+            "POST /other HTTP/1.1",
+            "POST /third HTTP/1.1"
+        ]
+    );
+    for head in &heads {
+        assert_eq!(header(head, "host"), [addr.to_string().as_str()], "{head}");
+        assert_eq!(
+            header(head, "content-length"),
+            [body.len().to_string().as_str()]
+        );
+        assert_eq!(header(head, "content-type"), ["application/json"]);
+    }
+    // base64("us@er:p:ss")
+    assert_eq!(
+        header(&heads[0], "authorization"),
+        ["Basic dXNAZXI6cDpzcw=="]
+    );
+    assert_eq!(header(&heads[1], "authorization"), ["Bearer t0k"]);
+    assert_eq!(header(&heads[2], "authorization"), ["Bearer t0k"]);
 }
 
 fn verdict(python: &str, args: &[&str]) -> String {

@@ -41,7 +41,7 @@ pub const SECRET: &str = "whsec-test-secret-for-endpoints";
 pub fn endpoint(name: &str, url: &str) -> Endpoint {
     Endpoint {
         name: name.to_owned(),
-        url: reqwest::Url::parse(url).expect("a URL"),
+        url: url::Url::parse(url).expect("a URL"),
         secrets: vec![SecretString::from(SECRET)],
         signature: SignatureMode::Terra,
         filter: Filter::default(),
