@@ -249,16 +249,19 @@ impl AsyncWrite for Stream {
 /// What every request to one endpoint shares, built once: the request target (the URL
 /// without its user info) and the constant headers (the endpoint's extra headers, then
 /// `Content-Type`, `User-Agent` and, for a URL with user info, `Authorization: Basic` unless
-/// an extra header sets `Authorization`).
+/// an extra header sets `Authorization`), and why the guard refuses the host when it is an
+/// IP literal.
 pub(crate) struct Target {
     url: url::Url,
     headers_of: Vec<(http::HeaderName, HeaderValue)>,
     pub(crate) uri: Uri,
     pub(crate) headers: HeaderMap,
+    pub(crate) refused: Option<String>,
 }
 
 impl Target {
-    fn of(endpoint: &Endpoint) -> Result<Self, String> {
+    fn of(endpoint: &Endpoint, policy: &AddressPolicy) -> Result<Self, String> {
+        let refused = crate::send::literal_host(&endpoint.url).and_then(|ip| policy.refusal(ip));
         let mut url = endpoint.url.clone();
         let user = percent_decoded(url.username());
         let password = url.password().map(percent_decoded);
@@ -289,6 +292,7 @@ impl Target {
             headers_of: endpoint.headers.clone(),
             uri,
             headers,
+            refused,
         })
     }
 
@@ -310,7 +314,12 @@ pub(crate) struct Targets {
 }
 
 impl Targets {
-    pub(crate) fn of(&self, endpoint: &Endpoint) -> Result<Arc<Target>, String> {
+    /// The target of `endpoint` (a sender's `policy` never changes).
+    pub(crate) fn of(
+        &self,
+        endpoint: &Endpoint,
+        policy: &AddressPolicy,
+    ) -> Result<Arc<Target>, String> {
         {
             let read = self.by_name.read().unwrap_or_else(|e| e.into_inner());
             if let Some(target) = read.get(&endpoint.name)
@@ -319,7 +328,7 @@ impl Targets {
                 return Ok(Arc::clone(target));
             }
         }
-        let target = Arc::new(Target::of(endpoint)?);
+        let target = Arc::new(Target::of(endpoint, policy)?);
         self.by_name
             .write()
             .unwrap_or_else(|e| e.into_inner())

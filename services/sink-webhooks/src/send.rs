@@ -179,16 +179,14 @@ impl Sender {
 
     async fn attempt(&self, endpoint: &Endpoint, out: &Outgoing<'_>, now_secs: i64) -> Outcome {
         let deadline = tokio::time::Instant::now() + endpoint.timeout;
-        // IP literals skip the resolver: checked here
-        if let Some(ip) = literal_host(&endpoint.url)
-            && let Some(reason) = self.policy.refusal(ip)
-        {
-            return Outcome::failed(ErrorClass::RefusedAddress, reason);
-        }
-        let target = match self.targets.of(endpoint) {
+        let target = match self.targets.of(endpoint, &self.policy) {
             Ok(target) => target,
             Err(err) => return Outcome::failed(ErrorClass::Other, err),
         };
+        // IP literals skip the resolver: refused here, with the policy's reason
+        if let Some(reason) = &target.refused {
+            return Outcome::failed(ErrorClass::RefusedAddress, reason.clone());
+        }
         let mut request = http::Request::new(Full::new(out.body.clone()));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = target.uri.clone();
@@ -290,7 +288,7 @@ fn headers(
 }
 
 /// The URL's host when it is an IP address (`[…]` for IPv6).
-fn literal_host(url: &url::Url) -> Option<IpAddr> {
+pub(crate) fn literal_host(url: &url::Url) -> Option<IpAddr> {
     let host = url.host_str()?;
     let host = host
         .strip_prefix('[')
