@@ -19,8 +19,8 @@
 //! The check runs on the resolved addresses: the HTTP client's connector
 //! ([`crate::client`]) resolves with [`GuardedResolver`] and connects to exactly the
 //! addresses that passed (no second lookup, no DNS rebinding). Hosts written as IP literals
-//! are checked with [`AddressPolicy::refusal`], by the sender before it connects and by the
-//! connector again.
+//! skip resolvers, so the sender checks them with [`AddressPolicy::refusal`] before any
+//! connection.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

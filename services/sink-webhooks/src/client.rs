@@ -1,12 +1,13 @@
 //! The HTTP client of the deliveries: hyper's pooled HTTP/1.1 client over a connector that
 //! connects only to the addresses the guard allows.
 //!
-//! The connector resolves the host with [`GuardedResolver`] (or checks an IP literal with
-//! the policy), then connects to exactly those addresses, in order, the first that answers
-//! winning: no second lookup, so no DNS rebinding between the check and the connection.
-//! TCP_NODELAY is set (a request is one write; Nagle would hold its tail). `https://` goes
-//! through rustls with the Web PKI roots (ring; HTTP/1.1 by ALPN). No proxy from the
-//! environment is used.
+//! The connector is hyper_util's TCP connector with [`GuardedResolver`] as its resolver: it
+//! connects to exactly the addresses the guard let through (happy eyeballs between IPv6 and
+//! IPv4, as reqwest did), with no second lookup, so no DNS rebinding between the check and
+//! the connection. An IP-literal host skips resolvers: the sender refuses it before any
+//! connection ([`Target`] keeps the verdict). TCP_NODELAY is set (a request is one write;
+//! Nagle would hold its tail). `https://` goes through rustls with the Web PKI roots (ring;
+//! HTTP/1.1 by ALPN). No proxy from the environment is used.
 //!
 //! Sending through hyper directly, not through a general client, keeps a delivery's cost
 //! close to a bare POST's: each endpoint's request target and constant headers are built
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
@@ -27,13 +28,14 @@ use bytes::Bytes;
 use http::Uri;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::address::{AddressPolicy, GuardedResolver, RefusedAddresses};
+use crate::address::{AddressPolicy, GuardedResolver};
 use crate::endpoint::Endpoint;
 
 /// The `User-Agent` of every delivery.
@@ -47,9 +49,12 @@ pub(crate) type Client = hyper_util::client::legacy::Client<GuardedConnector, Fu
 /// A client whose connections go only where `policy` allows; idle connections are kept
 /// 60 s, per host.
 pub(crate) fn client(policy: Arc<AddressPolicy>) -> Result<Client, String> {
+    let mut http = HttpConnector::new_with_resolver(GuardedDns(GuardedResolver::new(policy)));
+    // https:// too: TLS is layered on by the connector
+    http.enforce_http(false);
+    http.set_nodelay(true);
     let connector = GuardedConnector {
-        resolver: GuardedResolver::new(Arc::clone(&policy)),
-        policy,
+        http,
         tls: tokio_rustls::TlsConnector::from(tls_config()?),
     };
     Ok(
@@ -78,11 +83,32 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Connects to a URI's host through the address guard (see the module's documentation).
+/// The connector's resolver: [`GuardedResolver`] (only allowed addresses, or an error with
+/// every reason).
+#[derive(Clone)]
+pub(crate) struct GuardedDns(GuardedResolver);
+
+impl tower_service::Service<Name> for GuardedDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolver = self.0.clone();
+        Box::pin(async move { Ok(resolver.lookup(name.as_str()).await?.into_iter()) })
+    }
+}
+
+/// Connects to a URI's host through the address guard (see the module's documentation):
+/// hyper_util's TCP connector over [`GuardedDns`] (happy eyeballs between address families,
+/// TCP_NODELAY), then TLS for `https://`.
 #[derive(Clone)]
 pub(crate) struct GuardedConnector {
-    resolver: GuardedResolver,
-    policy: Arc<AddressPolicy>,
+    http: HttpConnector<GuardedDns>,
     tls: tokio_rustls::TlsConnector,
 }
 
@@ -96,83 +122,29 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect(uri).await.map(TokioIo::new) })
-    }
-}
-
-impl GuardedConnector {
-    async fn connect(self, uri: Uri) -> Result<Stream, BoxError> {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("only http:// and https:// URLs can be delivered to".into()),
-        };
-        let host = uri.host().ok_or("the URL has no host")?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let addrs = match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                if let Some(reason) = self.policy.refusal(ip) {
-                    return Err(Box::new(RefusedAddresses {
-                        host: host.to_owned(),
-                        reasons: vec![reason],
-                    }));
-                }
-                vec![SocketAddr::new(ip, port)]
+        let (mut http, tls) = (self.http.clone(), self.tls.clone());
+        Box::pin(async move {
+            let https = match uri.scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err("only http:// and https:// URLs can be delivered to".into()),
+            };
+            let host = uri.host().ok_or("the URL has no host")?;
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host)
+                .to_owned();
+            let tcp = http.call(uri).await?.into_inner();
+            if !https {
+                return Ok(TokioIo::new(Stream::Plain(tcp)));
             }
-            Err(_) => self.resolver.lookup(host).await?,
-        };
-        let tcp = connect_first(&addrs, port).await?;
-        if !https {
-            return Ok(Stream::Plain(tcp));
-        }
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| format!("{host} is not a name TLS can verify"))?;
-        // a handshake failure is an io::Error carrying the rustls::Error (its class: TLS)
-        let tls = self.tls.connect(name, tcp).await?;
-        Ok(Stream::Tls(Box::new(tls)))
-    }
-}
-
-/// A TCP connection to the first of `addrs` that accepts (on `port`), TCP_NODELAY set.
-async fn connect_first(addrs: &[SocketAddr], port: u16) -> Result<TcpStream, BoxError> {
-    let mut last = None;
-    for addr in addrs {
-        let addr = SocketAddr::new(addr.ip(), port);
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => {
-                tcp.set_nodelay(true)?;
-                return Ok(tcp);
-            }
-            Err(source) => last = Some(ConnectError { addr, source }),
-        }
-    }
-    Err(match last {
-        Some(err) => Box::new(err),
-        None => "no address to connect to".into(),
-    })
-}
-
-/// A TCP connection that failed, and to which address.
-#[derive(Debug)]
-struct ConnectError {
-    addr: SocketAddr,
-    source: io::Error,
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tcp connect to {} failed", self.addr)
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|_| "the URL's host is not a name TLS can verify")?;
+            // a handshake failure is an io::Error carrying the rustls::Error (its class: TLS)
+            let tls = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(Stream::Tls(Box::new(tls))))
+        })
     }
 }
 
