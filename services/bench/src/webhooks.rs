@@ -7,8 +7,8 @@
 //!    the webhook destination (fan-out and dispatcher) over the whole log to 1 and then 4
 //!    endpoints: deliveries/s from the first request's arrival until every (event, endpoint)
 //!    pair is `delivered` in SQL (the start-up before it printed apart); the
-//!    receiver's ceiling (the same POSTs sent directly at the same concurrency, on open
-//!    connections, for at least 2 s, right before and right after the destination's run: the
+//!    receiver's ceiling (the same POSTs sent directly at the same concurrency by the
+//!    destination's own `Sender`, without state, on open connections, for at least 2 s, right before and right after the destination's run: the
 //!    mean of the two) and the ratio;
 //!    then, on a fresh log and database, events appended at a steady rate below saturation:
 //!    p50/p99 from append to arrival at the receiver.
