@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use sqlx::{Executor, Row};
 use terra_schema::positions::Tx;
-use terra_schema::tables::{WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES, WEBHOOK_EVENTS};
+use terra_schema::tables::{
+    WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES, WEBHOOK_EVENTS, WEBHOOK_POSITIONS,
+};
 use terra_schema::{SqlError, SqlTarget};
 
 use terra_runtime::CancellationToken;
@@ -192,7 +194,9 @@ async fn release_every_kept(target: &SqlTarget) -> Result<u64, SqlError> {
 }
 
 /// Deletes the bodies of these events that no delivery is pending or dead for (nothing will
-/// send them again). Returns how many went.
+/// send them again), among the events the fan-out has passed (before its stored position in
+/// their partition): a batch in progress commits its events before its deliveries (see
+/// `fanout::separate_events`), and those must stay. Returns how many went.
 pub(crate) async fn release_bodies(
     target: &SqlTarget,
     tx: &mut Tx,
@@ -200,12 +204,15 @@ pub(crate) async fn release_bodies(
 ) -> Result<u64, SqlError> {
     let events = target.table(WEBHOOK_EVENTS);
     let deliveries = target.table(WEBHOOK_DELIVERIES);
+    let positions = target.table(WEBHOOK_POSITIONS);
     let mut released = 0;
     for chunk in envelope_ids.chunks(PRUNE_CHUNK) {
         let mut stmt = target.statement(format!("DELETE FROM {events} WHERE envelope_id IN "));
         stmt.bind_list(chunk.iter().map(String::as_str)).push(&format!(
             " AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.envelope_id = {events}.envelope_id \
-             AND d.state IN ('pending', 'dead'))"
+             AND d.state IN ('pending', 'dead')) \
+             AND {events}.log_offset < (SELECT p.next_offset FROM {positions} p \
+             WHERE p.log_partition = {events}.log_partition)"
         ));
         released += tx.execute(stmt.query()).await?.rows_affected();
     }

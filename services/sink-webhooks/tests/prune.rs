@@ -290,6 +290,19 @@ async fn later_sweeps_read_only_recent_deliveries_and_every_page_of_them(dialect
             Val::Blob(b"{}".to_vec()),
         ]);
     }
+    // an event a batch in progress has written, its deliveries not yet committed (its body
+    // is committed first): past the positions, it stays whatever the sweep
+    let in_progress = "01900000-0000-7000-8000-999999999999";
+    events.push(vec![
+        Val::from(in_progress),
+        Val::from(0),
+        Val::from(1_501),
+        Val::from("default"),
+        Val::from("activity"),
+        Val::from(now),
+        Val::Blob(b"{}".to_vec()),
+    ]);
+    let positions = vec![vec![Val::from(0), Val::from(1_501), Val::from(now)]];
     for (table, columns, rows) in [
         (
             "webhook_deliveries",
@@ -318,6 +331,11 @@ async fn later_sweeps_read_only_recent_deliveries_and_every_page_of_them(dialect
             ][..],
             events,
         ),
+        (
+            "webhook_positions",
+            &["log_partition", "next_offset", "updated_at_ms"][..],
+            positions,
+        ),
     ] {
         for stmt in insert_rows(dialect, &target.table(table), columns, &[], rows, "") {
             sqlx::Executor::execute(target.pool(), stmt.query())
@@ -329,9 +347,31 @@ async fn later_sweeps_read_only_recent_deliveries_and_every_page_of_them(dialect
     assert_eq!(later.events, 1_500, "every recent one, over two pages");
     assert_eq!(
         event_ids(&target).await,
-        vec!["01900000-0000-7000-8000-000000000000".to_owned()],
+        vec![
+            "01900000-0000-7000-8000-000000000000".to_owned(),
+            in_progress.to_owned()
+        ],
         "the older one is not read"
     );
+    let full = prune(&target, None, now, None).await.unwrap();
+    assert_eq!(full.events, 1);
+    assert_eq!(
+        event_ids(&target).await,
+        vec![in_progress.to_owned()],
+        "the batch in progress keeps its event"
+    );
+    // the batch was given up (its deliveries never committed) and the positions moved past
+    // it: its event is one like any other
+    sqlx::Executor::execute(
+        target.pool(),
+        format!(
+            "UPDATE {} SET next_offset = 1502",
+            target.table("webhook_positions")
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
     let full = prune(&target, None, now, None).await.unwrap();
     assert_eq!(full.events, 1);
     assert_eq!(count(&target, "webhook_events").await, 0);

@@ -46,10 +46,12 @@ impl FanOut {
     }
 }
 
-/// Writes a chunk's events (those still to send), deliveries and first attempts in `tx`.
+/// Writes a chunk's events (those still to send), deliveries and first attempts in `tx`; the
+/// events in `events_tx` instead when given, at the same time (see [`super::fan_out`]).
 pub(super) async fn write_chunk(
     target: &SqlTarget,
     tx: &mut terra_schema::positions::Tx,
+    events_tx: Option<&mut terra_schema::positions::Tx>,
     settings: &WebhookSettings,
     sent: Sent,
 ) -> Result<Written, FanOutError> {
@@ -77,11 +79,33 @@ pub(super) async fn write_chunk(
             out.pending.push(name.clone());
         }
     }
-    let dialect = target.dialect();
     let events: Vec<Vec<Val>> = (0..p.events.len())
         .filter(|&i| keep[i])
         .map(|i| event_row(&p.events[i], p.at[i]))
         .collect();
+    let (events_written, written) = match events_tx {
+        Some(events_tx) => {
+            tokio::join!(
+                write_events(target, events_tx, events),
+                write_deliveries(target, tx, settings, (p, firsts), (rows, keep), out)
+            )
+        }
+        None => (
+            write_events(target, tx, events).await,
+            write_deliveries(target, tx, settings, (p, firsts), (rows, keep), out).await,
+        ),
+    };
+    events_written?;
+    written
+}
+
+/// Events still to send, with their bodies (an event already there is left as it is).
+async fn write_events(
+    target: &SqlTarget,
+    tx: &mut terra_schema::positions::Tx,
+    events: Vec<Vec<Val>>,
+) -> Result<(), FanOutError> {
+    let dialect = target.dialect();
     for chunk in by_bytes(events, 11, STATEMENT_BYTES) {
         for stmt in insert_rows(
             dialect,
@@ -94,6 +118,18 @@ pub(super) async fn write_chunk(
             tx.execute(stmt.query()).await?;
         }
     }
+    Ok(())
+}
+
+/// A chunk's deliveries (`rows`) and first attempts; `keep`: the events still to send.
+async fn write_deliveries(
+    target: &SqlTarget,
+    tx: &mut terra_schema::positions::Tx,
+    settings: &WebhookSettings,
+    (p, firsts): (super::pairs::Pairs, Vec<First>),
+    (rows, keep): (Vec<Vec<Val>>, Vec<bool>),
+    mut out: FanOut,
+) -> Result<Written, FanOutError> {
     let sent: Vec<String> = p
         .pairs
         .iter()
