@@ -1,7 +1,8 @@
 //! Pruning: what nothing will send again is not kept.
 //!
-//! - An event's body (`webhook_events`) goes once none of its deliveries is pending or dead:
-//!   at once when the dispatcher's result writer delivers its last one
+//! - An event's body (`webhook_events`) goes once none of its deliveries is pending or dead
+//!   and the fan-out's positions have passed it (a batch in progress commits its events
+//!   before its deliveries): at once when the dispatcher's result writer delivers its last one
 //!   ([`release_bodies`], in the same transaction), and by the sweep ([`prune`]) for what
 //!   that missed (two replicas finishing an event's last two deliveries at once each see the
 //!   other's still pending). The sweep reads every kept event once, at start-up (bodies kept
