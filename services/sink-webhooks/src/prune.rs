@@ -203,17 +203,29 @@ pub(crate) async fn release_bodies(
     tx: &mut Tx,
     envelope_ids: &[String],
 ) -> Result<u64, SqlError> {
+    if envelope_ids.is_empty() {
+        return Ok(0);
+    }
     let events = target.table(WEBHOOK_EVENTS);
     let deliveries = target.table(WEBHOOK_DELIVERIES);
-    let positions = target.table(WEBHOOK_POSITIONS);
+    // a plain read (no lock): on MySQL a subquery of a DELETE would take shared locks and
+    // wait on the fan-out's positions lock; a position read before the fan-out moves it only
+    // keeps more
+    let passed = terra_schema::positions::read_in(target, tx, WEBHOOK_POSITIONS, false).await?;
+    if passed.is_empty() {
+        return Ok(0);
+    }
+    let passed = passed
+        .iter()
+        .map(|(partition, next)| format!("(log_partition = {partition} AND log_offset < {next})"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
     let mut released = 0;
     for chunk in envelope_ids.chunks(PRUNE_CHUNK) {
         let mut stmt = target.statement(format!("DELETE FROM {events} WHERE envelope_id IN "));
         stmt.bind_list(chunk.iter().map(String::as_str)).push(&format!(
             " AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.envelope_id = {events}.envelope_id \
-             AND d.state IN ('pending', 'dead')) \
-             AND {events}.log_offset < (SELECT p.next_offset FROM {positions} p \
-             WHERE p.log_partition = {events}.log_partition)"
+             AND d.state IN ('pending', 'dead')) AND ({passed})"
         ));
         released += tx.execute(stmt.query()).await?.rows_affected();
     }
