@@ -404,8 +404,10 @@ fn hostile_bearer_tokens_in_plaintext_on_a_public_address_are_refused() {
         dir.path(),
         &[
             "standalone",
+            // any free port (nothing connects to it): a port picked beforehand could be taken
+            // by another process before the server binds it
             "--grpc-addr",
-            &format!("0.0.0.0:{}", free_port()),
+            "0.0.0.0:0",
             "--grpc-token",
             token,
         ],
