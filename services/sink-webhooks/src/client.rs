@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
@@ -129,12 +129,7 @@ impl tower_service::Service<Uri> for GuardedConnector {
                 Some("http") => false,
                 _ => return Err("only http:// and https:// URLs can be delivered to".into()),
             };
-            let host = uri.host().ok_or("the URL has no host")?;
-            let host = host
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(host)
-                .to_owned();
+            let host = unbracketed(uri.host().ok_or("the URL has no host")?).to_owned();
             let tcp = http.call(uri).await?.into_inner();
             if !https {
                 return Ok(TokioIo::new(Stream::Plain(tcp)));
@@ -233,7 +228,7 @@ pub(crate) struct Target {
 
 impl Target {
     fn of(endpoint: &Endpoint, policy: &AddressPolicy) -> Result<Self, String> {
-        let refused = crate::send::literal_host(&endpoint.url).and_then(|ip| policy.refusal(ip));
+        let refused = literal_host(&endpoint.url).and_then(|ip| policy.refusal(ip));
         let mut url = endpoint.url.clone();
         let user = percent_decoded(url.username());
         let password = url.password().map(percent_decoded);
@@ -271,6 +266,18 @@ impl Target {
     fn is_for(&self, endpoint: &Endpoint) -> bool {
         self.url == endpoint.url && self.headers_of == endpoint.headers
     }
+}
+
+/// A URL's host without the brackets of an IPv6 address.
+fn unbracketed(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The URL's host when it is an IP address (`[…]` for IPv6).
+fn literal_host(url: &url::Url) -> Option<IpAddr> {
+    unbracketed(url.host_str()?).parse().ok()
 }
 
 fn percent_decoded(text: &str) -> String {
@@ -312,5 +319,24 @@ impl Targets {
 impl fmt::Debug for Targets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Targets")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_literal_hosts_are_found_in_both_forms() {
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(
+            literal_host(&url("http://127.0.0.1:9/x")),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            literal_host(&url("http://[::ffff:127.0.0.1]/")),
+            Some("::ffff:7f00:1".parse().unwrap())
+        );
+        assert_eq!(literal_host(&url("https://example.com/")), None);
     }
 }

@@ -222,10 +222,9 @@ pub(crate) async fn fan_out(
         None => None,
     };
     if hold {
-        let mut events_tx = match separate_events(target) {
-            true => Some(target.pool().begin().await?),
-            false => None,
-        };
+        // begun by the first chunk that keeps events (most batches keep none)
+        let mut events_tx = None;
+        let separate = separate_events(target);
         let mut last = BTreeMap::new();
         let mut told = Vec::new();
         while let Some(sent) = current {
@@ -233,7 +232,13 @@ pub(crate) async fn fan_out(
             let (written, next) = overlapped(
                 lane,
                 chunks.next(),
-                write_chunk(target, &mut tx, events_tx.as_mut(), settings, sent),
+                write_chunk(
+                    target,
+                    &mut tx,
+                    separate.then_some(&mut events_tx),
+                    settings,
+                    sent,
+                ),
             )
             .await;
             told.extend(out.add(written?));

@@ -9,7 +9,6 @@
 //! only, one connection pool per host ([`crate::client`]). Errors never hold a secret or the
 //! URL (its user info and query may be credentials).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -287,16 +286,6 @@ fn headers(
     Ok(map)
 }
 
-/// The URL's host when it is an IP address (`[…]` for IPv6).
-pub(crate) fn literal_host(url: &url::Url) -> Option<IpAddr> {
-    let host = url.host_str()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    host.parse().ok()
-}
-
 /// Reads the body into `into` until it holds [`RESPONSE_LIMIT`] bytes or the body ends;
 /// never keeps more. A read error ends it (the status has already decided).
 async fn read_limited(body: &mut hyper::body::Incoming, into: &mut Vec<u8>) {
@@ -426,20 +415,6 @@ mod tests {
         let text = response_text(&[0xff; 2000]).unwrap();
         assert!(text.len() <= RESPONSE_LIMIT && text.chars().all(|c| c == '\u{fffd}'));
         assert_eq!(text.len(), 1023);
-    }
-
-    #[test]
-    fn ip_literal_hosts_are_found_in_both_forms() {
-        let url = |s: &str| url::Url::parse(s).unwrap();
-        assert_eq!(
-            literal_host(&url("http://127.0.0.1:9/x")),
-            Some("127.0.0.1".parse().unwrap())
-        );
-        assert_eq!(
-            literal_host(&url("http://[::ffff:127.0.0.1]/")),
-            Some("::ffff:7f00:1".parse().unwrap())
-        );
-        assert_eq!(literal_host(&url("https://example.com/")), None);
     }
 
     #[test]

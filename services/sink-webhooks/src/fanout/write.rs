@@ -47,11 +47,12 @@ impl FanOut {
 }
 
 /// Writes a chunk's events (those still to send), deliveries and first attempts in `tx`; the
-/// events in `events_tx` instead when given, at the same time (see [`super::fan_out`]).
+/// events in the transaction of `events_tx` instead when given (begun here if it is not yet),
+/// at the same time (see [`super::fan_out`]).
 pub(super) async fn write_chunk(
     target: &SqlTarget,
     tx: &mut terra_schema::positions::Tx,
-    events_tx: Option<&mut terra_schema::positions::Tx>,
+    events_tx: Option<&mut Option<terra_schema::positions::Tx>>,
     settings: &WebhookSettings,
     sent: Sent,
 ) -> Result<Written, FanOutError> {
@@ -83,8 +84,12 @@ pub(super) async fn write_chunk(
         .filter(|&i| keep[i])
         .map(|i| event_row(&p.events[i], p.at[i]))
         .collect();
-    let (events_written, written) = match events_tx {
-        Some(events_tx) => {
+    let (events_written, written) = match events_tx.filter(|_| !events.is_empty()) {
+        Some(slot) => {
+            let events_tx = match slot {
+                Some(events_tx) => events_tx,
+                None => slot.insert(target.pool().begin().await?),
+            };
             tokio::join!(
                 write_events(target, events_tx, events),
                 write_deliveries(target, tx, settings, (p, firsts), (rows, keep), out)
