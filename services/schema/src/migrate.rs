@@ -76,20 +76,17 @@ impl TableSet {
                     vec![
                         migration!("webhooks/postgres", 20261203000100, "webhook_tables"),
                         migration!("webhooks/postgres", 20261204000100, "events_lz4"),
+                        migration!("webhooks/postgres", 20261205000100, "first_attempt_inline"),
                     ]
                 }
-                Dialect::MySql => vec![migration!(
-                    "webhooks/mysql",
-                    20261203000100,
-                    "webhook_tables"
-                )],
-                Dialect::Sqlite => {
-                    vec![migration!(
-                        "webhooks/sqlite",
-                        20261203000100,
-                        "webhook_tables"
-                    )]
-                }
+                Dialect::MySql => vec![
+                    migration!("webhooks/mysql", 20261203000100, "webhook_tables"),
+                    migration!("webhooks/mysql", 20261205000100, "first_attempt_inline"),
+                ],
+                Dialect::Sqlite => vec![
+                    migration!("webhooks/sqlite", 20261203000100, "webhook_tables"),
+                    migration!("webhooks/sqlite", 20261205000100, "first_attempt_inline"),
+                ],
             },
         }
     }

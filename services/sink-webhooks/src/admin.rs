@@ -26,7 +26,7 @@ pub use rows::{
     AttemptRow, Backlog, DeliveryFilter, DeliveryRow, DeliveryState, EndpointState, EndpointStatus,
     MAX_LIMIT,
 };
-use rows::{Cells, attempt_row, delivery_row};
+use rows::{Cells, attempt_row, delivery_row, inline_attempt};
 
 const DELIVERY_COLUMNS: &str = "id, endpoint, envelope_id, user_id, event_type, state, attempts, next_attempt_at_ms, lease_until_ms, created_at_ms, finished_at_ms, last_status, last_error";
 /// The attempt columns, `probe` as 0/1 whether the column is a BOOLEAN or an INTEGER
@@ -131,29 +131,38 @@ pub async fn deliveries(
 }
 
 /// One delivery and its attempts in the order they were made; `None` when there is no such id.
+/// A first attempt kept in the delivery's row (delivered at once by the fan-out) comes first,
+/// with id 0.
 pub async fn delivery(
     target: &SqlTarget,
     id: i64,
 ) -> Result<Option<(DeliveryRow, Vec<AttemptRow>)>, SqlError> {
     let mut stmt = target.statement(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM {} WHERE id = ",
+        "SELECT {DELIVERY_COLUMNS}, first_started_at_ms, first_duration_ms, first_response FROM {} WHERE id = ",
         target.table(DELIVERIES)
     ));
     stmt.bind(id);
-    let Some(row) = read::fetch(target, &stmt).await?.into_iter().next() else {
+    let Some(mut row) = read::fetch(target, &stmt).await?.into_iter().next() else {
         return Ok(None);
     };
+    let inline = row.split_off(row.len().saturating_sub(3));
     let row = delivery_row(row)?;
+    let first = inline_attempt(inline, &row);
     let mut stmt = target.statement(format!(
         "SELECT {} FROM {} WHERE delivery_id = ",
         attempt_columns(target),
         target.table(ATTEMPTS)
     ));
     stmt.bind(id).push(" ORDER BY id");
-    let attempts = read::fetch(target, &stmt)
-        .await?
+    let attempts = first
+        .map(Ok)
         .into_iter()
-        .map(attempt_row)
+        .chain(
+            read::fetch(target, &stmt)
+                .await?
+                .into_iter()
+                .map(attempt_row),
+        )
         .collect::<Result<_, _>>()?;
     Ok(Some((row, attempts)))
 }

@@ -216,6 +216,24 @@ pub(super) fn delivery_row(row: Vec<Value>) -> Result<DeliveryRow, SqlError> {
     })
 }
 
+/// The first attempt kept in `delivery`'s row (`first_started_at_ms`, `first_duration_ms`,
+/// `first_response`), if it has one: it delivered, so its status is the delivery's last.
+pub(super) fn inline_attempt(row: Vec<Value>, delivery: &DeliveryRow) -> Option<AttemptRow> {
+    let mut c = Cells::new(row);
+    let started_at_ms = c.opt_int()?;
+    Some(AttemptRow {
+        id: 0,
+        attempt: 1,
+        probe: false,
+        started_at_ms,
+        duration_ms: c.opt_int().unwrap_or(0),
+        status_code: delivery.last_status,
+        error_class: crate::send::ErrorClass::None.as_str().to_owned(),
+        error: None,
+        response: c.opt_text(),
+    })
+}
+
 pub(super) fn attempt_row(row: Vec<Value>) -> Result<AttemptRow, SqlError> {
     let mut c = Cells::new(row);
     Ok(AttemptRow {

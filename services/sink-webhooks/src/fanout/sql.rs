@@ -51,7 +51,7 @@ pub(super) const EVENT_COLUMNS: [&str; 12] = [
     "body",
 ];
 
-const DELIVERY_COLUMNS: [&str; 13] = [
+const DELIVERY_COLUMNS: [&str; 16] = [
     "endpoint",
     "envelope_id",
     "user_id",
@@ -65,6 +65,9 @@ const DELIVERY_COLUMNS: [&str; 13] = [
     "last_error",
     "lease_until_ms",
     "lease_token",
+    "first_started_at_ms",
+    "first_duration_ms",
+    "first_response",
 ];
 
 /// An event's row; `at`: its (partition, offset, received at).
@@ -87,7 +90,9 @@ pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
 }
 
 /// A delivery's row: pending and due now when not sent; as its first attempt left it
-/// (delivered, due again, dead); pending and leased to an attempt still in flight.
+/// (delivered, due again, dead); pending and leased to an attempt still in flight. A delivered
+/// one keeps its attempt in its row (see [`inline_first`]); the others' attempts go in
+/// `webhook_attempts`.
 pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now: i64) -> Vec<Val> {
     let none = || Val::from(None::<i64>);
     let mut row = vec![
@@ -108,6 +113,9 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
             Val::from(None::<String>),
             none(),
             Val::from(None::<String>),
+            none(),
+            none(),
+            Val::from(None::<String>),
         ],
         First::InFlight {
             token,
@@ -123,6 +131,9 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
             Val::from(None::<String>),
             Val::from(*lease_until_ms),
             Val::from(token.as_str()),
+            none(),
+            none(),
+            Val::from(None::<String>),
         ],
         First::Done { result, next } => {
             let (state, next_at, finished, error) = match next {
@@ -131,6 +142,7 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
                 Next::Dead { reason } => ("dead", now, Some(now), Some(reason.clone())),
                 Next::Unchanged => ("pending", now, None, result.error.clone()),
             };
+            let inline = inline_first(first);
             vec![
                 Val::from(state),
                 Val::from(1),
@@ -141,11 +153,28 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
                 Val::from(error),
                 none(),
                 Val::from(None::<String>),
+                Val::from(inline.then_some(result.started_at_ms)),
+                Val::from(inline.then_some(result.duration.as_millis() as i64)),
+                Val::from(result.response.clone().filter(|_| inline)),
             ]
         }
     };
     row.extend(rest);
     row
+}
+
+/// Whether a pair's first attempt is kept in its delivery's row rather than in
+/// `webhook_attempts`: when it delivered (the delivery is written final, that attempt its
+/// only one). This spares the common case an attempt row and reading back the delivery's id;
+/// `admin::delivery` lists the attempt as any other (id 0).
+pub(super) fn inline_first(first: &First) -> bool {
+    matches!(
+        first,
+        First::Done {
+            next: Next::Delivered,
+            ..
+        }
+    )
 }
 
 /// Inserts the deliveries; with `ids`, returns the id of each by (envelope id, endpoint)

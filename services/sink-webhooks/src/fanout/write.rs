@@ -6,7 +6,8 @@ use terra_schema::{SqlTarget, Val, insert_rows};
 use tokio::sync::oneshot;
 
 use super::sql::{
-    EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, insert_deliveries,
+    EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, inline_first,
+    insert_deliveries,
 };
 use super::{FanOut, FanOutError, Sent};
 use crate::dispatch::now_ms;
@@ -135,11 +136,13 @@ async fn write_deliveries(
     (rows, keep): (Vec<Vec<Val>>, Vec<bool>),
     mut out: FanOut,
 ) -> Result<Written, FanOutError> {
+    // the ids of the deliveries whose attempt goes in webhook_attempts (done and not kept in
+    // the row, or in flight)
     let sent: Vec<String> = p
         .pairs
         .iter()
         .zip(&firsts)
-        .filter(|(_, f)| !matches!(f, First::NotSent))
+        .filter(|(_, f)| !matches!(f, First::NotSent) && !inline_first(f))
         .map(|(&(event, _), _)| p.events[event].envelope_id.clone())
         .collect();
     let ids = insert_deliveries(target, tx, rows, (!sent.is_empty()).then_some(sent)).await?;
@@ -159,6 +162,7 @@ async fn write_deliveries(
     let mut told = Vec::new();
     for (&(event, endpoint), first) in p.pairs.iter().zip(firsts) {
         match first {
+            First::Done { .. } if inline_first(&first) => {}
             First::Done { result, next } => {
                 let Some(id) = id_of(event, endpoint) else {
                     continue;

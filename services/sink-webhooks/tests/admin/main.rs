@@ -363,5 +363,40 @@ async fn one_delivery_with_its_attempts_in_order(dialect: Dialect) {
     assert!(admin::delivery(&t, 99).await.unwrap().is_none());
     let (_, none) = admin::delivery(&t, 8).await.unwrap().unwrap();
     assert_eq!(none.len(), 1);
+    // a first attempt kept in its delivery's row (delivered at once by the fan-out) is listed
+    // first, as attempt 1 with id 0, its status the delivery's, before any attempt row
+    delivery(&t, 9, "a", "e3", Some("u1"), "delivered", 0, 1).await;
+    exec(&t, &format!(
+        "UPDATE {} SET last_status = 204, first_started_at_ms = 400, first_duration_ms = 7, first_response = 'taken' WHERE id = 9",
+        t.table("webhook_deliveries")
+    ))
+    .await;
+    exec(&t, &format!("INSERT INTO {table} (id, delivery_id, attempt, probe, started_at_ms, duration_ms, status_code, error_class, error, response) VALUES \
+        (4, 9, 1, 1, 500, 3, 200, 'none', NULL, NULL)")).await;
+    let (_, kept) = admin::delivery(&t, 9).await.unwrap().unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|a| (
+                a.id,
+                a.attempt,
+                a.probe,
+                a.started_at_ms,
+                a.duration_ms,
+                a.status_code
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (0, 1, false, 400, 7, Some(204)),
+            (4, 1, true, 500, 3, Some(200))
+        ]
+    );
+    assert_eq!(
+        (
+            kept[0].error_class.as_str(),
+            kept[0].error.as_deref(),
+            kept[0].response.as_deref()
+        ),
+        ("none", None, Some("taken"))
+    );
     db.drop_now().await;
 }

@@ -228,35 +228,16 @@ pub async fn deliveries(target: &SqlTarget) -> Vec<Row_> {
         .collect()
 }
 
-/// (status, error_class, probe) of every attempt of a delivery, in order.
+/// (status, error_class, probe) of every attempt of a delivery, in order, as operators see
+/// them (`admin::delivery`: the attempts' rows, and a first attempt kept in the delivery's).
 pub async fn attempts(target: &SqlTarget, delivery_id: i64) -> Vec<(Option<i64>, String, bool)> {
-    let rows = target
-        .pool()
-        .fetch_all(
-            format!(
-                "SELECT status_code, error_class, probe FROM {} WHERE delivery_id = {delivery_id} ORDER BY id",
-                target.table("webhook_attempts")
-            )
-            .as_str(),
-        )
+    let (_, attempts) = terra_sink_webhooks::admin::delivery(target, delivery_id)
         .await
-        .expect("attempts");
-    rows.iter()
-        .map(|r| {
-            let status: Option<i64> = r
-                .try_get::<Option<i64>, _>(0)
-                .or_else(|_| r.try_get::<Option<i32>, _>(0).map(|v| v.map(i64::from)))
-                .expect("status");
-            let probe: i64 = r
-                .try_get::<i64, _>(2)
-                .or_else(|_| r.try_get::<i32, _>(2).map(i64::from))
-                .expect("probe");
-            (
-                status,
-                text(r, 1).expect("class").unwrap_or_default(),
-                probe != 0,
-            )
-        })
+        .expect("attempts")
+        .expect("the delivery");
+    attempts
+        .into_iter()
+        .map(|a| (a.status_code, a.error_class, a.probe))
         .collect()
 }
 
