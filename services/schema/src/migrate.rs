@@ -77,15 +77,18 @@ impl TableSet {
                         migration!("webhooks/postgres", 20261203000100, "webhook_tables"),
                         migration!("webhooks/postgres", 20261204000100, "events_lz4"),
                         migration!("webhooks/postgres", 20261205000100, "first_attempt_inline"),
+                        migration!("webhooks/postgres", 20261205000200, "event_body_encoding"),
                     ]
                 }
                 Dialect::MySql => vec![
                     migration!("webhooks/mysql", 20261203000100, "webhook_tables"),
                     migration!("webhooks/mysql", 20261205000100, "first_attempt_inline"),
+                    migration!("webhooks/mysql", 20261205000200, "event_body_encoding"),
                 ],
                 Dialect::Sqlite => vec![
                     migration!("webhooks/sqlite", 20261203000100, "webhook_tables"),
                     migration!("webhooks/sqlite", 20261205000100, "first_attempt_inline"),
+                    migration!("webhooks/sqlite", 20261205000200, "event_body_encoding"),
                 ],
             },
         }

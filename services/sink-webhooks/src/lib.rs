@@ -17,6 +17,7 @@
 
 pub mod address;
 pub mod admin;
+mod body;
 pub mod cache;
 mod client;
 pub mod dispatch;

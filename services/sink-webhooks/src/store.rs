@@ -256,7 +256,7 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
     let mut stmt = Stmt::new(
         target.dialect(),
         format!(
-            "SELECT envelope_id, source, event_type, user_id, terra_reference, terra_trace_id, ordering_timestamp_ms, traceparent, body FROM {} WHERE envelope_id IN ",
+            "SELECT envelope_id, source, event_type, user_id, terra_reference, terra_trace_id, ordering_timestamp_ms, traceparent, body, body_encoding FROM {} WHERE envelope_id IN ",
             target.table(WEBHOOK_EVENTS)
         ),
     );
@@ -273,7 +273,10 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
                 terra_trace_id: text(row, 5)?,
                 ordering_timestamp_ms: row.try_get(6)?,
                 traceparent: text(row, 7)?,
-                body: Bytes::from(row.try_get::<Vec<u8>, _>(8)?),
+                body: Bytes::from(
+                    crate::body::decode(row.try_get::<Vec<u8>, _>(8)?, text(row, 9)?.as_deref())
+                        .map_err(SqlError::Schema)?,
+                ),
             })
         })
         .collect()

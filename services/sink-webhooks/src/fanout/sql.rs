@@ -36,7 +36,7 @@ pub(super) fn by_bytes(rows: Vec<Vec<Val>>, blob: usize, limit: usize) -> Vec<Ve
     chunks
 }
 
-pub(super) const EVENT_COLUMNS: [&str; 12] = [
+pub(super) const EVENT_COLUMNS: [&str; 13] = [
     "envelope_id",
     "log_partition",
     "log_offset",
@@ -49,6 +49,7 @@ pub(super) const EVENT_COLUMNS: [&str; 12] = [
     "ordering_timestamp_ms",
     "traceparent",
     "body",
+    "body_encoding",
 ];
 
 const DELIVERY_COLUMNS: [&str; 16] = [
@@ -70,9 +71,11 @@ const DELIVERY_COLUMNS: [&str; 16] = [
     "first_response",
 ];
 
-/// An event's row; `at`: its (partition, offset, received at).
+/// An event's row; `at`: its (partition, offset, received at). The body as the `body`
+/// module stores it.
 pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
     let (partition, offset, received_at_ms) = at;
+    let (body, encoding) = crate::body::encode(&event.body);
     vec![
         Val::from(&event.envelope_id),
         Val::from(partition),
@@ -85,7 +88,8 @@ pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
         Val::from(event.terra_trace_id.clone()),
         Val::from(event.ordering_timestamp_ms),
         Val::from(event.traceparent.clone()),
-        Val::Blob(event.body.to_vec()),
+        Val::Blob(body),
+        Val::from(encoding),
     ]
 }
 
