@@ -248,8 +248,12 @@ fn leased_of(row: &sqlx::any::AnyRow, req: &LeaseRequest<'_>) -> Result<Leased, 
     })
 }
 
-/// The events of `ids` (envelope ids), as stored.
-pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, SqlError> {
+/// An event read back: the event, or why it cannot be sent (its stored body does not decode,
+/// or it is missing): its delivery is then dead-lettered with that reason.
+pub type Readable = Result<EventRow, String>;
+
+/// The events of `ids` (envelope ids), as stored, each by its envelope id.
+pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<(String, Readable)>, SqlError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -264,8 +268,19 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
     let rows = target.pool().fetch_all(stmt.query()).await?;
     rows.iter()
         .map(|row| {
-            Ok(EventRow {
-                envelope_id: text(row, 0)?.unwrap_or_default(),
+            let envelope_id = text(row, 0)?.unwrap_or_default();
+            let body = match crate::body::decode(
+                row.try_get::<Vec<u8>, _>(8)?,
+                text(row, 9)?.as_deref(),
+            ) {
+                Ok(body) => Bytes::from(body),
+                Err(why) => {
+                    let why = format!("the stored body of this event cannot be read: {why}");
+                    return Ok((envelope_id, Err(why)));
+                }
+            };
+            let event = EventRow {
+                envelope_id: envelope_id.clone(),
                 source: text(row, 1)?.unwrap_or_default(),
                 event_type: text(row, 2)?.unwrap_or_default(),
                 user_id: text(row, 3)?,
@@ -273,11 +288,9 @@ pub async fn events(target: &SqlTarget, ids: &[&str]) -> Result<Vec<EventRow>, S
                 terra_trace_id: text(row, 5)?,
                 ordering_timestamp_ms: row.try_get(6)?,
                 traceparent: text(row, 7)?,
-                body: Bytes::from(
-                    crate::body::decode(row.try_get::<Vec<u8>, _>(8)?, text(row, 9)?.as_deref())
-                        .map_err(SqlError::Schema)?,
-                ),
-            })
+                body,
+            };
+            Ok((envelope_id, Ok(event)))
         })
         .collect()
 }

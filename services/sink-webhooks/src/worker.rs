@@ -27,7 +27,7 @@ use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::metrics::WebhookMetrics;
 use crate::reach::Reach;
 use crate::send::{AttemptResult, ErrorClass, Outgoing, Sender};
-use crate::store::{self, EventRow, Finished, LeaseRequest, Leased, Next};
+use crate::store::{self, Finished, LeaseRequest, Leased, Next, Readable};
 
 /// Most deliveries one worker leases at once.
 const LEASE_BATCH: usize = 256;
@@ -63,7 +63,14 @@ enum Kind {
 /// A leased delivery waiting for a permit, with its event.
 struct Queued {
     delivery: Leased,
-    event: Option<EventRow>,
+    event: Readable,
+}
+
+/// The event of `delivery` out of those read for its batch.
+fn event_of(events: &mut HashMap<String, Readable>, delivery: &Leased) -> Readable {
+    events.remove(&delivery.envelope_id).unwrap_or_else(|| {
+        Err("the event of this delivery is missing from webhook_events".to_owned())
+    })
 }
 
 impl Worker {
@@ -142,7 +149,7 @@ impl Worker {
             }
             let mut events = self.events_of(&leased).await?;
             queue.extend(leased.into_iter().map(|delivery| Queued {
-                event: events.remove(&delivery.envelope_id),
+                event: event_of(&mut events, &delivery),
                 delivery,
             }));
         }
@@ -246,7 +253,7 @@ impl Worker {
         let mut events = self.events_of(&leased).await?;
         let n = leased.len();
         for delivery in leased {
-            let event = events.remove(&delivery.envelope_id);
+            let event = event_of(&mut events, &delivery);
             let worker = self.clone();
             sends.spawn(async move { worker.attempt(delivery, event, Kind::Disabled).await });
         }
@@ -277,7 +284,7 @@ impl Worker {
         };
         let n = leased.len();
         for delivery in leased {
-            let event = events.remove(&delivery.envelope_id);
+            let event = event_of(&mut events, &delivery);
             let worker = self.clone();
             sends.spawn(async move {
                 let own = worker.own.clone().acquire_owned().await;
@@ -309,29 +316,27 @@ impl Worker {
         .await
     }
 
-    async fn events_of(&self, leased: &[Leased]) -> Result<HashMap<String, EventRow>, SqlError> {
+    async fn events_of(&self, leased: &[Leased]) -> Result<HashMap<String, Readable>, SqlError> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         for l in leased {
             match self.shared.cache.get(&l.envelope_id) {
                 Some(event) => {
-                    found.insert(l.envelope_id.clone(), event);
+                    found.insert(l.envelope_id.clone(), Ok(event));
                 }
                 None => missing.push(l.envelope_id.as_str()),
             }
         }
-        for event in store::events(&self.target, &missing).await? {
-            found.insert(event.envelope_id.clone(), event);
-        }
+        found.extend(store::events(&self.target, &missing).await?);
         Ok(found)
     }
 
     /// One attempt, its result sent to the writer.
-    async fn attempt(&self, delivery: Leased, event: Option<EventRow>, kind: Kind) {
+    async fn attempt(&self, delivery: Leased, event: Readable, kind: Kind) {
         let name = &self.endpoint.name;
         let probe = kind == Kind::Disabled;
         let (result, next) = match &event {
-            Some(event) => {
+            Ok(event) => {
                 let span = crate::trace::attempt_span(name, &delivery, event);
                 let traceparent = crate::trace::outgoing_traceparent(&span, event);
                 let out = Outgoing::of(event, traceparent.as_deref());
@@ -341,21 +346,25 @@ impl Worker {
                 let next = next_step(&self.endpoint, &self.settings, &delivery, &result, probe);
                 (result, next)
             }
-            None => {
-                // the event row is written with its deliveries: only a hand-edited table lacks it
+            Err(why) => {
+                // the event row is written with its deliveries and its body decodes: only a
+                // hand-edited or damaged table gets here; nothing can be sent, so nothing is
+                // retried
                 let result = AttemptResult {
                     started_at_ms: now_ms(),
                     duration: Duration::ZERO,
                     status: None,
                     class: ErrorClass::Other,
-                    error: Some("the event is missing from webhook_events".to_owned()),
+                    error: Some(why.clone()),
                     response: None,
                     retry_after: None,
                 };
-                let next = Next::Dead {
-                    reason: "the event of this delivery is missing from webhook_events".to_owned(),
-                };
-                (result, next)
+                (
+                    result,
+                    Next::Dead {
+                        reason: why.clone(),
+                    },
+                )
             }
         };
         self.reach
