@@ -95,7 +95,7 @@ pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
 
 /// A delivery's row: pending and due now when not sent; as its first attempt left it
 /// (delivered, due again, dead); pending and leased to an attempt still in flight. A delivered
-/// one keeps its attempt in its row (see [`inline_first`]); the others' attempts go in
+/// one keeps its attempt in its row (see [`delivered_at_once`]); the others' attempts go in
 /// `webhook_attempts`.
 pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now: i64) -> Vec<Val> {
     let none = || Val::from(None::<i64>);
@@ -146,7 +146,7 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
                 Next::Dead { reason } => ("dead", now, Some(now), Some(reason.clone())),
                 Next::Unchanged => ("pending", now, None, result.error.clone()),
             };
-            let inline = inline_first(first);
+            let inline = delivered_at_once(first);
             vec![
                 Val::from(state),
                 Val::from(1),
@@ -167,11 +167,11 @@ pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now:
     row
 }
 
-/// Whether a pair's first attempt is kept in its delivery's row rather than in
-/// `webhook_attempts`: when it delivered (the delivery is written final, that attempt its
-/// only one). This spares the common case an attempt row and reading back the delivery's id;
-/// `admin::delivery` lists the attempt as any other (id 0).
-pub(super) fn inline_first(first: &First) -> bool {
+/// Whether a pair's first attempt delivered it: the delivery is written final, that attempt
+/// its only one, so the attempt is kept in the delivery's row rather than in
+/// `webhook_attempts` (sparing the common case an attempt row and reading back the delivery's
+/// id; `admin::delivery` lists it as any other, id 0), and its event's body is not kept.
+pub(super) fn delivered_at_once(first: &First) -> bool {
     matches!(
         first,
         First::Done {

@@ -6,7 +6,7 @@ use terra_schema::{SqlTarget, Val, insert_rows};
 use tokio::sync::oneshot;
 
 use super::sql::{
-    EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivery_row, event_row, inline_first,
+    EVENT_COLUMNS, STATEMENT_BYTES, by_bytes, delivered_at_once, delivery_row, event_row,
     insert_deliveries,
 };
 use super::{FanOut, FanOutError, Sent};
@@ -14,7 +14,7 @@ use crate::dispatch::now_ms;
 use crate::endpoint::WebhookSettings;
 use crate::finish::{attempt_row, insert_attempts};
 use crate::first::{First, health};
-use crate::store::{Finished, Leased, Next};
+use crate::store::{Finished, Leased};
 
 /// What a chunk wrote, and the attempts in flight to tell their deliveries' ids.
 pub(super) struct Written {
@@ -68,13 +68,7 @@ pub(super) async fn write_chunk(
     let mut rows = Vec::with_capacity(p.pairs.len());
     for (&(event, endpoint), first) in p.pairs.iter().zip(&firsts) {
         let name = &settings.endpoints[endpoint].name;
-        keep[event] |= !matches!(
-            first,
-            First::Done {
-                next: Next::Delivered,
-                ..
-            }
-        );
+        keep[event] |= !delivered_at_once(first);
         rows.push(delivery_row(name, &p.events[event], first, now));
         *out.deliveries.entry(name.clone()).or_default() += 1;
         if matches!(first, First::NotSent | First::InFlight { .. }) && !out.pending.contains(name) {
@@ -142,7 +136,7 @@ async fn write_deliveries(
         .pairs
         .iter()
         .zip(&firsts)
-        .filter(|(_, f)| !matches!(f, First::NotSent) && !inline_first(f))
+        .filter(|(_, f)| !matches!(f, First::NotSent) && !delivered_at_once(f))
         .map(|(&(event, _), _)| p.events[event].envelope_id.clone())
         .collect();
     let ids = insert_deliveries(target, tx, rows, (!sent.is_empty()).then_some(sent)).await?;
@@ -162,7 +156,7 @@ async fn write_deliveries(
     let mut told = Vec::new();
     for (&(event, endpoint), first) in p.pairs.iter().zip(firsts) {
         match first {
-            First::Done { .. } if inline_first(&first) => {}
+            First::Done { .. } if delivered_at_once(&first) => {}
             First::Done { result, next } => {
                 let Some(id) = id_of(event, endpoint) else {
                     continue;
