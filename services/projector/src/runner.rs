@@ -88,11 +88,21 @@ pub trait Sink: Send {
         PlanDepth::Full
     }
 
-    /// Writes a batch atomically, or nothing of it.
+    /// Writes a batch atomically, or nothing of it. A sink that stores its own positions may
+    /// return before the batch's last part is committed (it finishes while the next batch is
+    /// sent: the webhooks fan-out); it then says in the next `write` or `flush` if that part
+    /// failed, and its positions say where to read again.
     fn write(
         &mut self,
         batch: &[Planned],
     ) -> impl Future<Output = Result<WriteStats, SinkError>> + Send;
+
+    /// Finishes what the last `write` left in flight. Called when the log has nothing new and
+    /// before the runner returns. `Behind` when that part was not written: read again from
+    /// the positions it gives.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Records per batch unless set (`projector.batch_size`). A projector that is behind reads
@@ -235,6 +245,27 @@ pub async fn run<S: Sink>(
             last_lag = Instant::now();
         }
         if consumed.is_empty() {
+            // the log is quiet: what the sink still has in flight is finished now
+            match sink.flush().await {
+                Ok(()) => {}
+                Err(SinkError::Behind(stored)) => {
+                    tracing::warn!(
+                        sink = sink.name(),
+                        "the sink's last write did not finish: reading again from its positions"
+                    );
+                    consumer.seek(&stored).await?;
+                    next_read = stored;
+                    continue;
+                }
+                Err(SinkError::Fatal(why)) => {
+                    return Err(ProjectorError::Sink(SinkError::Fatal(why)));
+                }
+                Err(err) => {
+                    metrics.sink_error(&name);
+                    tracing::warn!(sink = sink.name(), error = %err, "the sink cannot finish its last write yet");
+                    continue;
+                }
+            }
             if config.stop_at_end {
                 let ends = log.end_offsets().await?;
                 let read_all = ends
@@ -309,6 +340,10 @@ pub async fn run<S: Sink>(
             Some(Err(err)) => return Err(ProjectorError::Sink(err)),
             None => break,
         }
+    }
+    if let Err(err) = sink.flush().await {
+        // its stored positions were not moved past it: read again at the next start
+        tracing::warn!(sink = sink.name(), error = %err, "the sink's last write did not finish before the projector stopped");
     }
     Ok(totals)
 }

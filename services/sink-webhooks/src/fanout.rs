@@ -36,6 +36,13 @@ pub struct FanOutSink {
     settings: Arc<WebhookSettings>,
     shared: Shared,
     metrics: WebhookMetrics,
+    /// The last batch's last chunk, still committing (SQLite with first attempts).
+    tail: Option<Tail>,
+    /// A tail failed: batches are committed whole until one is written (so that a record
+    /// the database refuses is found by the runner's split, as without tails).
+    inline: bool,
+    /// A tail failed where `flush` found it: it says where to read again.
+    reread: bool,
 }
 
 impl FanOutSink {
@@ -50,6 +57,9 @@ impl FanOutSink {
             settings,
             shared,
             metrics,
+            tail: None,
+            inline: false,
+            reread: false,
         }
     }
 }
@@ -78,43 +88,110 @@ impl Sink for FanOutSink {
             // first attempts too
             lane.wait_ready(LANE_WAIT).await;
         }
-        let out = match fan_out(&self.target, &self.settings, lane.as_ref(), batch).await {
-            Ok(out) => out,
-            Err(FanOutError::Behind(stored)) => return Err(SinkError::Behind(stored)),
-            Err(FanOutError::Sql(err)) => return Err(err.into()),
+        let effects = Effects {
+            shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
+            lane: lane.clone(),
         };
+        let to = (&self.target, &self.settings);
+        // one record at a time is the runner's split looking for a record the database
+        // refuses (or a quiet log): committed before returning, so the refusal is its own
+        let tail = (&mut self.tail, !self.inline && batch.len() > 1);
+        match fan_out(to, lane.as_ref(), batch, &effects, tail).await {
+            Ok(stats) => {
+                self.inline = false;
+                Ok(stats)
+            }
+            Err(FanOutError::Behind(stored)) => Err(SinkError::Behind(stored)),
+            Err(FanOutError::Sql(err)) => Err(err.into()),
+            Err(FanOutError::Tail(why)) => {
+                // retried: the positions then show that the batch is ahead of them
+                self.inline = true;
+                Err(SinkError::Outage(why))
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if let Err(FanOutError::Tail(why)) = settle(self.tail.take().map(|t| t.commit)).await {
+            tracing::warn!(reason = %why, "webhook fan-out: its records are read again");
+            (self.inline, self.reread) = (true, true);
+        }
+        if !self.reread {
+            return Ok(());
+        }
+        let stored = terra_schema::positions::stored_in(&self.target, WEBHOOK_POSITIONS)
+            .await
+            .map_err(SinkError::from)?;
+        self.reread = false;
+        Err(SinkError::Behind(stored))
+    }
+}
+
+/// A batch's last chunk committing in a task of its own (SQLite with first attempts), so the
+/// next batch's first attempts are sent meanwhile instead of after it.
+pub(crate) struct Tail {
+    commit: tokio::task::JoinHandle<Result<(), FanOutError>>,
+    /// The positions once it has committed.
+    after: BTreeMap<u32, u64>,
+}
+
+/// Waits for a tail to commit.
+async fn settle(
+    tail: Option<tokio::task::JoinHandle<Result<(), FanOutError>>>,
+) -> Result<(), FanOutError> {
+    let Some(commit) = tail else {
+        return Ok(());
+    };
+    match commit.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(FanOutError::Sql(err))) => Err(FanOutError::Tail(format!(
+            "the previous batch's last chunk was not written: {err}"
+        ))),
+        Ok(Err(FanOutError::Behind(_))) => Err(FanOutError::Tail(
+            "the previous batch's last chunk was not written: the positions moved".to_owned(),
+        )),
+        Ok(Err(err @ FanOutError::Tail(_))) => Err(err),
+        Err(err) => Err(FanOutError::Tail(format!(
+            "the previous batch's last chunk was not written: {err}"
+        ))),
+    }
+}
+
+/// What follows a commit in this process: the events kept for the dispatcher, the deliveries
+/// counted, endpoints with deliveries pending woken, first attempts' health told to the
+/// result writer, attempts still in flight told their deliveries' ids.
+#[derive(Clone)]
+pub(crate) struct Effects {
+    shared: Shared,
+    metrics: WebhookMetrics,
+    lane: Option<Arc<Lane>>,
+}
+
+impl Effects {
+    async fn committed(&self, written: Written) {
+        let Written { out, told } = written;
+        tell(told);
         for event in out.events {
             self.shared.cache.put(event);
         }
-        let mut created = 0;
         for (endpoint, n) in &out.deliveries {
             self.metrics.created(endpoint, *n);
-            created += n;
         }
         for endpoint in &out.pending {
             self.shared.wake(endpoint);
         }
-        if let Some(lane) = lane {
+        if let Some(lane) = &self.lane {
             for (endpoint, (delivered, gone)) in &out.first {
                 lane.recorded(endpoint, *delivered, *gone).await;
             }
         }
-        Ok(WriteStats {
-            records: out.records,
-            replayed: out.replayed,
-            payloads: created,
-            ..WriteStats::default()
-        })
     }
 }
 
-/// What one fan-out batch wrote.
+/// What one fan-out chunk (or batch) wrote.
 #[derive(Debug, Default)]
 pub struct FanOut {
-    /// Records already fanned out (a replay).
-    pub replayed: usize,
-    /// Records written (with or without deliveries).
-    pub records: usize,
     /// Deliveries created, per endpoint.
     pub deliveries: BTreeMap<String, usize>,
     /// The events kept for the dispatcher (those with a delivery still to send).
@@ -131,6 +208,8 @@ pub enum FanOutError {
     Sql(SqlError),
     /// The stored positions are before the batch: read again from them.
     Behind(BTreeMap<u32, u64>),
+    /// The last batch's last chunk was not written (see [`Tail`]): its records are read again.
+    Tail(String),
 }
 
 impl From<SqlError> for FanOutError {
@@ -191,88 +270,161 @@ async fn overlapped<T>(
 /// replica) waits and then finds the batch written. SQLite with first attempts (one node,
 /// one writer that the dispatcher needs meanwhile): a transaction per chunk, each checking
 /// the positions it continues from under the lock, so the lock is not held while attempts
-/// are in flight.
+/// are in flight; the batch's last chunk commits in a task of its own (`tail`) while the next
+/// batch's first chunk is sent, which waits for it before its own commit.
 pub(crate) async fn fan_out(
-    target: &SqlTarget,
-    settings: &WebhookSettings,
+    (target, settings): (&SqlTarget, &Arc<WebhookSettings>),
     lane: Option<&Arc<Lane>>,
     batch: &[Planned],
-) -> Result<FanOut, FanOutError> {
+    effects: &Effects,
+    (tail, defer): (&mut Option<Tail>, bool),
+) -> Result<WriteStats, FanOutError> {
     let firsts = lane.is_some_and(|l| l.eligible().iter().any(|yes| *yes));
     let hold = target.dialect() != Dialect::Sqlite || !firsts;
     // SQLite's lock is not held while attempts are in flight: none in this batch then
     let lane = lane.filter(|_| target.dialect() != Dialect::Sqlite || !hold);
+    if hold {
+        settle(tail.take().map(|t| t.commit)).await?;
+        return in_one_transaction(target, settings, lane, batch, effects).await;
+    }
+    chunk_by_chunk((target, settings), lane, batch, effects, (tail, defer)).await
+}
+
+/// What a chunk counts for, once written.
+fn stats_of(p: &Pairs) -> WriteStats {
+    WriteStats {
+        records: p.records,
+        replayed: p.replayed,
+        payloads: p.pairs.len(),
+        ..WriteStats::default()
+    }
+}
+
+/// Adds a chunk's counts to a batch's.
+fn add(stats: &mut WriteStats, chunk: WriteStats) {
+    stats.records += chunk.records;
+    stats.replayed += chunk.replayed;
+    stats.payloads += chunk.payloads;
+}
+
+/// The first chunk's first attempts, sent.
+async fn send_first(lane: Option<&Arc<Lane>>, first: Option<Pairs>) -> Option<Sent> {
+    match first {
+        Some(p) => Some(send_chunk(lane, p).await),
+        None => None,
+    }
+}
+
+/// The batch in one transaction, the positions' writer lock held throughout.
+async fn in_one_transaction(
+    target: &SqlTarget,
+    settings: &WebhookSettings,
+    lane: Option<&Arc<Lane>>,
+    batch: &[Planned],
+    effects: &Effects,
+) -> Result<WriteStats, FanOutError> {
     let mut tx = target.pool().begin().await?;
-    let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, hold).await?;
-    // `chunk_pairs` (1,024 unless tests shorten it) per chunk in one transaction; 4 times as
-    // many where each chunk is a transaction of its own (SQLite: 4,096 pairs per commit cost
-    // less CPU than 1,024 in `terra-bench webhooks`)
-    let pairs = match hold {
-        true => settings.chunk_pairs,
-        false => settings.chunk_pairs * 4,
-    };
-    let Some(chunks) = chunks_of(settings, batch, &stored, (pairs, hold)) else {
+    let stored = positions::read_in(target, &mut tx, WEBHOOK_POSITIONS, true).await?;
+    // `chunk_pairs` (1,024 unless tests shorten it) per chunk
+    let Some(chunks) = chunks_of(settings, batch, &stored, (settings.chunk_pairs, true)) else {
         tx.rollback().await?;
         return Err(FanOutError::Behind(stored));
     };
+    let mut stats = WriteStats::default();
     let mut out = FanOut::default();
     let mut chunks = chunks.into_iter();
-    let mut current = match chunks.next() {
-        Some(p) => Some(send_chunk(lane, p).await),
-        None => None,
-    };
-    if hold {
-        // begun by the first chunk that keeps events (most batches keep none)
-        let mut events_tx = None;
-        let separate = separate_events(target);
-        let mut last = BTreeMap::new();
-        let mut told = Vec::new();
-        while let Some(sent) = current {
-            last.extend(sent.p.last.iter().map(|(&k, &v)| (k, v)));
-            let (written, next) = overlapped(
-                lane,
-                chunks.next(),
-                write_chunk(
-                    target,
-                    &mut tx,
-                    separate.then_some(&mut events_tx),
-                    settings,
-                    sent,
-                ),
-            )
-            .await;
-            told.extend(out.add(written?));
-            current = next;
-        }
-        // the events first: a delivery is never committed without its body
-        if let Some(events_tx) = events_tx {
-            events_tx.commit().await?;
-        }
-        if !last.is_empty() {
-            positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms()).await?;
-        }
-        tx.commit().await?;
-        tell(told);
-    } else {
-        tx.rollback().await?;
-        let mut expected = stored;
-        while let Some(sent) = current {
-            let after: BTreeMap<u32, u64> = sent.p.last.iter().map(|(&k, &v)| (k, v + 1)).collect();
-            let (written, next) = overlapped(
-                lane,
-                chunks.next(),
-                commit_chunk(target, settings, sent, &expected),
-            )
-            .await;
-            tell(out.add(written?));
-            for (partition, next) in after {
-                let at = expected.entry(partition).or_default();
-                *at = (*at).max(next);
-            }
-            current = next;
-        }
+    let mut current = send_first(lane, chunks.next()).await;
+    // begun by the first chunk that keeps events (most batches keep none)
+    let mut events_tx = None;
+    let separate = separate_events(target);
+    let mut last = BTreeMap::new();
+    let mut told = Vec::new();
+    while let Some(sent) = current {
+        add(&mut stats, stats_of(&sent.p));
+        last.extend(sent.p.last.iter().map(|(&k, &v)| (k, v)));
+        let (written, next) = overlapped(
+            lane,
+            chunks.next(),
+            write_chunk(
+                target,
+                &mut tx,
+                separate.then_some(&mut events_tx),
+                settings,
+                sent,
+            ),
+        )
+        .await;
+        told.extend(out.add(written?));
+        current = next;
     }
-    Ok(out)
+    // the events first: a delivery is never committed without its body
+    if let Some(events_tx) = events_tx {
+        events_tx.commit().await?;
+    }
+    if !last.is_empty() {
+        positions::write(target, &mut tx, WEBHOOK_POSITIONS, &last, now_ms()).await?;
+    }
+    tx.commit().await?;
+    effects.committed(Written { out, told }).await;
+    Ok(stats)
+}
+
+/// The batch a transaction per chunk (SQLite with first attempts), its last chunk left
+/// committing in `tail` where `defer`; the tail of the batch before is waited for while the
+/// first chunk's attempts are in flight.
+async fn chunk_by_chunk(
+    (target, settings): (&SqlTarget, &Arc<WebhookSettings>),
+    lane: Option<&Arc<Lane>>,
+    batch: &[Planned],
+    effects: &Effects,
+    (tail, defer): (&mut Option<Tail>, bool),
+) -> Result<WriteStats, FanOutError> {
+    let (stored, before) = match tail.take() {
+        Some(tail) => (tail.after, Some(tail.commit)),
+        None => (positions::stored_in(target, WEBHOOK_POSITIONS).await?, None),
+    };
+    // 4 times `chunk_pairs` per chunk: 4,096 pairs per commit cost SQLite less CPU than 1,024
+    // in `terra-bench webhooks`
+    let pairs = (settings.chunk_pairs * 4, false);
+    let Some(chunks) = chunks_of(settings, batch, &stored, pairs) else {
+        if before.is_none() {
+            return Err(FanOutError::Behind(stored));
+        }
+        settle(before).await?;
+        let stored = positions::stored_in(target, WEBHOOK_POSITIONS).await?;
+        return Err(FanOutError::Behind(stored));
+    };
+    let mut stats = WriteStats::default();
+    let mut chunks = chunks.into_iter();
+    let (settled, mut current) = tokio::join!(settle(before), send_first(lane, chunks.next()));
+    settled?;
+    let mut expected = stored;
+    while let Some(sent) = current {
+        add(&mut stats, stats_of(&sent.p));
+        let mut after = expected.clone();
+        for (&partition, &last) in &sent.p.last {
+            let at = after.entry(partition).or_default();
+            *at = (*at).max(last + 1);
+        }
+        let next = chunks.next();
+        if next.is_none() && defer {
+            // the last chunk: committed while the next batch's first attempts go out
+            let (target, settings, effects) = (target.clone(), settings.clone(), effects.clone());
+            let commit = tokio::spawn(async move {
+                let written = commit_chunk(&target, &settings, sent, &expected).await?;
+                effects.committed(written).await;
+                Ok(())
+            });
+            *tail = Some(Tail { commit, after });
+            break;
+        }
+        let (written, next) =
+            overlapped(lane, next, commit_chunk(target, settings, sent, &expected)).await;
+        effects.committed(written?).await;
+        current = next;
+        expected = after;
+    }
+    Ok(stats)
 }
 
 /// Whether a batch's events (the bodies of deliveries still to send) are written in a

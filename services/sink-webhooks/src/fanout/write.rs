@@ -26,8 +26,6 @@ impl FanOut {
     /// Adds a chunk's counts; returns its attempts in flight.
     pub(super) fn add(&mut self, written: Written) -> Vec<(oneshot::Sender<i64>, i64)> {
         let chunk = written.out;
-        self.replayed += chunk.replayed;
-        self.records += chunk.records;
         for (endpoint, n) in chunk.deliveries {
             *self.deliveries.entry(endpoint).or_default() += n;
         }
@@ -59,11 +57,7 @@ pub(super) async fn write_chunk(
 ) -> Result<Written, FanOutError> {
     let Sent { p, firsts } = sent;
     let now = now_ms();
-    let mut out = FanOut {
-        replayed: p.replayed,
-        records: p.records,
-        ..FanOut::default()
-    };
+    let mut out = FanOut::default();
     let mut keep = vec![false; p.events.len()];
     let mut rows = Vec::with_capacity(p.pairs.len());
     for (&(event, endpoint), first) in p.pairs.iter().zip(&firsts) {

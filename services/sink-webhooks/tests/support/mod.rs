@@ -138,6 +138,18 @@ pub fn start_measured(
     fan_out: bool,
     metrics: WebhookMetrics,
 ) -> Running {
+    let batch_size = terra_projector::DEFAULT_BATCH_SIZE;
+    start_batched(log, target, settings, (fan_out, batch_size), metrics)
+}
+
+/// As [`start_measured`], the fan-out reading at most `batch_size` records per batch.
+pub fn start_batched(
+    log: &EventLog,
+    target: &SqlTarget,
+    settings: WebhookSettings,
+    (fan_out, batch_size): (bool, usize),
+    metrics: WebhookMetrics,
+) -> Running {
     let shutdown = CancellationToken::new();
     let settings = Arc::new(settings);
     let shared = Shared::new(&settings);
@@ -154,6 +166,7 @@ pub fn start_measured(
     let fan_out = if fan_out {
         let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
         config.batch_wait = Duration::from_millis(10);
+        config.batch_size = batch_size;
         let mut sink = FanOutSink::new(
             target.clone(),
             settings.clone(),
