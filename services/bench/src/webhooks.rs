@@ -71,6 +71,9 @@ pub struct WebhooksArgs {
     /// Alternated rounds of the phase with one endpoint down.
     #[arg(long, default_value_t = 3)]
     pub down_rounds: usize,
+    /// Records per fan-out batch (the product's `projector.batch_size`).
+    #[arg(long, default_value_t = terra_projector::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
 }
 
 impl std::fmt::Debug for WebhooksArgs {
@@ -83,8 +86,15 @@ impl std::fmt::Debug for WebhooksArgs {
 }
 
 pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
-    if args.webhooks == 0 || args.per_webhook == 0 || args.users == 0 || args.max_in_flight == 0 {
-        bail!("--webhooks, --per-webhook, --users and --max-in-flight must be at least 1");
+    if args.webhooks == 0
+        || args.per_webhook == 0
+        || args.users == 0
+        || args.max_in_flight == 0
+        || args.batch_size == 0
+    {
+        bail!(
+            "--webhooks, --per-webhook, --users, --max-in-flight and --batch-size must be at least 1"
+        );
     }
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().context("failed to create a temporary folder")?;

@@ -57,7 +57,15 @@ pub(crate) async fn throughput(
         .chain(also)
         .map(|&i| at_receiver(receiver, i, args))
         .collect();
-    measure(log, target, receiver, endpoints, healthy, n).await
+    measure(
+        log,
+        target,
+        receiver,
+        endpoints,
+        healthy,
+        (n, args.batch_size),
+    )
+    .await
 }
 
 /// The whole log to `endpoints` paths of an external receiver: deliveries/s until SQL has
@@ -83,7 +91,7 @@ pub(crate) async fn external(
         .collect();
     let started = Instant::now();
     let cpu = crate::cpu::seconds();
-    let running = Running::start(log, &target, settings(list));
+    let running = Running::start(log, &target, settings(list), args.batch_size);
     // every 50 ms (not the 5 ms of `wait_delivered`): the count itself costs the database
     let delivered = async {
         loop {
@@ -131,7 +139,7 @@ pub(crate) async fn throughput_down(
             hours,
         ),
     ];
-    measure(log, target, receiver, endpoints, &[0], n).await
+    measure(log, target, receiver, endpoints, &[0], (n, args.batch_size)).await
 }
 
 /// Runs the destination over the whole log until the `timed` endpoints (receiver paths) have
@@ -142,13 +150,13 @@ async fn measure(
     receiver: &Receiver,
     endpoints: Vec<Endpoint>,
     timed: &[usize],
-    n: usize,
+    (n, batch_size): (usize, usize),
 ) -> anyhow::Result<Throughput> {
     receiver.counts.reset();
     let names: Vec<String> = timed.iter().map(|i| format!("e{i}")).collect();
     let started = Instant::now();
     let cpu = crate::cpu::split();
-    let running = Running::start(log, &target, settings(endpoints));
+    let running = Running::start(log, &target, settings(endpoints), batch_size);
     let arrived = receiver
         .wait(
             Duration::from_secs(300),
@@ -196,7 +204,7 @@ pub(crate) async fn latency(
     let list = (0..endpoints)
         .map(|i| at_receiver(receiver, i, args))
         .collect();
-    let running = Running::start(&log, &target, settings(list));
+    let running = Running::start(&log, &target, settings(list), args.batch_size);
     let per_second = rate / endpoints as f64;
     let total = (per_second * args.seconds as f64) as usize;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));

@@ -64,7 +64,13 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    pub(crate) fn start(log: &EventLog, target: &SqlTarget, settings: WebhookSettings) -> Self {
+    /// The fan-out reads at most `batch_size` records per batch.
+    pub(crate) fn start(
+        log: &EventLog,
+        target: &SqlTarget,
+        settings: WebhookSettings,
+        batch_size: usize,
+    ) -> Self {
         let stop = CancellationToken::new();
         let settings = Arc::new(settings);
         let shared = Shared::new(&settings);
@@ -86,6 +92,7 @@ impl Running {
         });
         let mut config = ProjectorConfig::new(terra_sink_webhooks::WEBHOOKS_GROUP);
         config.batch_wait = Duration::from_millis(10);
+        config.batch_size = batch_size;
         let mut sink = FanOutSink::new(target.clone(), settings, shared, metrics);
         let (log, fan_out_stop) = (log.clone(), stop.clone());
         let fan_out = tokio::spawn(async move {
