@@ -63,7 +63,8 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
-    fn add(&mut self, other: WriteStats) {
+    /// Adds another write's counts (a batch written in parts).
+    pub fn add(&mut self, other: WriteStats) {
         self.records += other.records;
         self.replayed += other.replayed;
         self.payloads += other.payloads;

@@ -143,19 +143,16 @@ async fn settle(
     let Some(commit) = tail else {
         return Ok(());
     };
-    match commit.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(FanOutError::Sql(err))) => Err(FanOutError::Tail(format!(
-            "the previous batch's last chunk was not written: {err}"
-        ))),
-        Ok(Err(FanOutError::Behind(_))) => Err(FanOutError::Tail(
-            "the previous batch's last chunk was not written: the positions moved".to_owned(),
-        )),
-        Ok(Err(err @ FanOutError::Tail(_))) => Err(err),
-        Err(err) => Err(FanOutError::Tail(format!(
-            "the previous batch's last chunk was not written: {err}"
-        ))),
-    }
+    let why = match commit.await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(FanOutError::Sql(err))) => err.to_string(),
+        Ok(Err(FanOutError::Behind(_))) => "the positions moved".to_owned(),
+        Ok(Err(FanOutError::Tail(why))) => why,
+        Err(err) => err.to_string(),
+    };
+    Err(FanOutError::Tail(format!(
+        "the previous batch's last chunk was not written: {why}"
+    )))
 }
 
 /// What follows a commit in this process: the events kept for the dispatcher, the deliveries
@@ -300,13 +297,6 @@ fn stats_of(p: &Pairs) -> WriteStats {
     }
 }
 
-/// Adds a chunk's counts to a batch's.
-fn add(stats: &mut WriteStats, chunk: WriteStats) {
-    stats.records += chunk.records;
-    stats.replayed += chunk.replayed;
-    stats.payloads += chunk.payloads;
-}
-
 /// The first chunk's first attempts, sent.
 async fn send_first(lane: Option<&Arc<Lane>>, first: Option<Pairs>) -> Option<Sent> {
     match first {
@@ -340,7 +330,7 @@ async fn in_one_transaction(
     let mut last = BTreeMap::new();
     let mut told = Vec::new();
     while let Some(sent) = current {
-        add(&mut stats, stats_of(&sent.p));
+        stats.add(stats_of(&sent.p));
         last.extend(sent.p.last.iter().map(|(&k, &v)| (k, v)));
         let (written, next) = overlapped(
             lane,
@@ -400,7 +390,7 @@ async fn chunk_by_chunk(
     settled?;
     let mut expected = stored;
     while let Some(sent) = current {
-        add(&mut stats, stats_of(&sent.p));
+        stats.add(stats_of(&sent.p));
         let mut after = expected.clone();
         for (&partition, &last) in &sent.p.last {
             let at = after.entry(partition).or_default();
