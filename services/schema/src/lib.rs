@@ -28,7 +28,8 @@ mod target;
 pub use dialect::{Dialect, Stmt, Val, insert_all, insert_rows, insert_unnest};
 pub use error::SqlError;
 pub use migrate::{
-    MigrationReport, TableSet, Variant, migrate, migrate_set, migrate_up_to, pending, pending_set,
+    MigrationReport, TableSet, Variant, migrate, migrate_set, migrate_set_up_to, migrate_up_to,
+    pending, pending_set,
 };
 pub use redact::{describe_db_error, describe_error, redact};
 pub use snapshot::{Snapshot, rows, snapshot};

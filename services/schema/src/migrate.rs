@@ -78,6 +78,7 @@ impl TableSet {
                         migration!("webhooks/postgres", 20261204000100, "events_lz4"),
                         migration!("webhooks/postgres", 20261205000100, "first_attempt_inline"),
                         migration!("webhooks/postgres", 20261205000200, "event_body_encoding"),
+                        migration!("webhooks/postgres", 20261205000300, "pending_indexes"),
                     ]
                 }
                 Dialect::MySql => vec![
@@ -89,6 +90,7 @@ impl TableSet {
                     migration!("webhooks/sqlite", 20261203000100, "webhook_tables"),
                     migration!("webhooks/sqlite", 20261205000100, "first_attempt_inline"),
                     migration!("webhooks/sqlite", 20261205000200, "event_body_encoding"),
+                    migration!("webhooks/sqlite", 20261205000300, "pending_indexes"),
                 ],
             },
         }
@@ -158,7 +160,10 @@ pub async fn migrate_up_to(target: &SqlTarget, version: i64) -> Result<Migration
     migrate_set_up_to(target, TableSet::Projection, version).await
 }
 
-async fn migrate_set_up_to(
+/// [`migrate_set`] with only the migrations up to `version`: the schema an earlier release
+/// left, for the upgrade tests.
+#[doc(hidden)]
+pub async fn migrate_set_up_to(
     target: &SqlTarget,
     set: TableSet,
     up_to: i64,
