@@ -79,18 +79,21 @@ impl TableSet {
                         migration!("webhooks/postgres", 20261205000100, "first_attempt_inline"),
                         migration!("webhooks/postgres", 20261205000200, "event_body_encoding"),
                         migration!("webhooks/postgres", 20261205000300, "pending_indexes"),
+                        migration!("webhooks/postgres", 20261205000400, "ordering_key"),
                     ]
                 }
                 Dialect::MySql => vec![
                     migration!("webhooks/mysql", 20261203000100, "webhook_tables"),
                     migration!("webhooks/mysql", 20261205000100, "first_attempt_inline"),
                     migration!("webhooks/mysql", 20261205000200, "event_body_encoding"),
+                    migration!("webhooks/mysql", 20261205000400, "ordering_key"),
                 ],
                 Dialect::Sqlite => vec![
                     migration!("webhooks/sqlite", 20261203000100, "webhook_tables"),
                     migration!("webhooks/sqlite", 20261205000100, "first_attempt_inline"),
                     migration!("webhooks/sqlite", 20261205000200, "event_body_encoding"),
                     migration!("webhooks/sqlite", 20261205000300, "pending_indexes"),
+                    migration!("webhooks/sqlite", 20261205000400, "ordering_key"),
                 ],
             },
         }
@@ -401,6 +404,8 @@ mod tests {
                                 || upper.contains("DROP VIEW")
                                 // an index made redundant by a later one (20261204000100)
                                 || upper.contains("DROP INDEX")
+                                // pending webhook deliveries keyed (20261205000400)
+                                || upper.contains("UPDATE ")
                                 || upper.contains("DO $$"),
                             "{part}"
                         );

@@ -182,7 +182,8 @@ pub async fn delivery(
 }
 
 /// Sends the dead letters of `endpoint` created from `created_from_ms` to `created_to_ms`
-/// (both included) again, from their first attempt, as of `now_ms`; returns how many.
+/// (both included) again, from their first attempt, as of `now_ms`; returns how many. They
+/// are keyed by user (`ordering_key`), which a per_user endpoint orders by.
 pub async fn requeue_dead(
     target: &SqlTarget,
     endpoint: &str,
@@ -196,8 +197,8 @@ pub async fn requeue_dead(
     ));
     stmt.bind(now_ms)
         .push(
-            ", finished_at_ms = NULL, last_error = NULL, lease_until_ms = NULL, lease_token = NULL \
-             WHERE endpoint = ",
+            ", finished_at_ms = NULL, last_error = NULL, lease_until_ms = NULL, lease_token = NULL, \
+             ordering_key = user_id WHERE endpoint = ",
         )
         .bind(endpoint)
         .push(&state_terms(DeliveryState::Dead))

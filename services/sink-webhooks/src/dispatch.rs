@@ -128,11 +128,19 @@ async fn serve(
     } = lane;
     let now = now_ms();
     let names: Vec<&str> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
+    let ordered: Vec<&str> = (settings.endpoints.iter())
+        .filter(|e| e.ordering == crate::Ordering::PerUser)
+        .map(|e| e.name.as_str())
+        .collect();
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut retry = Retry::new(backoff, &shutdown, "webhook endpoints at start-up");
     loop {
-        match crate::endpoints_store::register_endpoints(&target, &names, now).await {
-            Ok(()) => break,
+        let started = async {
+            crate::endpoints_store::register_endpoints(&target, &names, now).await?;
+            crate::endpoints_store::key_ordered(&target, &ordered).await
+        };
+        match started.await {
+            Ok(_) => break,
             Err(SqlError::Unavailable(why)) => {
                 if !retry.wait(&why).await {
                     shared.set_lane(None);

@@ -41,6 +41,26 @@ pub async fn register_endpoints(
     Ok(())
 }
 
+/// Keys the pending deliveries of endpoints that order per user (`ordered`) whose rows were
+/// written while they did not (`ordering_key` NULL): the per_user check reads only keyed
+/// rows, so a backlog queued unordered is then sent in order too.
+pub async fn key_ordered(target: &SqlTarget, ordered: &[&str]) -> Result<u64, SqlError> {
+    let mut keyed = 0;
+    for endpoint in ordered {
+        let mut stmt = Stmt::new(
+            target.dialect(),
+            format!(
+                "UPDATE {} SET ordering_key = user_id WHERE endpoint = ",
+                target.table(WEBHOOK_DELIVERIES)
+            ),
+        );
+        stmt.bind(*endpoint)
+            .push(" AND state = 'pending' AND ordering_key IS NULL AND user_id IS NOT NULL");
+        keyed += target.pool().execute(stmt.query()).await?.rows_affected();
+    }
+    Ok(keyed)
+}
+
 /// Every endpoint's stored state.
 pub async fn endpoint_rows(target: &SqlTarget) -> Result<Vec<EndpointRow>, SqlError> {
     let rows = target

@@ -191,7 +191,7 @@ fn push_pick(stmt: &mut Stmt, d: &str, req: &LeaseRequest<'_>) {
     }
     if req.ordering == Ordering::PerUser {
         stmt.push(&format!(
-            " AND NOT EXISTS (SELECT 1 FROM {d} p WHERE p.endpoint = c.endpoint AND p.user_id = c.user_id AND p.state = 'pending' AND p.id < c.id)"
+            " AND NOT EXISTS (SELECT 1 FROM {d} p WHERE p.endpoint = c.endpoint AND p.ordering_key = c.ordering_key AND p.state = 'pending' AND p.ordering_key IS NOT NULL AND p.id < c.id)"
         ));
     }
     let order = if req.probe {

@@ -6,7 +6,6 @@
 #[macro_use]
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -341,28 +340,7 @@ async fn per_user_order_holds_across_retries(dialect: Dialect) {
     }
     append(&log, &bodies).await;
     wait_for(&target, LIMIT, "all delivered", all_ended(30)).await;
-    let seen = receiver.seen();
-    let mut by_user: HashMap<String, Vec<usize>> = HashMap::new();
-    for s in &seen {
-        let n = bodies
-            .iter()
-            .position(|b| b.as_slice() == s.body.as_ref())
-            .expect("a sent body");
-        by_user
-            .entry(format!("user-{}", n % 3))
-            .or_default()
-            .push(n);
-    }
-    for (user, sequence) in by_user {
-        // each event twice (failed, then delivered), and never a later event before an
-        // earlier one was delivered
-        let mut expected = Vec::new();
-        for n in (0..30).filter(|n| format!("user-{}", n % 3) == user) {
-            expected.push(n);
-            expected.push(n);
-        }
-        assert_eq!(sequence, expected, "{user}");
-    }
+    assert_sent_in_user_order(&receiver.seen(), &bodies);
     running.stop().await;
     db.drop_now().await;
 }

@@ -8,6 +8,7 @@ use terra_schema::positions::Tx;
 use terra_schema::tables::WEBHOOK_DELIVERIES;
 use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_all};
 
+use crate::endpoint::Ordering;
 use crate::first::First;
 use crate::store::{EventRow, Next, ordering_key, text};
 
@@ -52,10 +53,11 @@ pub(super) const EVENT_COLUMNS: [&str; 13] = [
     "body_encoding",
 ];
 
-const DELIVERY_COLUMNS: [&str; 16] = [
+const DELIVERY_COLUMNS: [&str; 17] = [
     "endpoint",
     "envelope_id",
     "user_id",
+    "ordering_key",
     "event_type",
     "state",
     "attempts",
@@ -96,13 +98,22 @@ pub(super) fn event_row(event: &EventRow, at: (i64, i64, i64)) -> Vec<Val> {
 /// A delivery's row: pending and due now when not sent; as its first attempt left it
 /// (delivered, due again, dead); pending and leased to an attempt still in flight. A delivered
 /// one keeps its attempt in its row (see [`delivered_at_once`]); the others' attempts go in
-/// `webhook_attempts`.
-pub(super) fn delivery_row(endpoint: &str, event: &EventRow, first: &First, now: i64) -> Vec<Val> {
+/// `webhook_attempts`. `ordering_key` only for an endpoint that orders per user (see
+/// migration `ordering_key`: only those rows are in the index of the per_user check).
+pub(super) fn delivery_row(
+    (endpoint, ordering): (&str, Ordering),
+    event: &EventRow,
+    first: &First,
+    now: i64,
+) -> Vec<Val> {
     let none = || Val::from(None::<i64>);
+    let user = event.user_id.as_deref().map(ordering_key);
+    let key = user.clone().filter(|_| ordering == Ordering::PerUser);
     let mut row = vec![
         Val::from(endpoint),
         Val::from(&event.envelope_id),
-        Val::from(event.user_id.as_deref().map(ordering_key)),
+        Val::from(user),
+        Val::from(key),
         Val::from(&event.event_type),
     ];
     let status = |result: &crate::send::AttemptResult| Val::from(result.status.map(i64::from));

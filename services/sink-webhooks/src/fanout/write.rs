@@ -11,7 +11,7 @@ use super::sql::{
 };
 use super::{FanOut, FanOutError, Sent};
 use crate::dispatch::now_ms;
-use crate::endpoint::WebhookSettings;
+use crate::endpoint::{Endpoint, WebhookSettings};
 use crate::finish::{attempt_row, insert_attempts};
 use crate::first::{First, health};
 use crate::store::{Finished, Leased};
@@ -61,9 +61,14 @@ pub(super) async fn write_chunk(
     let mut keep = vec![false; p.events.len()];
     let mut rows = Vec::with_capacity(p.pairs.len());
     for (&(event, endpoint), first) in p.pairs.iter().zip(&firsts) {
-        let name = &settings.endpoints[endpoint].name;
+        let Endpoint { name, ordering, .. } = &settings.endpoints[endpoint];
         keep[event] |= !delivered_at_once(first);
-        rows.push(delivery_row(name, &p.events[event], first, now));
+        rows.push(delivery_row(
+            (name, *ordering),
+            &p.events[event],
+            first,
+            now,
+        ));
         *out.deliveries.entry(name.clone()).or_default() += 1;
         if matches!(first, First::NotSent | First::InFlight { .. }) && !out.pending.contains(name) {
             out.pending.push(name.clone());

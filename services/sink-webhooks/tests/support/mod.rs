@@ -317,6 +317,33 @@ pub fn body(event_type: &str, user: &str, n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Checks per_user order for `bodies` (event `n` of user `user-{n % 3}`, each refused once
+/// and then delivered) as `seen`: each user's events sent in order, each twice in a row (never
+/// a later event before an earlier one was delivered).
+pub fn assert_sent_in_user_order(seen: &[receiver::Seen], bodies: &[Vec<u8>]) {
+    let user = |n: usize| format!("user-{}", n % 3);
+    let mut by_user: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for s in seen {
+        let n = bodies
+            .iter()
+            .position(|b| b.as_slice() == s.body.as_ref())
+            .expect("a sent body");
+        by_user.entry(user(n)).or_default().push(n);
+    }
+    assert_eq!(
+        by_user.len(),
+        bodies.len().min(3),
+        "every user's events sent"
+    );
+    for (name, sequence) in by_user {
+        let expected: Vec<usize> = (0..bodies.len())
+            .filter(|&n| user(n) == name)
+            .flat_map(|n| [n, n])
+            .collect();
+        assert_eq!(sequence, expected, "{name}");
+    }
+}
+
 /// Appends each body as one record of the log.
 pub async fn append(log: &TestLog, bodies: &[Vec<u8>]) {
     for b in bodies {
