@@ -105,7 +105,7 @@ pub async fn lease(target: &SqlTarget, req: &LeaseRequest<'_>) -> Result<Vec<Lea
                 .push(", lease_token = ")
                 .bind(req.token)
                 .push(" WHERE id IN (");
-            push_pick(&mut stmt, &d, req);
+            push_pick(&mut stmt, (&d, dialect), req);
             if dialect == Dialect::Postgres {
                 stmt.push(" FOR UPDATE SKIP LOCKED");
             }
@@ -115,7 +115,7 @@ pub async fn lease(target: &SqlTarget, req: &LeaseRequest<'_>) -> Result<Vec<Lea
         }
         Dialect::MySql => {
             let mut pick = Stmt::new(dialect, "");
-            push_pick(&mut pick, &d, req);
+            push_pick(&mut pick, (&d, dialect), req);
             pick.push(" FOR UPDATE SKIP LOCKED");
             let mut tx = target.pool().begin().await?;
             let ids: Vec<i64> = tx
@@ -179,8 +179,12 @@ pub async fn release(target: &SqlTarget, leased: &[Leased]) -> Result<(), SqlErr
 }
 
 /// `SELECT c.id FROM deliveries c WHERE …` of [`lease`]: the endpoint's pending rows not
-/// leased, due (unless probing), a user's oldest first with `per_user`.
-fn push_pick(stmt: &mut Stmt, d: &str, req: &LeaseRequest<'_>) {
+/// leased, due (unless probing), a user's oldest first with `per_user`. The user is
+/// `ordering_key`, which only per_user endpoints' rows carry and only their pending rows are
+/// indexed by (a partial index); on MySQL, which has no partial indexes, `user_id`, whose
+/// index covers every row (the same rows for a per_user endpoint, and also any it queued
+/// while it was unordered).
+fn push_pick(stmt: &mut Stmt, (d, dialect): (&str, Dialect), req: &LeaseRequest<'_>) {
     stmt.push(&format!("SELECT c.id FROM {d} c WHERE c.endpoint = "))
         .bind(req.endpoint)
         .push(" AND c.state = 'pending' AND (c.lease_until_ms IS NULL OR c.lease_until_ms < ")
@@ -190,8 +194,12 @@ fn push_pick(stmt: &mut Stmt, d: &str, req: &LeaseRequest<'_>) {
         stmt.push(" AND c.next_attempt_at_ms <= ").bind(req.now_ms);
     }
     if req.ordering == Ordering::PerUser {
+        let key = match dialect {
+            Dialect::MySql => "user_id",
+            Dialect::Postgres | Dialect::Sqlite => "ordering_key",
+        };
         stmt.push(&format!(
-            " AND NOT EXISTS (SELECT 1 FROM {d} p WHERE p.endpoint = c.endpoint AND p.ordering_key = c.ordering_key AND p.state = 'pending' AND p.ordering_key IS NOT NULL AND p.id < c.id)"
+            " AND NOT EXISTS (SELECT 1 FROM {d} p WHERE p.endpoint = c.endpoint AND p.{key} = c.{key} AND p.state = 'pending' AND p.{key} IS NOT NULL AND p.id < c.id)"
         ));
     }
     let order = if req.probe {

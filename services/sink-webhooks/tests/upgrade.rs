@@ -148,7 +148,7 @@ async fn deliveries_written_before_the_index_migration_are_found_after_it(dialec
     let report = terra_schema::migrate_set(&target, TableSet::Webhooks)
         .await
         .expect("the upgrade");
-    // MySQL has no partial indexes: its indexes stay as they were but for ordering_key's
+    // MySQL has no partial indexes: its indexes stay as they were (ordering_key adds a column)
     let expected: &[&str] = match dialect {
         Dialect::MySql => &["20261205000400_ordering_key"],
         Dialect::Postgres | Dialect::Sqlite => &[
