@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
+use sqlx::any::AnyRow;
 use sqlx::{Executor, Row};
 use terra_schema::positions::Tx;
 use terra_schema::tables::WEBHOOK_DELIVERIES;
-use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_all};
+use terra_schema::{Dialect, SqlError, SqlTarget, Stmt, Val, insert_all, insert_unnest};
 
 use crate::endpoint::Ordering;
 use crate::first::First;
@@ -205,17 +206,32 @@ pub(super) async fn insert_deliveries(
     let mut suffix = dialect.on_conflict_ignore(&["envelope_id", "endpoint"]);
     let returning = ids.is_some() && dialect != Dialect::MySql;
     if returning {
-        suffix.push_str(" RETURNING id, envelope_id, endpoint");
+        suffix.push_str(RETURNING_IDS);
     }
     let mut found = HashMap::new();
-    for stmt in insert_all(dialect, &d, &DELIVERY_COLUMNS, rows, &suffix) {
-        if returning {
-            for row in tx.fetch_all(stmt.query()).await? {
-                found.insert(id_key(&row)?, row.try_get(0)?);
-            }
-        } else {
-            tx.execute(stmt.query()).await?;
+    let plain = match dialect {
+        Dialect::Postgres => {
+            let back = if returning { RETURNING_IDS } else { "" };
+            plain_first(tx, &insert_unnest(&d, &DELIVERY_COLUMNS, &rows, back)).await?
         }
+        Dialect::MySql | Dialect::Sqlite => None,
+    };
+    let returned = match plain {
+        Some(returned) => returned,
+        None => {
+            let mut returned = Vec::new();
+            for stmt in insert_all(dialect, &d, &DELIVERY_COLUMNS, rows, &suffix) {
+                if returning {
+                    returned.extend(tx.fetch_all(stmt.query()).await?);
+                } else {
+                    tx.execute(stmt.query()).await?;
+                }
+            }
+            returned
+        }
+    };
+    for row in &returned {
+        found.insert(id_key(row)?, row.try_get(0)?);
     }
     if let (Some(envelopes), false) = (ids, returning) {
         for chunk in envelopes.chunks(1_000) {
@@ -232,7 +248,31 @@ pub(super) async fn insert_deliveries(
     Ok(found)
 }
 
-fn id_key(row: &sqlx::any::AnyRow) -> Result<(String, String), SqlError> {
+const RETURNING_IDS: &str = " RETURNING id, envelope_id, endpoint";
+
+/// Postgres: the deliveries inserted by a plain `INSERT` under a savepoint, with what it
+/// returned; `None` when a pair was already there (the same event twice in the log), rolled
+/// back to the savepoint for the `ON CONFLICT DO NOTHING` insert that skips it. Each pair is
+/// new but for such duplicates, and `ON CONFLICT`'s speculative insertion cost 13 % of the
+/// insert in psql (102,400 rows of `webhook_deliveries` in one transaction, 1,024 per
+/// statement: 0.92 s against 0.80 s as plain inserts, each under its savepoint).
+async fn plain_first(tx: &mut Tx, stmt: &Stmt) -> Result<Option<Vec<AnyRow>>, SqlError> {
+    tx.execute("SAVEPOINT fan_out_deliveries").await?;
+    match tx.fetch_all(stmt.query()).await {
+        Ok(returned) => {
+            tx.execute("RELEASE SAVEPOINT fan_out_deliveries").await?;
+            Ok(Some(returned))
+        }
+        Err(err) if err.as_database_error().and_then(|e| e.code()).as_deref() == Some("23505") => {
+            tx.execute("ROLLBACK TO SAVEPOINT fan_out_deliveries")
+                .await?;
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn id_key(row: &AnyRow) -> Result<(String, String), SqlError> {
     Ok((
         text(row, 1)?.unwrap_or_default(),
         text(row, 2)?.unwrap_or_default(),
