@@ -15,6 +15,7 @@
 mod checkpoint;
 mod dialect;
 mod error;
+mod insert;
 mod migrate;
 pub mod positions;
 pub mod read;
@@ -25,8 +26,9 @@ pub mod swap;
 pub mod tables;
 mod target;
 
-pub use dialect::{Dialect, Stmt, Val, insert_all, insert_rows, insert_unnest};
+pub use dialect::{Dialect, Stmt, Val};
 pub use error::SqlError;
+pub use insert::{insert_all, insert_rows, insert_unnest};
 pub use migrate::{
     MigrationReport, TableSet, Variant, migrate, migrate_set, migrate_set_up_to, migrate_up_to,
     pending, pending_set,
