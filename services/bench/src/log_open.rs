@@ -2,7 +2,9 @@
 //! size, the log is filled with that many records, then opened a few times as it is (sealed
 //! segments read through their index headers, the active segment scanned) and once with the
 //! sealed indexes deleted, which makes open scan every segment as the one-file log of
-//! version 1 did on every open: the ratio is what the index checkpoint saves.
+//! version 1 did on every open: the ratio is what the index checkpoint saves. Then one
+//! consumer group reads the whole log (a projector's read, in polls of 4,000 records): records/s
+//! and CPU per record, best of `--repeat`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -50,6 +52,27 @@ pub(crate) async fn run(args: LogOpenArgs) -> anyhow::Result<ExitCode> {
             segments = log.segment_count();
             opens.push(took);
         }
+        let mut reads = Vec::new();
+        for n in 0..args.repeat {
+            reads.push(timed_read(&dir, &format!("read-{n}")).await?);
+        }
+        let (read_s, read_cpu) = reads
+            .iter()
+            .copied()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or_default();
+        println!(
+            "{records:>10} records read by a consumer group in {:.3} s: {:.0} records/s, {:.2} us of CPU per record (best of {}: {})",
+            read_s,
+            records as f64 / read_s.max(1e-9),
+            read_cpu * 1e6 / records.max(1) as f64,
+            args.repeat,
+            reads
+                .iter()
+                .map(|(s, cpu)| format!("{s:.3} s / {:.2} us", cpu * 1e6 / records.max(1) as f64))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
         let indexes = remove_indexes(&dir.join("segments"))?;
         let (scan, _) = timed_open(&dir)?;
         let best = opens.iter().min().copied().unwrap_or_default();
@@ -93,6 +116,23 @@ fn timed_open(dir: &Path) -> anyhow::Result<(Duration, EmbeddedLog)> {
     let started = Instant::now();
     let log = EmbeddedLog::open(dir, terra_eventlog::DEFAULT_PARTITIONS)?;
     Ok((started.elapsed(), log))
+}
+
+/// Seconds and seconds of this process's CPU for a new group to read every record.
+async fn timed_read(dir: &Path, group: &str) -> anyhow::Result<(f64, f64)> {
+    let log = EmbeddedLog::open(dir, terra_eventlog::DEFAULT_PARTITIONS)?;
+    let mut consumer = EventLog::Embedded(log).consumer(group)?;
+    let (started, cpu) = (Instant::now(), crate::cpu::split().0);
+    let mut bytes = 0usize;
+    loop {
+        let batch = consumer.poll(4_000, Duration::from_millis(10)).await?;
+        if batch.is_empty() {
+            break;
+        }
+        bytes += batch.iter().map(|c| c.record.value.len()).sum::<usize>();
+    }
+    anyhow::ensure!(bytes > 0, "the consumer read nothing");
+    Ok((started.elapsed().as_secs_f64(), crate::cpu::split().0 - cpu))
 }
 
 fn folder_bytes(dir: &Path) -> anyhow::Result<u64> {

@@ -163,7 +163,8 @@ pub fn plan(consumed: &Consumed) -> Planned {
 /// [`plan`] to the depth a sink needs.
 pub fn plan_to(consumed: &Consumed, depth: PlanDepth) -> Planned {
     let position = consumed.position;
-    let envelope = match Envelope::decode(consumed.record.value.as_ref()) {
+    // from `Bytes`, so the body is a slice of the record (from `&[u8]` prost copies it)
+    let envelope = match Envelope::decode(consumed.record.value.clone()) {
         Ok(envelope) => envelope,
         Err(err) => {
             return Planned {

@@ -27,11 +27,14 @@ impl EventCache {
         }
     }
 
-    pub fn put(&self, event: EventRow) {
+    pub fn put(&self, mut event: EventRow) {
         let size = event.body.len() + 256;
         if size > self.budget {
             return;
         }
+        // its own copy: the body read from the log may be a slice of a larger read (several
+        // frames at once), which the budget would not count
+        event.body = bytes::Bytes::copy_from_slice(&event.body);
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };

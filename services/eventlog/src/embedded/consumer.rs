@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::disk::Disk;
 use super::index::{Slot, Slots};
-use super::{Shared, codec, write_atomically};
+use super::{Shared, Span, codec, write_atomically};
 use crate::{Consumed, LogError, Position};
 
 pub struct EmbeddedConsumer {
@@ -127,76 +127,126 @@ impl EmbeddedConsumer {
 
     fn read_available(&mut self, max: usize) -> Result<Vec<Consumed>, LogError> {
         let partitions = self.next.len();
-        let mut out = Vec::new();
+        // each partition's next slots, then up to `max` of them in the order they were
+        // written (so the frames read follow each other in the segments: see `runs`)
+        let mut next = Vec::new();
+        let mut gone = None;
         for step in 0..partitions {
             let partition = (self.start + step) % partitions;
-            let want = max - out.len();
-            if want == 0 {
-                break;
-            }
-            let slots = match self
-                .shared
-                .index
-                .slots(partition, self.next[partition], want)?
-            {
-                Slots::From(slots) => slots,
+            let from = self.next[partition];
+            match self.shared.index.slots(partition, from, max)? {
+                Slots::From(found) => next.push((partition, from, found.into_iter().peekable())),
                 Slots::Gone { start } => {
                     let end = self.shared.index.end_offsets()[partition];
-                    let offset = self.next[partition];
-                    return Err(LogError::gone(
-                        partition as u32,
-                        "wanted",
+                    gone = Some(LogError::gone(partition as u32, "wanted", from, start, end));
+                    break;
+                }
+            }
+        }
+        let mut slots: Vec<(usize, u64, Slot)> = Vec::new();
+        while slots.len() < max {
+            // a record repair could not keep goes first: it has no place to wait for
+            let first = next
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (_, _, found))| match found.peek()? {
+                    Slot::Frame(span) => Some((i, span.start)),
+                    Slot::Lost => Some((i, 0)),
+                })
+                .min_by_key(|&(_, start)| start);
+            let Some((i, _)) = first else { break };
+            let (partition, offset, found) = &mut next[i];
+            let slot = found.next().expect("peeked");
+            slots.push((*partition, *offset, slot));
+            *offset += 1;
+        }
+        let spans: Vec<Option<Span>> = slots
+            .iter()
+            .map(|(_, _, slot)| match slot {
+                Slot::Frame(span) => Some(*span),
+                Slot::Lost => None,
+            })
+            .collect();
+        let mut frames = self.read_runs(&spans);
+        let mut out = Vec::new();
+        for (i, (partition, offset, slot)) in slots.into_iter().enumerate() {
+            let span = match slot {
+                Slot::Frame(span) => span,
+                Slot::Lost => {
+                    self.next[partition] += 1;
+                    tracing::error!(
+                        group = self.group,
+                        partition,
                         offset,
-                        start,
-                        end,
-                    ));
+                        "skipping a record `log repair` could not keep (it was damaged on disk)"
+                    );
+                    continue;
                 }
             };
-            for slot in slots {
-                let offset = self.next[partition];
-                let span = match slot {
-                    Slot::Frame(span) => span,
-                    Slot::Lost => {
-                        self.next[partition] += 1;
-                        tracing::error!(
-                            group = self.group,
-                            partition,
-                            offset,
-                            "skipping a record `log repair` could not keep (it was damaged on disk)"
-                        );
-                        continue;
-                    }
-                };
-                let (meta, record) = match self.read_frame(partition, offset, span) {
-                    Ok(read) => read,
-                    // what was read before the error is returned; the error comes with the
-                    // next poll, at this record (nothing is skipped)
-                    Err(_) if !out.is_empty() => return Ok(out),
-                    Err(e) => return Err(e),
-                };
-                self.next[partition] += 1;
-                out.push(Consumed {
-                    position: Position {
-                        partition: partition as u32,
-                        offset,
-                    },
-                    timestamp_ms: meta.timestamp_ms,
-                    record,
-                });
-            }
+            let (meta, record) = match self.read_frame(partition, offset, span, frames[i].take()) {
+                Ok(read) => read,
+                // what was read before the error is returned; the error comes with the
+                // next poll, at this record (nothing is skipped)
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            self.next[partition] += 1;
+            out.push(Consumed {
+                position: Position {
+                    partition: partition as u32,
+                    offset,
+                },
+                timestamp_ms: meta.timestamp_ms,
+                record,
+            });
+        }
+        match gone {
+            // the records before it first; the error with the next poll
+            Some(err) if out.is_empty() => return Err(err),
+            _ => {}
         }
         self.start = (self.start + 1) % partitions.max(1);
         Ok(out)
     }
 
+    /// The frames at `spans` (`None`: nothing to read), frames near each other in a segment
+    /// read by one `pread` (see [`runs`]) and each a slice of it. `None` where a run's read
+    /// failed: that frame is then read alone, so that the error names its record.
+    fn read_runs(&self, spans: &[Option<Span>]) -> Vec<Option<Bytes>> {
+        let mut frames = vec![None; spans.len()];
+        for run in runs(spans) {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let (start, end) = (spans[first], spans[last]);
+            let (Some(start), Some(end)) = (start, end) else {
+                continue;
+            };
+            let len = (end.start + u64::from(end.len) - start.start) as usize;
+            let Ok(read) = self.shared.index.read_range(start.start, len) else {
+                continue;
+            };
+            let read = Bytes::from(read);
+            for &i in &run {
+                if let Some(span) = spans[i] {
+                    let at = (span.start - start.start) as usize;
+                    frames[i] = Some(read.slice(at..at + span.len as usize));
+                }
+            }
+        }
+        frames
+    }
+    /// The record at `span`, from `frame` when it was read already.
     fn read_frame(
         &self,
         partition: usize,
         offset: u64,
-        span: super::Span,
+        span: Span,
+        frame: Option<Bytes>,
     ) -> Result<(codec::FrameMeta, crate::Record), LogError> {
-        let frame = self.shared.index.read(span)?;
-        let (meta, record) = codec::decode(Bytes::from(frame)).map_err(|e| {
+        let frame = match frame {
+            Some(frame) => frame,
+            None => Bytes::from(self.shared.index.read(span)?),
+        };
+        let (meta, record) = codec::decode(frame).map_err(|e| {
             LogError::Corrupt(format!(
                 "partition {partition} offset {offset}: {e}; `terra-ingest log repair` keeps \
                  every intact record"
@@ -268,4 +318,39 @@ impl EmbeddedConsumer {
         }
         Ok(())
     }
+}
+
+/// The most bytes one read takes for several frames.
+pub(super) const RUN_BYTES: u64 = 256 << 10;
+/// The most bytes between two frames read together (read for nothing: a record of this
+/// partition read already, or beyond the poll's `max`).
+pub(super) const RUN_GAP: u64 = 4 << 10;
+
+/// The frames of `spans` grouped into runs, each read at once: by position, each frame after
+/// the one before it within [`RUN_GAP`], a run at most [`RUN_BYTES`] (a larger frame alone).
+/// Reading 4,000 frames of 3 KB one `pread` each cost the webhook fan-out 5 % of its CPU.
+/// Indexes into `spans`; a run's first and last are its lowest and highest positions.
+pub(super) fn runs(spans: &[Option<Span>]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..spans.len()).filter(|&i| spans[i].is_some()).collect();
+    order.sort_by_key(|&i| spans[i].map(|s| s.start));
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut run_start = 0;
+    let mut run_end = 0;
+    for i in order {
+        let Some(span) = spans[i] else { continue };
+        let end = span.start + u64::from(span.len);
+        let joins = runs.last().is_some()
+            && span.start >= run_end
+            && span.start - run_end <= RUN_GAP
+            && end - run_start <= RUN_BYTES;
+        match runs.last_mut() {
+            Some(run) if joins => run.push(i),
+            _ => {
+                runs.push(vec![i]);
+                run_start = span.start;
+            }
+        }
+        run_end = end;
+    }
+    runs
 }

@@ -240,6 +240,17 @@ impl Index {
 
     /// The bytes of the frame at `span`.
     pub(super) fn read(&self, span: Span) -> Result<Vec<u8>, LogError> {
+        self.read_range(span.start, span.len as usize)
+    }
+
+    /// The `len` bytes at global position `start`, all in one segment (frames that follow
+    /// each other in it, read at once: see the consumer's `runs`); an error where they are not.
+    pub(super) fn read_range(&self, start: u64, len: usize) -> Result<Vec<u8>, LogError> {
+        let span = Span {
+            start,
+            len: u32::try_from(len)
+                .map_err(|_| LogError::Unavailable(format!("a read of {len} bytes")))?,
+        };
         let (base, active_base) = {
             let state = self.state();
             let active_base = state.active.base;

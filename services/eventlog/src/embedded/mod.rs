@@ -268,4 +268,6 @@ mod tests;
 #[cfg(test)]
 mod tests_crash;
 #[cfg(test)]
+mod tests_read;
+#[cfg(test)]
 mod tests_sim;
