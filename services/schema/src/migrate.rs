@@ -80,6 +80,7 @@ impl TableSet {
                         migration!("webhooks/postgres", 20261205000200, "event_body_encoding"),
                         migration!("webhooks/postgres", 20261205000300, "pending_indexes"),
                         migration!("webhooks/postgres", 20261205000400, "ordering_key"),
+                        migration!("webhooks/postgres", 20261205000500, "byte_order_keys"),
                     ]
                 }
                 Dialect::MySql => vec![

@@ -151,12 +151,53 @@ async fn deliveries_written_before_the_index_migration_are_found_after_it(dialec
     // MySQL has no partial indexes: its indexes stay as they were (ordering_key adds a column)
     let expected: &[&str] = match dialect {
         Dialect::MySql => &["20261205000400_ordering_key"],
-        Dialect::Postgres | Dialect::Sqlite => &[
+        Dialect::Sqlite => &[
             "20261205000300_pending_indexes",
             "20261205000400_ordering_key",
         ],
+        Dialect::Postgres => &[
+            "20261205000300_pending_indexes",
+            "20261205000400_ordering_key",
+            "20261205000500_byte_order_keys",
+        ],
     };
     assert_eq!(report.applied, expected);
+    if dialect == Dialect::Postgres {
+        // the keys compare byte by byte, those compared with each other alike
+        let collations: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text, collation_name::text \
+             FROM information_schema.columns WHERE table_name IN \
+             ('webhook_deliveries', 'webhook_events', 'webhook_endpoints') \
+             AND column_name IN ('endpoint', 'envelope_id', 'user_id', 'ordering_key', 'state', 'name') \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(target.pool())
+        .await
+        .expect("the columns");
+        let c = |table: &str, column: &str, collation: Option<&str>| {
+            (
+                table.to_owned(),
+                column.to_owned(),
+                collation.map(str::to_owned),
+            )
+        };
+        let byte_order = Some("C");
+        assert_eq!(
+            collations,
+            [
+                c("webhook_deliveries", "endpoint", byte_order),
+                c("webhook_deliveries", "envelope_id", byte_order),
+                c("webhook_deliveries", "ordering_key", byte_order),
+                c("webhook_deliveries", "state", byte_order),
+                c("webhook_deliveries", "user_id", byte_order),
+                c("webhook_endpoints", "name", byte_order),
+                // compared with literals only: the database's collation
+                c("webhook_endpoints", "state", None),
+                c("webhook_events", "envelope_id", byte_order),
+                c("webhook_events", "user_id", None),
+            ]
+        );
+    }
     // the pending rows are keyed by user (the per_user check reads only keyed rows)
     let keyed = target
         .pool()
