@@ -8,8 +8,9 @@
 //!    endpoints: deliveries/s from the first request's arrival until every (event, endpoint)
 //!    pair is `delivered` in SQL (the start-up before it printed apart); the
 //!    receiver's ceiling (the same POSTs sent directly at the same concurrency by the
-//!    destination's own `Sender`, without state, on open connections, for at least 2 s, right before and right after the destination's run: the
-//!    mean of the two) and the ratio;
+//!    destination's own `Sender`, without state, on open connections, for at least 2 s, right
+//!    before and right after the destination's run: the mean of the two) and the ratio, in
+//!    `--rounds` rounds (each direct measure between two runs serves both) and their median;
 //!    then, on a fresh log and database, events appended at a steady rate below saturation:
 //!    p50/p99 from append to arrival at the receiver.
 //! 4. Two endpoints, both healthy, then one of them down (connection refused, a schedule of
@@ -68,6 +69,10 @@ pub struct WebhooksArgs {
     /// Only the phase with one endpoint down (both healthy, then one down): to profile it.
     #[arg(long)]
     pub down_only: bool,
+    /// Rounds of the runs to 1 and 4 endpoints, each between two measures of the direct
+    /// ceiling; the median ratio is the run's.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Alternated rounds of the phase with one endpoint down.
     #[arg(long, default_value_t = 3)]
     pub down_rounds: usize,
@@ -91,9 +96,10 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
         || args.users == 0
         || args.max_in_flight == 0
         || args.batch_size == 0
+        || args.rounds == 0
     {
         bail!(
-            "--webhooks, --per-webhook, --users, --max-in-flight and --batch-size must be at least 1"
+            "--webhooks, --per-webhook, --users, --max-in-flight, --batch-size and --rounds must be at least 1"
         );
     }
     sqlx::any::install_default_drivers();
@@ -181,37 +187,66 @@ pub(crate) async fn run(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
                 receiver.counts.reset();
                 direct
             };
-            let (before, cpu_before) = direct_ceiling().await?;
-            let run = on_fresh(db, |t| throughput(&log, t, &receiver, &all, &[], n, &args)).await?;
-            let (rate, cpu) = (run.rate, run.cpu_us);
-            // Postgres's part of the destination's CPU (none on SQLite)
-            let postgres = match run.postgres_us {
-                us if us >= 0.5 => format!(" pg {us:.0}"),
-                _ => String::new(),
-            };
-            let (after, cpu_after) = direct_ceiling().await?;
-            let direct = (before + after) / 2.0;
-            let cpu_direct = (cpu_before + cpu_after) / 2.0;
+            // rounds of the destination's run, each between two measures of the direct
+            // ceiling: the median ratio stands for the run (this machine's speed moves by up
+            // to 2x between seconds, so one pair alone can be either side of the truth)
+            let mut before = direct_ceiling().await?;
+            let mut rounds = Vec::new();
+            for round in 1..=args.rounds {
+                let run =
+                    on_fresh(db, |t| throughput(&log, t, &receiver, &all, &[], n, &args)).await?;
+                let after = direct_ceiling().await?;
+                let direct = (before.0 + after.0) / 2.0;
+                let cpu_direct = (before.1 + after.1) / 2.0;
+                let (rate, cpu) = (run.rate, run.cpu_us);
+                // Postgres's part of the destination's CPU (none on SQLite)
+                let postgres = match run.postgres_us {
+                    us if us >= 0.5 => format!(" pg {us:.0}"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:<9} {:<16} {:>8} {:>13.0} {:>11} {:>15.0} {:>6.2} {:>10} {:>8} {:>8} {:>15}   {:.0} / {:.0}",
+                    db.name(),
+                    format!("{endpoints} (round {round})"),
+                    n * endpoints,
+                    rate,
+                    format!("{:.2}/{:.2}", run.start_up, run.seconds),
+                    direct,
+                    rate / direct,
+                    "",
+                    "",
+                    "",
+                    format!("{cpu:.0}/{cpu_direct:.0} {:.2}{postgres}", cpu_direct / cpu),
+                    before.0,
+                    after.0
+                );
+                rounds.push((rate / direct, rate));
+                before = after;
+            }
+            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (ratio, rate) = rounds[rounds.len() / 2];
             let at = (rate * args.load).max(1.0);
             let (p50, p99) = match args.seconds {
                 0 => (f64::NAN, f64::NAN),
                 _ => on_fresh(db, |t| latency(t, &receiver, &bodies, endpoints, at, &args)).await?,
             };
             println!(
-                "{:<9} {:<16} {:>8} {:>13.0} {:>11} {:>15.0} {:>6.2} {:>10.0} {:>8.1} {:>8.1} {:>15}   {:.0} / {:.0}",
+                "{:<9} {:<16} {:>8} {:>13.0} {:>11} {:>15} {:>6.2} {:>10.0} {:>8.1} {:>8.1}   ratios {}",
                 db.name(),
-                endpoints,
+                format!("{endpoints} (median)"),
                 n * endpoints,
                 rate,
-                format!("{:.2}/{:.2}", run.start_up, run.seconds),
-                direct,
-                rate / direct,
+                "",
+                "",
+                ratio,
                 at,
                 p50,
                 p99,
-                format!("{cpu:.0}/{cpu_direct:.0} {:.2}{postgres}", cpu_direct / cpu),
-                before,
-                after
+                rounds
+                    .iter()
+                    .map(|r| format!("{:.2}", r.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             );
         }
         // alternated rounds (both healthy, then one down): one pair alone is at the mercy of
