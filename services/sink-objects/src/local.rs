@@ -3,10 +3,12 @@
 //! the folder). A batch is one write transaction (`BEGIN IMMEDIATE`, so projectors of the
 //! same folder, in this process or another, take turns as they did on the sidecar files'
 //! locks): the stored versions of the batch's keys are read, the newer objects are written
-//! (each staged and renamed into place, by a bounded set of threads) and the new versions
-//! stored; after the commit the filesystem is synced once (`syncfs`: objects, folders, dead
-//! letters, claims and the index's WAL reach the disk before the batch's positions are
-//! committed in the log).
+//! (each staged and renamed into place, by a bounded set of threads), the filesystem is
+//! synced once (`syncfs`: objects, folders and dead letters reach the disk), and only then
+//! are the new versions committed, the commit itself synced (`synchronous = FULL`). So the
+//! index never holds a version whose bytes might not be on disk: a copy with the same bytes
+//! is skipped on the strength of the index alone, so a version committed before its object
+//! was durable would leave a power cut's (or a failed sync's) lost object lost for good.
 //!
 //! Folders written by an earlier version (a sidecar file per object under
 //! `.<folder>-versions/`, claim markers under its `_claims/`) are imported into the index
@@ -67,8 +69,13 @@ pub(crate) struct LocalIndex {
     conn: SqliteConnection,
     /// The folder's filesystem, for `syncfs`.
     root: std::fs::File,
-    /// Claims stored since the last sync.
-    unsynced_claims: bool,
+    /// Makes what was written to the folder durable: `syncfs` (a test fails it).
+    sync: fn(&std::fs::File) -> std::io::Result<()>,
+}
+
+/// `syncfs` of the filesystem holding `file`.
+fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
+    rustix::fs::syncfs(file).map_err(std::io::Error::from)
 }
 
 fn outage(what: &str, e: impl std::fmt::Display) -> SinkError {
@@ -109,8 +116,9 @@ impl LocalIndex {
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .journal_mode(SqliteJournalMode::Wal)
-            // every batch ends with a syncfs, which makes the WAL durable too
-            .synchronous(SqliteSynchronous::Normal)
+            // each commit synced: a batch's versions are committed after its objects are
+            // durable, and are durable themselves before its positions are committed
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(60));
         let mut conn = SqliteConnection::connect_with(&options)
             .await
@@ -132,7 +140,7 @@ impl LocalIndex {
         let mut index = Self {
             conn,
             root: root_file,
-            unsynced_claims: false,
+            sync: syncfs,
         };
         let imported: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE name = 'sidecars_imported'")
@@ -231,7 +239,6 @@ impl LocalIndex {
             &new_claims,
         )
         .await?;
-        self.unsynced_claims |= !new_claims.is_empty();
         tx.commit().await.map_err(|e| outage("versions index", e))?;
         Ok(held)
     }
@@ -268,9 +275,17 @@ impl LocalIndex {
                 _ => to_write.push(write),
             }
         }
-        let root = self.root.try_clone().map_err(|e| outage("sync", e))?;
-        let sync = sync || self.unsynced_claims || !to_write.is_empty();
+        let sync = sync || !to_write.is_empty();
         let written = write_all(to_write).await?;
+        // before the versions are committed: a failed sync rolls them back, so the batch,
+        // written again, rewrites its objects rather than trust bytes that may be lost
+        if sync {
+            let root = self.root.try_clone().map_err(|e| outage("sync", e))?;
+            let sync_fs = self.sync;
+            blocking(move || sync_fs(&root))
+                .await
+                .map_err(|e| outage("cannot sync the folder", e))?;
+        }
         let versions: Vec<[String; 3]> = written
             .iter()
             .chain(&unchanged)
@@ -284,15 +299,6 @@ impl LocalIndex {
         )
         .await?;
         tx.commit().await.map_err(|e| outage("versions index", e))?;
-        // after the commit, so the index's WAL is synced with the objects; a failed sync
-        // fails the batch, which is written again (a version equal to the stored one is
-        // rewritten)
-        if sync {
-            blocking(move || rustix::fs::syncfs(&root).map_err(std::io::Error::from))
-                .await
-                .map_err(|e| outage("cannot sync the folder", e))?;
-            self.unsynced_claims = false;
-        }
         outcomes.extend(written.into_iter().chain(unchanged).map(|w| (w, Ok(()))));
         Ok(outcomes)
     }

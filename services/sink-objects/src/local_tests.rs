@@ -169,6 +169,53 @@ async fn a_newer_copy_with_the_same_bytes_moves_the_version_without_a_new_file()
     );
 }
 
+/// A batch whose sync fails stores no version, so the batch written again rewrites its
+/// objects: after a failed sync (or a power cut before it) the bytes may never reach the
+/// disk. Before, the versions were committed before the sync, and the second attempt took
+/// the object for written already (same bytes, same version) and left it as it was.
+#[tokio::test]
+async fn a_batch_whose_sync_failed_rewrites_its_objects() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    index.sync = |_| Err(std::io::Error::other("injected: the disk said EIO"));
+    let failed = index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+        .await
+        .err()
+        .expect("the sync's failure fails the batch");
+    assert!(
+        failed.to_string().contains("cannot sync the folder"),
+        "{failed}"
+    );
+    let inode = std::fs::metadata(root.join("v/a.json")).unwrap().ino();
+
+    index.sync = syncfs;
+    let again = index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+        .await
+        .unwrap();
+    assert_eq!(again[0].1, Ok(()));
+    assert_ne!(
+        std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+        inode,
+        "written again, not trusted"
+    );
+    assert_eq!(std::fs::read(root.join("v/a.json")).unwrap(), b"body");
+    // and now that it is durable, the same copy is not rewritten
+    let inode = std::fs::metadata(root.join("v/a.json")).unwrap().ino();
+    index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("v/a.json")).unwrap().ino(),
+        inode
+    );
+}
+
 /// Sinks of one folder opening its new index at the same moment (two projectors started
 /// together; the race test's writers): every one opens. Without the open lock SQLite answered
 /// one of them "database is locked" at once (CI, issue 16's index).
