@@ -2,7 +2,9 @@
 -- thread its own share of them (a delivery sent twice would be answered from the replay
 -- cache). Run:
 --   wrk -t2 -c128 -d10s -s benches/wrk/deliveries.lua http://127.0.0.1:8080 -- /tmp/deliveries.tsv 2
--- (the last argument: the number of threads, -t)
+-- (the second argument: the number of threads, -t). An optional third argument makes each
+-- connection wait that many milliseconds before each request, to hold a load below
+-- saturation (closed loop: the rate is about connections / (pause + latency); wrk prints it).
 local threads = {}
 local counter = 0
 
@@ -28,6 +30,11 @@ function init(args)
   end
   next_request = 0
   non2xx = 0
+  pause = tonumber(args[3] or "0")
+end
+
+function delay()
+  return pause
 end
 
 function request()
