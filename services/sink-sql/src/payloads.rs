@@ -17,7 +17,7 @@ use terra_schema::{SqlError, SqlTarget, Stmt, Val, Variant, insert_rows};
 
 use crate::write::timestamp_cast;
 
-const LOOKUP_CHUNK: usize = 1_000;
+pub(crate) const LOOKUP_CHUNK: usize = 1_000;
 
 struct Existing {
     payload_id: String,

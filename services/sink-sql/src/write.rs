@@ -20,7 +20,7 @@ use terra_schema::{SqlError, SqlTarget, Val, Variant, insert_rows};
 
 use crate::payloads::write_payloads;
 use crate::sink_error;
-use crate::users::{write_lifecycle, write_seen_users};
+use crate::users::{Step, write_lifecycle, write_seen_users};
 
 /// Writes `batch` in one transaction.
 pub(crate) async fn write_batch(
@@ -86,13 +86,19 @@ async fn write_rows(
     write_seen_users(target, tx, &events, now).await?;
     // payloads first: they give the final payload ids the history rows point at
     let final_ids = write_payloads(target, tx, &events, stats).await?;
+    let mut steps = Vec::new();
     for (planned, event) in &events {
         for change in &event.lifecycle {
             let key = crate::claims::claim_key(&change.payload_identity, &change.payload_id);
             let payload_id = final_ids.get(&key).unwrap_or(&change.payload_id);
-            write_lifecycle(target, tx, planned, change, payload_id, now).await?;
+            steps.push(Step {
+                planned,
+                change,
+                payload_id,
+            });
         }
     }
+    write_lifecycle(target, tx, &steps, now).await?;
 
     positions::write(target, tx, INGEST_POSITIONS, last, now).await
 }

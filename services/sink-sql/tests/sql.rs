@@ -8,7 +8,7 @@ mod support;
 use sqlx::Executor;
 use support::*;
 use terra_core::keys;
-use terra_schema::Dialect;
+use terra_schema::{Dialect, SqlTarget};
 
 const T0: i64 = 1_780_000_000;
 
@@ -16,6 +16,7 @@ on_every_dialect!(
     every_fixture_lands_in_terras_tables,
     redeliveries_and_older_copies_never_overwrite_newer_ones,
     the_user_lifecycle_follows_authentication_events,
+    a_batch_of_lifecycle_steps_ends_as_one_step_at_a_time,
     poison_is_dead_lettered_and_the_projector_moves_on,
     replays_after_a_crash_change_nothing,
 );
@@ -388,6 +389,97 @@ async fn the_user_lifecycle_follows_authentication_events(dialect: Dialect) {
         vec![Some("user_reauth".to_owned()), Some("old_user".to_owned())]
     );
     db.drop_now().await;
+}
+
+/// The lifecycle is written set-wise per batch: many steps of the same users in one batch
+/// (late ones, re-deliveries, steps without a state, the user-less history) must leave the
+/// same rows as each step in its own batch.
+async fn a_batch_of_lifecycle_steps_ends_as_one_step_at_a_time(dialect: Dialect) {
+    const USERS: [&str; 3] = ["lc-user-a", "lc-user-b", "lc-user-c"];
+    let kinds = [
+        "auth",
+        "deauth",
+        "permission_change",
+        "user_reauth",
+        "access_revoked",
+        "auth_cancelled",
+        "auth",
+    ];
+    let mut records = Vec::new();
+    for i in 0..60usize {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&fixture(kinds[i % kinds.len()])).unwrap();
+        // every step its own details, so which step's details win shows
+        for (role, n) in [("user", i), ("old_user", i), ("new_user", i + 1)] {
+            if let Some(user) = body.get_mut(role).and_then(|u| u.as_object_mut()) {
+                user.insert("user_id".into(), USERS[(n * 7 / 3) % USERS.len()].into());
+                user.insert("reference_id".into(), format!("ref-{i}-{role}").into());
+                user.insert("scopes".into(), format!("scope-{i}").into());
+                let created = format!("2026-09-{:02}T10:11:12.000000+00:00", 1 + i % 28);
+                user.insert("created_at".into(), created.into());
+            }
+        }
+        // a re-delivery now and then: the same body again, later in the log
+        let copies = if i % 11 == 5 { 2 } else { 1 };
+        // ordering times out of log order: some steps arrive after newer ones
+        let ordering = T0 * 1000 + ((i * 37) % 41) as i64 * 10;
+        for _ in 0..copies {
+            records.push(record(
+                body.to_string().as_bytes(),
+                Some(ordering),
+                T0,
+                None,
+            ));
+        }
+    }
+    let log = TestLog::new();
+    log.append(records).await;
+    let (one, many) = (TestDb::new(dialect).await, TestDb::new(dialect).await);
+    let (one_target, many_target) = (one.target().await, many.target().await);
+    project(&log.log, &one_target, "sql", 1).await;
+    project(&log.log, &many_target, "sql", 1_000).await;
+    let history = |target: SqlTarget| async move {
+        rows(
+            &target,
+            &format!(
+                "SELECT event_id, user_id, user_role, status, state, provider, reference_id, \
+                 scopes, payload_id, envelope_id, version_ts_ms, received_at_ms FROM {} \
+                 ORDER BY event_id",
+                target.table("ingest_user_events")
+            ),
+        )
+        .await
+    };
+    let one_snapshot = snapshot(&one_target).await;
+    assert_eq!(one_snapshot, snapshot(&many_target).await);
+    assert_eq!(
+        history(one_target.clone()).await,
+        history(many_target.clone()).await
+    );
+    // the steps did move the users, and a late step was kept out of the state
+    let users = rows(
+        &one_target,
+        &format!(
+            "SELECT user_id, state FROM {} WHERE user_id LIKE 'lc-%' ORDER BY user_id",
+            one_target.table("terra_users")
+        ),
+    )
+    .await;
+    assert_eq!(users.len(), USERS.len(), "{users:?}");
+    let late = rows(
+        &one_target,
+        &format!(
+            "SELECT COUNT(*) FROM {} e JOIN {} u ON u.user_id = e.user_id \
+             WHERE e.user_id LIKE 'lc-%' AND e.version_ts_ms < u.state_version_ts_ms \
+             AND e.log_offset > u.state_offset",
+            one_target.table("ingest_user_events"),
+            one_target.table("ingest_users")
+        ),
+    )
+    .await;
+    assert_ne!(late[0][0].as_deref(), Some("0"), "no step arrived late");
+    one.drop_now().await;
+    many.drop_now().await;
 }
 
 async fn poison_is_dead_lettered_and_the_projector_moves_on(dialect: Dialect) {
