@@ -179,6 +179,11 @@ pub async fn migrate_set_up_to(
             .await?;
         conn.execute("SELECT pg_advisory_lock(7120118)").await?;
     }
+    if target.dialect == Dialect::Sqlite {
+        // a migration's CREATE INDEX sorts the whole table: spilled to a file, not held in
+        // memory as the writer's statement journals are (`SqlTarget::connect`)
+        conn.execute("PRAGMA temp_store = FILE").await?;
+    }
     let result = async {
         let collation = match target.dialect {
             Dialect::MySql => mysql_binary_collation(&mut conn).await?,
@@ -260,6 +265,9 @@ pub async fn migrate_set_up_to(
     .await;
     if target.dialect == Dialect::Postgres {
         let _ = conn.execute("SELECT pg_advisory_unlock(7120118)").await;
+    }
+    if target.dialect == Dialect::Sqlite {
+        conn.execute("PRAGMA temp_store = MEMORY").await?;
     }
     result
 }
@@ -366,6 +374,27 @@ fn statements(sql: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SQLite writer keeps statement journals in memory (`SqlTarget::connect`); a
+    /// migration sorts on disk and hands the connection back as it found it.
+    #[tokio::test]
+    async fn sqlite_writers_journal_statements_in_memory_after_a_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let target = SqlTarget::connect(&crate::SqlConfig::new(url)).unwrap();
+        let temp_store = |target: SqlTarget| async move {
+            let row = target.pool.fetch_one("PRAGMA temp_store").await.unwrap();
+            row.try_get::<i64, _>(0).unwrap()
+        };
+        assert_eq!(temp_store(target.clone()).await, 2, "MEMORY");
+        migrate(&target).await.unwrap();
+        assert_eq!(
+            temp_store(target.clone()).await,
+            2,
+            "MEMORY after migrating"
+        );
+        target.close().await;
+    }
 
     #[test]
     fn every_migration_splits_into_statements_without_leftover_templates() {
