@@ -12,6 +12,7 @@ fn write(root: &Path, key: &str, bytes: &'static [u8], version: Version) -> Loca
         root.join(key),
         Bytes::from_static(bytes),
         version,
+        None,
     )
 }
 
@@ -97,6 +98,7 @@ async fn a_batch_is_written_whole_and_equal_versions_are_rewritten() {
                 root.join(&key),
                 Bytes::from(format!("{i}")),
                 v(10),
+                None,
             )
         })
         .collect();
@@ -241,4 +243,45 @@ async fn sinks_opening_a_new_index_at_once_all_open() {
             }
         }
     }
+}
+
+/// An object the index knows is replaced by staging and renaming at once; when the index is
+/// wrong (the file was removed by hand) the object is still written, folders and all.
+#[test]
+fn a_known_object_is_replaced_by_renaming_and_a_missing_one_still_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v/a.json");
+    write_private_object(&file, b"first", false).unwrap();
+    write_private_object(&file, b"second", true).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"second");
+    let gone = dir.path().join("w/x/b.json");
+    write_private_object(&gone, b"stale index", true).unwrap();
+    assert_eq!(std::fs::read(&gone).unwrap(), b"stale index");
+    for path in [&file, &gone] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir.path().join("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.json"], "no staged file left");
+}
+
+/// The index checkpoints its WAL every 16k pages, not SQLite's 1k (a per-connection
+/// setting: it must be set on the connection the batches use).
+#[tokio::test]
+async fn the_index_checkpoints_every_16k_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut index = LocalIndex::open(&root).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(&mut index.conn)
+        .await
+        .unwrap();
+    assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
+    assert_eq!(pages, 16_384);
 }

@@ -25,8 +25,9 @@ use crate::sqs::{Ping, Pinger};
 use crate::store::Store;
 use crate::write::{Known, Outcome, local_file, put_plain, write_versioned};
 
-/// Most versions remembered (about 100 bytes each); beyond that the cache starts over.
-const VERSION_CACHE_LIMIT: usize = 100_000;
+/// Most versions, and most claims, remembered (about 100 bytes each); beyond that a cache
+/// starts over.
+const CACHE_LIMIT: usize = 100_000;
 /// Objects written at once.
 const CONCURRENCY: usize = 16;
 
@@ -54,6 +55,8 @@ pub struct ObjectSink {
     claims: HashMap<String, String>,
     /// A local folder's index of versions and claims, opened at the first write.
     local: Option<LocalIndex>,
+    /// Most entries of each cache ([`CACHE_LIMIT`]; tests lower it).
+    cache_limit: usize,
 }
 
 /// One object to write.
@@ -67,6 +70,8 @@ struct Intent {
     user_id: Option<String>,
     reference_id: Option<String>,
     healthcheck: bool,
+    /// Hex SHA-256 of `bytes` when they are the webhook body (the ingress hashed it).
+    digest: Option<String>,
 }
 
 /// A poison record's two objects: `_dead-letters/<partition>-<offset>.json` (what and why)
@@ -87,6 +92,7 @@ impl ObjectSink {
             versions: HashMap::new(),
             claims: HashMap::new(),
             local: None,
+            cache_limit: CACHE_LIMIT,
         }
     }
 
@@ -110,6 +116,13 @@ impl ObjectSink {
             })
             .flatten()
             .collect();
+        // the cache starts over *before* the lookup, so that every base of the batch is
+        // either still cached or asked for (clearing it after the lookup dropped the bases
+        // it still knew, and the batch failed as an outage and was written again: every
+        // ~100,000 claims under load)
+        if self.claims.len() + rows.len() > self.cache_limit {
+            self.claims.clear();
+        }
         let mut unknown: Vec<(String, String)> = Vec::new();
         let mut asked = std::collections::HashSet::new();
         for row in &rows {
@@ -129,9 +142,6 @@ impl ObjectSink {
                     held
                 }
             };
-            if self.claims.len() + held.len() > VERSION_CACHE_LIMIT {
-                self.claims.clear();
-            }
             self.claims.extend(held);
         }
         let mut out = HashMap::new();
@@ -197,18 +207,28 @@ impl ObjectSink {
                     });
                 }
                 Plan::Event(event) => {
-                    let split = if event.payloads.iter().any(|p| p.kind == PayloadKind::Data) {
+                    // a body of one record is its object as received (`split_records` would
+                    // copy it whole), so only bodies of several records are split
+                    let records = event
+                        .payloads
+                        .iter()
+                        .filter(|p| p.kind == PayloadKind::Data)
+                        .count();
+                    let split = if records > 1 {
                         split_records(&planned.body)
                     } else {
                         None
                     };
+                    let body_digest = Some(planned.body_sha256.clone()).filter(|d| d.len() == 64);
                     for row in &event.payloads {
-                        let bytes = match (&split, row.kind) {
-                            (Some(parts), PayloadKind::Data) => parts
-                                .get(row.record_index as usize)
-                                .map(|b| Bytes::from(b.clone()))
-                                .unwrap_or_else(|| planned.body.clone()),
-                            _ => planned.body.clone(),
+                        let (bytes, digest) = match (&split, row.kind) {
+                            (Some(parts), PayloadKind::Data) => {
+                                match parts.get(row.record_index as usize) {
+                                    Some(part) => (Bytes::from(part.clone()), None),
+                                    None => (planned.body.clone(), body_digest.clone()),
+                                }
+                            }
+                            _ => (planned.body.clone(), body_digest.clone()),
                         };
                         let payload_id = final_ids
                             .get(&claim_key(&row.identity, &row.payload_id))
@@ -226,6 +246,7 @@ impl ObjectSink {
                             user_id: row.user_id.clone(),
                             reference_id: row.reference_id.clone(),
                             healthcheck: row.event_type == "healthcheck",
+                            digest,
                         };
                         match newest.get(&intent.key) {
                             Some(kept) if kept.version > intent.version => {}
@@ -283,7 +304,7 @@ impl Sink for ObjectSink {
         for (intent, outcome) in outcomes {
             match outcome {
                 Outcome::Written(known) => {
-                    if self.versions.len() >= VERSION_CACHE_LIMIT {
+                    if self.versions.len() >= self.cache_limit {
                         self.versions.clear();
                     }
                     self.versions.insert(intent.key.clone(), known);
@@ -375,6 +396,7 @@ impl ObjectSink {
                 local_file(&self.store, &intent.key)?,
                 intent.bytes.clone(),
                 intent.version,
+                intent.digest.clone(),
             ));
             by_key.insert(intent.key.clone(), intent);
         }

@@ -78,7 +78,7 @@ pub(crate) async fn write_versioned(
 pub(crate) async fn put_plain(store: &Store, key: &str, bytes: Bytes) -> Result<(), SinkError> {
     if store.root.is_some() {
         let file = local_file(store, key)?;
-        return blocking(move || write_private_object(&file, &bytes))
+        return blocking(move || write_private_object(&file, &bytes, false))
             .await
             .map_err(|e| SinkError::Outage(format!("object store: cannot write {key}: {e}")));
     }
@@ -222,9 +222,15 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Writes one object of a local folder as `LocalFileSystem` would (a staged `<file>#<n>`,
 /// which listings skip, renamed into place, so readers never see half an object), but the
-/// staged file is made 0600 and missing folders 0700.
-pub(crate) fn write_private_object(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// staged file is made 0600 and missing folders 0700. `exists`: the caller knows the object
+/// is there (a newer copy replaces it), so it is staged and renamed over at once: linking a
+/// new file first would only fail at the name after making and writing a file for nothing
+/// (an inode allocated and freed per overwrite).
+pub(crate) fn write_private_object(file: &Path, bytes: &[u8], exists: bool) -> std::io::Result<()> {
     use rustix::io::Errno;
+    if exists {
+        return write_renamed(file, bytes);
+    }
     match write_linked(file, bytes) {
         Ok(()) => Ok(()),
         // the object exists (a newer copy replaces it), or this filesystem has no O_TMPFILE
