@@ -28,7 +28,9 @@ use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
 use crate::sink::versions_dir;
-use crate::write::{blocking, write_private_object};
+#[cfg(test)]
+use crate::write::write_private_object;
+use crate::write::{Folders, blocking};
 
 /// The index's file name inside the versions folder (no key can be this: keys end `.json`).
 const INDEX_FILE: &str = "_index.sqlite3";
@@ -387,9 +389,10 @@ async fn write_all(mut writes: Vec<LocalWrite>) -> Result<Vec<LocalWrite>, SinkE
     while !writes.is_empty() {
         let chunk: Vec<LocalWrite> = writes.drain(..per.min(writes.len())).collect();
         tasks.push(tokio::task::spawn_blocking(move || {
+            let mut folders = Folders::default();
             chunk
                 .iter()
-                .try_for_each(|w| write_private_object(&w.file, &w.bytes, w.stored))
+                .try_for_each(|w| folders.write(&w.file, &w.bytes, w.stored))
                 .map(|()| chunk)
         }));
     }

@@ -285,3 +285,41 @@ async fn the_index_checkpoints_every_16k_pages() {
     assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
     assert_eq!(pages, 16_384);
 }
+
+/// A writer keeps the folders it opened for its batch; a folder removed after it was opened
+/// (by hand, mid-batch) is made again and the object still written, as are the next ones.
+#[test]
+fn a_writer_keeps_its_folders_and_survives_one_going_away() {
+    use crate::write::Folders;
+    let dir = tempfile::tempdir().unwrap();
+    let mut folders = Folders::default();
+    let a = dir.path().join("2022-03-16/sleep/a.json");
+    folders.write(&a, b"a", false).unwrap();
+    folders
+        .write(&dir.path().join("2022-03-16/daily/b.json"), b"b", false)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("2022-03-16/sleep")).unwrap();
+    for name in ["c", "d"] {
+        let file = dir.path().join(format!("2022-03-16/sleep/{name}.json"));
+        folders.write(&file, name.as_bytes(), false).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), name.as_bytes());
+    }
+    assert!(!a.exists());
+    assert_eq!(
+        std::fs::read(dir.path().join("2022-03-16/daily/b.json")).unwrap(),
+        b"b"
+    );
+    // an object already there, not known to the caller: replaced, nothing staged left
+    folders
+        .write(&dir.path().join("2022-03-16/daily/b.json"), b"b2", false)
+        .unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("2022-03-16/daily"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["b.json"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("2022-03-16/daily/b.json")).unwrap(),
+        b"b2"
+    );
+}
