@@ -467,35 +467,4 @@ pub(crate) fn sidecar_path(root: &std::path::Path, key: &str) -> PathBuf {
 
 #[cfg(test)]
 #[path = "sink_tests.rs"]
-mod claim_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_round_trip_and_refuse_garbage() {
-        let v = Version {
-            ts_ms: -5,
-            partition: 3,
-            offset: 77,
-            index: 2,
-        };
-        assert_eq!(v.to_string().parse::<Version>(), Ok(v));
-        for bad in ["", "1:2:3", "1:2:3:4:5", "a:b:c:d"] {
-            assert!(bad.parse::<Version>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn versions_live_beside_the_folder() {
-        let p = sidecar_path(
-            std::path::Path::new("/data/objects"),
-            "2022-03-16/sleep/u-t.json",
-        );
-        assert_eq!(
-            p,
-            PathBuf::from("/data/.objects-versions/2022-03-16/sleep/u-t.json")
-        );
-    }
-}
+mod tests;

@@ -1,7 +1,8 @@
-//! The suffix rule in the object sink (issue 14 §2), on a local folder: records that share a
-//! base key (two activities starting in the same second, two planned workouts on one date)
-//! get one object each, the first at Terra's key, re-deliveries at their own, nothing
-//! overwritten; and the claims survive a new sink (a restart).
+//! Tests of the object sink on a local folder. The suffix rule (issue 14 §2): records that
+//! share a base key (two activities starting in the same second, two planned workouts on one
+//! date) get one object each, the first at Terra's key, re-deliveries at their own, nothing
+//! overwritten; and the claims survive a new sink (a restart). Also the claims cache when
+//! full, each object's digest, and the versions' text form.
 
 use terra_eventlog::Position;
 use terra_projector::Sink;
@@ -157,4 +158,30 @@ async fn each_objects_digest_is_the_hash_of_its_own_bytes() {
         let bytes = std::fs::read(dir.path().join("objects").join(&key)).unwrap();
         assert_eq!(digest, hex::encode(sha2::Sha256::digest(&bytes)), "{key}");
     }
+}
+
+#[test]
+fn versions_round_trip_and_refuse_garbage() {
+    let v = Version {
+        ts_ms: -5,
+        partition: 3,
+        offset: 77,
+        index: 2,
+    };
+    assert_eq!(v.to_string().parse::<Version>(), Ok(v));
+    for bad in ["", "1:2:3", "1:2:3:4:5", "a:b:c:d"] {
+        assert!(bad.parse::<Version>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn versions_live_beside_the_folder() {
+    let p = sidecar_path(
+        std::path::Path::new("/data/objects"),
+        "2022-03-16/sleep/u-t.json",
+    );
+    assert_eq!(
+        p,
+        PathBuf::from("/data/.objects-versions/2022-03-16/sleep/u-t.json")
+    );
 }
