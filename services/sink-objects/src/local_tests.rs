@@ -270,10 +270,11 @@ fn a_known_object_is_replaced_by_renaming_and_a_missing_one_still_written() {
     assert_eq!(names, ["a.json"], "no staged file left");
 }
 
-/// The index checkpoints its WAL every 16k pages, not SQLite's 1k (a per-connection
-/// setting: it must be set on the connection the batches use).
+/// The index checkpoints its WAL every 16k pages, not SQLite's 1k, and keeps a 64 MiB page
+/// cache, not 2 MB (per-connection settings: they must be set on the connection the
+/// batches use).
 #[tokio::test]
-async fn the_index_checkpoints_every_16k_pages() {
+async fn the_index_checkpoints_every_16k_pages_with_a_64_mib_cache() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
@@ -284,6 +285,11 @@ async fn the_index_checkpoints_every_16k_pages() {
         .unwrap();
     assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
     assert_eq!(pages, 16_384);
+    let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+        .fetch_one(&mut index.conn)
+        .await
+        .unwrap();
+    assert_eq!(cache, -CACHE_KIB, "a 64 MiB page cache");
 }
 
 /// A writer keeps the folders it opened for its batch; a folder removed after it was opened
