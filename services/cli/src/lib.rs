@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod deliveries;
+mod log_lines;
 mod project;
 mod query;
 mod send;

@@ -143,7 +143,7 @@ pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> 
     let batches = settings::resolve_batches(&config)?;
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
-    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let _telemetry = telemetry::service(traces.log_format, traces.otlp_endpoint.as_deref())?;
     let log = log_settings
         .open()
         .await
@@ -174,7 +174,7 @@ pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
     let batches = settings::resolve_batches(&config)?;
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
-    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let _telemetry = telemetry::service(traces.log_format, traces.otlp_endpoint.as_deref())?;
     let log = log_settings
         .open()
         .await

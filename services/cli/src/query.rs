@@ -56,7 +56,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let objects = settings::resolve_objects(&config)?;
     let query = settings::resolve_query(&config)?;
     let traces = settings::resolve_telemetry(&config);
-    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let _telemetry = telemetry::service(traces.log_format, traces.otlp_endpoint.as_deref())?;
     let shutdown = CancellationToken::new();
     terra_runtime::shutdown::cancel_on_signal(&shutdown);
     // the tables are checked (or migrated) through a writer; queries read through their pool

@@ -28,7 +28,7 @@ pub(crate) async fn run(config: Config, standalone: bool) -> anyhow::Result<Exit
     let mut settings = settings::resolve_ingress(&config, standalone)?;
     let log_settings = settings::resolve_log(&config)?;
     let traces = settings::resolve_telemetry(&config);
-    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let _telemetry = telemetry::service(traces.log_format, traces.otlp_endpoint.as_deref())?;
     if standalone {
         // standalone keeps everything in the data dir: 0700, made so or tightened
         settings::private_data_dir(&config.data_dir, true)?;

@@ -8,18 +8,36 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::LogFormat;
 
-/// Flushes and stops the exporter when dropped.
+/// Flushes and stops the exporter when dropped, and waits for a service's queued log lines.
 pub(crate) struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    _lines: Option<crate::log_lines::Flusher>,
 }
 
+/// A one-shot command's logs: each line written to stdout as it is made, in order with
+/// what the command prints.
 pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    install(format, otlp_endpoint, false)
+}
+
+/// A long-running service's logs: lines written to stdout by one thread, many per `write`
+/// under load (`crate::log_lines`).
+pub(crate) fn service(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    install(format, otlp_endpoint, true)
+}
+
+fn install(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    service: bool,
+) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -55,10 +73,18 @@ pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(otel);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, lines) = if service {
+        let (lines, flusher) = crate::log_lines::start(std::io::stdout())
+            .map_err(|e| anyhow::anyhow!("failed to start the log writer: {e}"))?;
+        (BoxMakeWriter::new(lines), Some(flusher))
+    } else {
+        (BoxMakeWriter::new(std::io::stdout), None)
+    };
     let result = match format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .with_ansi(ansi)
                     .with_filter(filter),
             )
@@ -66,6 +92,7 @@ pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_filter(filter),
@@ -73,7 +100,10 @@ pub(crate) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("failed to install the log subscriber: {e}"))?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        _lines: lines,
+    })
 }
 
 impl Drop for Telemetry {

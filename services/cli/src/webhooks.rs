@@ -113,7 +113,7 @@ pub(crate) async fn project_webhooks(config: Config) -> anyhow::Result<ExitCode>
         );
     };
     let traces = settings::resolve_telemetry(&config);
-    let _telemetry = telemetry::init(traces.log_format, traces.otlp_endpoint.as_deref())?;
+    let _telemetry = telemetry::service(traces.log_format, traces.otlp_endpoint.as_deref())?;
     let log = log_settings
         .open()
         .await

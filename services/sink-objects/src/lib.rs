@@ -19,6 +19,7 @@ mod claims;
 mod errors;
 pub mod layout;
 mod local;
+mod local_import;
 pub mod sink;
 pub mod sqs;
 pub mod store;

@@ -1,18 +1,28 @@
 //! A local folder's versions and claims, in one embedded index instead of a file per object
 //! (issue 16): `.<folder>-versions/_index.sqlite3` (SQLite in WAL, 0600 like every file of
-//! the folder). A batch is one write transaction (`BEGIN IMMEDIATE`, so projectors of the
-//! same folder, in this process or another, take turns as they did on the sidecar files'
-//! locks): the stored versions of the batch's keys are read, the newer objects are written
+//! the folder), one row per key in `objects`: the stored object's version and the SHA-256 of
+//! its bytes, and, when the key is a base payload id's, the identity holding that id (the
+//! claim, `crate::claims`; the holder's object is at the base id's own key). So a new record
+//! costs one lookup and one insert in one B-tree, where separate `versions` and `claims`
+//! tables cost two of each (issue 16: the index was a quarter to a third of the object
+//! projector's CPU, most of it inserts and lookups of keys all over the tree).
+//!
+//! A batch is one write transaction (`BEGIN IMMEDIATE`, so projectors of the same folder, in
+//! this process or another, take turns as they did on the sidecar files' locks): the stored
+//! rows of the batch's keys are read, claims are decided, the newer objects are written
 //! (each staged and renamed into place, by a bounded set of threads), the filesystem is
 //! synced once (`syncfs`: objects, folders and dead letters reach the disk), and only then
-//! are the new versions committed, the commit itself synced (`synchronous = FULL`). So the
-//! index never holds a version whose bytes might not be on disk: a copy with the same bytes
-//! is skipped on the strength of the index alone, so a version committed before its object
-//! was durable would leave a power cut's (or a failed sync's) lost object lost for good.
+//! are the new versions and claims committed, the commit itself synced (`synchronous =
+//! FULL`). So the index never holds a version whose bytes might not be on disk: a copy with
+//! the same bytes is skipped on the strength of the index alone, so a version committed
+//! before its object was durable would leave a power cut's (or a failed sync's) lost object
+//! lost for good. A batch that fails commits no claim either; written again, it claims the
+//! same way, since claims are decided in log order.
 //!
-//! Folders written by an earlier version (a sidecar file per object under
-//! `.<folder>-versions/`, claim markers under its `_claims/`) are imported into the index
-//! the first time it is opened; the old files are left where they are.
+//! Indexes of earlier versions are brought forward when opened (`crate::local_import`): the
+//! `versions` and `claims` tables of 2026-12 into `objects`, and before that a sidecar file
+//! per object under `.<folder>-versions/` and claim markers under its `_claims/` (the old
+//! files are left where they are).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha2::Digest;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, Row, SqliteConnection, TypeInfo, ValueRef};
 use terra_eventlog::private_fs;
 use terra_projector::SinkError;
 use terra_projector::plan::Version;
@@ -30,20 +40,24 @@ use terra_projector::plan::Version;
 use crate::sink::versions_dir;
 #[cfg(test)]
 use crate::write::write_private_object;
-use crate::write::{Folders, blocking};
+use crate::write::{blocking, write_all};
 
 /// The index's file name inside the versions folder (no key can be this: keys end `.json`).
-const INDEX_FILE: &str = "_index.sqlite3";
+pub(crate) const INDEX_FILE: &str = "_index.sqlite3";
 /// Locked (`flock`) while the index is opened, beside it.
-const OPEN_LOCK_FILE: &str = "_index.open-lock";
-/// Threads writing one batch's objects.
-const WRITERS: usize = 4;
+pub(crate) const OPEN_LOCK_FILE: &str = "_index.open-lock";
 /// WAL pages between automatic checkpoints of the index (`PRAGMA wal_autocheckpoint`).
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// The index's page cache, KiB (`PRAGMA cache_size = -N`).
 const CACHE_KIB: i64 = 65_536;
 /// Keys per `IN (...)` lookup.
 const CHUNK: usize = 500;
+/// Rows of `objects` written when a key's row changes: its version and digest move only when
+/// given (a claim alone keeps them), and so does its holder (a claim never moves).
+pub(crate) const UPSERT: &str = "ON CONFLICT (key) DO UPDATE SET \
+     version = coalesce(excluded.version, version), \
+     digest = coalesce(excluded.digest, digest), \
+     holder = coalesce(holder, excluded.holder)";
 
 /// One object of a batch to write unless a newer version is stored.
 pub(crate) struct LocalWrite {
@@ -51,24 +65,29 @@ pub(crate) struct LocalWrite {
     pub(crate) file: PathBuf,
     pub(crate) bytes: Bytes,
     pub(crate) version: Version,
-    /// SHA-256 of `bytes`, hex.
-    pub(crate) digest: String,
+    /// SHA-256 of `bytes`.
+    pub(crate) digest: [u8; 32],
     /// The index has a version of `key`, so the file is there already: it is replaced
     /// (staged and renamed over) without first trying to link a new one at its name.
-    stored: bool,
+    pub(crate) stored: bool,
 }
 
 impl LocalWrite {
     /// `digest`: the hex SHA-256 of `bytes` when the caller knows it (an object that is the
-    /// webhook body, hashed by the ingress), else it is computed here.
+    /// webhook body, hashed by the ingress), else (or when it is not 64 hex digits) it is
+    /// computed here.
     pub(crate) fn new(
         key: String,
         file: PathBuf,
         bytes: Bytes,
         version: Version,
-        digest: Option<String>,
+        digest: Option<&str>,
     ) -> Self {
-        let digest = digest.unwrap_or_else(|| hex::encode(sha2::Sha256::digest(&bytes)));
+        let mut known = [0u8; 32];
+        let digest = match digest.map(|d| hex::decode_to_slice(d, &mut known)) {
+            Some(Ok(())) => known,
+            _ => sha2::Sha256::digest(&bytes).into(),
+        };
         Self {
             key,
             file,
@@ -83,12 +102,45 @@ impl LocalWrite {
 /// What happened to a [`LocalWrite`]: written, or the newer version that was kept.
 pub(crate) type LocalOutcome = Result<(), Version>;
 
+/// What the index holds for a key.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    /// The version of the object in the folder; `None`: none written (the key is claimed).
+    version: Option<Version>,
+    /// SHA-256 of the stored object's bytes.
+    digest: Option<Vec<u8>>,
+    /// The identity holding the base id whose key this is.
+    holder: Option<String>,
+}
+
+/// The open transaction of a batch: the rows read so far, and the claims it made.
+#[derive(Default)]
+struct Batch {
+    /// Every key looked up in this transaction (absent ones as [`Stored::default`]).
+    rows: HashMap<String, Stored>,
+    /// Keys claimed in this transaction, and by whom: committed with the versions.
+    claimed: HashMap<String, String>,
+}
+
+/// One row to insert or update ([`UPSERT`]).
+pub(crate) struct Upsert<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) version: Option<String>,
+    pub(crate) digest: Option<&'a [u8]>,
+    pub(crate) holder: Option<&'a str>,
+}
+
 pub(crate) struct LocalIndex {
-    conn: SqliteConnection,
+    pub(crate) conn: SqliteConnection,
+    /// `<prefix>/` of the store's keys (empty without a prefix): a base id's key is
+    /// `<prefix>/<base id>.json`, as `terra_core::keys::object_key` makes it.
+    lead: String,
     /// The folder's filesystem, for `syncfs`.
     root: std::fs::File,
     /// Makes what was written to the folder durable: `syncfs` (a test fails it).
-    sync: fn(&std::fs::File) -> std::io::Result<()>,
+    pub(crate) sync: fn(&std::fs::File) -> std::io::Result<()>,
+    /// The batch whose transaction is open.
+    batch: Option<Batch>,
 }
 
 /// `syncfs` of the filesystem holding `file`.
@@ -96,13 +148,14 @@ fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
     rustix::fs::syncfs(file).map_err(std::io::Error::from)
 }
 
-fn outage(what: &str, e: impl std::fmt::Display) -> SinkError {
+pub(crate) fn outage(what: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError::Outage(format!("object store: {what}: {e}"))
 }
 
 impl LocalIndex {
-    /// Opens (or creates, importing an earlier version's sidecar files) the index of `root`.
-    pub(crate) async fn open(root: &Path) -> Result<Self, SinkError> {
+    /// Opens (or creates, bringing an earlier version's index forward) the index of `root`,
+    /// whose keys start with `prefix`.
+    pub(crate) async fn open(root: &Path, prefix: &str) -> Result<Self, SinkError> {
         let dir = versions_dir(root);
         let path = dir.join(INDEX_FILE);
         let made = path.clone();
@@ -154,10 +207,11 @@ impl LocalIndex {
             .await
             .map_err(|e| outage("cannot open the versions index", e))?;
         for ddl in [
-            // digest: SHA-256 of the stored bytes, so a copy with the same bytes (Terra's retries,
-            // re-deliveries) moves the version without rewriting the file
-            "CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, version TEXT NOT NULL, digest TEXT NULL) WITHOUT ROWID",
-            "CREATE TABLE IF NOT EXISTS claims (base TEXT PRIMARY KEY, identity TEXT NOT NULL) WITHOUT ROWID",
+            // digest: SHA-256 of the stored bytes, so a copy with the same bytes (Terra's
+            // retries, re-deliveries) moves the version without rewriting the file; holder:
+            // the claim of the base id whose key this is (32 bytes when the identity is a
+            // SHA-256 in hex, as every identity the planner makes; else its text)
+            "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, version TEXT NULL, digest BLOB NULL, holder NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
         ] {
             sqlx::query(ddl)
@@ -167,141 +221,140 @@ impl LocalIndex {
         }
         let root_file =
             std::fs::File::open(root).map_err(|e| outage("cannot open the folder", e))?;
+        let prefix = prefix.trim_matches('/');
         let mut index = Self {
             conn,
+            lead: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
             root: root_file,
             sync: syncfs,
+            batch: None,
         };
-        let imported: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'sidecars_imported'")
-                .fetch_optional(&mut index.conn)
-                .await
-                .map_err(|e| outage("cannot read the versions index", e))?;
-        if imported.is_none() {
-            index.import(&dir, fresh).await?;
-        }
+        crate::local_import::bring_forward(&mut index.conn, &dir, &index.lead, fresh).await?;
         Ok(index)
     }
 
-    /// Reads the sidecar files and claim markers an earlier version wrote into the index.
-    async fn import(&mut self, dir: &Path, fresh: bool) -> Result<(), SinkError> {
-        let walked = dir.to_owned();
-        let (versions, claims) = blocking(move || read_sidecars(&walked))
+    /// The key of a base payload id (`terra_core::keys::object_key`).
+    fn base_key(&self, base: &str) -> String {
+        format!("{}{base}.json", self.lead)
+    }
+
+    /// Starts the transaction of a batch, rolling back one a failed batch left open (its
+    /// claims are made again, in log order, when it is written again).
+    pub(crate) async fn begin(&mut self) -> Result<(), SinkError> {
+        self.rollback().await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
             .await
-            .map_err(|e| outage("cannot read the earlier version files", e))?;
-        if !versions.is_empty() || !claims.is_empty() || !fresh {
-            tracing::info!(
-                versions = versions.len(),
-                claims = claims.len(),
-                "importing the object folder's version files into its index"
-            );
+            .map_err(|e| outage("versions index", e))?;
+        self.batch = Some(Batch::default());
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), SinkError> {
+        if self.batch.take().is_some() {
+            sqlx::query("ROLLBACK")
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| outage("versions index", e))?;
         }
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| outage("versions index", e))?;
-        let version_rows: Vec<[String; 2]> = versions
+        Ok(())
+    }
+
+    /// Looks up the keys of `keys` the open batch has not read yet.
+    async fn read(&mut self, keys: &[&str]) -> Result<(), SinkError> {
+        if self.batch.is_none() {
+            self.begin().await?;
+        }
+        let batch = self.batch.as_mut().expect("begun");
+        let mut missing: Vec<&str> = keys
             .iter()
-            .map(|(key, version)| [key.clone(), version.to_string()])
+            .copied()
+            .filter(|k| !batch.rows.contains_key(*k))
             .collect();
-        let insert = "INSERT INTO versions (key, version) VALUES";
-        insert_rows(
-            &mut tx,
-            insert,
-            "ON CONFLICT (key) DO NOTHING",
-            &version_rows,
-        )
-        .await?;
-        let claim_rows: Vec<[&str; 2]> = claims
-            .iter()
-            .map(|(b, i)| [b.as_str(), i.as_str()])
-            .collect();
-        let insert = "INSERT INTO claims (base, identity) VALUES";
-        insert_rows(
-            &mut tx,
-            insert,
-            "ON CONFLICT (base) DO NOTHING",
-            &claim_rows,
-        )
-        .await?;
-        sqlx::query("INSERT INTO meta (name, value) VALUES ('sidecars_imported', ?) ON CONFLICT (name) DO NOTHING")
-            .bind(versions.len().to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| outage("versions index", e))?;
-        tx.commit().await.map_err(|e| outage("versions index", e))
+        missing.sort_unstable();
+        missing.dedup();
+        let found = lookup(&mut self.conn, &missing).await?;
+        for key in missing {
+            batch.rows.insert(key.to_owned(), Stored::default());
+        }
+        batch.rows.extend(found);
+        Ok(())
     }
 
     /// The identity holding each base id: the stored claim, else the first identity asking
-    /// for it here (`wanted` is in log order), which is stored.
+    /// for it here (`wanted` is in log order), claimed in the open batch's transaction
+    /// (begun if none is) and committed with its versions by [`Self::write_batch`].
     pub(crate) async fn claim(
         &mut self,
         wanted: &[(String, String)],
     ) -> Result<HashMap<String, String>, SinkError> {
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| outage("versions index", e))?;
-        let bases: Vec<&str> = wanted.iter().map(|(b, _)| b.as_str()).collect();
-        let mut held: HashMap<String, String> = lookup(
-            &mut tx,
-            "SELECT base, identity, NULL FROM claims WHERE base IN",
-            &bases,
-        )
-        .await?
-        .into_iter()
-        .map(|(base, (identity, _))| (base, identity))
-        .collect();
-        let mut new_claims: Vec<[&str; 2]> = Vec::new();
-        for (base, identity) in wanted {
+        let keys: Vec<String> = wanted.iter().map(|(b, _)| self.base_key(b)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if let Err(e) = self.read(&refs).await {
+            self.rollback().await.ok();
+            return Err(e);
+        }
+        let batch = self.batch.as_mut().expect("begun");
+        let mut held = HashMap::new();
+        for ((base, identity), key) in wanted.iter().zip(keys) {
             if held.contains_key(base) {
                 continue;
             }
-            held.insert(base.clone(), identity.clone());
-            new_claims.push([base, identity]);
+            let row = batch.rows.entry(key.clone()).or_default();
+            let holder = row.holder.get_or_insert_with(|| {
+                batch.claimed.insert(key, identity.clone());
+                identity.clone()
+            });
+            held.insert(base.clone(), holder.clone());
         }
-        insert_rows(
-            &mut tx,
-            "INSERT INTO claims (base, identity) VALUES",
-            "",
-            &new_claims,
-        )
-        .await?;
-        tx.commit().await.map_err(|e| outage("versions index", e))?;
         Ok(held)
     }
 
-    /// Writes each object unless a newer version is stored, syncs, stores the versions.
-    /// `sync`: sync even when no object is written (the batch wrote dead letters).
+    /// Writes each object unless a newer version is stored, syncs, stores the versions (and
+    /// the batch's claims) and commits. `sync`: sync even when no object is written (the
+    /// batch wrote dead letters).
     pub(crate) async fn write_batch(
         &mut self,
         writes: Vec<LocalWrite>,
         sync: bool,
     ) -> Result<Vec<(LocalWrite, LocalOutcome)>, SinkError> {
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| outage("versions index", e))?;
+        match self.write_open(writes, sync).await {
+            Ok(outcomes) => {
+                self.batch = None;
+                sqlx::query("COMMIT")
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(|e| outage("versions index", e))?;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                self.rollback().await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_open(
+        &mut self,
+        writes: Vec<LocalWrite>,
+        sync: bool,
+    ) -> Result<Vec<(LocalWrite, LocalOutcome)>, SinkError> {
         let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
-        let stored = lookup(
-            &mut tx,
-            "SELECT key, version, digest FROM versions WHERE key IN",
-            &keys,
-        )
-        .await?;
+        self.read(&keys).await?;
+        let batch = self.batch.as_mut().expect("begun");
         let (mut to_write, mut outcomes, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
         for write in writes {
-            let (version, digest) = match stored.get(&write.key) {
-                Some((version, digest)) => (Version::from_str(version).ok(), digest.as_deref()),
-                None => (None, None),
-            };
+            let stored = batch.rows.get(&write.key);
+            let version = stored.and_then(|s| s.version);
+            let digest = stored.and_then(|s| s.digest.as_deref());
             match version {
                 Some(newer) if newer > write.version => outcomes.push((write, Err(newer))),
                 // the same bytes are there already: only the version moves
-                Some(_) if digest == Some(write.digest.as_str()) => unchanged.push(write),
+                Some(_) if digest == Some(&write.digest[..]) => unchanged.push(write),
                 _ => to_write.push(LocalWrite {
                     stored: version.is_some(),
                     ..write
@@ -319,42 +372,57 @@ impl LocalIndex {
                 .await
                 .map_err(|e| outage("cannot sync the folder", e))?;
         }
-        let versions: Vec<[String; 3]> = written
+        let claimed = std::mem::take(&mut self.batch.as_mut().expect("begun").claimed);
+        // each key once: its version with its claim, or a claim alone (nothing written at it)
+        let mut rows: Vec<Upsert> = written
             .iter()
             .chain(&unchanged)
-            .map(|w| [w.key.clone(), w.version.to_string(), w.digest.clone()])
+            .map(|w| Upsert {
+                key: &w.key,
+                version: Some(w.version.to_string()),
+                digest: Some(&w.digest[..]),
+                holder: claimed.get(&w.key).map(String::as_str),
+            })
             .collect();
-        insert_rows(
-            &mut tx,
-            "INSERT INTO versions (key, version, digest) VALUES",
-            "ON CONFLICT (key) DO UPDATE SET version = excluded.version, digest = excluded.digest",
-            &versions,
-        )
-        .await?;
-        tx.commit().await.map_err(|e| outage("versions index", e))?;
+        let versioned: std::collections::HashSet<&str> = rows.iter().map(|r| r.key).collect();
+        let alone: Vec<Upsert> = claimed
+            .iter()
+            .filter(|(key, _)| !versioned.contains(key.as_str()))
+            .map(|(key, identity)| Upsert {
+                key,
+                version: None,
+                digest: None,
+                holder: Some(identity),
+            })
+            .collect();
+        rows.extend(alone);
+        upsert(&mut self.conn, &rows).await?;
         outcomes.extend(written.into_iter().chain(unchanged).map(|w| (w, Ok(()))));
         Ok(outcomes)
     }
 }
 
-/// Inserts `rows` with multi-row statements of up to [`CHUNK`] rows (`<insert> (?, ..), .. <suffix>`).
-async fn insert_rows<const N: usize, T: AsRef<str>>(
+/// Inserts or updates `rows` of `objects` ([`UPSERT`]), up to [`CHUNK`] rows a statement.
+pub(crate) async fn upsert(
     conn: &mut SqliteConnection,
-    insert: &str,
-    suffix: &str,
-    rows: &[[T; N]],
+    rows: &[Upsert<'_>],
 ) -> Result<(), SinkError> {
-    let one = format!("({})", vec!["?"; N].join(", "));
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
-            "{insert} {} {suffix}",
-            vec![one.as_str(); chunk.len()].join(", ")
+            "INSERT INTO objects (key, version, digest, holder) VALUES {} {UPSERT}",
+            vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         let mut query = sqlx::query(&sql);
         for row in chunk {
-            for value in row {
-                query = query.bind(value.as_ref());
-            }
+            query = query
+                .bind(row.key)
+                .bind(row.version.as_deref())
+                .bind(row.digest);
+            query = match row.holder.map(holder_bytes) {
+                Some(Ok(bytes)) => query.bind(bytes.to_vec()),
+                Some(Err(text)) => query.bind(text),
+                None => query.bind(None::<&str>),
+            };
         }
         query
             .execute(&mut *conn)
@@ -364,95 +432,58 @@ async fn insert_rows<const N: usize, T: AsRef<str>>(
     Ok(())
 }
 
-/// The rows whose first column is in `values`, by that column.
+/// A holder as stored: the 32 bytes of an identity that is a SHA-256 in lower-case hex (every
+/// identity the planner makes), else (`Err`) its text.
+fn holder_bytes(identity: &str) -> Result<[u8; 32], &str> {
+    let mut bytes = [0u8; 32];
+    let lower = identity
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match hex::decode_to_slice(identity, &mut bytes) {
+        Ok(()) if lower => Ok(bytes),
+        _ => Err(identity),
+    }
+}
+
+/// The rows of `objects` whose key is in `keys`.
 async fn lookup(
     conn: &mut SqliteConnection,
-    select: &str,
-    values: &[&str],
-) -> Result<HashMap<String, (String, Option<String>)>, SinkError> {
-    let mut out = HashMap::new();
-    for chunk in values.chunks(CHUNK) {
-        let sql = format!("{select} ({})", vec!["?"; chunk.len()].join(", "));
-        let mut query = sqlx::query_as::<_, (String, String, Option<String>)>(&sql);
-        for value in chunk {
-            query = query.bind(*value);
+    keys: &[&str],
+) -> Result<HashMap<String, Stored>, SinkError> {
+    let mut out = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT key, version, digest, holder FROM objects WHERE key IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(*key);
         }
-        for (k, v, digest) in query
+        let rows = query
             .fetch_all(&mut *conn)
             .await
-            .map_err(|e| outage("versions index", e))?
-        {
-            out.insert(k, (v, digest));
+            .map_err(|e| outage("versions index", e))?;
+        for row in rows {
+            let read = |e| outage("versions index", e);
+            let key: String = row.try_get(0).map_err(read)?;
+            let version: Option<String> = row.try_get(1).map_err(read)?;
+            let holder = match row.try_get_raw(3).map_err(read)? {
+                raw if raw.is_null() => None,
+                raw if raw.type_info().name() == "BLOB" => {
+                    Some(hex::encode(row.try_get::<Vec<u8>, _>(3).map_err(read)?))
+                }
+                _ => Some(row.try_get::<String, _>(3).map_err(read)?),
+            };
+            let stored = Stored {
+                version: version.and_then(|v| Version::from_str(&v).ok()),
+                digest: row.try_get(2).map_err(read)?,
+                holder,
+            };
+            out.insert(key, stored);
         }
     }
     Ok(out)
-}
-
-/// Writes the objects from up to [`WRITERS`] of tokio's blocking threads (the batch then
-/// syncs once).
-async fn write_all(mut writes: Vec<LocalWrite>) -> Result<Vec<LocalWrite>, SinkError> {
-    let per = writes.len().div_ceil(WRITERS).max(1);
-    let mut tasks = Vec::with_capacity(WRITERS);
-    while !writes.is_empty() {
-        let chunk: Vec<LocalWrite> = writes.drain(..per.min(writes.len())).collect();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let mut folders = Folders::default();
-            chunk
-                .iter()
-                .try_for_each(|w| folders.write(&w.file, &w.bytes, w.stored))
-                .map(|()| chunk)
-        }));
-    }
-    let mut written = Vec::new();
-    for task in tasks {
-        let chunk = task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| outage("cannot write an object", e))?;
-        written.extend(chunk);
-    }
-    Ok(written)
-}
-
-/// What an earlier version kept as files: `(key, version)` and `(base id, identity)`.
-type Sidecars = (Vec<(String, Version)>, Vec<(String, String)>);
-
-/// The versions and claims an earlier version kept as files under `dir`.
-fn read_sidecars(dir: &Path) -> std::io::Result<Sidecars> {
-    let (mut versions, mut claims) = (Vec::new(), Vec::new());
-    let mut pending = vec![dir.to_owned()];
-    while let Some(folder) = pending.pop() {
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            let Ok(relative) = path.strip_prefix(dir) else {
-                continue;
-            };
-            let name = relative.to_string_lossy().into_owned();
-            if name.starts_with(INDEX_FILE) || name == OPEN_LOCK_FILE || name.contains('#') {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path)?;
-            match name.strip_prefix(&format!("{}/", crate::claims::CLAIMS_FOLDER)) {
-                Some(base) => claims.push((base.to_owned(), text)),
-                None => {
-                    if let Ok(version) = text.trim_end().parse::<Version>() {
-                        versions.push((name, version));
-                    }
-                }
-            }
-        }
-    }
-    Ok((versions, claims))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ async fn an_earlier_versions_files_are_imported_and_still_decide() {
     std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(100).to_string()).unwrap();
     std::fs::write(sidecars.join("_claims/2022-03-16/sleep/a"), "identity-1").unwrap();
 
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     let held = index
         .claim(&[
             ("2022-03-16/sleep/a".into(), "identity-2".into()),
@@ -68,7 +68,7 @@ async fn an_earlier_versions_files_are_imported_and_still_decide() {
     // imported once: a reopened index keeps what it stored since, and claims stay put
     drop(index);
     std::fs::write(sidecars.join("2022-03-16/sleep/b.json"), v(50).to_string()).unwrap();
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     let outcomes = index
         .write_batch(
             vec![write(&root, "2022-03-16/sleep/b.json", b"old", v(150))],
@@ -89,7 +89,7 @@ async fn a_batch_is_written_whole_and_equal_versions_are_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     let writes: Vec<_> = (0..37)
         .map(|i| {
             let key = format!("v/k{i}.json");
@@ -132,7 +132,7 @@ async fn a_newer_copy_with_the_same_bytes_moves_the_version_without_a_new_file()
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     let first = index
         .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
         .await
@@ -181,7 +181,7 @@ async fn a_batch_whose_sync_failed_rewrites_its_objects() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     index.sync = |_| Err(std::io::Error::other("injected: the disk said EIO"));
     let failed = index
         .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
@@ -233,7 +233,7 @@ async fn sinks_opening_a_new_index_at_once_all_open() {
                 let (root, start) = (root.clone(), start.clone());
                 tokio::spawn(async move {
                     start.wait().await;
-                    LocalIndex::open(&root).await.map(drop)
+                    LocalIndex::open(&root, "").await.map(drop)
                 })
             })
             .collect();
@@ -278,7 +278,7 @@ async fn the_index_checkpoints_every_16k_pages_with_a_64_mib_cache() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
-    let mut index = LocalIndex::open(&root).await.unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
     let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
         .fetch_one(&mut index.conn)
         .await
@@ -327,5 +327,172 @@ fn a_writer_keeps_its_folders_and_survives_one_going_away() {
     assert_eq!(
         std::fs::read(dir.path().join("2022-03-16/daily/b.json")).unwrap(),
         b"b2"
+    );
+}
+
+/// An index of 2026-12 (separate `versions` and `claims` tables) is brought forward into
+/// `objects` when opened: its versions still decide, a copy with its stored bytes is still
+/// not rewritten, its claims still hold (on the base ids' keys, under the store's prefix),
+/// and the old tables are gone.
+#[tokio::test]
+async fn an_index_with_versions_and_claims_tables_is_brought_forward() {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let holder = hex::encode(sha2::Sha256::digest(b"identity-1"));
+    {
+        std::fs::create_dir_all(versions_dir(&root)).unwrap();
+        let path = versions_dir(&root).join(INDEX_FILE);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut old = SqliteConnection::connect_with(&options).await.unwrap();
+        for sql in [
+            "CREATE TABLE versions (key TEXT PRIMARY KEY, version TEXT NOT NULL, digest TEXT NULL) WITHOUT ROWID",
+            "CREATE TABLE claims (base TEXT PRIMARY KEY, identity TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+            "INSERT INTO meta VALUES ('sidecars_imported', '0')",
+        ] {
+            sqlx::query(sql).execute(&mut old).await.unwrap();
+        }
+        let body_digest = hex::encode(sha2::Sha256::digest(b"body"));
+        for (key, version, digest) in [
+            ("terra/v/a.json", v(500), None),
+            ("terra/v/b.json", v(100), Some(body_digest.as_str())),
+        ] {
+            sqlx::query("INSERT INTO versions VALUES (?, ?, ?)")
+                .bind(key)
+                .bind(version.to_string())
+                .bind(digest)
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+        for (base, identity) in [("v/a", holder.as_str()), ("v/c", "not-a-hash")] {
+            sqlx::query("INSERT INTO claims VALUES (?, ?)")
+                .bind(base)
+                .bind(identity)
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("terra/v")).unwrap();
+    std::fs::write(root.join("terra/v/b.json"), b"body").unwrap();
+    let inode = std::fs::metadata(root.join("terra/v/b.json"))
+        .unwrap()
+        .ino();
+
+    let mut index = LocalIndex::open(&root, "/terra/").await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut index.conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["meta", "objects"]);
+    let held = index
+        .claim(&[
+            ("v/a".into(), "someone-else".into()),
+            ("v/c".into(), "someone-else".into()),
+            ("v/d".into(), "first-here".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(held["v/a"], holder, "a claim by a hashed identity holds");
+    assert_eq!(held["v/c"], "not-a-hash", "and one by any other text");
+    assert_eq!(held["v/d"], "first-here", "a new base id is claimed");
+    let key = |k: &str| format!("terra/{k}");
+    let outcomes = index
+        .write_batch(
+            vec![
+                write(&root, &key("v/a.json"), b"older", v(400)),
+                write(&root, &key("v/b.json"), b"body", v(200)),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let by_key: HashMap<_, _> = outcomes.iter().map(|(w, o)| (w.key.clone(), *o)).collect();
+    assert_eq!(
+        by_key[&key("v/a.json")],
+        Err(v(500)),
+        "the moved version decides"
+    );
+    assert_eq!(by_key[&key("v/b.json")], Ok(()));
+    assert_eq!(
+        std::fs::metadata(root.join("terra/v/b.json"))
+            .unwrap()
+            .ino(),
+        inode,
+        "the moved digest matches the stored bytes: not rewritten"
+    );
+    // the hashed identity is kept as its 32 bytes, and a new claim is committed with the batch
+    let kinds: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT key, typeof(holder), length(holder) FROM objects WHERE holder IS NOT NULL ORDER BY key",
+    )
+    .fetch_all(&mut index.conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            (key("v/a.json"), "blob".into(), 32),
+            (key("v/c.json"), "text".into(), 10),
+            (key("v/d.json"), "text".into(), 10),
+        ]
+    );
+    drop(index);
+    let mut index = LocalIndex::open(&root, "terra").await.unwrap();
+    let held = index
+        .claim(&[("v/d".into(), "second".into())])
+        .await
+        .unwrap();
+    assert_eq!(held["v/d"], "first-here", "claims survive a reopen");
+}
+
+/// A batch that fails commits none of its claims: another identity asking later (after a
+/// restart, say) may take the base id, as it would have had the failed batch never run.
+#[tokio::test]
+async fn a_failed_batch_commits_no_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut index = LocalIndex::open(&root, "").await.unwrap();
+    index.sync = |_| Err(std::io::Error::other("injected: the disk said EIO"));
+    let held = index
+        .claim(&[("v/a".into(), "first".into())])
+        .await
+        .unwrap();
+    assert_eq!(held["v/a"], "first");
+    index
+        .write_batch(vec![write(&root, "v/a.json", b"body", v(10))], false)
+        .await
+        .err()
+        .expect("the sync fails the batch");
+    index.sync = syncfs;
+    let held = index
+        .claim(&[("v/a".into(), "second".into())])
+        .await
+        .unwrap();
+    assert_eq!(held["v/a"], "second");
+    index.write_batch(Vec::new(), false).await.unwrap();
+    // a transaction left open by a batch that never reached its write is rolled back
+    index
+        .claim(&[("v/b".into(), "abandoned".into())])
+        .await
+        .unwrap();
+    index.begin().await.unwrap();
+    let held = index
+        .claim(&[
+            ("v/a".into(), "third".into()),
+            ("v/b".into(), "next".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (held["v/a"].as_str(), held["v/b"].as_str()),
+        ("second", "next")
     );
 }

@@ -102,11 +102,14 @@ impl ObjectSink {
 
     /// The final payload id of every `(identity, base id)` of the batch ([`claim_key`]),
     /// claimed in log order (first appearance), as the SQL projection claims them: every
-    /// copy of a record resolves alike, whatever the batch boundaries.
+    /// copy of a record resolves alike, whatever the batch boundaries. Also the claims this
+    /// process did not know, for its cache once the batch is written: a local folder's
+    /// claims are committed with the batch's versions, so a batch that fails has claimed
+    /// nothing, and a cache that kept them would skip claiming them when it is written again.
     async fn resolve_claims(
         &mut self,
         batch: &[Planned],
-    ) -> Result<HashMap<String, String>, SinkError> {
+    ) -> Result<(HashMap<String, String>, HashMap<String, String>), SinkError> {
         // the claimed rows in log order, and the base ids this process does not know yet
         let rows: Vec<_> = batch
             .iter()
@@ -130,8 +133,9 @@ impl ObjectSink {
                 unknown.push((row.payload_id.clone(), row.identity.clone()));
             }
         }
+        let mut held = HashMap::new();
         if !unknown.is_empty() {
-            let held = match self.local_index().await? {
+            held = match self.local_index().await? {
                 Some(index) => index.claim(&unknown).await?,
                 None => {
                     let mut held = HashMap::new();
@@ -142,11 +146,13 @@ impl ObjectSink {
                     held
                 }
             };
-            self.claims.extend(held);
         }
         let mut out = HashMap::new();
         for row in rows {
-            let Some(holder) = self.claims.get(&row.payload_id) else {
+            let Some(holder) = held
+                .get(&row.payload_id)
+                .or_else(|| self.claims.get(&row.payload_id))
+            else {
                 return Err(SinkError::Outage(format!(
                     "the claim of {} was not resolved",
                     row.payload_id
@@ -159,7 +165,7 @@ impl ObjectSink {
             };
             out.insert(claim_key(&row.identity, &row.payload_id), id);
         }
-        Ok(out)
+        Ok((out, held))
     }
 
     /// The local folder's index, opened at first use; `None` for other stores.
@@ -168,7 +174,7 @@ impl ObjectSink {
             return Ok(None);
         };
         if self.local.is_none() {
-            self.local = Some(LocalIndex::open(root).await?);
+            self.local = Some(LocalIndex::open(root, &self.store.prefix).await?);
         }
         Ok(self.local.as_mut())
     }
@@ -276,7 +282,12 @@ impl Sink for ObjectSink {
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
-        let final_ids = self.resolve_claims(batch).await?;
+        // a local folder's batch is one transaction of its index, from its claims to its
+        // versions (one a failed batch left open is rolled back)
+        if let Some(index) = self.local_index().await? {
+            index.begin().await?;
+        }
+        let (final_ids, claimed) = self.resolve_claims(batch).await?;
         let (intents, dead, dead_count) = self.intents(batch, &final_ids);
         let mut stats = WriteStats {
             records: batch.len(),
@@ -300,6 +311,7 @@ impl Sink for ObjectSink {
         } else {
             self.write_remote(intents).await?
         };
+        self.claims.extend(claimed);
         let mut written = Vec::new();
         for (intent, outcome) in outcomes {
             match outcome {
@@ -396,7 +408,7 @@ impl ObjectSink {
                 local_file(&self.store, &intent.key)?,
                 intent.bytes.clone(),
                 intent.version,
-                intent.digest.clone(),
+                intent.digest.as_deref(),
             ));
             by_key.insert(intent.key.clone(), intent);
         }

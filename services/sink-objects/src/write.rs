@@ -25,6 +25,7 @@ use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
 use crate::errors::sink_error;
+use crate::local::LocalWrite;
 use crate::sink::object_path;
 use crate::store::Store;
 
@@ -353,4 +354,33 @@ fn write_renamed(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&staged_path);
     }
     written
+}
+
+/// Threads writing one batch's objects.
+const WRITERS: usize = 4;
+
+/// Writes the objects from up to [`WRITERS`] of tokio's blocking threads (the batch then
+/// syncs once).
+pub(crate) async fn write_all(mut writes: Vec<LocalWrite>) -> Result<Vec<LocalWrite>, SinkError> {
+    let per = writes.len().div_ceil(WRITERS).max(1);
+    let mut tasks = Vec::with_capacity(WRITERS);
+    while !writes.is_empty() {
+        let chunk: Vec<LocalWrite> = writes.drain(..per.min(writes.len())).collect();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut folders = Folders::default();
+            chunk
+                .iter()
+                .try_for_each(|w| folders.write(&w.file, &w.bytes, w.stored))
+                .map(|()| chunk)
+        }));
+    }
+    let mut written = Vec::new();
+    for task in tasks {
+        let chunk = task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| crate::local::outage("cannot write an object", e))?;
+        written.extend(chunk);
+    }
+    Ok(written)
 }
