@@ -254,7 +254,8 @@ impl LocalIndex {
         Ok(())
     }
 
-    async fn rollback(&mut self) -> Result<(), SinkError> {
+    /// Rolls back the open batch, if any (its claims and versions are not kept).
+    pub(crate) async fn rollback(&mut self) -> Result<(), SinkError> {
         if self.batch.take().is_some() {
             sqlx::query("ROLLBACK")
                 .execute(&mut self.conn)
@@ -324,11 +325,14 @@ impl LocalIndex {
     ) -> Result<Vec<(LocalWrite, LocalOutcome)>, SinkError> {
         match self.write_open(writes, sync).await {
             Ok(outcomes) => {
+                let committed = sqlx::query("COMMIT").execute(&mut self.conn).await;
+                if let Err(e) = committed {
+                    // a failed COMMIT can leave the transaction open: the next batch must
+                    // find the index free
+                    self.rollback().await.ok();
+                    return Err(outage("versions index", e));
+                }
                 self.batch = None;
-                sqlx::query("COMMIT")
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(|e| outage("versions index", e))?;
                 Ok(outcomes)
             }
             Err(e) => {
@@ -488,4 +492,4 @@ async fn lookup(
 
 #[cfg(test)]
 #[path = "local_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -196,3 +196,7 @@ fn read_sidecars(dir: &Path) -> std::io::Result<Sidecars> {
     }
     Ok((versions, claims))
 }
+
+#[cfg(test)]
+#[path = "local_import_tests.rs"]
+mod tests;

@@ -282,6 +282,20 @@ impl Sink for ObjectSink {
     }
 
     async fn write(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
+        let written = self.write_batch(batch).await;
+        if written.is_err()
+            && let Some(index) = self.local.as_mut()
+        {
+            // not held while the runner waits to write the batch again: other projectors
+            // of the folder take their turns meanwhile
+            index.rollback().await.ok();
+        }
+        written
+    }
+}
+
+impl ObjectSink {
+    async fn write_batch(&mut self, batch: &[Planned]) -> Result<WriteStats, SinkError> {
         // a local folder's batch is one transaction of its index, from its claims to its
         // versions (one a failed batch left open is rolled back)
         if let Some(index) = self.local_index().await? {

@@ -187,6 +187,37 @@ async fn a_failed_batchs_claims_are_claimed_again_when_it_is_written_again() {
     assert!(read(dir.path(), &suffixed).contains("second"));
 }
 
+/// A batch that fails after its transaction began (here: its dead letter cannot be written)
+/// leaves the folder's index free at once, not held until the batch is written again.
+#[tokio::test]
+async fn a_failed_batch_leaves_the_index_free() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path());
+    std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+    // where the dead letters' folder should be, a file: the letter's write fails
+    std::fs::write(dir.path().join("objects/_dead-letters"), b"in the way").unwrap();
+    let mut poison = planned(1, &activity("a-2", "two"), T0 * 1000);
+    poison.plan = Plan::Dead(terra_projector::plan::DeadLetter {
+        reason: "test".into(),
+    });
+    let batch = [planned(0, &activity("a-1", "one"), T0 * 1000), poison];
+    sink.write(&batch)
+        .await
+        .expect_err("the dead letter cannot be written");
+    let index = crate::sink::versions_dir(&dir.path().join("objects")).join("_index.sqlite3");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&index)
+        .busy_timeout(std::time::Duration::ZERO);
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("the index is not held by the failed batch");
+}
+
 #[test]
 fn versions_round_trip_and_refuse_garbage() {
     let v = Version {
