@@ -63,11 +63,36 @@ pub fn describe_db_error(db: &dyn DatabaseError) -> String {
     format!("{summary} ({})", parts.join(", "))
 }
 
-/// The message up to its first quoted or `:`/`=`-introduced part (where values go).
+/// Words after which Postgres double-quotes a schema name, never a row value (`column
+/// "attempts" is of type integer but …`, `relation "t" does not exist`).
+const NAMING_WORDS: [&str; 5] = ["column ", "relation ", "table ", "constraint ", "index "];
+
+/// The message up to its first quoted or `:`/`=`-introduced part (where values go). A
+/// double-quoted identifier right after a [`NAMING_WORDS`] word is kept, unquoted: it names
+/// a column or table (a type mismatch's column was lost, issue 16's webhook duplicate).
 fn summary(message: &str) -> String {
-    let end = message
-        .find(['\'', '"', '`', ':', '=', '\\'])
-        .unwrap_or(message.len());
+    let mut kept = String::new();
+    let mut rest = message;
+    let end = loop {
+        let cut = rest
+            .find(['\'', '"', '`', ':', '=', '\\'])
+            .unwrap_or(rest.len());
+        let (before, after) = rest.split_at(cut);
+        kept.push_str(before);
+        let named = after.strip_prefix('"').and_then(|quoted| {
+            let (name, tail) = quoted.split_once('"')?;
+            let after_word = NAMING_WORDS.iter().any(|w| kept.ends_with(w));
+            (after_word && is_identifier(name)).then_some((name, tail))
+        });
+        match named {
+            Some((name, tail)) => {
+                kept.push_str(name);
+                rest = tail;
+            }
+            None => break kept.len(),
+        }
+    };
+    let message = kept.as_str();
     let mut summary: String = message[..end].chars().take(MAX_SUMMARY).collect();
     summary = summary
         .trim_end_matches(|c: char| c.is_whitespace() || c == ',' || c == '(')
@@ -297,6 +322,17 @@ mod tests {
                 "value too long for type character varying(36)",
             ),
             ("'S3CR3T' is odd", "database error"),
+            (
+                "column \"attempts\" is of type integer but expression is of type text",
+                "column attempts is of type integer but expression is of type text",
+            ),
+            (
+                "column \"x\" of relation \"payloads\" does not exist",
+                "column x of relation payloads does not exist",
+            ),
+            // a value in double quotes stays out, after a naming word or not
+            ("value \"S3CR3T\" is out of range for type integer", "value"),
+            ("column \"S3 CR3T\" is odd", "column"),
         ];
         for (message, want) in cases {
             assert_eq!(summary(message), want, "{message}");

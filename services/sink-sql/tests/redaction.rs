@@ -72,6 +72,19 @@ async fn postgres_error_texts_keep_the_code_and_drop_the_value() {
         true,
     );
     assert!(described.starts_with("duplicate key value violates unique constraint"));
+    // a type mismatch: the column's name (double-quoted by Postgres) is kept, the value not
+    let (raw, described) = refusal(
+        &target,
+        &format!("INSERT INTO t (id, at) SELECT 'w', '{MARK}-text'::text"),
+    )
+    .await;
+    check(
+        &raw,
+        &described,
+        "42804",
+        &["column at is of type timestamp with time zone but expression is of type text"],
+        false,
+    );
     // a bad timestamp: the message quotes it
     let (raw, described) = refusal(
         &target,
