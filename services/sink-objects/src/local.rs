@@ -132,9 +132,8 @@ pub(crate) struct Upsert<'a> {
 
 pub(crate) struct LocalIndex {
     pub(crate) conn: SqliteConnection,
-    /// `<prefix>/` of the store's keys (empty without a prefix): a base id's key is
-    /// `<prefix>/<base id>.json`, as `terra_core::keys::object_key` makes it.
-    lead: String,
+    /// The store's key prefix: a base id's key is `terra_core::keys::object_key` of it.
+    prefix: String,
     /// The folder's filesystem, for `syncfs`.
     root: std::fs::File,
     /// Makes what was written to the folder durable: `syncfs` (a test fails it).
@@ -221,25 +220,20 @@ impl LocalIndex {
         }
         let root_file =
             std::fs::File::open(root).map_err(|e| outage("cannot open the folder", e))?;
-        let prefix = prefix.trim_matches('/');
         let mut index = Self {
             conn,
-            lead: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            },
+            prefix: prefix.to_owned(),
             root: root_file,
             sync: syncfs,
             batch: None,
         };
-        crate::local_import::bring_forward(&mut index.conn, &dir, &index.lead, fresh).await?;
+        crate::local_import::bring_forward(&mut index.conn, &dir, &index.prefix, fresh).await?;
         Ok(index)
     }
 
     /// The key of a base payload id (`terra_core::keys::object_key`).
     fn base_key(&self, base: &str) -> String {
-        format!("{}{base}.json", self.lead)
+        terra_core::keys::object_key(&self.prefix, base)
     }
 
     /// Starts the transaction of a batch, rolling back one a failed batch left open (its

@@ -18,12 +18,12 @@ use terra_projector::plan::Version;
 use crate::local::{INDEX_FILE, OPEN_LOCK_FILE, UPSERT, Upsert, outage, upsert};
 use crate::write::blocking;
 
-/// Brings `dir`'s earlier index forward; `lead` is `<prefix>/` (or empty), `fresh` whether
+/// Brings `dir`'s earlier index forward; `prefix`: the store's key prefix, `fresh` whether
 /// the index file was just made.
 pub(crate) async fn bring_forward(
     conn: &mut SqliteConnection,
     dir: &Path,
-    lead: &str,
+    prefix: &str,
     fresh: bool,
 ) -> Result<(), SinkError> {
     let old_tables: i64 = sqlx::query_scalar(
@@ -33,7 +33,7 @@ pub(crate) async fn bring_forward(
     .await
     .map_err(|e| outage("cannot read the versions index", e))?;
     if old_tables > 0 {
-        move_tables(conn, lead).await?;
+        move_tables(conn, prefix).await?;
     }
     let imported: Option<String> =
         sqlx::query_scalar("SELECT value FROM meta WHERE name = 'sidecars_imported'")
@@ -41,13 +41,16 @@ pub(crate) async fn bring_forward(
             .await
             .map_err(|e| outage("cannot read the versions index", e))?;
     if imported.is_none() {
-        import_sidecars(conn, dir, lead, fresh).await?;
+        import_sidecars(conn, dir, prefix, fresh).await?;
     }
     Ok(())
 }
 
 /// `versions` and `claims` into `objects`, in one transaction that drops them.
-async fn move_tables(conn: &mut SqliteConnection, lead: &str) -> Result<(), SinkError> {
+async fn move_tables(conn: &mut SqliteConnection, prefix: &str) -> Result<(), SinkError> {
+    // what `object_key` puts before a payload id (`<prefix>/`, or nothing), for the SQL
+    let lead = terra_core::keys::object_key(prefix, "");
+    let lead = lead.strip_suffix(".json").unwrap_or_default();
     let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
         .await
@@ -105,7 +108,7 @@ async fn move_tables(conn: &mut SqliteConnection, lead: &str) -> Result<(), Sink
 async fn import_sidecars(
     conn: &mut SqliteConnection,
     dir: &Path,
-    lead: &str,
+    prefix: &str,
     fresh: bool,
 ) -> Result<(), SinkError> {
     let walked = dir.to_owned();
@@ -125,7 +128,7 @@ async fn import_sidecars(
         .map_err(|e| outage("versions index", e))?;
     let claim_keys: Vec<String> = claims
         .iter()
-        .map(|(base, _)| format!("{lead}{base}.json"))
+        .map(|(base, _)| terra_core::keys::object_key(prefix, base))
         .collect();
     let rows: Vec<Upsert> = versions
         .iter()
