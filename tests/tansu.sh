@@ -22,10 +22,15 @@ case "${1:-}" in
   start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     work=$(mktemp -d)
+    # tansu's maintenance (at start, then every 10 min by default) deletes the records older
+    # than their topic's retention.ms taken as a plain number: retention.ms=-1 ("keep for
+    # ever", how terra-ingest creates its topics) deletes every record, while the high
+    # watermark stays, so a reader below it gets empty fetches for ever (a run once hung in
+    # kcat for 300 s). The suite's records must stay: no maintenance after the start.
     (cd "$work" && exec "$BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "sqlite://tansu.db" >"$work/tansu.log" 2>&1) &
+        --storage-engine "sqlite://tansu.db?maintenance_interval=30days" >"$work/tansu.log" 2>&1) &
     pid=$!
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

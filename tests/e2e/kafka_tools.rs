@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
@@ -36,14 +37,60 @@ struct Read {
     fields: BTreeMap<String, Vec<u8>>,
 }
 
+/// `command`'s output, the child killed and the test failed naming `what` once `limit`
+/// passes: a Kafka reader can wait for ever (kcat `-e` fetching an offset below the high
+/// watermark whose record is gone gets empty answers, never the end of the partition).
+fn output_within(command: &mut Command, limit: Duration, what: &str) -> Output {
+    fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut pipe, &mut out);
+            out
+        })
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {limit:?} (killed); stderr: {}",
+                text(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 fn kcat(bootstrap: &str, topic: &str, partition: u64, offset: u64) -> Read {
-    let out = Command::new("kcat")
-        .args(["-C", "-q", "-e", "-c", "1", "-b", bootstrap, "-t", topic])
-        .args(["-p", &partition.to_string(), "-o", &offset.to_string()])
-        // key, headers and value length on their own lines, then the value's raw bytes
-        .args(["-f", "%k\n%h\n%S\n%s"])
-        .output()
-        .expect("kcat (Debian kcat; tests/run-all.sh installs it)");
+    let out = output_within(
+        Command::new("kcat")
+            .args(["-C", "-q", "-e", "-c", "1", "-b", bootstrap, "-t", topic])
+            .args(["-p", &partition.to_string(), "-o", &offset.to_string()])
+            // key, headers and value length on their own lines, then the value's raw bytes
+            .args(["-f", "%k\n%h\n%S\n%s"]),
+        Duration::from_secs(30),
+        &format!(
+            "kcat (Debian kcat; tests/run-all.sh installs it) reading {topic} [{partition}] at offset {offset} \
+             (was the record deleted by the broker? see tests/tansu.sh)"
+        ),
+    );
     assert!(out.status.success(), "kcat: {}", text(&out.stderr));
     let mut parts = out.stdout.splitn(4, |b| *b == b'\n');
     let key = text(parts.next().unwrap());
@@ -228,12 +275,15 @@ async fn ingress_on_a_kafka_broker_is_read_back_by_kcat_protoc_and_confluent_kaf
     }
 
     // confluent-kafka, as a downstream team's consumer
-    let out = Command::new(python)
-        .arg(repo().join("tests/consume_log.py"))
-        .args([&bootstrap, &topic, &sent.len().to_string()])
-        .arg(repo().join("proto"))
-        .output()
-        .unwrap();
+    // consume_log.py gives up after 60 s of polling; its commits and close are bounded here
+    let out = output_within(
+        Command::new(python)
+            .arg(repo().join("tests/consume_log.py"))
+            .args([&bootstrap, &topic, &sent.len().to_string()])
+            .arg(repo().join("proto")),
+        Duration::from_secs(120),
+        "consume_log.py (confluent-kafka)",
+    );
     assert!(
         out.status.success(),
         "consume_log.py: {}",
