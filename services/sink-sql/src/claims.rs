@@ -12,7 +12,7 @@ use terra_schema::positions::Tx;
 use terra_schema::tables::INGEST_PAYLOADS;
 use terra_schema::{SqlError, SqlTarget, Stmt};
 
-const LOOKUP_CHUNK: usize = 1_000;
+use crate::payloads::LOOKUP_CHUNK;
 
 /// `(identity, base id)` of a payload row: what a final id is resolved for.
 pub(crate) fn claim_key(identity: &str, base: &str) -> String {
@@ -56,7 +56,7 @@ pub(crate) async fn resolve(
                 target.table(INGEST_PAYLOADS)
             ),
         );
-        select.bind_list(chunk.iter().copied());
+        select.bind_in_list(chunk.iter().copied());
         for row in tx.fetch_all(select.query()).await? {
             holders.insert(row.try_get(0)?, row.try_get(1)?);
         }

@@ -268,7 +268,7 @@ async fn stored_versions(
             ),
         );
         select
-            .bind_list(chunk.iter().copied())
+            .bind_in_list(chunk.iter().copied())
             .push(target.dialect().for_update());
         for row in tx.fetch_all(select.query()).await? {
             let user: String = row.try_get(0)?;
