@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use sqlx::Executor;
 use terra_eventlog::EventLog;
 use terra_projector::RebuildOptions;
-use terra_projector::{ProjectorConfig, ProjectorMetrics};
+use terra_projector::{PlanReader, ProjectorConfig, ProjectorMetrics};
 use terra_runtime::{Backoff, CancellationToken, LagBound, Readiness, Retry};
 use terra_schema::{SqlError, SqlTarget};
 use terra_sink_sql::SqlSink;
@@ -66,6 +66,7 @@ pub(crate) async fn open_sql(
 pub(crate) fn spawn_sql(
     batches: &Batches,
     lag_bound: Option<LagBound>,
+    plans: Option<PlanReader>,
     target: SqlTarget,
     log: EventLog,
     metrics: ProjectorMetrics,
@@ -73,6 +74,7 @@ pub(crate) fn spawn_sql(
 ) -> JoinHandle<anyhow::Result<()>> {
     let mut config = batches.projector_config(terra_sink_sql::SQL_GROUP);
     config.lag_bound = lag_bound;
+    config.plans = plans;
     tracing::info!(dialect = target.dialect().as_str(), group = %config.group, "sql projector starting");
     tokio::spawn(supervise(
         "sql",
@@ -118,6 +120,7 @@ pub(crate) async fn spawn_objects(
     objects: &ObjectSettings,
     batches: &Batches,
     lag_bound: Option<LagBound>,
+    plans: Option<PlanReader>,
     log: EventLog,
     metrics: ProjectorMetrics,
     shutdown: CancellationToken,
@@ -129,6 +132,7 @@ pub(crate) async fn spawn_objects(
     };
     let mut config = batches.projector_config(terra_sink_objects::OBJECTS_GROUP);
     config.lag_bound = lag_bound;
+    config.plans = plans;
     tracing::info!(store = store.kind(), sqs = pinger.is_some(), group = %config.group, "object projector starting");
     let sink = terra_sink_objects::ObjectSink::new(store, objects.sink.clone(), pinger);
     Ok(tokio::spawn(supervise(
@@ -164,7 +168,16 @@ pub(crate) async fn project_objects(config: Config) -> anyhow::Result<ExitCode> 
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_objects(&objects, &batches, None, log, metrics, shutdown.clone()).await?;
+    let projector = spawn_objects(
+        &objects,
+        &batches,
+        None,
+        None,
+        log,
+        metrics,
+        shutdown.clone(),
+    )
+    .await?;
     until_stopped(projector, http, shutdown).await
 }
 
@@ -191,7 +204,7 @@ pub(crate) async fn project_sql(config: Config) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
-    let projector = spawn_sql(&batches, None, target, log, metrics, shutdown.clone());
+    let projector = spawn_sql(&batches, None, None, target, log, metrics, shutdown.clone());
     until_stopped(projector, http, shutdown).await
 }
 

@@ -172,9 +172,13 @@ async fn start_projections(
             shutdown.clone(),
         )?);
     }
+    // the two read the same log: each record is planned once, by whichever reads it first
+    let plans = terra_projector::SharedPlans::new(terra_projector::DEFAULT_SHARED_PLANS);
+    let (sql_plans, object_plans) = (plans.reader(), plans.reader());
     projectors.push(project::spawn_sql(
         &batches,
         lag_bound.clone(),
+        Some(sql_plans),
         target,
         log.clone(),
         projector_metrics.clone(),
@@ -185,6 +189,7 @@ async fn start_projections(
             &objects,
             &batches,
             lag_bound,
+            Some(object_plans),
             log,
             projector_metrics,
             shutdown,

@@ -7,6 +7,7 @@ use terra_eventlog::{Consumer, LogError};
 
 use crate::plan::{self, PlanDepth, Planned};
 use crate::runner::{LINGER_FROM_RECORDS, ProjectorConfig};
+use crate::shared_plans::PlanReader;
 
 /// Records read from the log with their plans.
 pub(crate) struct Batch {
@@ -15,9 +16,26 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn plan(consumed: Vec<terra_eventlog::Consumed>, depth: PlanDepth) -> Self {
-        let planned = consumed.iter().map(|c| plan::plan_to(c, depth)).collect();
+    pub(crate) fn plan(
+        consumed: Vec<terra_eventlog::Consumed>,
+        depth: PlanDepth,
+        plans: Option<&PlanReader>,
+    ) -> Self {
+        let planned = plan_all(&consumed, depth, plans);
         Self { consumed, planned }
+    }
+}
+
+/// The plans of `consumed`: shared with the other projectors of the process when it has
+/// [`crate::SharedPlans`], else planned here.
+fn plan_all(
+    consumed: &[terra_eventlog::Consumed],
+    depth: PlanDepth,
+    plans: Option<&PlanReader>,
+) -> Vec<Planned> {
+    match plans {
+        Some(reader) => reader.plan(consumed, depth),
+        None => consumed.iter().map(|c| plan::plan_to(c, depth)).collect(),
     }
 }
 
@@ -73,6 +91,7 @@ pub(crate) async fn read_ahead(
     max: usize,
     linger: Duration,
     depth: PlanDepth,
+    plans: Option<PlanReader>,
     written: ReadAhead,
 ) -> (Consumer, Result<Batch, LogError>) {
     let mut batch = Batch {
@@ -102,9 +121,7 @@ pub(crate) async fn read_ahead(
         if batch.consumed.is_empty() && more.len() >= LINGER_FROM_RECORDS {
             lingers_until = Some(tokio::time::Instant::now() + linger);
         }
-        batch
-            .planned
-            .extend(more.iter().map(|c| plan::plan_to(c, depth)));
+        batch.planned.extend(plan_all(&more, depth, plans.as_ref()));
         batch.consumed.extend(more);
     }
     (consumer, Ok(batch))

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::metrics::ProjectorMetrics;
 use crate::plan::{DeadLetter, Plan, PlanDepth, Planned};
 use crate::read_ahead::{Batch, ReadAhead, next_batch, read_ahead};
+use crate::shared_plans::PlanReader;
 
 /// What a sink tells the runner when a write did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,6 +153,9 @@ pub struct ProjectorConfig {
     /// Where this projector reports how far behind the log's end it is after every batch
     /// (`standalone`: its ingress holds webhooks while a projection is too far behind).
     pub lag_bound: Option<LagBound>,
+    /// Plans shared with the other projectors of the process reading the same log
+    /// (`standalone`): each record is planned once, by whichever reads it first.
+    pub plans: Option<PlanReader>,
 }
 
 impl ProjectorConfig {
@@ -164,6 +168,7 @@ impl ProjectorConfig {
             backoff: Backoff::DEFAULT,
             stop_at_end: false,
             lag_bound: None,
+            plans: None,
         }
     }
 }
@@ -227,7 +232,7 @@ pub async fn run<S: Sink>(
                     polled = next_batch(&mut consumer, config) => polled?,
                     () = shutdown.cancelled() => continue,
                 };
-                Batch::plan(consumed, depth)
+                Batch::plan(consumed, depth, config.plans.as_ref())
             }
         };
         if let Some(bound) = &config.lag_bound {
@@ -305,6 +310,7 @@ pub async fn run<S: Sink>(
             config.batch_size,
             config.batch_linger,
             depth,
+            config.plans.clone(),
             written_flag.clone(),
         ));
         let written = write_resilient(config, metrics, sink, &planned, &shutdown)
