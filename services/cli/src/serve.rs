@@ -173,7 +173,10 @@ async fn start_projections(
         )?);
     }
     // the two read the same log: each record is planned once, by whichever reads it first
-    let plans = terra_projector::SharedPlans::new(terra_projector::DEFAULT_SHARED_PLANS);
+    let plans = terra_projector::SharedPlans::new(
+        terra_projector::DEFAULT_SHARED_PLANS,
+        terra_projector::DEFAULT_SHARED_PLAN_BYTES,
+    );
     let (sql_plans, object_plans) = (plans.reader(), plans.reader());
     projectors.push(project::spawn_sql(
         &batches,

@@ -25,5 +25,5 @@ pub use runner::{
     DEFAULT_BATCH_LINGER, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT, DEFAULT_MAX_LAG,
     LINGER_FROM_RECORDS, ProjectorConfig, ProjectorError, Sink, SinkError, WriteStats, run,
 };
-pub use shared_plans::{DEFAULT_SHARED_PLANS, PlanReader, SharedPlans};
+pub use shared_plans::{DEFAULT_SHARED_PLAN_BYTES, DEFAULT_SHARED_PLANS, PlanReader, SharedPlans};
 pub use terra_runtime::{Backoff, CancellationToken};

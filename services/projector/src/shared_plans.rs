@@ -3,8 +3,9 @@
 //! first, and the others take that plan instead of planning it again. A plan is a pure
 //! function of the record, so a shared plan is the plan each would have made.
 //!
-//! Bounded: at most `capacity` plans wait for the other readers. A plan is kept only for a
-//! reader that has not read past it yet, and dropped once every reader has (a reader that
+//! Bounded: at most `capacity` plans, holding at most `max_bytes` of bodies, wait for the
+//! other readers. A plan is kept only for a reader that has not read past it yet (or has not
+//! read its partition yet: it may still), and dropped once every reader has (a reader that
 //! seeks back plans again what is no longer kept). When the readers are far apart and the
 //! store is full, the leader keeps nothing more and the others plan for themselves: sharing
 //! is an optimisation, never a wait.
@@ -24,11 +25,14 @@ pub struct SharedPlans {
 
 struct Inner {
     capacity: usize,
+    max_bytes: usize,
     /// The next offset each reader reads, per partition (absent: not read yet).
     readers: Vec<HashMap<u32, u64>>,
     /// Per partition: offset → (plan, readers still to take it).
     plans: HashMap<u32, BTreeMap<u64, (Planned, usize)>>,
     kept: usize,
+    /// Body bytes of the kept plans.
+    kept_bytes: usize,
     /// Plans taken from the store instead of planned again (for tests and metrics).
     taken: u64,
 }
@@ -43,19 +47,25 @@ impl std::fmt::Debug for SharedPlans {
     }
 }
 
-/// Plans kept for the other readers unless set: about 4 full batches. Each holds its
-/// record's body (a slice of the log's read buffer), so this bounds the memory the sharing
-/// costs: ~16k records of ~3-4 KB.
+/// Plans kept for the other readers unless set: about 4 full batches.
 pub const DEFAULT_SHARED_PLANS: usize = 16_384;
 
+/// Body bytes of the kept plans unless set. Each plan holds its record's body, a slice of
+/// the log's read buffer (which it keeps alive), so this bounds the memory the sharing costs
+/// whatever the bodies' sizes (~16k Terra bodies of 3-4 KB fit).
+pub const DEFAULT_SHARED_PLAN_BYTES: usize = 64 << 20;
+
 impl SharedPlans {
-    pub fn new(capacity: usize) -> Self {
+    /// A store of at most `capacity` plans holding at most `max_bytes` of bodies.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 capacity,
+                max_bytes,
                 readers: Vec::new(),
                 plans: HashMap::new(),
                 kept: 0,
+                kept_bytes: 0,
                 taken: 0,
             })),
         }
@@ -111,13 +121,11 @@ impl PlanReader {
                 .map(|c| inner.take(c.position.partition, c.position.offset))
                 .collect()
         };
+        let fresh: Vec<bool> = out.iter().map(Option::is_none).collect();
         // planned outside the lock: this is the work the sharing saves the others
-        let mut fresh = Vec::new();
         for (slot, c) in out.iter_mut().zip(consumed) {
             if slot.is_none() {
-                let planned = plan::plan_to(c, depth);
-                fresh.push(planned.clone());
-                *slot = Some(planned);
+                *slot = Some(plan::plan_to(c, depth));
             }
         }
         let mut inner = self.shared.inner.lock().expect("shared plans lock");
@@ -127,8 +135,10 @@ impl PlanReader {
                 .or_insert(0);
             *next = (*next).max(c.position.offset + 1);
         }
-        for planned in fresh {
-            inner.keep(self.id, planned);
+        for (planned, fresh) in out.iter().zip(&fresh) {
+            if *fresh {
+                inner.keep(self.id, planned.as_ref().expect("planned above"));
+            }
         }
         let partitions: Vec<u32> = inner.readers[self.id].keys().copied().collect();
         for partition in partitions {
@@ -150,12 +160,15 @@ impl Inner {
             *left -= 1;
             return Some(planned.clone());
         }
+        let (planned, _) = plans.remove(&offset)?;
         self.kept -= 1;
-        plans.remove(&offset).map(|(planned, _)| planned)
+        self.kept_bytes -= planned.body.len();
+        Some(planned)
     }
 
-    /// Keeps `planned` for the readers other than `by` that have not read past it.
-    fn keep(&mut self, by: usize, planned: Planned) {
+    /// Keeps a copy of `planned` for the readers other than `by` that have not read past it,
+    /// if there is room.
+    fn keep(&mut self, by: usize, planned: &Planned) {
         let (partition, offset) = (planned.position.partition, planned.position.offset);
         let waiting = self
             .readers
@@ -163,13 +176,18 @@ impl Inner {
             .enumerate()
             .filter(|(id, next)| *id != by && next.get(&partition).is_none_or(|&n| n <= offset))
             .count();
-        if waiting == 0 || self.kept >= self.capacity {
+        let bytes = planned.body.len();
+        if waiting == 0 || self.kept >= self.capacity || self.kept_bytes + bytes > self.max_bytes {
             return;
         }
         let plans = self.plans.entry(partition).or_default();
-        if plans.insert(offset, (planned, waiting)).is_none() {
-            self.kept += 1;
+        if plans.contains_key(&offset) {
+            // kept already (two readers planned it at once)
+            return;
         }
+        plans.insert(offset, (planned.clone(), waiting));
+        self.kept += 1;
+        self.kept_bytes += bytes;
     }
 
     /// Drops the plans of `partition` that every reader has read past.
@@ -188,6 +206,7 @@ impl Inner {
         };
         let keep = plans.split_off(&min);
         self.kept -= plans.len();
+        self.kept_bytes -= plans.values().map(|(p, _)| p.body.len()).sum::<usize>();
         *plans = keep;
     }
 }

@@ -31,13 +31,17 @@ fn shown(planned: &[Planned]) -> Vec<String> {
     planned.iter().map(|p| format!("{p:?}")).collect()
 }
 
+fn alone_plans(consumed: &[Consumed]) -> Vec<Planned> {
+    consumed.iter().map(plan::plan).collect()
+}
+
 fn alone(consumed: &[Consumed]) -> Vec<String> {
-    shown(&consumed.iter().map(plan::plan).collect::<Vec<_>>())
+    shown(&alone_plans(consumed))
 }
 
 #[test]
 fn a_record_planned_by_one_reader_is_taken_by_the_other() {
-    let shared = SharedPlans::new(100);
+    let shared = SharedPlans::new(100, usize::MAX);
     let (sql, objects) = (shared.reader(), shared.reader());
     let batch = records(0, 0..10);
     let first = sql.plan(&batch, PlanDepth::Full);
@@ -52,7 +56,7 @@ fn a_record_planned_by_one_reader_is_taken_by_the_other() {
 
 #[test]
 fn plans_are_kept_only_for_readers_that_have_not_read_them() {
-    let shared = SharedPlans::new(100);
+    let shared = SharedPlans::new(100, usize::MAX);
     let (ahead, behind) = (shared.reader(), shared.reader());
     let batch = records(0, 0..10);
     ahead.plan(&batch[..6], PlanDepth::Full);
@@ -72,7 +76,7 @@ fn plans_are_kept_only_for_readers_that_have_not_read_them() {
 
 #[test]
 fn the_store_is_bounded_and_the_others_plan_for_themselves_beyond_it() {
-    let shared = SharedPlans::new(3);
+    let shared = SharedPlans::new(3, usize::MAX);
     let (first, second) = (shared.reader(), shared.reader());
     let batch = records(0, 0..10);
     first.plan(&batch, PlanDepth::Full);
@@ -84,8 +88,27 @@ fn the_store_is_bounded_and_the_others_plan_for_themselves_beyond_it() {
 }
 
 #[test]
+fn the_store_holds_at_most_its_bytes_of_bodies() {
+    let batch = records(0, 0..6);
+    let bodies: Vec<usize> = alone_plans(&batch).iter().map(|p| p.body.len()).collect();
+    // room for the first three bodies, not the fourth
+    let shared = SharedPlans::new(100, bodies[..3].iter().sum::<usize>());
+    let (first, second) = (shared.reader(), shared.reader());
+    first.plan(&batch, PlanDepth::Full);
+    assert_eq!(shared.kept(), 3);
+    second.plan(&batch[..2], PlanDepth::Full);
+    assert_eq!(shared.taken(), 2);
+    // two bodies' room again: the first reader keeps what fits of its next records
+    first.plan(&records(0, 6..12), PlanDepth::Full);
+    assert!(shared.kept() >= 2, "kept {}", shared.kept());
+    let read = second.plan(&records(0, 2..12), PlanDepth::Full);
+    assert_eq!(shown(&read), alone(&records(0, 2..12)));
+    assert_eq!(shared.kept(), 0);
+}
+
+#[test]
 fn plans_every_reader_has_read_past_are_dropped() {
-    let shared = SharedPlans::new(100);
+    let shared = SharedPlans::new(100, usize::MAX);
     let (slow, fast) = (shared.reader(), shared.reader());
     // `slow` plans 0-9 of partition 1 for `fast`, which then resumes further on (its own
     // stored positions) and never reads them
@@ -103,7 +126,7 @@ fn plans_every_reader_has_read_past_are_dropped() {
 
 #[test]
 fn only_full_plans_are_shared() {
-    let shared = SharedPlans::new(100);
+    let shared = SharedPlans::new(100, usize::MAX);
     let (envelope_only, full) = (shared.reader(), shared.reader());
     let batch = records(0, 0..4);
     let read = envelope_only.plan(&batch, PlanDepth::Envelope);
@@ -119,7 +142,7 @@ fn only_full_plans_are_shared() {
 
 #[test]
 fn a_record_that_is_not_an_envelope_is_shared_as_the_same_dead_letter() {
-    let shared = SharedPlans::new(100);
+    let shared = SharedPlans::new(100, usize::MAX);
     let (first, second) = (shared.reader(), shared.reader());
     let garbage = vec![Consumed {
         position: Position {

@@ -42,8 +42,10 @@ impl Dialect {
     /// How a multi-row insert starts. On SQLite `INSERT OR FAIL`: a statement that fails
     /// keeps the rows it inserted before, where the default (`ABORT`) undoes them, which
     /// makes SQLite journal every page the statement changes in case it has to. No caller
-    /// goes on with a transaction after a failed statement (the whole transaction is rolled
-    /// back), so the journal bought nothing: without it, a Python sqlite3 check of 4,000-row
+    /// commits a transaction after a failed statement (each returns the error and drops the
+    /// transaction, which rolls it back; the one insert outside a transaction, registering
+    /// the webhook endpoints, is idempotent), so the journal bought nothing: without it, a
+    /// Python sqlite3 check of 4,000-row
     /// batches into a table like `ingest_user_events` took 1.7-1.9 s of CPU instead of
     /// 2.3-2.5 s. A conflict an `ON CONFLICT` clause names is still that clause's.
     pub fn insert_into(self) -> &'static str {
@@ -220,13 +222,20 @@ impl Stmt {
     }
 
     /// `(?, ?, ...)` for the values of an `IN` list, padded with copies of the last value to
-    /// a power of two: lookups of batches of every size then repeat a few statement texts,
-    /// which each connection prepares once and keeps (a list of a new length is a new
-    /// statement to parse and plan). The copies change nothing an `IN` list selects.
+    /// a power of 4 (1, 4, 16, 64, 256, 1,024): lookups of batches of every size then repeat
+    /// a few statement texts, which each connection prepares once and keeps (a list of a new
+    /// length is a new statement to parse and plan). Powers of 4, not of 2, so a writer's
+    /// statements fit sqlx's statement cache of 100 per connection: the SQL sink has 5
+    /// lookups (6 sizes each) beside 11 inserts (5 sizes each, `insert_rows`). The copies
+    /// change nothing an `IN` list selects.
     pub fn bind_in_list<V: Into<Val>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
         let mut values: Vec<Val> = values.into_iter().map(Into::into).collect();
         if let Some(last) = values.last().cloned() {
-            values.resize(values.len().next_power_of_two(), last);
+            let mut size = 1;
+            while size < values.len() {
+                size *= 4;
+            }
+            values.resize(size, last);
         }
         self.bind_list(values)
     }
@@ -274,19 +283,34 @@ mod tests {
     }
 
     #[test]
-    fn in_lists_are_padded_with_their_last_value_to_a_power_of_two() {
+    fn in_lists_are_padded_with_their_last_value_to_a_power_of_four() {
         let mut five = Stmt::new(Dialect::Sqlite, "SELECT 1 WHERE a IN ");
         five.bind_in_list(["a", "b", "c", "d", "e"]);
-        assert_eq!(five.sql, "SELECT 1 WHERE a IN (?, ?, ?, ?, ?, ?, ?, ?)");
-        let expected: Vec<Val> = ["a", "b", "c", "d", "e", "e", "e", "e"]
-            .into_iter()
-            .map(Val::from)
-            .collect();
+        assert_eq!(
+            five.sql,
+            format!("SELECT 1 WHERE a IN ({})", ["?"; 16].join(", "))
+        );
+        let mut expected: Vec<Val> = ["a", "b", "c", "d"].into_iter().map(Val::from).collect();
+        expected.resize(16, Val::from("e"));
         assert_eq!(five.values, expected);
-        let mut eight = Stmt::new(Dialect::Sqlite, "SELECT 1 WHERE a IN ");
-        eight.bind_in_list(["a", "b", "c", "d", "e", "f", "g", "h"]);
-        assert_eq!(eight.sql, five.sql, "the same text for 5 and 8 values");
-        assert_eq!(eight.values.len(), 8);
+        let mut sixteen = Stmt::new(Dialect::Sqlite, "SELECT 1 WHERE a IN ");
+        sixteen.bind_in_list((0..16i64).collect::<Vec<_>>());
+        assert_eq!(sixteen.sql, five.sql, "the same text for 5 and 16 values");
+        assert_eq!(sixteen.values.len(), 16);
+        let mut four = Stmt::new(Dialect::Sqlite, "SELECT 1 WHERE a IN ");
+        four.bind_in_list(["a", "b", "c", "d"]);
+        assert_eq!(four.values.len(), 4);
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 1..=1_024i64 {
+            let mut stmt = Stmt::new(Dialect::Sqlite, "");
+            stmt.bind_in_list(0..n);
+            assert!(stmt.values.len() >= n as usize && stmt.values.len() < 4 * n as usize);
+            sizes.insert(stmt.values.len());
+        }
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [1, 4, 16, 64, 256, 1_024]
+        );
         let mut one = Stmt::new(Dialect::Postgres, "SELECT 1 WHERE a IN ");
         one.bind_in_list(["a"]);
         assert_eq!(one.sql, "SELECT 1 WHERE a IN ($1)");

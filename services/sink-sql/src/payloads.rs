@@ -1,6 +1,6 @@
 //! Payload rows in one batch's transaction, set-wise: the newest copy per identity, one
 //! lookup in the payload index, losers dropped, superseded Terra rows deleted, winners
-//! inserted and the index upserted.
+//! inserted, and their index rows inserted (identities new to the index) or upserted.
 
 use std::collections::HashMap;
 
@@ -17,7 +17,7 @@ use terra_schema::{SqlError, SqlTarget, Stmt, Val, Variant, insert_rows};
 
 use crate::write::timestamp_cast;
 
-/// Values per `IN` list of a lookup: a power of two, so a full chunk needs no padding
+/// Values per `IN` list of a lookup: a power of 4, so a full chunk needs no padding
 /// (`Stmt::bind_in_list`).
 pub(crate) const LOOKUP_CHUNK: usize = 1_024;
 
