@@ -177,7 +177,12 @@ async fn start_projections(
         terra_projector::DEFAULT_SHARED_PLANS,
         terra_projector::DEFAULT_SHARED_PLAN_BYTES,
     );
-    let (sql_plans, object_plans) = (plans.reader(), plans.reader());
+    let sql_plans = plans
+        .reader()
+        .counted(projector_metrics.plans_shared(terra_sink_sql::SQL_GROUP));
+    let object_plans = plans
+        .reader()
+        .counted(projector_metrics.plans_shared(terra_sink_objects::OBJECTS_GROUP));
     projectors.push(project::spawn_sql(
         &batches,
         lag_bound.clone(),

@@ -47,6 +47,7 @@ pub struct ProjectorMetrics {
     refusals: Arc<Mutex<BTreeMap<String, String>>>,
     lag: Family<PartitionLabel, Gauge>,
     batch_seconds: HistogramFamily,
+    plans_shared: Family<SinkLabel, Counter>,
 }
 
 impl ProjectorMetrics {
@@ -63,6 +64,7 @@ impl ProjectorMetrics {
             refusals: Arc::default(),
             lag: Family::default(),
             batch_seconds: Family::new_with_constructor(batch_histogram),
+            plans_shared: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("projector");
         registry.register(
@@ -110,7 +112,22 @@ impl ProjectorMetrics {
             "Time to write one batch",
             metrics.batch_seconds.clone(),
         );
+        registry.register(
+            "plans_shared",
+            "Records whose plan another projector of the process made and kept for this one (standalone's shared plans): the rest it planned itself",
+            metrics.plans_shared.clone(),
+        );
         metrics
+    }
+
+    /// The counter of `sink`'s records planned by another projector
+    /// ([`crate::PlanReader::counted`]).
+    pub fn plans_shared(&self, sink: &str) -> Counter {
+        self.plans_shared
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .clone()
     }
 
     /// Metrics registered nowhere (tools that do not serve `/metrics`).

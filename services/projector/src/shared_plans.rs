@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
 use terra_eventlog::Consumed;
 
 use crate::plan::{self, PlanDepth, Planned};
@@ -79,6 +80,7 @@ impl SharedPlans {
         PlanReader {
             shared: self.clone(),
             id: inner.readers.len() - 1,
+            taken: Counter::default(),
         }
     }
 
@@ -98,6 +100,8 @@ impl SharedPlans {
 pub struct PlanReader {
     shared: SharedPlans,
     id: usize,
+    /// Plans this reader took instead of planning.
+    taken: Counter,
 }
 
 impl std::fmt::Debug for PlanReader {
@@ -107,6 +111,12 @@ impl std::fmt::Debug for PlanReader {
 }
 
 impl PlanReader {
+    /// Counts the plans this reader takes in `taken` (`ProjectorMetrics::plans_shared`).
+    pub fn counted(mut self, taken: Counter) -> Self {
+        self.taken = taken;
+        self
+    }
+
     /// The plans of `consumed` (read in log order per partition) at `depth`: taken where
     /// another reader planned them, planned here otherwise and kept for the readers that
     /// have not read them yet. Only full plans are shared.
@@ -122,6 +132,10 @@ impl PlanReader {
                 .collect()
         };
         let fresh: Vec<bool> = out.iter().map(Option::is_none).collect();
+        let taken = fresh.iter().filter(|f| !**f).count();
+        if taken > 0 {
+            self.taken.inc_by(taken as u64);
+        }
         // planned outside the lock: this is the work the sharing saves the others
         for (slot, c) in out.iter_mut().zip(consumed) {
             if slot.is_none() {

@@ -55,6 +55,17 @@ fn a_record_planned_by_one_reader_is_taken_by_the_other() {
 }
 
 #[test]
+fn a_counted_reader_counts_the_plans_it_takes() {
+    let shared = SharedPlans::new(100, usize::MAX);
+    let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let (first, second) = (shared.reader(), shared.reader().counted(counter.clone()));
+    let batch = records(0, 0..7);
+    first.plan(&batch[..5], PlanDepth::Full);
+    second.plan(&batch, PlanDepth::Full);
+    assert_eq!(counter.get(), 5, "5 taken, 2 planned");
+}
+
+#[test]
 fn plans_are_kept_only_for_readers_that_have_not_read_them() {
     let shared = SharedPlans::new(100, usize::MAX);
     let (ahead, behind) = (shared.reader(), shared.reader());
