@@ -154,8 +154,7 @@ pub(crate) async fn write_payloads(
     let index_suffix = target
         .dialect()
         .on_conflict_update(&["row_key"], &INGEST_PAYLOADS_COLUMNS[1..]);
-    let mut statements =
-        payload_statements(target, &terra_rows, &new, &data_suffix, &misc_suffix, "");
+    let mut statements = payload_statements(target, &terra_rows, &new, &data_suffix, &misc_suffix);
     statements.extend(index_statements(target, &replacing, &index_suffix));
     for stmt in statements {
         tx.execute(stmt.query()).await?;
@@ -171,17 +170,16 @@ pub fn payload_inserts(
     terra_rows: &[&PayloadRow],
     index_rows: &[(&Planned, &PayloadRow)],
 ) -> Vec<Stmt> {
-    payload_statements(target, terra_rows, index_rows, "", "", "")
+    payload_statements(target, terra_rows, index_rows, "", "")
 }
 
-/// INSERTs of Terra's payload rows and of the payload index.
+/// INSERTs of Terra's payload rows and plain INSERTs of their payload index rows.
 fn payload_statements(
     target: &SqlTarget,
     terra_rows: &[&PayloadRow],
     index_rows: &[(&Planned, &PayloadRow)],
     data_suffix: &str,
     misc_suffix: &str,
-    index_suffix: &str,
 ) -> Vec<Stmt> {
     let ts = timestamp_cast(target);
     let mut statements = Vec::new();
@@ -229,7 +227,7 @@ fn payload_statements(
         misc_suffix,
     ));
 
-    statements.extend(index_statements(target, index_rows, index_suffix));
+    statements.extend(index_statements(target, index_rows, ""));
     statements
 }
 
