@@ -256,7 +256,20 @@ impl Stmt {
 
     /// The same statement for a native Postgres connection (see `SqlTarget::reader`).
     pub fn query_pg(&self) -> Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        let mut query = sqlx::query(&self.sql);
+        self.query_native()
+    }
+
+    /// The same statement for a native connection of database `DB` (the object folder's
+    /// SQLite index, `terra-sink-objects`).
+    pub fn query_native<'q, DB: sqlx::Database>(
+        &'q self,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let mut query = sqlx::query::<DB>(&self.sql);
         for value in &self.values {
             query = match value {
                 Val::Text(v) => query.bind(v.as_deref()),

@@ -20,6 +20,7 @@ mod errors;
 pub mod layout;
 mod local;
 mod local_import;
+mod local_rows;
 pub mod sink;
 pub mod sqs;
 pub mod store;

@@ -26,17 +26,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::Digest;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, Row, SqliteConnection, TypeInfo, ValueRef};
+use sqlx::{Connection, SqliteConnection};
 use terra_eventlog::private_fs;
 use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
+use crate::local_rows::{IndexRow, Stored, insert, lookup, upsert};
 use crate::sink::versions_dir;
 #[cfg(test)]
 use crate::write::write_private_object;
@@ -50,15 +50,6 @@ pub(crate) const OPEN_LOCK_FILE: &str = "_index.open-lock";
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// The index's page cache, KiB (`PRAGMA cache_size = -N`).
 const CACHE_KIB: i64 = 65_536;
-/// Keys per `IN (...)` lookup.
-const CHUNK: usize = 500;
-/// Rows of `objects` written when a key's row changes: its version and digest move only when
-/// given (a claim alone keeps them), and so does its holder (a claim never moves).
-pub(crate) const UPSERT: &str = "ON CONFLICT (key) DO UPDATE SET \
-     version = coalesce(excluded.version, version), \
-     digest = coalesce(excluded.digest, digest), \
-     holder = coalesce(holder, excluded.holder)";
-
 /// One object of a batch to write unless a newer version is stored.
 pub(crate) struct LocalWrite {
     pub(crate) key: String,
@@ -102,17 +93,6 @@ impl LocalWrite {
 /// What happened to a [`LocalWrite`]: written, or the newer version that was kept.
 pub(crate) type LocalOutcome = Result<(), Version>;
 
-/// What the index holds for a key.
-#[derive(Debug, Clone, Default)]
-struct Stored {
-    /// The version of the object in the folder; `None`: none written (the key is claimed).
-    version: Option<Version>,
-    /// SHA-256 of the stored object's bytes.
-    digest: Option<Vec<u8>>,
-    /// The identity holding the base id whose key this is.
-    holder: Option<String>,
-}
-
 /// The open transaction of a batch: the rows read so far, and the claims it made.
 #[derive(Default)]
 struct Batch {
@@ -120,14 +100,6 @@ struct Batch {
     rows: HashMap<String, Stored>,
     /// Keys claimed in this transaction, and by whom: committed with the versions.
     claimed: HashMap<String, String>,
-}
-
-/// One row to insert or update ([`UPSERT`]).
-pub(crate) struct Upsert<'a> {
-    pub(crate) key: &'a str,
-    pub(crate) version: Option<String>,
-    pub(crate) digest: Option<&'a [u8]>,
-    pub(crate) holder: Option<&'a str>,
 }
 
 pub(crate) struct LocalIndex {
@@ -370,12 +342,13 @@ impl LocalIndex {
                 .await
                 .map_err(|e| outage("cannot sync the folder", e))?;
         }
-        let claimed = std::mem::take(&mut self.batch.as_mut().expect("begun").claimed);
+        let batch = self.batch.as_mut().expect("begun");
+        let claimed = std::mem::take(&mut batch.claimed);
         // each key once: its version with its claim, or a claim alone (nothing written at it)
-        let mut rows: Vec<Upsert> = written
+        let mut rows: Vec<IndexRow> = written
             .iter()
             .chain(&unchanged)
-            .map(|w| Upsert {
+            .map(|w| IndexRow {
                 key: &w.key,
                 version: Some(w.version.to_string()),
                 digest: Some(&w.digest[..]),
@@ -383,10 +356,10 @@ impl LocalIndex {
             })
             .collect();
         let versioned: std::collections::HashSet<&str> = rows.iter().map(|r| r.key).collect();
-        let alone: Vec<Upsert> = claimed
+        let alone: Vec<IndexRow> = claimed
             .iter()
             .filter(|(key, _)| !versioned.contains(key.as_str()))
-            .map(|(key, identity)| Upsert {
+            .map(|(key, identity)| IndexRow {
                 key,
                 version: None,
                 digest: None,
@@ -394,94 +367,17 @@ impl LocalIndex {
             })
             .collect();
         rows.extend(alone);
-        upsert(&mut self.conn, &rows).await?;
+        // a row the batch's lookup did not find is new: the lookup ran in this transaction,
+        // which holds the index's write lock, so no other writer added it since
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let (new, replacing): (Vec<IndexRow>, Vec<IndexRow>) = rows.into_iter().partition(|r| {
+            seen.insert(r.key) && !batch.rows.get(r.key).is_some_and(|s| s.in_index)
+        });
+        insert(&mut self.conn, &new).await?;
+        upsert(&mut self.conn, &replacing).await?;
         outcomes.extend(written.into_iter().chain(unchanged).map(|w| (w, Ok(()))));
         Ok(outcomes)
     }
-}
-
-/// Inserts or updates `rows` of `objects` ([`UPSERT`]), up to [`CHUNK`] rows a statement.
-pub(crate) async fn upsert(
-    conn: &mut SqliteConnection,
-    rows: &[Upsert<'_>],
-) -> Result<(), SinkError> {
-    for chunk in rows.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO objects (key, version, digest, holder) VALUES {} {UPSERT}",
-            vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = query
-                .bind(row.key)
-                .bind(row.version.as_deref())
-                .bind(row.digest);
-            query = match row.holder.map(holder_bytes) {
-                Some(Ok(bytes)) => query.bind(bytes.to_vec()),
-                Some(Err(text)) => query.bind(text),
-                None => query.bind(None::<&str>),
-            };
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| outage("versions index", e))?;
-    }
-    Ok(())
-}
-
-/// A holder as stored: the 32 bytes of an identity that is a SHA-256 in lower-case hex (every
-/// identity the planner makes), else (`Err`) its text.
-fn holder_bytes(identity: &str) -> Result<[u8; 32], &str> {
-    let mut bytes = [0u8; 32];
-    let lower = identity
-        .bytes()
-        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    match hex::decode_to_slice(identity, &mut bytes) {
-        Ok(()) if lower => Ok(bytes),
-        _ => Err(identity),
-    }
-}
-
-/// The rows of `objects` whose key is in `keys`.
-async fn lookup(
-    conn: &mut SqliteConnection,
-    keys: &[&str],
-) -> Result<HashMap<String, Stored>, SinkError> {
-    let mut out = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT key, version, digest, holder FROM objects WHERE key IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for key in chunk {
-            query = query.bind(*key);
-        }
-        let rows = query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| outage("versions index", e))?;
-        for row in rows {
-            let read = |e| outage("versions index", e);
-            let key: String = row.try_get(0).map_err(read)?;
-            let version: Option<String> = row.try_get(1).map_err(read)?;
-            let holder = match row.try_get_raw(3).map_err(read)? {
-                raw if raw.is_null() => None,
-                raw if raw.type_info().name() == "BLOB" => {
-                    Some(hex::encode(row.try_get::<Vec<u8>, _>(3).map_err(read)?))
-                }
-                _ => Some(row.try_get::<String, _>(3).map_err(read)?),
-            };
-            let stored = Stored {
-                version: version.and_then(|v| Version::from_str(&v).ok()),
-                digest: row.try_get(2).map_err(read)?,
-                holder,
-            };
-            out.insert(key, stored);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

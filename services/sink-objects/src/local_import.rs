@@ -15,7 +15,8 @@ use sqlx::{Connection, SqliteConnection};
 use terra_projector::SinkError;
 use terra_projector::plan::Version;
 
-use crate::local::{INDEX_FILE, OPEN_LOCK_FILE, UPSERT, Upsert, outage, upsert};
+use crate::local::{INDEX_FILE, OPEN_LOCK_FILE, outage};
+use crate::local_rows::{IndexRow, UPSERT, upsert};
 use crate::write::blocking;
 
 /// Brings `dir`'s earlier index forward; `prefix`: the store's key prefix, `fresh` whether
@@ -130,9 +131,9 @@ async fn import_sidecars(
         .iter()
         .map(|(base, _)| terra_core::keys::object_key(prefix, base))
         .collect();
-    let rows: Vec<Upsert> = versions
+    let rows: Vec<IndexRow> = versions
         .iter()
-        .map(|(key, version)| Upsert {
+        .map(|(key, version)| IndexRow {
             key,
             version: Some(version.to_string()),
             digest: None,
@@ -142,7 +143,7 @@ async fn import_sidecars(
             claims
                 .iter()
                 .zip(&claim_keys)
-                .map(|((_, identity), key)| Upsert {
+                .map(|((_, identity), key)| IndexRow {
                     key,
                     version: None,
                     digest: None,
