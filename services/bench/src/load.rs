@@ -76,7 +76,7 @@ pub(crate) fn envelope_record_with_id(
         ordering_timestamp_ms: Some(ordering_ms),
         ..Default::default()
     };
-    let (envelope, _) = Envelope::of_delivery(delivery, body.into());
+    let envelope = Envelope::of_delivery(delivery, body.into());
     Record {
         key: envelope
             .user_id

@@ -57,14 +57,11 @@ pub struct Delivery {
 }
 
 impl Envelope {
-    /// The envelope of one delivery. The body is classified once, here; the classification
-    /// comes back too (`None` when the body is not JSON), for callers that need more of it.
-    pub fn of_delivery(
-        delivery: Delivery,
-        body: bytes::Bytes,
-    ) -> (Self, Option<crate::Classification>) {
+    /// The envelope of one delivery. Its body is classified here, for the fields the
+    /// envelope carries ([`crate::envelope_fields`]: the data records are not read).
+    pub fn of_delivery(delivery: Delivery, body: bytes::Bytes) -> Self {
         use sha2::Digest;
-        let classification = crate::classify(&body).ok();
+        let fields = crate::envelope_fields(&body).ok();
         let received_at = match delivery.received_at_ms {
             Some(ms) => prost_types::Timestamp {
                 seconds: ms.div_euclid(1000),
@@ -79,28 +76,33 @@ impl Envelope {
         let body_sha256 = delivery
             .body_sha256
             .unwrap_or_else(|| sha2::Sha256::digest(&body).into());
-        let c = classification.as_ref();
-        let envelope = Self {
+        let body_is_json = fields.is_some();
+        let fields = fields.unwrap_or(crate::EnvelopeFields {
+            event_type: String::new(),
+            group: crate::EventGroup::Other,
+            user_id: None,
+            old_user_id: None,
+            version: None,
+        });
+        Self {
             envelope_id,
             received_at: Some(received_at),
             source: delivery.source,
-            event_type: c.map(|c| c.event_type.clone()).unwrap_or_default(),
-            event_group: ProtoEventGroup::from(c.map_or(crate::EventGroup::Other, |c| c.group))
-                as i32,
-            user_id: c.and_then(|c| c.user_id.clone()),
-            old_user_id: c.and_then(|c| c.old_user_id.clone()),
+            event_type: fields.event_type,
+            event_group: ProtoEventGroup::from(fields.group) as i32,
+            user_id: fields.user_id,
+            old_user_id: fields.old_user_id,
             terra_reference: delivery.terra_reference,
             terra_trace_id: delivery.terra_trace_id,
             ordering_timestamp_ms: delivery.ordering_timestamp_ms,
             signature_timestamp: delivery.signature_timestamp,
             remote_addr: delivery.remote_addr,
             body_sha256: bytes::Bytes::copy_from_slice(&body_sha256),
-            body_is_json: classification.is_some(),
+            body_is_json,
             content_type: delivery.content_type,
-            payload_version: c.and_then(|c| c.version.clone()),
+            payload_version: fields.version,
             body,
-        };
-        (envelope, classification)
+        }
     }
 
     /// The headers of this envelope's log record: its content type and id (consumers can

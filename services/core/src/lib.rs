@@ -15,7 +15,8 @@ pub mod signature;
 mod fuzz;
 
 pub use classify::{
-    Classification, DataRecord, EventGroup, UserFields, classify, is_report_scoped,
+    Classification, DataRecord, EnvelopeFields, EventGroup, UserFields, classify, envelope_fields,
+    is_report_scoped,
 };
 pub use ids::{IdError, PayloadId, UserId};
 pub use signature::{SignatureError, SignatureHeader, SigningSecret, Verifier};

@@ -24,12 +24,24 @@ pub(crate) fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(Str
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     let continued = incoming.is_some();
-    let (trace_id, flags) =
-        incoming.unwrap_or_else(|| (hex::encode(random_bytes::<16>()), "01".to_owned()));
-    let traceparent = format!("00-{trace_id}-{}-{flags}", hex::encode(random_bytes::<8>()));
+    // `00-<trace id>-<new span id>-<flags>`, written in place
+    let mut traceparent = [b'-'; 55];
+    traceparent[..2].copy_from_slice(b"00");
+    match incoming {
+        Some((trace_id, flags)) => {
+            traceparent[3..35].copy_from_slice(trace_id.as_bytes());
+            traceparent[53..].copy_from_slice(flags.as_bytes());
+        }
+        None => {
+            hex::encode_to_slice(random_bytes::<16>(), &mut traceparent[3..35])
+                .expect("32 hex digits");
+            traceparent[53..].copy_from_slice(b"01");
+        }
+    }
+    hex::encode_to_slice(random_bytes::<8>(), &mut traceparent[36..52]).expect("16 hex digits");
     out.push((
         envelope::HEADER_TRACEPARENT.to_owned(),
-        Bytes::from(traceparent),
+        Bytes::copy_from_slice(&traceparent),
     ));
     if let Some(state) = request
         .get(envelope::HEADER_TRACESTATE)
@@ -44,7 +56,7 @@ pub(crate) fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(Str
 
 /// Trace id and flags of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`; later
 /// versions may append fields).
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -61,7 +73,7 @@ fn parse_traceparent(value: &str) -> Option<(String, String)> {
         && hex(parent_id, 16)
         && parent_id.bytes().any(|b| b != b'0')
         && hex(flags, 2);
-    valid.then(|| (trace_id.to_owned(), flags.to_owned()))
+    valid.then_some((trace_id, flags))
 }
 
 /// Random ids for trace context, from a userspace generator (no system call per request).
@@ -103,7 +115,7 @@ mod tests {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(
             parse_traceparent(valid),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "01".into()))
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "01"))
         );
         for bad in [
             "",
@@ -138,7 +150,7 @@ mod tests {
         let traceparent = std::str::from_utf8(&out[0].1).unwrap().to_owned();
         let (trace_id, flags) = parse_traceparent(&traceparent).unwrap();
         assert_eq!(
-            (trace_id.as_str(), flags.as_str()),
+            (trace_id, flags),
             ("4bf92f3577b34da6a3ce929d0e0e4736", "01")
         );
         assert!(!traceparent.contains("00f067aa0ba902b7"), "a new span id");

@@ -4,10 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -49,13 +48,28 @@ pub(crate) async fn named_source(
     traced(state, source, peer, parts.headers, body).await
 }
 
-/// The 200 answer.
-#[derive(serde::Serialize)]
-struct AcceptedBody {
-    envelope_id: String,
-    partition: u32,
-    offset: u64,
-    body_is_json: bool,
+/// The 200 answer: `{"envelope_id":…,"partition":…,"offset":…,"body_is_json":…}`, written
+/// directly (every value is a number, a boolean or a hyphenated UUID: nothing to escape).
+fn accepted_response(answer: &Answer) -> Response {
+    use std::fmt::Write;
+    let mut body = String::with_capacity(112);
+    let _ = write!(
+        body,
+        "{{\"envelope_id\":\"{}\",\"partition\":{},\"offset\":{},\"body_is_json\":{}}}",
+        answer.envelope_id.as_hyphenated(),
+        answer.partition,
+        answer.offset,
+        answer.body_is_json
+    );
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Runs the request in a span whose parent is the caller's W3C trace context, when it sent
@@ -120,13 +134,7 @@ async fn handle(
                     "webhook accepted"
                 );
             }
-            let body = AcceptedBody {
-                envelope_id: accepted.answer.envelope_id.to_string(),
-                partition: accepted.answer.partition,
-                offset: accepted.answer.offset,
-                body_is_json: accepted.answer.body_is_json,
-            };
-            (StatusCode::OK, Json(body)).into_response()
+            accepted_response(&accepted.answer)
         }
         Err(err) => {
             metrics.outcome(label, err.code());
@@ -431,7 +439,10 @@ fn build_record(
         })
     };
     let delivery = Delivery {
-        envelope_id: id.to_string(),
+        envelope_id: id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned(),
         received_at_ms: None,
         source: source.to_owned(),
         remote_addr: remote_addr.to_string(),
@@ -442,7 +453,7 @@ fn build_record(
         content_type: header_text("content-type"),
         body_sha256: Some(body_sha256),
     };
-    let (envelope, _) = Envelope::of_delivery(delivery, body);
+    let envelope = Envelope::of_delivery(delivery, body);
     let span = Span::current();
     span.record("envelope_id", envelope.envelope_id.as_str());
     span.record("event_type", envelope.event_type.as_str());
@@ -453,4 +464,35 @@ fn build_record(
         id,
         envelope.body_is_json,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_accepted_answer_is_json_with_every_field() {
+        for (offset, body_is_json) in [(0, true), (u64::MAX, false)] {
+            let answer = Answer {
+                envelope_id: uuid::Uuid::now_v7(),
+                partition: u32::MAX,
+                offset,
+                body_is_json,
+            };
+            let response = accepted_response(&answer);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!({
+                    "envelope_id": answer.envelope_id.to_string(),
+                    "partition": u32::MAX,
+                    "offset": offset,
+                    "body_is_json": body_is_json,
+                })
+            );
+        }
+    }
 }

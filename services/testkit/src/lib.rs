@@ -73,7 +73,7 @@ pub fn envelope(
         terra_trace_id: trace_id.map(str::to_owned),
         ..Delivery::default()
     };
-    Envelope::of_delivery(delivery, bytes::Bytes::copy_from_slice(body)).0
+    Envelope::of_delivery(delivery, bytes::Bytes::copy_from_slice(body))
 }
 
 /// The log record the ingress would append for `body` (see [`envelope`]).

@@ -139,10 +139,47 @@ pub fn classify(body: &[u8]) -> Result<Classification, NotJson> {
     classify_slow(body)
 }
 
+/// What an envelope carries of its body's classification (the ingress's hot path): the same
+/// answer as [`classify`] gives for these fields, without reading the data records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeFields {
+    pub event_type: String,
+    pub group: EventGroup,
+    pub user_id: Option<String>,
+    pub old_user_id: Option<String>,
+    pub version: Option<String>,
+}
+
+impl From<Classification> for EnvelopeFields {
+    fn from(c: Classification) -> Self {
+        Self {
+            event_type: c.event_type,
+            group: c.group,
+            user_id: c.user_id,
+            old_user_id: c.old_user_id,
+            version: c.version,
+        }
+    }
+}
+
+/// The envelope's fields of a raw body. Errors only when it is not JSON, as [`classify`].
+pub fn envelope_fields(body: &[u8]) -> Result<EnvelopeFields, NotJson> {
+    match fast::envelope_fields(body) {
+        Some(fields) => Ok(fields),
+        None => classify(body).map(EnvelopeFields::from),
+    }
+}
+
 /// Both paths apart (the fast one may decline), for the agreement fuzzing in `crate::fuzz`.
 #[cfg(test)]
 pub(crate) fn both_paths(body: &[u8]) -> (Option<Classification>, Result<Classification, NotJson>) {
     (fast::classify(body), classify_slow(body))
+}
+
+/// [`envelope_fields`]'s typed path alone (it may decline), for the fuzzing in `crate::fuzz`.
+#[cfg(test)]
+pub(crate) fn envelope_fast_path(body: &[u8]) -> Option<EnvelopeFields> {
+    fast::envelope_fields(body)
 }
 
 /// The `Value` path alone.

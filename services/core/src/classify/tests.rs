@@ -406,3 +406,57 @@ fn arrays_are_never_read_as_objects() {
     assert_eq!(classify(br#"{"new_user": [0]}"#).unwrap().user_id, None);
     assert_eq!(classify(br#"["activity"]"#).unwrap().event_type, "");
 }
+
+#[test]
+fn long_numbers_are_found_wherever_they_start() {
+    // the quick test samples every 100th byte: a run of 309 digits is caught at any offset,
+    // with a point inside or not (the test is conservative: fraction digits count), and one
+    // of 308 is not; 209 digits with a two-digit exponent pass 308 too, and ids that look
+    // like exponents do not
+    for offset in 0..420 {
+        let pad = " ".repeat(offset);
+        for (digits, may_hold, not_json) in [
+            (format!("2{}", "0".repeat(308)), true, true),
+            (format!("9.{}", "9".repeat(308)), true, false),
+            ("9".repeat(308), false, false),
+            (format!("2{}e99", "0".repeat(209)), true, true),
+            (format!("2{}e99", "0".repeat(206)), false, false),
+            (format!("\"8e-9f{}1e29\"", "0".repeat(50)), false, false),
+        ] {
+            let body = format!(r#"{{"type": "deauth",{pad}"x": {digits}}}"#);
+            let body = body.as_bytes();
+            assert_eq!(fast::may_hold_a_huge_number(body), may_hold, "{offset}");
+            assert_eq!(classify(body).is_err(), not_json, "{offset}");
+            assert_eq!(envelope_fields(body).is_err(), not_json, "{offset}");
+        }
+    }
+    assert!(envelope_fields(br#"{"type": "deauth", "x": 1e400}"#).is_err());
+    assert!(envelope_fields(br#"{"type": "deauth", "x": 1.5e300}"#).is_ok());
+}
+
+proptest! {
+    #[test]
+    fn the_quick_test_never_misses_a_long_number(
+        parts in prop::collection::vec(
+            prop_oneof![
+                (1usize..400).prop_map(|n| "7".repeat(n)),
+                Just(".".to_owned()),
+                Just("e".to_owned()),
+                Just("E+".to_owned()),
+                Just("e-".to_owned()),
+                Just("e+".to_owned()),
+                (0u32..1000).prop_map(|n| format!("e{n}")),
+                (0usize..200).prop_map(|n| "x".repeat(n)),
+                Just("\"".to_owned()),
+            ],
+            0..12,
+        )
+    ) {
+        let body = parts.concat();
+        let body = body.as_bytes();
+        if fast::holds_a_long_number(body) {
+            prop_assert!(fast::could_hold_a_huge_number(body), "{:?}", String::from_utf8_lossy(body));
+        }
+        prop_assert_eq!(fast::may_hold_a_huge_number(body), fast::holds_a_long_number(body));
+    }
+}

@@ -13,7 +13,7 @@ use std::time::Instant;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::classify::{both_paths, classify};
+use crate::classify::{EnvelopeFields, both_paths, classify, envelope_fast_path, envelope_fields};
 use crate::keys::{MAX_PAYLOAD_ID_LEN, data_payload_id, event_payload_id};
 
 /// Floors on how often the fast path answers (percent): for fixtures as they are (verbatim or
@@ -343,6 +343,8 @@ fn fuzz_classify_fast_path_agrees_and_answers_for_most_bodies() {
     let fast_on_unmutated = Cell::new(0u64);
     let mutated = Cell::new(0u64);
     let fast_on_mutated = Cell::new(0u64);
+    let verbatim = Cell::new(0u64);
+    let light_on_verbatim = Cell::new(0u64);
     let started = Instant::now();
     let result = runner.run(&body(fixtures.len()), |input| {
         let (bytes, value) = &fixtures[input.fixture];
@@ -371,6 +373,27 @@ fn fuzz_classify_fast_path_agrees_and_answers_for_most_bodies() {
                 "body {:?}",
                 String::from_utf8_lossy(&body)
             );
+        }
+        // the envelope's fields, read without the records, are the whole classification's
+        let whole = slow.clone().map(EnvelopeFields::from);
+        prop_assert_eq!(
+            &envelope_fields(&body),
+            &whole,
+            "body {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        let light = envelope_fast_path(&body);
+        if let Some(light) = &light {
+            prop_assert_eq!(
+                Ok(light),
+                whole.as_ref(),
+                "light path, body {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        if input.verbatim {
+            verbatim.set(verbatim.get() + 1);
+            light_on_verbatim.set(light_on_verbatim.get() + u64::from(light.is_some()));
         }
         if slow.is_ok() {
             json.set(json.get() + 1);
@@ -420,6 +443,13 @@ fn fuzz_classify_fast_path_agrees_and_answers_for_most_bodies() {
     );
     super::report("classify", executions.get(), started, &details);
     assert!(executions.get() >= u64::from(cases));
+    // every fixture is the usual shape: the envelope's light path must answer for all of them
+    let light_verbatim = super::percent(light_on_verbatim.get(), verbatim.get());
+    assert!(
+        light_verbatim >= 100.0,
+        "the envelope's light path declined a fixture as it is: {light_verbatim:.1}% of {}",
+        verbatim.get()
+    );
     for (share, floor) in [
         (on_unmutated, FAST_FLOOR_FIXTURES),
         (on_mutated, FAST_FLOOR_MUTATED),
