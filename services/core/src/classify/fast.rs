@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
     Classification, DataRecord, EventGroup, UserFields, is_report_scoped, key_without_hash,
-    start_of,
+    start_of, user_ids,
 };
 
 #[derive(Deserialize)]
@@ -383,10 +383,7 @@ pub(super) fn envelope_fields(body: &[u8]) -> Option<super::EnvelopeFields> {
     let MapOnly(head) = serde_json::from_str::<MapOnly<Head<'_>>>(utf8).ok()?;
     let event_type = head.event_type.map(Cow::into_owned).unwrap_or_default();
     let id = |user: &Option<MapOnly<UserId<'_>>>| user.as_ref().and_then(|u| text(&u.0.user_id));
-    let (user_id, old_user_id) = match id(&head.user) {
-        Some(user) => (Some(user), None),
-        None => (id(&head.new_user), id(&head.old_user)),
-    };
+    let (user_id, old_user_id) = user_ids(&head.user, &head.new_user, &head.old_user, id);
     Some(super::EnvelopeFields {
         group: EventGroup::of(&event_type),
         event_type,
@@ -414,10 +411,7 @@ pub(super) fn classify(body: &[u8]) -> Option<Classification> {
         fields(&top.old_user),
     );
     let user_of = |fields: &Option<UserFields>| fields.as_ref().and_then(|u| u.user_id.clone());
-    let (user_id, old_user_id) = match user_of(&user) {
-        Some(user) => (Some(user), None),
-        None => (user_of(&new_user), user_of(&old_user)),
-    };
+    let (user_id, old_user_id) = user_ids(&user, &new_user, &old_user, user_of);
     let mut records = Vec::new();
     if group == EventGroup::Data && !is_report_scoped(&event_type) {
         if event_type == "athlete" {

@@ -163,10 +163,26 @@ impl From<Classification> for EnvelopeFields {
 }
 
 /// The envelope's fields of a raw body. Errors only when it is not JSON, as [`classify`].
+/// Where the typed path declines, the whole typed classification would decline too (it
+/// checks the same and more), so the `Value` path answers at once.
 pub fn envelope_fields(body: &[u8]) -> Result<EnvelopeFields, NotJson> {
     match fast::envelope_fields(body) {
         Some(fields) => Ok(fields),
-        None => classify(body).map(EnvelopeFields::from),
+        None => classify_slow(body).map(EnvelopeFields::from),
+    }
+}
+
+/// Whom an event is about, from the id `id` reads in each user object: `user`'s, else
+/// `new_user`'s with `old_user`'s (`user_reauth`). One rule for every classification path.
+fn user_ids<T>(
+    user: &T,
+    new_user: &T,
+    old_user: &T,
+    id: impl Fn(&T) -> Option<String>,
+) -> (Option<String>, Option<String>) {
+    match id(user) {
+        Some(user) => (Some(user), None),
+        None => (id(new_user), id(old_user)),
     }
 }
 
@@ -250,10 +266,7 @@ fn classify_value(value: &Value) -> Classification {
         user_fields("old_user"),
     );
     let user_of = |fields: &Option<UserFields>| fields.as_ref().and_then(|u| u.user_id.clone());
-    let (user_id, old_user_id) = match user_of(&user) {
-        Some(user) => (Some(user), None),
-        None => (user_of(&new_user), user_of(&old_user)),
-    };
+    let (user_id, old_user_id) = user_ids(&user, &new_user, &old_user, user_of);
     let records = if group == EventGroup::Data && !is_report_scoped(&event_type) {
         data_records(&event_type, top)
     } else {
