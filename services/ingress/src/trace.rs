@@ -1,7 +1,7 @@
 //! W3C trace context: the caller's, continued into the request span and written into the
 //! log record's headers so a trace leads from Terra's request into each projector write.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -9,6 +9,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use terra_core::envelope;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const TRACEPARENT: HeaderName = HeaderName::from_static(envelope::HEADER_TRACEPARENT);
+const TRACESTATE: HeaderName = HeaderName::from_static(envelope::HEADER_TRACESTATE);
 
 /// Writes the W3C trace context of this request into the record headers: the span's, when
 /// spans are exported (an OpenTelemetry layer is installed), else the caller's trace id with a
@@ -20,7 +23,7 @@ pub(crate) fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(Str
         return;
     }
     let incoming = request
-        .get(envelope::HEADER_TRACEPARENT)
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     let continued = incoming.is_some();
@@ -43,10 +46,7 @@ pub(crate) fn trace_headers(span: &Span, request: &HeaderMap, out: &mut Vec<(Str
         envelope::HEADER_TRACEPARENT.to_owned(),
         Bytes::copy_from_slice(&traceparent),
     ));
-    if let Some(state) = request
-        .get(envelope::HEADER_TRACESTATE)
-        .filter(|_| continued)
-    {
+    if let Some(state) = request.get(TRACESTATE).filter(|_| continued) {
         out.push((
             envelope::HEADER_TRACESTATE.to_owned(),
             Bytes::copy_from_slice(state.as_bytes()),

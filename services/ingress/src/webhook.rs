@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -28,6 +28,16 @@ use crate::{AppState, IngressError, Source, client_addr};
 
 /// Longest value kept from a Terra delivery header (they are ids and timestamps).
 const MAX_HEADER_VALUE: usize = 512;
+
+// The headers every request is asked for, named once: a lookup by `&str` parses the name
+// (lower-case check and standard-header match) on every call.
+const SIGNATURE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static(signature::HEADER_NAMES[0]),
+    HeaderName::from_static(signature::HEADER_NAMES[1]),
+];
+const TERRA_TRACE_ID: HeaderName = HeaderName::from_static("x-terra-trace-id");
+const TERRA_REFERENCE: HeaderName = HeaderName::from_static("terra-reference");
+const ORDERING_TIMESTAMP: HeaderName = HeaderName::from_static("x-terra-ordering-timestamp");
 
 pub(crate) async fn default_source(
     State(state): State<AppState>,
@@ -200,9 +210,9 @@ async fn accept(
         .await
         .map_err(|_| IngressError::BodyTimeout(limits.body_read_timeout))??;
 
-    let signature_headers: Vec<String> = signature::HEADER_NAMES
+    let signature_headers: Vec<String> = SIGNATURE_HEADERS
         .iter()
-        .flat_map(|name| headers.get_all(*name))
+        .flat_map(|name| headers.get_all(name))
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
     let now = SystemTime::now()
@@ -218,7 +228,7 @@ async fn accept(
     let claim = match &inner.replay {
         None => None,
         Some(cache) => {
-            let trace_id = headers.get("x-terra-trace-id").map(|v| v.as_bytes());
+            let trace_id = headers.get(TERRA_TRACE_ID).map(|v| v.as_bytes());
             let trace_id = trace_id.map(String::from_utf8_lossy);
             let delivery = replay::Delivery {
                 source: source_name,
@@ -345,7 +355,7 @@ struct Ordering {
 
 fn ordering_timestamp(headers: &HeaderMap, signature_timestamp: i64) -> Ordering {
     let sent = headers
-        .get("x-terra-ordering-timestamp")
+        .get(ORDERING_TIMESTAMP)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let bound = signature_timestamp.saturating_mul(1000).saturating_add(999);
@@ -428,7 +438,7 @@ fn build_record(
     body: Bytes,
 ) -> (Record, uuid::Uuid, bool) {
     let id = uuid::Uuid::now_v7();
-    let header_text = |name: &str| {
+    let header_text = |name: HeaderName| {
         headers.get(name).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
             let mut end = text.len().min(MAX_HEADER_VALUE);
@@ -448,9 +458,9 @@ fn build_record(
         remote_addr: remote_addr.to_string(),
         signature_timestamp,
         ordering_timestamp_ms,
-        terra_reference: header_text("terra-reference"),
-        terra_trace_id: header_text("x-terra-trace-id"),
-        content_type: header_text("content-type"),
+        terra_reference: header_text(TERRA_REFERENCE),
+        terra_trace_id: header_text(TERRA_TRACE_ID),
+        content_type: header_text(header::CONTENT_TYPE),
         body_sha256: Some(body_sha256),
     };
     let envelope = Envelope::of_delivery(delivery, body);
