@@ -36,10 +36,12 @@ pub(crate) struct Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Key([u8; 16]);
 
-/// A key is already a uniform hash, and not one a client can choose (a delivery reaches the
-/// cache only once its signature verified, and the key hashes what was signed): eight of its
-/// bytes are its hash in the map, instead of SipHash over all sixteen. (Byte 0 picks the
-/// shard; these are bytes 8-15.)
+/// A key is already a uniform hash, so eight of its bytes are its hash in the map, instead of
+/// SipHash over all sixteen (byte 0 picks the shard; these are bytes 8-15). Flooding one
+/// bucket would need many keys with chosen bytes: the signature key hashes only signed facts,
+/// and although the trace key also hashes the unsigned `X-Terra-Trace-Id`, a trace key is
+/// stored only with a new signature key, that is for a delivery whose signature verified and
+/// is not already in the cache.
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(u64::from_le_bytes(
