@@ -10,6 +10,7 @@
 //! request within another; connections, requests in flight and body bytes in flight are
 //! capped, and beyond a cap the answer is 503 with `Retry-After` at once.
 
+mod body;
 mod client_addr;
 mod config;
 mod error;
